@@ -1,0 +1,43 @@
+"""slidefarm's HTTP API: ``gunicorn 'api:create_app()'``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from api.dispatch import Dispatcher
+from api.errors import register_error_handlers
+from api.services import Services
+from storage import JobStore, Settings, get_settings
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the API. ``test_config`` may carry ``SETTINGS`` (a :class:`Settings`)
+    and ``DISPATCHER`` to replace the environment's."""
+    app = Flask(__name__)
+    app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
+    if test_config:
+        app.config.update(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    settings: Settings = app.config.get("SETTINGS") or get_settings()
+    dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher()
+    app.extensions["slidefarm"] = Services(
+        settings=settings,
+        store=JobStore.from_url(settings.database_url),
+        dispatcher=dispatcher,
+    )
+    if not app.debug and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from api import health, jobs
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    register_error_handlers(app)
+    return app

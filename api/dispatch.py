@@ -1,0 +1,47 @@
+"""Sending render tasks by name, so the API never imports the renderer."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+#: The worker registers its task under this name (workers/tasks.py).
+RENDER_TASK = "slidefarm.render_presentation"
+
+
+class Dispatcher:
+    """Puts render tasks on the broker; the job row must be committed first."""
+
+    def __init__(self, celery: Celery | None = None) -> None:
+        if celery is None:
+            celery = Celery("slidefarm-api")
+            celery.config_from_object("celeryconfig")
+        self.celery = celery
+
+    def send_render(self, job_id: str) -> bool:
+        """Send the render task of ``job_id``; ``False`` if the broker is down.
+
+        A failed send loses nothing: the job stays queued in the store and is
+        sent again by the sweeper after ``SLIDEFARM_DISPATCH_TIMEOUT``.
+        """
+        try:
+            self.celery.send_task(
+                RENDER_TASK,
+                args=[job_id],
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
+                              "interval_max": 0.5},
+            )
+        except Exception:
+            log.warning("job %s: broker unavailable, left queued for re-dispatch", job_id,
+                        exc_info=True)
+            return False
+        return True
+
+    def ping(self) -> None:
+        """Raise unless the broker accepts a connection."""
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)

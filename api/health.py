@@ -1,0 +1,45 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from api.services import services
+from storage import StorageError
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """200 when the database and the broker answer; 503 naming what does not."""
+    svc = services()
+    checks: dict[str, str] = {}
+    try:
+        svc.store.ping()
+        checks["database"] = "ok"
+    except StorageError as exc:
+        checks["database"] = str(exc)
+    try:
+        svc.dispatcher.ping()
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"the broker is not reachable: {exc}"
+    down = [name for name, state in checks.items() if state != "ok"]
+    if not down:
+        return jsonify({"status": "ready", "checks": checks})
+    response = jsonify({
+        "error": {
+            "code": "not_ready",
+            "message": f"not ready: {', '.join(down)} unavailable",
+            "details": [{"field": name, "message": checks[name]} for name in down],
+        },
+        "checks": checks,
+    })
+    response.status_code = 503
+    return response

@@ -1,0 +1,159 @@
+"""``/v1/jobs``: submit, read, list and download. Views parse, call the store,
+shape the answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file
+from pydantic import ValidationError
+
+from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
+from api.serialize import job_json
+from api.services import services
+from storage import Job, Status
+from storage.deck import Deck
+from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, slide_file
+from storage.jobs import MAX_LIST_LIMIT
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(body)"
+
+
+def _parse_deck() -> tuple[Deck, dict[str, Any]]:
+    if not request.mimetype or request.mimetype != "application/json" and not (
+        request.mimetype.startswith("application/") and request.mimetype.endswith("+json")
+    ):
+        raise UnsupportedMediaType()
+    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object describing a deck",
+                               [{"field": "(body)", "message": "expected an object"}])
+    try:
+        deck = Deck.model_validate(body)
+    except ValidationError as exc:
+        details = [
+            {"field": _field(err["loc"]), "message": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ValidationFailed(f"the deck has {len(details)} invalid field(s)",
+                               details) from exc
+    return deck, body
+
+
+def _accepted(job: Job) -> Response:
+    response = jsonify(job_json(job))
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
+
+
+@bp.post("")
+def submit() -> Response:
+    """Record the job, commit, then send its task (never the other way round)."""
+    deck, body = _parse_deck()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                         [{"field": "Idempotency-Key", "message": "bad length"}])
+    request_hash = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    svc = services()
+    job, created = svc.store.create(
+        deck.model_dump(mode="json"), title=deck.title,
+        idempotency_key=key, request_hash=request_hash if key else None,
+    )
+    if created:
+        svc.dispatcher.send_render(job.id)
+    response = _accepted(job)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/<job_id>")
+def show(job_id: str) -> Response:
+    return jsonify(job_json(services().store.get(job_id)))
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}",
+                         [{"field": name, "message": f"got {raw!r}"}], code="invalid_parameter")
+    return value
+
+
+@bp.get("")
+def index() -> Response:
+    status_arg = request.args.get("status")
+    status = None
+    if status_arg:
+        try:
+            status = Status(status_arg)
+        except ValueError:
+            allowed = ", ".join(s.value for s in Status)
+            raise BadRequest(f"status must be one of {allowed}",
+                             [{"field": "status", "message": f"got {status_arg!r}"}],
+                             code="invalid_parameter") from None
+    limit = _int_arg("limit", 50, 1, MAX_LIST_LIMIT)
+    page = services().store.list(status=status, limit=limit,
+                                 cursor=request.args.get("cursor") or None)
+    return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
+
+
+def _completed_file(job_id: str, relative: str, what: str) -> Path:
+    job = services().store.get(job_id)
+    if job.status is not Status.COMPLETED:
+        raise NotFound(f"the {what} is not available: the job is {job.status.value}",
+                       code="not_ready")
+    path = job_dir(services().settings.output_dir, job_id) / relative
+    if not path.is_file():
+        raise NotFound(f"the {what} file is missing from the output storage",
+                       code="file_missing")
+    return path
+
+
+@bp.get("/<job_id>/video")
+def video(job_id: str) -> Response:
+    path = _completed_file(job_id, VIDEO_FILE, "video")
+    return send_file(path, mimetype="video/mp4", conditional=True, etag=True,
+                     download_name=f"{job_id}.mp4")
+
+
+@bp.get("/<job_id>/thumbnail")
+def thumbnail(job_id: str) -> Response:
+    path = _completed_file(job_id, THUMBNAIL_FILE, "thumbnail")
+    return send_file(path, mimetype="image/jpeg", conditional=True, etag=True)
+
+
+@bp.get("/<job_id>/slides/<int(signed=True):n>")
+def slide(job_id: str, n: int) -> Response:
+    job = services().store.get(job_id)
+    count = len(job.deck.get("slides", []))
+    if not 1 <= n <= count:
+        raise NotFound(f"slide {n} does not exist: slides are numbered 1 to {count}",
+                       code="slide_not_found")
+    path = _completed_file(job_id, slide_file(n), f"slide {n}")
+    return send_file(path, mimetype="image/png", conditional=True, etag=True)
+
+

@@ -1,0 +1,92 @@
+"""Engines and sessions built from ``DATABASE_URL``.
+
+PostgreSQL gets a pre-pinged connection pool; SQLite gets WAL and a busy
+timeout so that API and worker processes can share one file. Engines are
+cached per process: a forked Celery child never reuses its parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def normalize_url(url: str) -> str:
+    """Pick the driver slidefarm ships for a plain ``postgresql://`` URL.
+
+    SQLAlchemy 2.1 maps the bare scheme to psycopg 3; the project ships
+    psycopg2, so the scheme is made explicit.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """A new engine for ``url``, configured for slidefarm's access pattern."""
+    url = normalize_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_size=5,
+        max_overflow=10,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5} if backend == "postgresql" else {},
+    )
+
+
+def get_engine(url: str) -> Engine:
+    """The engine for ``url`` in this process, created on first use."""
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = create_db_engine(url)
+                _engines[key] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Drop every pooled connection of this process (tests, shutdown)."""
+    with _lock:
+        for (pid, _url), engine in list(_engines.items()):
+            if pid == os.getpid():
+                engine.dispose()
+            del _engines[(pid, _url)]
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for one unit of work each: ``with factory.begin() as s: ...``."""
+    return sessionmaker(engine, expire_on_commit=False)

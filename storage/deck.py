@@ -1,0 +1,68 @@
+"""The deck document a job stores: its schema and limits (DESIGN.md, "The deck").
+
+The API validates submissions with it and the workers read stored decks with
+it, so both sides agree on every field and default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+RESOLUTIONS: dict[str, tuple[int, int]] = {
+    "480p": (854, 480),
+    "720p": (1280, 720),
+    "1080p": (1920, 1080),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Slide(_Strict):
+    """One slide: a title, a body, bullets and how long it shows."""
+
+    title: str = Field(default="", max_length=200)
+    body: str = Field(default="", max_length=2000)
+    bullets: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list, max_length=12
+    )
+    duration: float = Field(default=3.0, ge=0.5, le=60.0, allow_inf_nan=False)
+    notes: str = Field(default="", max_length=10_000)
+
+
+
+class Options(_Strict):
+    """How the deck is rendered."""
+
+    resolution: Literal["480p", "720p", "1080p"] = "720p"
+    theme: Literal["light", "dark"] = "light"
+    fps: Literal[24, 25, 30] = 30
+    transition: Literal["none", "fade"] = "none"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Width and height in pixels."""
+        return RESOLUTIONS[self.resolution]
+
+
+class Deck(_Strict):
+    """A whole deck, as submitted."""
+
+    title: str = Field(min_length=1, max_length=200)
+    slides: list[Slide] = Field(min_length=1, max_length=200)
+    options: Options = Field(default_factory=Options)
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the title must not be blank")
+        return value
+
+    @property
+    def total_seconds(self) -> float:
+        """How long the video lasts."""
+        return sum(s.duration for s in self.slides)

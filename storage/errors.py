@@ -1,0 +1,26 @@
+"""The job store's exceptions; each docstring is the message a user sees."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """The job store failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class DatabaseUnavailable(StorageError):
+    """The database is not reachable."""
+
+
+class JobNotFound(StorageError):
+    """No such job."""
+
+
+class IdempotencyConflict(StorageError):
+    """This Idempotency-Key was already used with a different request body."""
+
+
+class InvalidCursor(StorageError):
+    """The cursor is not one this API handed out."""

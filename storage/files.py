@@ -1,0 +1,40 @@
+"""Where a job's files live on the (shared) output storage.
+
+The workers write here and the API serves from here, so the layout is
+defined once. A completed job's files are under ``<output>/<job_id>/``; an
+attempt writes under ``<output>/.partial/<job_id>.<attempt>/`` first.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+SLIDES_DIR = "slides"
+VIDEO_FILE = "video.mp4"
+THUMBNAIL_FILE = "thumbnail.jpg"
+PARTIAL_DIR = ".partial"
+
+
+def slide_file(n: int) -> str:
+    """The path of slide ``n`` (from 1) relative to a job's output folder."""
+    return f"{SLIDES_DIR}/{n:03d}.png"
+
+
+def job_dir(output_dir: Path, job_id: str) -> Path:
+    """Where a completed job's files live."""
+    return output_dir / job_id
+
+
+def partial_dir(output_dir: Path, job_id: str, attempt: int) -> Path:
+    """Where an attempt writes before it publishes."""
+    return output_dir / PARTIAL_DIR / f"{job_id}.{attempt}"
+
+
+def remove_job_files(output_dir: Path, job_id: str) -> None:
+    """Delete a job's published files and every attempt's leftovers."""
+    shutil.rmtree(job_dir(output_dir, job_id), ignore_errors=True)
+    partial_root = output_dir / PARTIAL_DIR
+    if partial_root.is_dir():
+        for leftover in partial_root.glob(f"{job_id}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
