@@ -25,7 +25,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     settings: Settings = app.config.get("SETTINGS") or get_settings()
-    dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher()
+    dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher(settings)
     app.extensions["slidefarm"] = Services(
         settings=settings,
         store=JobStore.from_url(settings.database_url),

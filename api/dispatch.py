@@ -6,6 +6,9 @@ import logging
 
 from celery import Celery
 
+import celeryconfig
+from storage import Settings
+
 log = logging.getLogger(__name__)
 
 #: The worker registers its task under this name (workers/tasks.py).
@@ -15,11 +18,9 @@ RENDER_TASK = "slidefarm.render_presentation"
 class Dispatcher:
     """Puts render tasks on the broker; the job row must be committed first."""
 
-    def __init__(self, celery: Celery | None = None) -> None:
-        if celery is None:
-            celery = Celery("slidefarm-api")
-            celery.config_from_object("celeryconfig")
-        self.celery = celery
+    def __init__(self, settings: Settings) -> None:
+        self.celery = Celery("slidefarm-api", set_as_current=False)
+        self.celery.conf.update(celeryconfig.from_settings(settings))
 
     def send_render(self, job_id: str) -> bool:
         """Send the render task of ``job_id``; ``False`` if the broker is down.

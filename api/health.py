@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.errors import error_response
 from api.services import services
 from storage import StorageError
 
@@ -33,13 +34,7 @@ def readyz() -> Response:
     down = [name for name, state in checks.items() if state != "ok"]
     if not down:
         return jsonify({"status": "ready", "checks": checks})
-    response = jsonify({
-        "error": {
-            "code": "not_ready",
-            "message": f"not ready: {', '.join(down)} unavailable",
-            "details": [{"field": name, "message": checks[name]} for name in down],
-        },
-        "checks": checks,
-    })
-    response.status_code = 503
-    return response
+    return error_response(
+        503, "not_ready", f"not ready: {', '.join(down)} unavailable",
+        [{"field": name, "message": checks[name]} for name in down],
+    )

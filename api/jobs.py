@@ -116,7 +116,7 @@ def index() -> Response:
                              [{"field": "status", "message": f"got {status_arg!r}"}],
                              code="invalid_parameter") from None
     limit = _int_arg("limit", 50, 1, MAX_LIST_LIMIT)
-    page = services().store.list(status=status, limit=limit,
+    page = services().store.list_jobs(status=status, limit=limit,
                                  cursor=request.args.get("cursor") or None)
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
 

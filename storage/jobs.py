@@ -16,11 +16,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     and_,
     case,
     delete,
@@ -43,8 +44,8 @@ from storage.errors import (
 )
 from storage.models import FINAL_STATUSES, JobFileRow, JobRow, Stage, Status
 
-jobs_table = JobRow.__table__
-files_table = JobFileRow.__table__
+jobs_table = cast(Table, JobRow.__table__)
+files_table = cast(Table, JobFileRow.__table__)
 
 MAX_LIST_LIMIT = 500
 
@@ -87,7 +88,7 @@ class Job:
     files: tuple[JobFile, ...] = field(default=())
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], files: Sequence[JobFile] = ()) -> Job:
+    def from_row(cls, row: Mapping[Any, Any], files: Sequence[JobFile] = ()) -> Job:
         """Build a snapshot from a ``jobs`` row mapping."""
         return cls(
             id=row["id"],
@@ -288,7 +289,7 @@ class JobStore:
             raise JobNotFound()
         return job
 
-    def list(self, *, status: Status | None = None, limit: int = 50,
+    def list_jobs(self, *, status: Status | None = None, limit: int = 50,
              cursor: str | None = None) -> Page:
         """Jobs newest first, optionally of one status, ``limit`` at a time (keyset paging)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:

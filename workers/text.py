@@ -93,7 +93,7 @@ def _load(name: str, path: Path) -> FontSource | None:
 def base_chain() -> tuple[FontSource, ...]:
     """The floor font and the preferred installed fonts, loaded once per process."""
     floor = ImageFont.load_default(size=16)
-    floor_bytes: bytes = floor.font_bytes  # type: ignore[attr-defined]
+    floor_bytes: bytes = getattr(floor, "font_bytes")  # noqa: B009 (not in the stubs)
     chain = [FontSource("pillow-default", floor_bytes, None, _coverage(BytesIO(floor_bytes)))]
     for name in PREFERRED_FONTS:
         path = _find_font(name)

@@ -35,6 +35,11 @@ def _concat_list(images: Sequence[Path], frames: Sequence[int], fps: int) -> str
         escaped = str(image.resolve()).replace("'", "'\\''")
         lines.append(f"file '{escaped}'")
         lines.append(f"duration {count / fps:.6f}")
+    # The demuxer gives the last entry the previous entry's duration unless
+    # another entry follows it; repeat the last image once and let
+    # ``-frames:v`` cut the video at the exact frame count.
+    lines.append(lines[-2])
+    lines.append(f"duration {1 / fps:.6f}")
     return "\n".join(lines) + "\n"
 
 
@@ -95,24 +100,21 @@ def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output:
         concat_file = Path(scratch) / "slides.ffconcat"
         cmd = build_command(images, frames, fps, transition, output, concat_file, preset)
         with open(Path(scratch) / "stderr.log", "w+b") as stderr:
-            process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
-                                       stdin=subprocess.DEVNULL)
-            assert process.stdout is not None
-            try:
-                for raw in process.stdout:
-                    key, _, value = raw.decode("ascii", "replace").strip().partition("=")
-                    if key == "out_time_us" and value.isdigit() and on_progress:
-                        on_progress(min(int(value) / total_us, 1.0))
-                    if should_stop is not None and should_stop():
-                        process.kill()
-                        process.wait()
-                        raise EncodeStopped()
-                code = process.wait()
-            except BaseException:
-                if process.poll() is None:
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
+                                  stdin=subprocess.DEVNULL) as process:
+                assert process.stdout is not None
+                try:
+                    for raw in process.stdout:
+                        key, _, value = raw.decode("ascii", "replace").strip().partition("=")
+                        if key == "out_time_us" and value.isdigit() and on_progress:
+                            on_progress(min(int(value) / total_us, 1.0))
+                        if should_stop is not None and should_stop():
+                            raise EncodeStopped()
+                    code = process.wait()
+                except BaseException:
                     process.kill()
                     process.wait()
-                raise
+                    raise
             if code != 0:
                 stderr.seek(0)
                 message = stderr.read().decode("utf-8", "replace").strip().splitlines()

@@ -1,0 +1,17 @@
+# One image for every role (api, worker, migrate); the command picks the role.
+FROM python:3.11-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends fonts-noto-core fonts-noto-cjk \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY workers ./workers
+COPY storage ./storage
+COPY celeryconfig.py alembic.ini ./
+COPY migrations ./migrations
+RUN pip install --no-cache-dir . && useradd --create-home slidefarm \
+ && mkdir -p /data/output && chown slidefarm /data/output
+USER slidefarm
+ENV SLIDEFARM_OUTPUT_DIR=/data/output
+CMD ["gunicorn", "-w", "4", "-k", "gthread", "--threads", "4", "-b", "0.0.0.0:8000", "api:create_app()"]

@@ -1,0 +1,42 @@
+# The commands a newcomer needs; each sets itself up on a fresh machine.
+#   make demo   render the sample deck on the embedded default (no servers)
+#   make test   run the test suite (PostgreSQL on 127.0.0.1:5432, Redis on :6379)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint fonts setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Wide-coverage fonts (Arabic, Hebrew, Devanagari, CJK...) where the machine
+# lets us install them; without them slides still render, with boxes for
+# scripts that Pillow's bundled Latin font lacks.
+fonts:
+	@if ls /usr/share/fonts/truetype/noto/NotoSans-Regular.ttf >/dev/null 2>&1; then \
+	  echo "fonts: Noto already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    fonts-noto-core fonts-noto-cjk >/dev/null) || echo "fonts: install failed, continuing"; \
+	else echo "fonts: not root or no apt-get; using Pillow's bundled font"; fi
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP) fonts
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) output .slidefarm slidefarm.db slidefarm.db-wal slidefarm.db-shm

@@ -1,0 +1,157 @@
+"""The renderer with real Pillow and the real ffmpeg: slides stay inside their
+margins in any script, and videos decode to the right size and length."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+import pytest
+from PIL import Image
+
+from storage.deck import RESOLUTIONS, Deck
+from workers.slides import THEMES, render_slide, save_png, save_thumbnail
+from workers.text import MISSING_GLYPH, Typesetter, base_direction, clean, runs
+from workers.video import EncodeError, encode, frame_counts
+
+
+def deck(slides: list[dict[str, Any]], **options: Any) -> Deck:
+    return Deck.model_validate({"title": "t", "slides": slides, "options": options})
+
+
+def margins_are_background(image: Image.Image, theme: str) -> bool:
+    """Nothing drawn right of the content box or below the footer."""
+    width, height = image.size
+    background = THEMES[theme].background
+    right = image.crop((width - int(width * 0.07) + 3, 0, width, height))
+    bottom = image.crop((width // 100 + 2, height - int(height * 0.02), width, height))
+    return all(region.getcolors(1) == [(region.width * region.height, background)]
+               for region in (right, bottom))
+
+
+@pytest.mark.parametrize("resolution", sorted(RESOLUTIONS))
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_slide_has_the_resolution_and_theme(resolution: str, theme: str) -> None:
+    d = deck([{"title": "Revenue", "body": "Up 12%", "bullets": ["EMEA +20%"]}],
+             resolution=resolution, theme=theme)
+    image = render_slide(d, 0)
+    assert image.size == RESOLUTIONS[resolution] and image.mode == "RGB"
+    assert image.getpixel((image.width // 2, image.height - 3)) == THEMES[theme].background
+    colors = image.getcolors(1_000_000)
+    assert colors is not None and len(colors) > 10  # anti-aliased text was drawn
+
+
+def test_the_longest_content_never_runs_off_the_slide() -> None:
+    words = ("Lorem ipsum dolor sit amet " * 80)[:2000]
+    unbroken = "x" * 2000
+    for body in (words, unbroken):
+        d = deck([{
+            "title": "W" * 200,
+            "body": body,
+            "bullets": ["M" * 300] * 12,
+        }], resolution="480p", theme="light")
+        image = render_slide(d, 0)
+        assert margins_are_background(image, "light")
+
+
+def test_long_text_is_cut_with_an_ellipsis() -> None:
+    ts = Typesetter(20)
+    lines = ts.wrap("word " * 400, 300)
+    assert len(lines) > 20 and all(ts.width(line) <= 300 for line in lines)
+    cut = ts.ellipsize("a long line of text that is much too wide", 80)
+    assert cut.endswith("\u2026") and ts.width(cut) <= 80
+
+
+@pytest.mark.parametrize("text", [
+    "مرحبا بالعالم",  # Arabic, right to left, joined
+    "שלום עולם",  # Hebrew
+    "नमस्ते दुनिया",  # Devanagari clusters
+    "日本語のテキスト、中文，한국어",
+    "Emoji 🙂🎉👩‍👩‍👧 and flags 🇫🇷",
+    "Combining e\u0301 and zero\u200bwidth\u200d joiners",
+    "Unassigned \U000e0fff and private \ue000 and controls \x00\x07\x1b",
+    "Mixed English العربية עברית 日本 Ελληνικά",
+])
+def test_any_unicode_renders_without_crashing(text: str) -> None:
+    d = deck([{"title": text, "body": text * 3, "bullets": [text]}], theme="dark")
+    image = render_slide(d, 0)
+    assert margins_are_background(image, "dark")
+
+
+def test_characters_no_font_has_become_boxes() -> None:
+    cleaned = clean("a\U000e0fffb\x07")
+    assert cleaned == f"a{MISSING_GLYPH}b"
+
+
+def test_right_to_left_lines_are_detected_and_runs_split_by_font() -> None:
+    assert base_direction("مرحبا world") == "rtl"
+    assert base_direction("hello مرحبا") == "ltr"
+    assert base_direction("123") == "ltr"
+    parts = runs("Hello 日本")
+    assert "".join(p for _, p in parts) == "Hello 日本"
+
+
+def test_wrapping_breaks_between_cjk_characters() -> None:
+    ts = Typesetter(24)
+    lines = ts.wrap("日本語のテキスト" * 20, 200)
+    assert len(lines) > 1 and all(ts.width(line) <= 200 for line in lines)
+
+
+def test_thumbnail_is_320_wide_jpeg(tmp_path: Path) -> None:
+    image = render_slide(deck([{"title": "x"}], resolution="1080p"), 0)
+    size = save_thumbnail(image, tmp_path / "t.jpg")
+    with Image.open(tmp_path / "t.jpg") as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (320, 180)
+    assert size == (tmp_path / "t.jpg").stat().st_size
+
+
+def _slides(tmp_path: Path, d: Deck) -> list[Path]:
+    paths = []
+    for i in range(len(d.slides)):
+        path = tmp_path / f"{i + 1:03d}.png"
+        save_png(render_slide(d, i), path)
+        paths.append(path)
+    return paths
+
+
+def probe(path: Path) -> tuple[dict[str, Any], int]:
+    """The stream's metadata and its decoded frame count."""
+    # imageio-ffmpeg leaves its pipes to the garbage collector: collect them
+    # here, where their ResourceWarning is known and harmless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta: dict[str, Any] = next(reader)
+        frames = sum(1 for _ in reader)
+        del reader
+        gc.collect()
+    return meta, frames
+
+
+@pytest.mark.parametrize("transition", ["none", "fade"])
+def test_video_has_the_size_fps_and_length_of_the_deck(tmp_path: Path, transition: str) -> None:
+    durations = [0.5, 1.3, 2.04]
+    d = deck([{"title": f"s{n}", "duration": t} for n, t in enumerate(durations)],
+             resolution="480p", fps=24, transition=transition)
+    out = tmp_path / "video.mp4"
+    seen: list[float] = []
+    encode(_slides(tmp_path, d), durations, 24, out, transition=transition,
+           on_progress=seen.append)
+    meta, frames = probe(out)
+    assert meta["size"] == (854, 480)
+    assert meta["fps"] == pytest.approx(24)
+    assert meta["codec"].startswith("h264")
+    assert meta["pix_fmt"].startswith("yuv420p")
+    assert frames == sum(frame_counts(durations, 24))
+    assert abs(frames / 24 - sum(durations)) <= len(durations) / 24
+    assert seen and all(0 <= f <= 1 for f in seen)
+
+
+def test_encode_failure_raises_a_readable_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-an-image.png"
+    bogus.write_bytes(b"this is not a png")
+    with pytest.raises(EncodeError, match="ffmpeg"):
+        encode([bogus], [1.0], 24, tmp_path / "v.mp4")
