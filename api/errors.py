@@ -13,7 +13,13 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from storage import DatabaseUnavailable, IdempotencyConflict, InvalidCursor, JobNotFound
+from storage import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidCursor,
+    InvalidTransition,
+    JobNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(IdempotencyConflict)
     def _idempotency(exc: IdempotencyConflict) -> Response:
         return error_response(409, "idempotency_conflict", str(exc))
+
+    @app.errorhandler(InvalidTransition)
+    def _conflict(exc: InvalidTransition) -> Response:
+        return error_response(409, "invalid_state", str(exc))
 
     @app.errorhandler(InvalidCursor)
     def _cursor(exc: InvalidCursor) -> Response:

@@ -12,11 +12,11 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from pydantic import ValidationError
 
 from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
-from api.serialize import job_json
+from api.serialize import event_json, job_json
 from api.services import services
 from storage import Job, Status
 from storage.deck import Deck
-from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, slide_file
+from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -75,6 +75,7 @@ def submit() -> Response:
     job, created = svc.store.create(
         deck.model_dump(mode="json"), title=deck.title,
         idempotency_key=key, request_hash=request_hash if key else None,
+        attempt_limit=svc.settings.max_attempts,
     )
     if created:
         svc.dispatcher.send_render(job.id)
@@ -86,7 +87,47 @@ def submit() -> Response:
 
 @bp.get("/<job_id>")
 def show(job_id: str) -> Response:
-    return jsonify(job_json(services().store.get(job_id)))
+    """The job; ``?include=history`` adds every transition with its reason."""
+    store = services().store
+    body = job_json(store.get(job_id))
+    include = {part.strip() for part in request.args.get("include", "").split(",") if part}
+    unknown = include - {"history"}
+    if unknown:
+        raise BadRequest("include accepts: history",
+                         [{"field": "include", "message": f"unknown: {sorted(unknown)}"}],
+                         code="invalid_parameter")
+    if "history" in include:
+        body["history"] = [event_json(e) for e in store.history(job_id)]
+    return jsonify(body)
+
+
+@bp.post("/<job_id>/cancel")
+def cancel(job_id: str) -> Response:
+    """Queued: cancelled at once. Processing: flagged; the worker stops within
+    one heartbeat. 409 once finished."""
+    job = services().store.request_cancel(job_id)
+    response = jsonify(job_json(job))
+    response.status_code = 202
+    return response
+
+
+@bp.post("/<job_id>/retry")
+def retry(job_id: str) -> Response:
+    """A failed or cancelled job queued again, with a fresh attempt budget."""
+    svc = services()
+    job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts)
+    svc.dispatcher.send_render(job.id)
+    return _accepted(job)
+
+
+@bp.delete("/<job_id>")
+def remove(job_id: str) -> Response:
+    """The row, its history and its files are gone; a rendering worker stops."""
+    svc = services()
+    if not svc.store.delete(job_id):
+        raise NotFound("no such job", code="job_not_found")
+    remove_job_files(svc.settings.output_dir, job_id)
+    return Response(status=204)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from storage import Job
+from storage import Job, JobEvent
 
 
 def iso(value: datetime | None) -> str | None:
@@ -37,4 +37,27 @@ def job_json(job: Job) -> dict[str, Any]:
         "thumbnail_url": job.thumbnail_url,
         "slide_image_path": job.slide_image_path,
         "created_files": job.created_files,
+        "cancel_requested": job.cancel_requested,
+        "max_attempts": job.attempt_limit,
+        "timings": {
+            "queue_wait_seconds": _seconds(job.queue_wait_seconds),
+            "render_seconds": _seconds(job.render_seconds),
+            "encode_seconds": _seconds(job.encode_seconds),
+        },
+    }
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def event_json(event: JobEvent) -> dict[str, Any]:
+    """One transition of a job's history."""
+    return {
+        "from": event.from_status.value if event.from_status else None,
+        "to": event.to_status.value,
+        "attempt": event.attempt,
+        "worker": event.worker,
+        "at": iso(event.at),
+        "reason": event.reason,
     }

@@ -8,10 +8,11 @@ from storage.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidCursor,
+    InvalidTransition,
     JobNotFound,
     StorageError,
 )
-from storage.jobs import Job, JobFile, JobStore, Page, utcnow
+from storage.jobs import Job, JobEvent, JobFile, JobStore, LeaseState, Page, Recovery, utcnow
 from storage.models import FINAL_STATUSES, Stage, Status
 
 __all__ = [
@@ -19,11 +20,15 @@ __all__ = [
     "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidCursor",
+    "InvalidTransition",
     "Job",
+    "JobEvent",
     "JobFile",
     "JobNotFound",
     "JobStore",
+    "LeaseState",
     "Page",
+    "Recovery",
     "Settings",
     "Stage",
     "Status",

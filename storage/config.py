@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(default=3, ge=1, validation_alias="SLIDEFARM_MAX_ATTEMPTS")
     retention_days: float = Field(default=7.0, gt=0, validation_alias="SLIDEFARM_RETENTION_DAYS")
+    #: First delay of an automatic retry after a transient error; doubles per attempt.
+    retry_backoff: float = Field(default=2.0, ge=0, validation_alias="SLIDEFARM_RETRY_BACKOFF")
+    #: Seconds between sweeps; by default derived from the other intervals.
+    sweep_interval: float | None = Field(
+        default=None, gt=0, validation_alias="SLIDEFARM_SWEEP_INTERVAL"
+    )
     #: ffmpeg x264 preset; ``veryfast`` is the measured sweet spot for still slides.
     x264_preset: str = Field(default="veryfast", validation_alias="SLIDEFARM_X264_PRESET")
     #: Max seconds an API process waits for the broker when sending a task.
@@ -53,6 +59,14 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("DATABASE_URL is empty")
         return value.strip()
+
+    @property
+    def sweep_every(self) -> float:
+        """Seconds between two sweeps: often enough for every deadline it serves."""
+        if self.sweep_interval is not None:
+            return self.sweep_interval
+        return max(min(self.heartbeat_interval, self.stale_after / 4,
+                       self.dispatch_timeout / 4, 5.0), 0.05)
 
     @property
     def embedded_broker(self) -> bool:

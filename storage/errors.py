@@ -24,3 +24,7 @@ class IdempotencyConflict(StorageError):
 
 class InvalidCursor(StorageError):
     """The cursor is not one this API handed out."""
+
+
+class InvalidTransition(StorageError):
+    """The job is not in a state that allows this."""

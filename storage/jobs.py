@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,15 +40,51 @@ from storage.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidCursor,
+    InvalidTransition,
     JobNotFound,
     StorageError,
 )
-from storage.models import FINAL_STATUSES, JobFileRow, JobRow, Stage, Status
+from storage.models import FINAL_STATUSES, JobEventRow, JobFileRow, JobRow, Stage, Status
 
 jobs_table = cast(Table, JobRow.__table__)
 files_table = cast(Table, JobFileRow.__table__)
+events_table = cast(Table, JobEventRow.__table__)
 
 MAX_LIST_LIMIT = 500
+IDEMPOTENCY_TTL = timedelta(hours=24)
+DEFAULT_ATTEMPT_LIMIT = 3
+
+
+class LeaseState(enum.Enum):
+    """What a worker's write learned about its attempt."""
+
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel_requested"
+    LOST = "lost"
+
+    def __bool__(self) -> bool:
+        return self is not LeaseState.LOST
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One transition in a job's history."""
+
+    from_status: Status | None
+    to_status: Status
+    attempt: int
+    worker: str | None
+    at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What the sweeper did to one stale job."""
+
+    job_id: str
+    action: Status  # queued (requeued), failed or cancelled
+    worker: str | None
 
 
 def utcnow() -> datetime:
@@ -85,6 +122,13 @@ class Job:
     last_heartbeat: datetime | None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    cancel_requested: bool = False
+    attempt_limit: int = DEFAULT_ATTEMPT_LIMIT
+    queued_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    not_before: datetime | None = None
+    render_seconds: float | None = None
+    encode_seconds: float | None = None
     files: tuple[JobFile, ...] = field(default=())
 
     @classmethod
@@ -109,6 +153,13 @@ class Job:
             last_heartbeat=row["last_heartbeat"],
             idempotency_key=row["idempotency_key"],
             request_hash=row["request_hash"],
+            cancel_requested=bool(row["cancel_requested"]),
+            attempt_limit=row["attempt_limit"],
+            queued_at=row["queued_at"],
+            dispatched_at=row["dispatched_at"],
+            not_before=row["not_before"],
+            render_seconds=row["render_seconds"],
+            encode_seconds=row["encode_seconds"],
             files=tuple(files),
         )
 
@@ -116,6 +167,13 @@ class Job:
     def created_files(self) -> list[str]:
         """Paths of the files the current attempt produced."""
         return [f.path for f in self.files]
+
+    @property
+    def queue_wait_seconds(self) -> float | None:
+        """How long the last attempt waited in the queue before a worker claimed it."""
+        if self.started_at is None or self.queued_at is None:
+            return None
+        return max((self.started_at - self.queued_at).total_seconds(), 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +221,7 @@ class JobStore:
     # -- plumbing ---------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One unit of work; driver errors become :class:`StorageError` here."""
         try:
             with self.engine.begin() as conn:
@@ -176,6 +234,12 @@ class JobStore:
             raise DatabaseUnavailable(f"the database is not reachable: {error.orig}") from error
         except exc.InterfaceError as error:
             raise DatabaseUnavailable(f"the database is not reachable: {error.orig}") from error
+        except exc.DBAPIError as error:
+            if error.connection_invalidated:
+                raise DatabaseUnavailable(
+                    f"the database connection was lost: {error.orig}"
+                ) from error
+            raise
         except exc.ProgrammingError as error:
             if _is_missing_schema(error):
                 raise StorageError(
@@ -185,7 +249,7 @@ class JobStore:
 
     def ping(self) -> None:
         """Raise :class:`DatabaseUnavailable` unless the database answers."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(select(jobs_table.c.id).limit(1))
 
     @staticmethod
@@ -212,20 +276,56 @@ class JobStore:
             return None
         return Job.from_row(row, self._files_of(conn, [row]).get(job_id, []))
 
+    @staticmethod
+    def _record(conn: Connection, job_id: str, from_status: Status | None, to_status: Status,
+                attempt: int, worker: str | None, reason: str | None) -> None:
+        conn.execute(insert(events_table).values(
+            job_id=job_id, from_status=from_status.value if from_status else None,
+            to_status=to_status.value, attempt=attempt, worker=worker, at=utcnow(),
+            reason=reason[:2000] if reason else None,
+        ))
+
     def _transition(self, job_id: str, attempt: int, from_status: Status,
-                    values: dict[str, Any]) -> bool:
-        """The one shape of a fenced write: it lands only for the attempt holding the job."""
+                    values: dict[str, Any], *, to_status: Status | None = None,
+                    reason: str | None = None, where: Sequence[Any] = ()) -> bool:
+        """The one shape of a fenced write: it lands only for the attempt
+        holding the job (and any extra ``where``); a status change is recorded
+        in the history within the same transaction."""
         stmt = (
             update(jobs_table)
             .where(
                 jobs_table.c.id == job_id,
                 jobs_table.c.status == from_status.value,
                 jobs_table.c.attempts == attempt,
+                *where,
             )
             .values(**values)
+            .returning(jobs_table.c.worker)
         )
-        with self._transaction() as conn:
-            return conn.execute(stmt).rowcount == 1
+        with self.transaction() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return False
+            if to_status is not None:
+                self._record(conn, job_id, from_status, to_status, attempt, row.worker, reason)
+            return True
+
+    def _lease_write(self, job_id: str, attempt: int, values: dict[str, Any]) -> LeaseState:
+        stmt = (
+            update(jobs_table)
+            .where(
+                jobs_table.c.id == job_id,
+                jobs_table.c.status == Status.PROCESSING.value,
+                jobs_table.c.attempts == attempt,
+            )
+            .values(**values)
+            .returning(jobs_table.c.cancel_requested)
+        )
+        with self.transaction() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return LeaseState.LOST
+        return LeaseState.CANCEL_REQUESTED if row.cancel_requested else LeaseState.HELD
 
     # -- creation and reads -------------------------------------------------
 
@@ -236,14 +336,17 @@ class JobStore:
         title: str,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        attempt_limit: int = DEFAULT_ATTEMPT_LIMIT,
     ) -> tuple[Job, bool]:
         """Record a new queued job; return it and whether it is new.
 
-        With an ``idempotency_key`` already used for the same ``request_hash``
-        the existing job comes back (``False``); with another hash,
-        :class:`IdempotencyConflict`.
+        With an ``idempotency_key`` used in the last 24 hours for the same
+        ``request_hash`` the existing job comes back (``False``); with another
+        hash, :class:`IdempotencyConflict`. Racing submissions of one key
+        meet at the unique index: one row, one winner.
         """
         job_id = str(uuid.uuid4())
+        now = utcnow()
         values = {
             "id": job_id,
             "status": Status.QUEUED.value,
@@ -254,11 +357,19 @@ class JobStore:
             "deck": deck,
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
-            "created_at": utcnow(),
+            "attempt_limit": attempt_limit,
+            "created_at": now,
+            "queued_at": now,
+            # Optimistic: the caller sends the task right after the commit; if
+            # that send fails, the sweeper sends it again after the timeout.
+            "dispatched_at": now,
         }
+        if idempotency_key is not None:
+            self._expire_idempotency_key(idempotency_key, now)
         try:
-            with self._transaction() as conn:
+            with self.transaction() as conn:
                 conn.execute(insert(jobs_table).values(**values))
+                self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
                 created = self._snapshot(conn, job_id)
         except exc.IntegrityError as error:
             if idempotency_key is None:
@@ -266,16 +377,26 @@ class JobStore:
             existing = self.find_by_idempotency_key(idempotency_key)
             if existing is None:  # deleted in between: a fresh start is right
                 return self.create(deck, title=title, idempotency_key=idempotency_key,
-                                   request_hash=request_hash)
+                                   request_hash=request_hash, attempt_limit=attempt_limit)
             if existing.request_hash != request_hash:
                 raise IdempotencyConflict() from error
             return existing, False
         assert created is not None
         return created, True
 
+    def _expire_idempotency_key(self, key: str, now: datetime) -> None:
+        """Free ``key`` if the job holding it was submitted over 24 hours ago."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.idempotency_key == key,
+                       jobs_table.c.created_at < now - IDEMPOTENCY_TTL)
+                .values(idempotency_key=None)
+            )
+
     def find_by_idempotency_key(self, key: str) -> Job | None:
         """The job submitted with Idempotency-Key ``key``, if any."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 select(jobs_table.c.id).where(jobs_table.c.idempotency_key == key)
             ).first()
@@ -283,7 +404,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """The job ``job_id``; :class:`JobNotFound` if there is none."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             job = self._snapshot(conn, job_id)
         if job is None:
             raise JobNotFound()
@@ -306,7 +427,7 @@ class JobStore:
                 )
             )
         query = query.order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc())
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             rows = list(conn.execute(query.limit(limit + 1)).mappings())
             page_rows = rows[:limit]
             files = self._files_of(conn, page_rows)
@@ -319,13 +440,18 @@ class JobStore:
     def claim(self, job_id: str, worker: str) -> Job | None:
         """``queued -> processing`` for ``worker``: a new attempt, or ``None``.
 
-        ``None`` means the job is gone or someone else holds or finished it:
-        a second delivery of the same task does nothing.
+        ``None`` means the job is gone, someone else holds or finished it, or
+        its retry is not due yet: a second delivery of the same task does
+        nothing.
         """
         now = utcnow()
         stmt = (
             update(jobs_table)
-            .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value)
+            .where(
+                jobs_table.c.id == job_id,
+                jobs_table.c.status == Status.QUEUED.value,
+                or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+            )
             .values(
                 status=Status.PROCESSING.value,
                 stage=Stage.RENDERING_SLIDES.value,
@@ -339,31 +465,35 @@ class JobStore:
                 video_url=None,
                 thumbnail_url=None,
                 slide_image_path=None,
+                cancel_requested=False,
+                not_before=None,
+                render_seconds=None,
+                encode_seconds=None,
             )
             .returning(*jobs_table.c)
         )
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(stmt).mappings().first()
+            if row is not None:
+                self._record(conn, job_id, Status.QUEUED, Status.PROCESSING, row["attempts"],
+                             worker, "claimed")
         return None if row is None else Job.from_row(row)
 
-    def heartbeat(self, job_id: str, attempt: int) -> bool:
-        """Renew the lease of ``attempt``; ``False`` means it is no longer held."""
-        return self._transition(job_id, attempt, Status.PROCESSING,
-                                {"last_heartbeat": utcnow()})
+    def heartbeat(self, job_id: str, attempt: int) -> LeaseState:
+        """Renew the lease of ``attempt``: held, cancel requested, or lost."""
+        return self._lease_write(job_id, attempt, {"last_heartbeat": utcnow()})
 
-    def record_progress(self, job_id: str, attempt: int, progress: float, stage: Stage) -> bool:
+    def record_progress(self, job_id: str, attempt: int, progress: float,
+                        stage: Stage) -> LeaseState:
         """Set stage and progress (never decreasing within an attempt); renews the lease."""
         progress = min(max(float(progress), 0.0), 1.0)
-        return self._transition(
-            job_id, attempt, Status.PROCESSING,
-            {
-                "progress": case(
-                    (jobs_table.c.progress < progress, progress), else_=jobs_table.c.progress
-                ),
-                "stage": stage.value,
-                "last_heartbeat": utcnow(),
-            },
-        )
+        return self._lease_write(job_id, attempt, {
+            "progress": case(
+                (jobs_table.c.progress < progress, progress), else_=jobs_table.c.progress
+            ),
+            "stage": stage.value,
+            "last_heartbeat": utcnow(),
+        })
 
     def add_file(self, job_id: str, attempt: int, path: str, size_bytes: int) -> bool:
         """Record a produced file of ``attempt``, if that attempt still holds the job.
@@ -383,7 +513,7 @@ class JobStore:
             jobs_table.c.status == Status.PROCESSING.value,
             jobs_table.c.attempts == attempt,
         )
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 delete(files_table).where(
                     files_table.c.job_id == job_id,
@@ -399,7 +529,8 @@ class JobStore:
             return result.rowcount == 1
 
     def complete(self, job_id: str, attempt: int, *, video_url: str, thumbnail_url: str,
-                 slide_image_path: str) -> bool:
+                 slide_image_path: str, render_seconds: float | None = None,
+                 encode_seconds: float | None = None) -> bool:
         """``processing -> completed`` for ``attempt``, outputs already in place."""
         now = utcnow()
         return self._transition(
@@ -414,24 +545,235 @@ class JobStore:
                 "slide_image_path": slide_image_path,
                 "completed_at": now,
                 "last_heartbeat": now,
+                "cancel_requested": False,
+                "render_seconds": render_seconds,
+                "encode_seconds": encode_seconds,
             },
+            to_status=Status.COMPLETED, reason="rendered",
         )
 
-    def fail(self, job_id: str, attempt: int, error: str) -> bool:
+    def fail(self, job_id: str, attempt: int, error: str, *,
+             render_seconds: float | None = None, encode_seconds: float | None = None) -> bool:
         """``processing -> failed`` for ``attempt`` with a readable ``error``."""
         now = utcnow()
         return self._transition(
             job_id, attempt, Status.PROCESSING,
             {"status": Status.FAILED.value, "error": error[:4000], "completed_at": now,
-             "last_heartbeat": now},
+             "last_heartbeat": now, "cancel_requested": False,
+             "render_seconds": render_seconds, "encode_seconds": encode_seconds},
+            to_status=Status.FAILED, reason=error,
         )
 
-    def requeue(self, job_id: str, attempt: int) -> bool:
-        """``processing -> queued`` (recovery): the next claim starts a new attempt."""
+    def finish_cancelled(self, job_id: str, attempt: int) -> bool:
+        """``processing -> cancelled``: the worker of ``attempt`` stopped on request."""
+        now = utcnow()
         return self._transition(
             job_id, attempt, Status.PROCESSING,
-            {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value, "progress": 0.0},
+            {"status": Status.CANCELLED.value, "completed_at": now, "last_heartbeat": now,
+             "error": None},
+            to_status=Status.CANCELLED, reason="cancelled by request; the worker stopped",
         )
+
+    def requeue(self, job_id: str, attempt: int, reason: str = "requeued", *,
+                delay: float = 0.0) -> bool:
+        """``processing -> queued`` (recovery or an automatic retry): the next
+        claim starts a new attempt, no earlier than ``delay`` seconds from now."""
+        now = utcnow()
+        due = now + timedelta(seconds=delay) if delay > 0 else None
+        return self._transition(
+            job_id, attempt, Status.PROCESSING,
+            {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value, "progress": 0.0,
+             "queued_at": now, "not_before": due, "dispatched_at": due or now,
+             "error": reason[:4000]},
+            to_status=Status.QUEUED, reason=reason,
+        )
+
+    def mark_dispatched(self, job_id: str) -> None:
+        """Note that the task of queued ``job_id`` was just (re)sent."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value)
+                .values(dispatched_at=utcnow())
+            )
+
+    # -- requests from users -----------------------------------------------
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel ``job_id``: a queued job ends cancelled at once; a processing
+        one is flagged, and its worker stops at its next heartbeat or slide.
+
+        :class:`InvalidTransition` if the job is already finished.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            row = conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value)
+                .values(status=Status.CANCELLED.value, completed_at=now, stage=Stage.QUEUED.value)
+                .returning(jobs_table.c.attempts)
+            ).first()
+            if row is not None:
+                self._record(conn, job_id, Status.QUEUED, Status.CANCELLED, row.attempts, None,
+                             "cancelled by request while queued")
+            else:
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.id == job_id,
+                           jobs_table.c.status == Status.PROCESSING.value)
+                    .values(cancel_requested=True)
+                )
+            job = self._snapshot(conn, job_id)
+        if job is None:
+            raise JobNotFound()
+        if job.status in (Status.COMPLETED, Status.FAILED) or (
+            job.status is Status.CANCELLED and row is None
+        ):
+            raise InvalidTransition(f"the job is already {job.status.value}")
+        return job
+
+    def retry(self, job_id: str, *, max_attempts: int = DEFAULT_ATTEMPT_LIMIT) -> Job:
+        """``failed | cancelled -> queued``, with a fresh budget of ``max_attempts``.
+
+        :class:`InvalidTransition` unless the job failed or was cancelled.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            row = conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job_id,
+                       jobs_table.c.status.in_([Status.FAILED.value, Status.CANCELLED.value]))
+                .values(status=Status.QUEUED.value, stage=Stage.QUEUED.value, progress=0.0,
+                        error=None, completed_at=None, cancel_requested=False,
+                        attempt_limit=jobs_table.c.attempts + max_attempts,
+                        queued_at=now, dispatched_at=now, not_before=None,
+                        video_url=None, thumbnail_url=None, slide_image_path=None)
+                .returning(jobs_table.c.attempts)
+            ).first()
+            before = None
+            if row is not None:
+                previous = conn.execute(
+                    select(events_table.c.to_status).where(events_table.c.job_id == job_id)
+                    .order_by(events_table.c.id.desc()).limit(1)
+                ).scalar()
+                before = Status(previous) if previous else None
+                self._record(conn, job_id, before, Status.QUEUED, row.attempts, None,
+                             "retry requested")
+            job = self._snapshot(conn, job_id)
+        if job is None:
+            raise JobNotFound()
+        if row is None:
+            raise InvalidTransition(
+                f"only failed or cancelled jobs can be retried; the job is {job.status.value}"
+            )
+        return job
+
+    def delete(self, job_id: str) -> bool:
+        """Delete ``job_id`` with its history and file records; ``False`` if unknown.
+
+        A worker still rendering it finds its next write refused and stops.
+        """
+        with self.transaction() as conn:
+            conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
+            conn.execute(delete(events_table).where(events_table.c.job_id == job_id))
+            return conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount == 1
+
+    def history(self, job_id: str) -> list[JobEvent]:
+        """Every transition of ``job_id``, oldest first."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                select(events_table).where(events_table.c.job_id == job_id)
+                .order_by(events_table.c.id)
+            ).mappings().all()
+        return [
+            JobEvent(Status(r["from_status"]) if r["from_status"] else None,
+                     Status(r["to_status"]), r["attempt"], r["worker"], r["at"], r["reason"])
+            for r in rows
+        ]
+
+    # -- the sweeper's queries ---------------------------------------------
+
+    def recover_stale(self, stale_after: float, *, now: datetime | None = None,
+                      limit: int = 500) -> list[Recovery]:
+        """Act on processing jobs whose heartbeat is older than ``stale_after`` s.
+
+        Each is requeued (attempts left), failed with ``worker lost: <worker>
+        stopped heartbeating`` (attempts spent) or, if a cancel was asked for,
+        cancelled. Each write is conditional on the heartbeat still being
+        stale, so a worker that renewed in between keeps its job.
+        """
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=stale_after)
+        with self.transaction() as conn:
+            stale = conn.execute(
+                select(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.attempt_limit,
+                       jobs_table.c.worker, jobs_table.c.cancel_requested)
+                .where(jobs_table.c.status == Status.PROCESSING.value,
+                       jobs_table.c.last_heartbeat < cutoff)
+                .order_by(jobs_table.c.last_heartbeat)
+                .limit(limit)
+            ).all()
+        still_stale = [jobs_table.c.last_heartbeat < cutoff]
+        done: list[Recovery] = []
+        for job in stale:
+            lost = f"worker lost: {job.worker} stopped heartbeating"
+            if job.cancel_requested:
+                ok = self._transition(
+                    job.id, job.attempts, Status.PROCESSING,
+                    {"status": Status.CANCELLED.value, "completed_at": now},
+                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}", where=still_stale)
+                action = Status.CANCELLED
+            elif job.attempts < job.attempt_limit:
+                ok = self._transition(
+                    job.id, job.attempts, Status.PROCESSING,
+                    {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value,
+                     "progress": 0.0, "queued_at": now, "dispatched_at": now,
+                     "not_before": None, "error": lost},
+                    to_status=Status.QUEUED, reason=lost, where=still_stale)
+                action = Status.QUEUED
+            else:
+                message = f"{lost} (after {job.attempts} attempts)"
+                ok = self._transition(
+                    job.id, job.attempts, Status.PROCESSING,
+                    {"status": Status.FAILED.value, "completed_at": now, "error": message},
+                    to_status=Status.FAILED, reason=message, where=still_stale)
+                action = Status.FAILED
+            if ok:
+                done.append(Recovery(job.id, action, job.worker))
+        return done
+
+    def due_for_dispatch(self, dispatch_timeout: float, *, now: datetime | None = None,
+                         limit: int = 500) -> list[str]:
+        """Queued jobs last sent over ``dispatch_timeout`` s ago (the broker
+        lost them or was down), marked as sent again now."""
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=dispatch_timeout)
+        due = and_(
+            jobs_table.c.status == Status.QUEUED.value,
+            or_(jobs_table.c.dispatched_at.is_(None), jobs_table.c.dispatched_at < cutoff),
+            or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+        )
+        with self.transaction() as conn:
+            ids = [r.id for r in conn.execute(
+                select(jobs_table.c.id).where(due).order_by(jobs_table.c.created_at).limit(limit)
+            )]
+            if ids:
+                conn.execute(update(jobs_table).where(jobs_table.c.id.in_(ids), due)
+                             .values(dispatched_at=now))
+        return ids
+
+    def attempt_owners(self, job_ids: Sequence[str]) -> dict[str, tuple[Status, int]]:
+        """Status and current attempt of each existing job in ``job_ids``."""
+        found: dict[str, tuple[Status, int]] = {}
+        with self.transaction() as conn:
+            for start in range(0, len(job_ids), 500):
+                chunk = list(job_ids[start:start + 500])
+                for r in conn.execute(
+                    select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.attempts)
+                    .where(jobs_table.c.id.in_(chunk))
+                ):
+                    found[r.id] = (Status(r.status), r.attempts)
+        return found
 
     # -- retention ---------------------------------------------------------
 
@@ -448,11 +790,12 @@ class JobStore:
             jobs_table.c.status.in_(final),
             or_(ended < cutoff, and_(ended.is_(None), jobs_table.c.created_at < cutoff)),
         )
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             ids = [r.id for r in conn.execute(select(jobs_table.c.id).where(condition))]
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 conn.execute(delete(files_table).where(files_table.c.job_id.in_(chunk)))
+                conn.execute(delete(events_table).where(events_table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs_table).where(jobs_table.c.id.in_(chunk), condition))
         return ids
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -27,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 
@@ -126,6 +128,16 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reliability (DESIGN.md invariants 2-7).
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    attempt_limit: Mapped[int] = mapped_column(Integer, nullable=False, server_default="3")
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    render_seconds: Mapped[float | None] = mapped_column(Float)
+    encode_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         _status_check(),
@@ -136,6 +148,7 @@ class JobRow(Base):
         Index("ix_jobs_created_at", "created_at", "id"),
         # The sweeper: stale processing jobs and forgotten queued ones.
         Index("ix_jobs_status_last_heartbeat", "status", "last_heartbeat"),
+        Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
     )
 
 
@@ -151,3 +164,50 @@ class JobFileRow(Base):
     path: Mapped[str] = mapped_column(String(512), primary_key=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class JobEventRow(Base):
+    """One transition of a job: the answer to "why did it take three attempts"."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+
+class WorkerRow(Base):
+    """A render worker as it last reported itself: who is alive, from the database alone."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    current_job: Mapped[str | None] = mapped_column(String(36))
+    jobs_done: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    jobs_failed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+
+class LeaseRow(Base):
+    """A named lease (the sweeper's): one holder at a time across the cluster."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

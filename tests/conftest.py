@@ -147,7 +147,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _truncate(url: str) -> None:
     engine = create_db_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE job_files, jobs"))
+        conn.execute(text("TRUNCATE job_files, job_events, jobs, workers, leases"))
     engine.dispose()
 
 

@@ -28,7 +28,7 @@ def test_attempt_publishes_and_completes(store: JobStore, worker_settings: Setti
     job, _ = store.create(small_deck(slides=3, duration=0.5), title="t")
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
-    assert run_attempt(store, claimed, worker_settings) is Outcome.COMPLETED
+    assert run_attempt(store, claimed, worker_settings).outcome is Outcome.COMPLETED
     done = store.get(job.id)
     assert done.status is Status.COMPLETED and done.progress == 1.0 and done.stage is Stage.DONE
     assert done.slide_image_path == "slides"
@@ -48,7 +48,7 @@ def test_lost_attempt_writes_nothing_and_leaves_no_files(store: JobStore,
     store.requeue(job.id, 1)
     newer = store.claim(job.id, "new@h")
     assert newer is not None and newer.attempts == 2
-    assert run_attempt(store, stale, worker_settings) is Outcome.LOST
+    assert run_attempt(store, stale, worker_settings).outcome is Outcome.LOST
     current = store.get(job.id)
     assert current.status is Status.PROCESSING and current.worker == "new@h"
     assert current.progress == 0.0 and current.created_files == []
@@ -61,7 +61,7 @@ def test_unrenderable_deck_fails_with_a_readable_error(store: JobStore,
     job, _ = store.create({"title": "t", "slides": []}, title="t")
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
-    assert run_attempt(store, claimed, worker_settings) is Outcome.FAILED
+    assert run_attempt(store, claimed, worker_settings).outcome is Outcome.FAILED
     failed = store.get(job.id)
     assert failed.status is Status.FAILED
     assert failed.error and "deck is invalid" in failed.error

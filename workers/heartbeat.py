@@ -1,19 +1,22 @@
 """The lease a worker holds on a job while it renders.
 
 A background thread renews ``last_heartbeat`` every
-``SLIDEFARM_HEARTBEAT_INTERVAL`` seconds. When the store refuses a renewal
-the attempt is no longer this worker's (recovered by the sweeper, or
-deleted): :meth:`Lease.check` then raises :class:`AttemptLost` in the
-rendering thread, which stops and cleans up.
+``SLIDEFARM_HEARTBEAT_INTERVAL`` seconds. Every write names the attempt; when
+the store refuses one, the attempt is no longer this worker's (recovered by
+the sweeper, or deleted) and :meth:`Lease.check` raises :class:`AttemptLost`
+in the rendering thread, which stops and cleans up. A cancel asked for in the
+database surfaces the same way, as :class:`CancelRequested`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 
-from storage import DatabaseUnavailable, JobStore, Stage, StorageError
+from storage import DatabaseUnavailable, JobStore, LeaseState, Stage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +25,28 @@ class AttemptLost(Exception):
     """This attempt no longer holds the job; stop and clean up without writing."""
 
 
+class CancelRequested(Exception):
+    """The job was cancelled; stop, clean up and record the cancellation."""
+
+
+class StoreUnavailable(Exception):
+    """The database stayed unreachable longer than this attempt can wait."""
+
+
 class Lease:
     """A job attempt held by this worker, kept alive by a heartbeat thread."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float) -> None:
+    def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float,
+                 patience: float = 30.0) -> None:
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
+        #: How long a write keeps retrying through a database outage.
+        self.patience = patience
         self._stop = threading.Event()
         self._lost = threading.Event()
+        self._cancel = threading.Event()
         self._thread = threading.Thread(
             target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True
         )
@@ -50,35 +65,68 @@ class Lease:
         """True once the store refused a write of this attempt."""
         return self._lost.is_set()
 
+    @property
+    def cancelled(self) -> bool:
+        """True once the store said a cancel was asked for."""
+        return self._cancel.is_set()
+
+    @property
+    def should_stop(self) -> bool:
+        return self._lost.is_set() or self._cancel.is_set()
+
+    def _note(self, state: LeaseState) -> LeaseState:
+        if state is LeaseState.LOST:
+            if not self._lost.is_set():
+                log.warning("job %s attempt %s: lease lost", self.job_id, self.attempt)
+            self._lost.set()
+        elif state is LeaseState.CANCEL_REQUESTED:
+            self._cancel.set()
+        return state
+
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if not self.store.heartbeat(self.job_id, self.attempt):
-                    log.warning("job %s attempt %s: lease lost", self.job_id, self.attempt)
-                    self._lost.set()
+                if self._note(self.store.heartbeat(self.job_id, self.attempt)) is LeaseState.LOST:
                     return
             except DatabaseUnavailable:
                 # A database blip: keep trying; the sweeper's stale window
-                # is what decides whether this attempt is still alive.
+                # decides whether this attempt is still alive.
                 log.warning("job %s: heartbeat failed, database unavailable", self.job_id)
             except StorageError:
                 log.exception("job %s: heartbeat failed", self.job_id)
 
     def check(self) -> None:
-        """Raise :class:`AttemptLost` if the lease is gone."""
+        """Raise if the lease is gone or a cancel was asked for."""
         if self._lost.is_set():
             raise AttemptLost()
+        if self._cancel.is_set():
+            raise CancelRequested()
+
+    def write(self, action: Callable[[], LeaseState | bool]) -> None:
+        """Run a fenced write, riding out a database outage for ``patience`` s."""
+        self.check()
+        deadline = time.monotonic() + self.patience
+        delay = 0.1
+        while True:
+            try:
+                result = action()
+                break
+            except DatabaseUnavailable as down:
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(str(down)) from down
+                log.warning("job %s: database unavailable, retrying a write", self.job_id)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if isinstance(result, LeaseState):
+            self._note(result)
+        elif not result:
+            self._lost.set()
+        self.check()
 
     def progress(self, progress: float, stage: Stage) -> None:
-        """Record progress and stage for this attempt; refused means lost."""
-        self.check()
-        if not self.store.record_progress(self.job_id, self.attempt, progress, stage):
-            self._lost.set()
-            raise AttemptLost()
+        """Record progress and stage for this attempt."""
+        self.write(lambda: self.store.record_progress(self.job_id, self.attempt, progress, stage))
 
     def add_file(self, path: str, size_bytes: int) -> None:
         """Record a produced file (relative to the job's output folder)."""
-        self.check()
-        if not self.store.add_file(self.job_id, self.attempt, path, size_bytes):
-            self._lost.set()
-            raise AttemptLost()
+        self.write(lambda: self.store.add_file(self.job_id, self.attempt, path, size_bytes))

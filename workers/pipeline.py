@@ -4,8 +4,16 @@ Outputs are written under an attempt-scoped folder
 (``<output>/.partial/<job_id>.<attempt>``) and renamed into place
 (``<output>/<job_id>``) before the job is marked completed, so nobody ever
 reads a half-written file. The outcome is decided in one place,
-:func:`run_attempt`: completed, failed (files removed) or lost (files
-removed, the job left alone for the attempt that replaced this one).
+:func:`run_attempt`:
+
+- completed: files in place, the job completed;
+- failed: a deterministic error (the deck cannot be rendered), or a
+  transient one with no attempts left; no files left behind;
+- retrying: a transient error (database or broker hiccup, ffmpeg crash) with
+  attempts left; the job is queued again after an exponential backoff;
+- cancelled: a cancel was asked for; files removed;
+- lost: another attempt holds the job (or it was deleted); this one removes
+  its files and touches nothing else.
 """
 
 from __future__ import annotations
@@ -13,14 +21,16 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import random
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from storage import Job, JobStore, Settings, Stage
+from storage import DatabaseUnavailable, Job, JobStore, Settings, Stage, StorageError
 from storage.deck import Deck
 from storage.files import (
     SLIDES_DIR,
@@ -31,7 +41,7 @@ from storage.files import (
     remove_job_files,
     slide_file,
 )
-from workers.heartbeat import AttemptLost, Lease
+from workers.heartbeat import AttemptLost, CancelRequested, Lease, StoreUnavailable
 from workers.slides import render_slide, save_png, save_thumbnail
 from workers.video import EncodeError, EncodeStopped, encode
 
@@ -41,16 +51,38 @@ log = logging.getLogger(__name__)
 SLIDES_SHARE = 0.45
 ENCODE_SHARE = 0.50
 PROGRESS_EVERY = 0.5  # seconds between progress writes during the encode
+MAX_BACKOFF = 300.0
 
 
 class Outcome(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
     LOST = "lost"
 
 
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Outcome
+    error: str | None = None
+    retry_in: float | None = None
+
+
 class RenderError(Exception):
-    """The deck could not be rendered."""
+    """The deck could not be rendered (retrying would not help)."""
+
+
+@dataclass
+class _Timings:
+    render: float | None = None
+    encode: float | None = None
+
+
+def backoff(settings: Settings, attempt: int) -> float:
+    """Exponential backoff with full jitter in [50%, 150%] of the step."""
+    step: float = min(settings.retry_backoff * 2.0 ** max(attempt - 1, 0), MAX_BACKOFF)
+    return step * (0.5 + random.random())
 
 
 def _publish(settings: Settings, job_id: str, scratch: Path) -> None:
@@ -62,7 +94,9 @@ def _publish(settings: Settings, job_id: str, scratch: Path) -> None:
     os.replace(scratch, final)
 
 
-def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings) -> None:
+def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
+            timings: _Timings) -> None:
+    started = time.monotonic()
     count = len(deck.slides)
     images: list[Path] = []
     for i in range(count):
@@ -75,9 +109,11 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings) -> None
             lease.add_file(THUMBNAIL_FILE, save_thumbnail(image, scratch / THUMBNAIL_FILE))
         images.append(scratch / rel)
         lease.progress(SLIDES_SHARE * (i + 1) / count, Stage.RENDERING_SLIDES)
+    timings.render = time.monotonic() - started
 
     lease.progress(SLIDES_SHARE, Stage.ENCODING_VIDEO)
-    last_write = time.monotonic()
+    started = time.monotonic()
+    last_write = started
 
     def on_progress(fraction: float) -> None:
         nonlocal last_write
@@ -89,60 +125,108 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings) -> None
     try:
         encode(images, [s.duration for s in deck.slides], deck.options.fps, video,
                transition=deck.options.transition, preset=settings.x264_preset,
-               on_progress=on_progress, should_stop=lambda: lease.lost)
-    except EncodeStopped as stopped:
-        raise AttemptLost() from stopped
+               on_progress=on_progress, should_stop=lambda: lease.should_stop)
+    except EncodeStopped:
+        lease.check()
+        raise
+    timings.encode = time.monotonic() - started
     lease.add_file(VIDEO_FILE, video.stat().st_size)
     lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
 
 
-def run_attempt(store: JobStore, job: Job, settings: Settings) -> Outcome:
+def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
     """Render the claimed attempt ``job.attempts`` of ``job`` and record the outcome."""
     attempt = job.attempts
     scratch = partial_dir(settings.output_dir, job.id, attempt)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     started = time.monotonic()
-    outcome = Outcome.FAILED
-    error: str | None = None
+    timings = _Timings()
+    patience = max(settings.stale_after / 2, 1.0)
+    result: AttemptResult
     try:
-        with Lease(store, job.id, attempt, settings.heartbeat_interval) as lease:
+        with Lease(store, job.id, attempt, settings.heartbeat_interval, patience) as lease:
             try:
                 deck = Deck.model_validate(job.deck)
             except ValidationError as invalid:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
-            _render(lease, deck, scratch, settings)
-            lease.check()
+            _render(lease, deck, scratch, settings, timings)
+            lease.write(lambda: store.heartbeat(job.id, attempt))  # still ours, right now
             _publish(settings, job.id, scratch)
-            done = store.complete(
-                job.id, attempt,
-                video_url=f"/v1/jobs/{job.id}/video",
-                thumbnail_url=f"/v1/jobs/{job.id}/thumbnail",
-                slide_image_path=SLIDES_DIR,
-            )
-            if not done:
+            completed = False
+
+            def complete() -> bool:
+                nonlocal completed
+                completed = store.complete(
+                    job.id, attempt,
+                    video_url=f"/v1/jobs/{job.id}/video",
+                    thumbnail_url=f"/v1/jobs/{job.id}/thumbnail",
+                    slide_image_path=SLIDES_DIR,
+                    render_seconds=timings.render, encode_seconds=timings.encode,
+                )
+                return completed
+
+            try:
+                lease.write(complete)
+            except AttemptLost:
                 _unpublish_stale(store, settings, job.id, attempt)
-                raise AttemptLost()
-            outcome = Outcome.COMPLETED
+                raise
+            result = AttemptResult(Outcome.COMPLETED)
     except AttemptLost:
-        outcome = Outcome.LOST
-    except (RenderError, EncodeError) as failure:
-        error = str(failure)
+        result = AttemptResult(Outcome.LOST)
+    except CancelRequested:
+        result = AttemptResult(Outcome.CANCELLED)
+    except RenderError as failure:
+        result = AttemptResult(Outcome.FAILED, str(failure))
+    except (StoreUnavailable, DatabaseUnavailable) as failure:
+        result = AttemptResult(Outcome.RETRYING, f"database unavailable: {failure}")
+    except EncodeError as failure:
+        result = AttemptResult(Outcome.RETRYING, str(failure))
     except Exception as failure:  # decided and recorded below, never swallowed silently
         log.exception("job %s attempt %s crashed", job.id, attempt)
-        error = f"render crashed: {type(failure).__name__}: {failure}"
+        result = AttemptResult(Outcome.RETRYING,
+                               f"render crashed: {type(failure).__name__}: {failure}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    if outcome is Outcome.FAILED:
-        assert error is not None
-        if store.fail(job.id, attempt, error):
-            remove_job_files(settings.output_dir, job.id)
+    result = _record_outcome(store, job, settings, result, timings)
+    log.info("job %s attempt %s: %s in %.2fs%s", job.id, attempt, result.outcome,
+             time.monotonic() - started, f" ({result.error})" if result.error else "")
+    return result
+
+
+def _record_outcome(store: JobStore, job: Job, settings: Settings, result: AttemptResult,
+                    timings: _Timings) -> AttemptResult:
+    """Write a non-completed outcome (fenced); files go with every one of them."""
+    attempt = job.attempts
+    if result.outcome in (Outcome.COMPLETED, Outcome.LOST):
+        return result
+    try:
+        if result.outcome is Outcome.CANCELLED:
+            recorded = store.finish_cancelled(job.id, attempt)
+        elif result.outcome is Outcome.RETRYING and attempt < job.attempt_limit:
+            delay = backoff(settings, attempt)
+            reason = f"attempt {attempt} failed, retrying in {delay:.1f}s: {result.error}"
+            recorded = store.requeue(job.id, attempt, reason, delay=delay)
+            result = AttemptResult(Outcome.RETRYING, result.error, delay)
         else:
-            outcome = Outcome.LOST
-    log.info("job %s attempt %s: %s in %.2fs%s", job.id, attempt, outcome,
-             time.monotonic() - started, f" ({error})" if error else "")
-    return outcome
+            error = result.error or "failed"
+            if result.outcome is Outcome.RETRYING:
+                error = f"gave up after {attempt} attempts: {error}"
+            recorded = store.fail(job.id, attempt, error, render_seconds=timings.render,
+                                  encode_seconds=timings.encode)
+            result = AttemptResult(Outcome.FAILED, error)
+    except StorageError:
+        # The database is down: leave the job processing; its heartbeat has
+        # stopped, so the sweeper requeues it once the database is back.
+        log.warning("job %s: could not record %s; the sweeper will recover it", job.id,
+                    result.outcome)
+        return AttemptResult(Outcome.LOST, result.error)
+    if not recorded:
+        return AttemptResult(Outcome.LOST, result.error)
+    if result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
+        remove_job_files(settings.output_dir, job.id)
+    return result
 
 
 def _unpublish_stale(store: JobStore, settings: Settings, job_id: str, attempt: int) -> None:
@@ -150,7 +234,7 @@ def _unpublish_stale(store: JobStore, settings: Settings, job_id: str, attempt: 
     attempt has completed the job since (then its files are the ones in place)."""
     try:
         current = store.get(job_id)
-    except Exception:
+    except StorageError:
         current = None
     if current is None or current.status != "completed":
         shutil.rmtree(job_dir(settings.output_dir, job_id), ignore_errors=True)

@@ -1,22 +1,48 @@
-"""Celery tasks. Every task carries only a job id: the job store is the truth."""
+"""Celery tasks and the worker's lifecycle hooks.
+
+Every task carries only a job id: the job store is the truth. The worker's
+main process registers itself in the ``workers`` table and runs the
+:class:`~workers.sweeper.Sweeper` thread.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from storage import DatabaseUnavailable, JobStore, get_settings
+from storage import DatabaseUnavailable, JobStore, StorageError, get_settings
 from storage.db import dispose_engines
+from storage.registry import WorkerRegistry
 from workers.celery_app import app
 from workers.pipeline import Outcome, run_attempt
+from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
 RENDER_TASK = "slidefarm.render_presentation"
+
+_sweeper: Sweeper | None = None
+
+
+def _store() -> JobStore:
+    return JobStore.from_url(get_settings().database_url)
+
+
+def dispatch(job_id: str, countdown: float = 0.0) -> None:
+    """Send the render task of ``job_id`` (a failed send is retried by the sweeper)."""
+    try:
+        app.send_task(RENDER_TASK, args=[job_id], countdown=countdown or None,
+                      retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                                "interval_step": 0.5, "interval_max": 1.0})
+    except Exception:
+        log.warning("job %s: broker unavailable; the sweeper will send it again", job_id,
+                    exc_info=True)
 
 
 @worker_process_init.connect
@@ -25,24 +51,59 @@ def _fresh_connections(**_: Any) -> None:
     dispose_engines()
 
 
-def _store() -> JobStore:
-    return JobStore.from_url(get_settings().database_url)
+@worker_ready.connect
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    global _sweeper
+    name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
+    store = _store()
+    try:
+        WorkerRegistry(store).register(name, socket.gethostname(), os.getpid())
+    except StorageError:
+        log.warning("could not register worker %s (database unavailable)", name)
+    _sweeper = Sweeper(store, get_settings(), name, dispatch)
+    _sweeper.start()
 
 
-@app.task(name=RENDER_TASK, bind=True, max_retries=8, ignore_result=True)
+@worker_shutdown.connect
+def _stop_sweeper(sender: Any = None, **_: Any) -> None:
+    if _sweeper is None:
+        return
+    _sweeper.stop()
+    try:
+        WorkerRegistry(_sweeper.store).stopped(_sweeper.name)
+    except StorageError:
+        pass
+
+
+@app.task(name=RENDER_TASK, bind=True, max_retries=None, ignore_result=True)
 def render_presentation(self: Task, job_id: str) -> str:
     """Claim job ``job_id`` and render it; a job already claimed or gone is skipped."""
     store = _store()
-    worker = self.request.hostname or "unknown"
+    worker = self.request.hostname or f"celery@{socket.gethostname()}"
     try:
         job = store.claim(job_id, worker)
     except DatabaseUnavailable as down:
         # The row is safe in the database; try again once it answers.
-        delay = min(2 ** self.request.retries, 60) * (0.5 + random.random())
+        delay = min(2 ** min(self.request.retries, 6), 60) * (0.5 + random.random())
         log.warning("job %s: database unavailable at claim, retrying in %.1fs", job_id, delay)
         raise self.retry(exc=down, countdown=delay) from down
     if job is None:
-        log.info("job %s: not claimable (already claimed, finished or deleted); skipped", job_id)
+        log.info("job %s: not claimable (already claimed, finished, not due or deleted); "
+                 "skipped", job_id)
         return "skipped"
-    outcome: Outcome = run_attempt(store, job, get_settings())
-    return outcome.value
+    registry = WorkerRegistry(store)
+    _registry_call(registry.job_started, worker, job.id)
+    result = run_attempt(store, job, get_settings())
+    if result.outcome is Outcome.RETRYING:
+        dispatch(job.id, result.retry_in or 0.0)
+    if result.outcome is not Outcome.LOST:
+        _registry_call(registry.job_finished, worker, job.id,
+                       failed=result.outcome is not Outcome.COMPLETED)
+    return result.outcome.value
+
+
+def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except StorageError:
+        log.warning("worker registry not updated (database unavailable)")

@@ -1,0 +1,101 @@
+"""The worker registry: which render workers exist, are alive, and what they do.
+
+Every worker keeps its row current (``last_seen``), so an operator sees which
+hosts are alive from the database alone, whatever the broker says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, case, insert, select, update
+
+from storage.jobs import JobStore, utcnow
+from storage.models import WorkerRow
+
+workers_table = cast(Table, WorkerRow.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A snapshot of one worker's row."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None
+    current_job: str | None
+    jobs_done: int
+    jobs_failed: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkerInfo:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    def alive(self, stale_after: float, now: datetime | None = None) -> bool:
+        """Seen within ``stale_after`` seconds and not stopped."""
+        now = now or utcnow()
+        return self.stopped_at is None and now - self.last_seen <= timedelta(seconds=stale_after)
+
+
+class WorkerRegistry:
+    """Reads and writes of the ``workers`` table (same engine as the job store)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def register(self, name: str, host: str, pid: int) -> None:
+        """A worker started (or restarted under the same name): a fresh row."""
+        now = utcnow()
+        values = {"host": host, "pid": pid, "started_at": now, "last_seen": now,
+                  "stopped_at": None, "current_job": None}
+        with self.store.transaction() as conn:
+            updated = conn.execute(
+                update(workers_table).where(workers_table.c.name == name).values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(insert(workers_table).values(name=name, jobs_done=0, jobs_failed=0,
+                                                          **values))
+
+    def seen(self, name: str) -> None:
+        """Renew ``last_seen``."""
+        with self.store.transaction() as conn:
+            conn.execute(update(workers_table).where(workers_table.c.name == name)
+                         .values(last_seen=utcnow(), stopped_at=None))
+
+    def job_started(self, name: str, job_id: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(update(workers_table).where(workers_table.c.name == name)
+                         .values(current_job=job_id, last_seen=utcnow()))
+
+    def job_finished(self, name: str, job_id: str, *, failed: bool) -> None:
+        """Count the outcome; clear ``current_job`` if it is still this job."""
+        counter = workers_table.c.jobs_failed if failed else workers_table.c.jobs_done
+        with self.store.transaction() as conn:
+            conn.execute(
+                update(workers_table).where(workers_table.c.name == name).values(
+                    {counter.key: counter + 1,
+                     "current_job": case((workers_table.c.current_job == job_id, None),
+                                         else_=workers_table.c.current_job),
+                     "last_seen": utcnow()}
+                )
+            )
+
+    def stopped(self, name: str) -> None:
+        """A warm shutdown finished."""
+        with self.store.transaction() as conn:
+            conn.execute(update(workers_table).where(workers_table.c.name == name)
+                         .values(stopped_at=utcnow(), current_job=None))
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker, most recently seen first."""
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                select(workers_table).order_by(workers_table.c.last_seen.desc())
+            ).mappings().all()
+        return [WorkerInfo.from_row(r) for r in rows]

@@ -1,0 +1,143 @@
+"""The sweeper: recovery, re-dispatch, retention and orphan clean-up.
+
+It runs as a thread in every worker's main process, but only the holder of
+the ``sweeper`` lease (a database row) sweeps, so there is exactly one at a
+time across the cluster, no extra scheduler process, and no single point of
+failure: when the holder dies its lease expires and another worker takes it.
+The same thread keeps this worker's registry row current.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from storage import JobStore, Settings, Status, StorageError
+from storage.files import PARTIAL_DIR, remove_job_files
+from storage.leases import LeaseManager
+from storage.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "sweeper"
+ORPHAN_SCAN_EVERY = 10.0  # seconds between scans of the output folder
+
+
+class Sweeper:
+    """One sweep at a time across the cluster; see the module docstring."""
+
+    def __init__(self, store: JobStore, settings: Settings, worker_name: str,
+                 dispatch: Callable[[str, float], None]) -> None:
+        self.store = store
+        self.settings = settings
+        self.name = worker_name
+        self.dispatch = dispatch
+        self.leases = LeaseManager(store)
+        self.registry = WorkerRegistry(store)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_orphan_scan = 0.0
+
+    # -- thread ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="slidefarm-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.leases.release(LEASE_NAME, self.name)
+        except StorageError:
+            pass
+
+    def _run(self) -> None:
+        every = self.settings.sweep_every
+        while not self._stop.wait(every):
+            try:
+                self.registry.seen(self.name)
+                self.sweep_once()
+            except StorageError as error:
+                log.warning("sweeper: database unavailable (%s); trying again", error)
+            except Exception:
+                log.exception("sweeper: sweep failed; trying again")
+
+    # -- one sweep ---------------------------------------------------------
+
+    def sweep_once(self, *, force_orphan_scan: bool = False) -> bool:
+        """Sweep if this worker holds the lease; ``True`` if it did."""
+        ttl = max(self.settings.sweep_every * 3, 1.0)
+        if not self.leases.acquire(LEASE_NAME, self.name, ttl):
+            return False
+        for recovery in self.store.recover_stale(self.settings.stale_after):
+            log.warning("sweeper: job %s %s (%s stopped heartbeating)", recovery.job_id,
+                        "requeued" if recovery.action is Status.QUEUED else recovery.action,
+                        recovery.worker)
+            if recovery.action is Status.QUEUED:
+                self.dispatch(recovery.job_id, 0.0)
+            else:
+                remove_job_files(self.settings.output_dir, recovery.job_id)
+        for job_id in self.store.due_for_dispatch(self.settings.dispatch_timeout):
+            log.warning("sweeper: job %s still queued after %.1fs; sent again", job_id,
+                        self.settings.dispatch_timeout)
+            self.dispatch(job_id, 0.0)
+        now = time.monotonic()
+        if force_orphan_scan or now - self._last_orphan_scan >= ORPHAN_SCAN_EVERY:
+            self._last_orphan_scan = now
+            for job_id in self.store.delete_older_than(self.settings.retention_days):
+                remove_job_files(self.settings.output_dir, job_id)
+            self.remove_orphans()
+        return True
+
+    def remove_orphans(self) -> int:
+        """Remove files that belong to no live attempt: scratch folders of
+        attempts that are over, and output folders of jobs that are not
+        completed or no longer exist. Young entries are left for a grace
+        period, so a publish in flight is never raced."""
+        output = self.settings.output_dir
+        if not output.is_dir():
+            return 0
+        grace = max(self.settings.stale_after, 1.0)
+        cutoff = time.time() - grace
+        removed = 0
+
+        scratch_root = output / PARTIAL_DIR
+        partials: list[tuple[Path, str, int | None]] = []
+        if scratch_root.is_dir():
+            for entry in scratch_root.iterdir():
+                job_id, _, suffix = entry.name.partition(".")
+                attempt = int(suffix) if suffix.isdigit() else None
+                partials.append((entry, job_id, attempt))
+        finals = [e for e in output.iterdir() if e.is_dir() and e.name != PARTIAL_DIR
+                  and len(e.name) == 36]
+        owners = self.store.attempt_owners(
+            sorted({j for _, j, _ in partials} | {e.name for e in finals})
+        )
+        for entry, job_id, attempt in partials:
+            owner = owners.get(job_id)
+            live = (owner is not None and attempt is not None
+                    and owner == (Status.PROCESSING, attempt))
+            if not live and _mtime(entry) < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        for entry in finals:
+            owner = owners.get(entry.name)
+            if (owner is None or owner[0] is not Status.COMPLETED) and _mtime(entry) < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        if removed:
+            log.warning("sweeper: removed %d orphaned output folder(s)", removed)
+        return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
