@@ -46,12 +46,23 @@ class Settings(BaseSettings):
     sweep_interval: float | None = Field(
         default=None, gt=0, validation_alias="SLIDEFARM_SWEEP_INTERVAL"
     )
+    #: Seconds between scans of the output folder for orphaned files.
+    orphan_scan_interval: float = Field(
+        default=60.0, gt=0, validation_alias="SLIDEFARM_ORPHAN_SCAN_INTERVAL"
+    )
     #: ffmpeg x264 preset; ``veryfast`` is the measured sweet spot for still slides.
     x264_preset: str = Field(default="veryfast", validation_alias="SLIDEFARM_X264_PRESET")
     #: Max seconds an API process waits for the broker when sending a task.
     broker_send_timeout: float = Field(
         default=2.0, gt=0, validation_alias="SLIDEFARM_BROKER_SEND_TIMEOUT"
     )
+
+    @field_validator("output_dir", "broker_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Resolved once, so the API (which serves files) and the workers agree
+        # whatever folder a library call later resolves relative paths from.
+        return value.expanduser().resolve()
 
     @field_validator("database_url")
     @classmethod

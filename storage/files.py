@@ -38,3 +38,15 @@ def remove_job_files(output_dir: Path, job_id: str) -> None:
     if partial_root.is_dir():
         for leftover in partial_root.glob(f"{job_id}.*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_earlier_attempts(output_dir: Path, job_id: str, attempt: int) -> None:
+    """Delete scratch folders of ``job_id``'s attempts before ``attempt``: once
+    a newer attempt holds the job, theirs can never be published."""
+    partial_root = output_dir / PARTIAL_DIR
+    if not partial_root.is_dir():
+        return
+    for leftover in partial_root.glob(f"{job_id}.*"):
+        suffix = leftover.name.partition(".")[2]
+        if not suffix.isdigit() or int(suffix) < attempt:
+            shutil.rmtree(leftover, ignore_errors=True)

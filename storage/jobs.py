@@ -190,12 +190,15 @@ def _encode_cursor(job: Job) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    if len(cursor) > 200:
+        raise InvalidCursor()
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created = datetime.fromisoformat(data["t"])
-        job_id = str(data["id"])
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc_:
+        job_id = str(uuid.UUID(str(data["id"])))
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError,
+            RecursionError) as exc_:
         raise InvalidCursor() from exc_
     if created.tzinfo is None:
         raise InvalidCursor()
@@ -235,15 +238,13 @@ class JobStore:
         except exc.InterfaceError as error:
             raise DatabaseUnavailable(f"the database is not reachable: {error.orig}") from error
         except exc.DBAPIError as error:
-            if error.connection_invalidated:
-                raise DatabaseUnavailable(
-                    f"the database connection was lost: {error.orig}"
-                ) from error
-            raise
-        except exc.ProgrammingError as error:
             if _is_missing_schema(error):
                 raise StorageError(
                     "the database has no slidefarm schema: run `alembic upgrade head`"
+                ) from error
+            if error.connection_invalidated:
+                raise DatabaseUnavailable(
+                    f"the database connection was lost: {error.orig}"
                 ) from error
             raise
 
@@ -287,10 +288,12 @@ class JobStore:
 
     def _transition(self, job_id: str, attempt: int, from_status: Status,
                     values: dict[str, Any], *, to_status: Status | None = None,
-                    reason: str | None = None, where: Sequence[Any] = ()) -> bool:
+                    reason: str | None = None, where: Sequence[Any] = (),
+                    drop_files: bool = False) -> bool:
         """The one shape of a fenced write: it lands only for the attempt
         holding the job (and any extra ``where``); a status change is recorded
-        in the history within the same transaction."""
+        in the history within the same transaction. ``drop_files`` forgets the
+        attempt's file records (their files are being removed)."""
         stmt = (
             update(jobs_table)
             .where(
@@ -308,6 +311,8 @@ class JobStore:
                 return False
             if to_status is not None:
                 self._record(conn, job_id, from_status, to_status, attempt, row.worker, reason)
+            if drop_files:
+                conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
             return True
 
     def _lease_write(self, job_id: str, attempt: int, values: dict[str, Any]) -> LeaseState:
@@ -561,7 +566,7 @@ class JobStore:
             {"status": Status.FAILED.value, "error": error[:4000], "completed_at": now,
              "last_heartbeat": now, "cancel_requested": False,
              "render_seconds": render_seconds, "encode_seconds": encode_seconds},
-            to_status=Status.FAILED, reason=error,
+            to_status=Status.FAILED, reason=error, drop_files=True,
         )
 
     def finish_cancelled(self, job_id: str, attempt: int) -> bool:
@@ -570,23 +575,34 @@ class JobStore:
         return self._transition(
             job_id, attempt, Status.PROCESSING,
             {"status": Status.CANCELLED.value, "completed_at": now, "last_heartbeat": now,
-             "error": None},
+             "error": None, "cancel_requested": False},
             to_status=Status.CANCELLED, reason="cancelled by request; the worker stopped",
+            drop_files=True,
         )
 
     def requeue(self, job_id: str, attempt: int, reason: str = "requeued", *,
-                delay: float = 0.0) -> bool:
-        """``processing -> queued`` (recovery or an automatic retry): the next
-        claim starts a new attempt, no earlier than ``delay`` seconds from now."""
+                delay: float = 0.0) -> Status | None:
+        """``processing -> queued`` (an automatic retry): the next claim starts a
+        new attempt, no earlier than ``delay`` seconds from now.
+
+        A cancel asked for meanwhile wins: the job ends ``cancelled`` instead.
+        Returns the status the job moved to, or ``None`` if ``attempt`` no
+        longer holds it.
+        """
         now = utcnow()
         due = now + timedelta(seconds=delay) if delay > 0 else None
-        return self._transition(
+        if self._transition(
             job_id, attempt, Status.PROCESSING,
             {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value, "progress": 0.0,
              "queued_at": now, "not_before": due, "dispatched_at": due or now,
              "error": reason[:4000]},
             to_status=Status.QUEUED, reason=reason,
-        )
+            where=[jobs_table.c.cancel_requested.is_(False)],
+        ):
+            return Status.QUEUED
+        if self.finish_cancelled(job_id, attempt):
+            return Status.CANCELLED
+        return None
 
     def mark_dispatched(self, job_id: str) -> None:
         """Note that the task of queued ``job_id`` was just (re)sent."""
@@ -720,8 +736,10 @@ class JobStore:
             if job.cancel_requested:
                 ok = self._transition(
                     job.id, job.attempts, Status.PROCESSING,
-                    {"status": Status.CANCELLED.value, "completed_at": now},
-                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}", where=still_stale)
+                    {"status": Status.CANCELLED.value, "completed_at": now,
+                     "cancel_requested": False},
+                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}", where=still_stale,
+                    drop_files=True)
                 action = Status.CANCELLED
             elif job.attempts < job.attempt_limit:
                 ok = self._transition(
@@ -736,7 +754,7 @@ class JobStore:
                 ok = self._transition(
                     job.id, job.attempts, Status.PROCESSING,
                     {"status": Status.FAILED.value, "completed_at": now, "error": message},
-                    to_status=Status.FAILED, reason=message, where=still_stale)
+                    to_status=Status.FAILED, reason=message, where=still_stale, drop_files=True)
                 action = Status.FAILED
             if ok:
                 done.append(Recovery(job.id, action, job.worker))

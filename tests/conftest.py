@@ -135,6 +135,15 @@ def redis_url() -> Iterator[str]:
     pytest.fail("every Redis test index is taken by other runs")
 
 
+def flush_run_index(url: str) -> None:
+    """Empty this run's Redis index (queues, unacked messages), keeping its lock."""
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter():
+        if key != b"slidefarm:test-run-lock":
+            client.delete(key)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test that needs one."""
@@ -264,13 +273,16 @@ class Stack:
         self.wait_ready(proc)
         return proc
 
-    def start_worker(self, name: str, concurrency: int = 2) -> Proc:
+    def start_worker(self, name: str, concurrency: int = 2,
+                     env: dict[str, str] | None = None) -> Proc:
+        """``celery -A workers worker -n NAME`` (``NAME@%h`` unless it names a host)."""
         self._count += 1
-        proc = Proc(f"worker-{name}-{self._count}", [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "-n", f"{name}@%h",
+        node = name if "@" in name else f"{name}@%h"
+        proc = Proc(f"worker-{name.split('@')[0]}-{self._count}", [
+            sys.executable, "-m", "celery", "-A", "workers", "worker", "-n", node,
             "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
             "--without-mingle",
-        ], self.env, self.log_dir)
+        ], {**self.env, **(env or {})}, self.log_dir)
         self.procs.append(proc)
         return proc
 
@@ -316,7 +328,23 @@ class Stack:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
+            if proc.alive():
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGCONT)  # a paused worker must stop too
+                except ProcessLookupError:
+                    pass
             proc.stop()
+
+    def wait_for(self, job_id: str, predicate: Any, timeout: float = 60) -> dict[str, Any]:
+        """Poll the job until ``predicate(job)`` holds."""
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status, job = self.request("GET", f"/v1/jobs/{job_id}")
+            if status == 200 and predicate(job):
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never matched: {job}")
 
 
 def stack_env(**overrides: str) -> dict[str, str]:
@@ -327,11 +355,91 @@ def stack_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+class RedisServer:
+    """A private ``redis-server`` on a spare port that keeps nothing on disk,
+    so a test can stop it, restart it empty, or cut it off."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart_empty(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", FileNotFoundError("redis-server not installed"))
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: Short intervals so recovery happens within seconds (DESIGN.md allows fractions).
+FAST_RECOVERY = {
+    "SLIDEFARM_HEARTBEAT_INTERVAL": "0.2",
+    "SLIDEFARM_STALE_AFTER": "2",
+    "SLIDEFARM_DISPATCH_TIMEOUT": "2",
+    "SLIDEFARM_SWEEP_INTERVAL": "0.25",
+    "SLIDEFARM_ORPHAN_SCAN_INTERVAL": "1",
+    "SLIDEFARM_RETRY_BACKOFF": "0.2",
+}
+
+
+def make_stack(pg_url: str, broker_url: str, tmp_path: Path, **extra: str) -> Stack:
+    _truncate(pg_url)
+    env = stack_env(
+        DATABASE_URL=pg_url,
+        CELERY_BROKER_URL=broker_url,
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+        **{**FAST_RECOVERY, **extra},
+    )
+    return Stack(env, tmp_path)
+
+
+@pytest.fixture
+def fault_stack(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """PostgreSQL + Redis with recovery intervals of seconds."""
+    flush_run_index(redis_url)
+    stack = make_stack(pg_url, redis_url, tmp_path)
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+
+
 @pytest.fixture
 def pg_redis_stack(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     """The production shape: PostgreSQL, Redis, gunicorn and celery processes."""
     _truncate(pg_url)
-    redis.Redis.from_url(redis_url).delete("slidefarm")
+    flush_run_index(redis_url)
     env = stack_env(
         DATABASE_URL=pg_url,
         CELERY_BROKER_URL=redis_url,

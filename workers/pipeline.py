@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from storage import DatabaseUnavailable, Job, JobStore, Settings, Stage, StorageError
+from storage import DatabaseUnavailable, Job, JobStore, Settings, Stage, Status, StorageError
 from storage.deck import Deck
 from storage.files import (
     SLIDES_DIR,
@@ -38,6 +38,7 @@ from storage.files import (
     VIDEO_FILE,
     job_dir,
     partial_dir,
+    remove_earlier_attempts,
     remove_job_files,
     slide_file,
 )
@@ -138,6 +139,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
     """Render the claimed attempt ``job.attempts`` of ``job`` and record the outcome."""
     attempt = job.attempts
     scratch = partial_dir(settings.output_dir, job.id, attempt)
+    remove_earlier_attempts(settings.output_dir, job.id, attempt)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     started = time.monotonic()
@@ -207,8 +209,12 @@ def _record_outcome(store: JobStore, job: Job, settings: Settings, result: Attem
         elif result.outcome is Outcome.RETRYING and attempt < job.attempt_limit:
             delay = backoff(settings, attempt)
             reason = f"attempt {attempt} failed, retrying in {delay:.1f}s: {result.error}"
-            recorded = store.requeue(job.id, attempt, reason, delay=delay)
-            result = AttemptResult(Outcome.RETRYING, result.error, delay)
+            moved = store.requeue(job.id, attempt, reason, delay=delay)
+            recorded = moved is not None
+            if moved is Status.CANCELLED:  # a cancel came in meanwhile: it wins
+                result = AttemptResult(Outcome.CANCELLED)
+            else:
+                result = AttemptResult(Outcome.RETRYING, result.error, delay)
         else:
             error = result.error or "failed"
             if result.outcome is Outcome.RETRYING:

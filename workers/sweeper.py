@@ -24,7 +24,6 @@ from storage.registry import WorkerRegistry
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "sweeper"
-ORPHAN_SCAN_EVERY = 10.0  # seconds between scans of the output folder
 
 
 class Sweeper:
@@ -88,7 +87,7 @@ class Sweeper:
                         self.settings.dispatch_timeout)
             self.dispatch(job_id, 0.0)
         now = time.monotonic()
-        if force_orphan_scan or now - self._last_orphan_scan >= ORPHAN_SCAN_EVERY:
+        if force_orphan_scan or now - self._last_orphan_scan >= self.settings.orphan_scan_interval:
             self._last_orphan_scan = now
             for job_id in self.store.delete_older_than(self.settings.retention_days):
                 remove_job_files(self.settings.output_dir, job_id)

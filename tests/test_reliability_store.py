@@ -1,0 +1,480 @@
+"""Reliability of the job store on SQLite and PostgreSQL: the history of
+transitions, cancel, retry, delete, recovery of stale jobs, re-dispatch,
+delayed retries, expiring idempotency keys, leases and the worker registry.
+
+Time moves through the ``now=`` parameters (or by ageing rows), never by sleeping.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from storage import (
+    InvalidTransition,
+    JobNotFound,
+    JobStore,
+    LeaseState,
+    Stage,
+    Status,
+    StorageError,
+    utcnow,
+)
+from storage.jobs import IDEMPOTENCY_TTL, jobs_table
+from storage.leases import LeaseManager, leases_table
+from storage.registry import WorkerRegistry
+from tests.conftest import create_pg_database, drop_pg_database, small_deck
+
+MISSING = "00000000-0000-0000-0000-000000000000"
+
+
+def _new(store: JobStore, **kwargs: Any) -> str:
+    job, created = store.create(small_deck(), title="deck", **kwargs)
+    assert created
+    return job.id
+
+
+def _processing(store: JobStore, worker: str = "a@host1", **kwargs: Any) -> str:
+    job_id = _new(store, **kwargs)
+    job = store.claim(job_id, worker)
+    assert job is not None and job.status is Status.PROCESSING
+    return job_id
+
+
+def _failed(store: JobStore) -> str:
+    job_id = _processing(store)
+    assert store.fail(job_id, 1, "the deck cannot be rendered")
+    return job_id
+
+
+def _completed(store: JobStore) -> str:
+    job_id = _processing(store)
+    assert store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
+                          slide_image_path="slides")
+    return job_id
+
+
+def _cancelled(store: JobStore) -> str:
+    job_id = _new(store)
+    assert store.request_cancel(job_id).status is Status.CANCELLED
+    return job_id
+
+
+def _transitions(store: JobStore, job_id: str) -> list[tuple[Any, ...]]:
+    return [(e.from_status, e.to_status, e.attempt, e.worker) for e in store.history(job_id)]
+
+
+# -- history -------------------------------------------------------------------
+
+
+def test_history_records_every_transition_in_order(store: JobStore) -> None:
+    job_id = _processing(store, "a@host1")
+    assert store.requeue(job_id, 1, "attempt 1 failed: ffmpeg crashed")
+    assert store.claim(job_id, "b@host2") is not None
+    assert store.complete(job_id, 2, video_url="/v", thumbnail_url="/t",
+                          slide_image_path="slides")
+    events = store.history(job_id)
+    assert [(e.from_status, e.to_status, e.attempt, e.worker) for e in events] == [
+        (None, Status.QUEUED, 0, None),
+        (Status.QUEUED, Status.PROCESSING, 1, "a@host1"),
+        (Status.PROCESSING, Status.QUEUED, 1, "a@host1"),
+        (Status.QUEUED, Status.PROCESSING, 2, "b@host2"),
+        (Status.PROCESSING, Status.COMPLETED, 2, "b@host2"),
+    ]
+    assert [e.reason for e in events] == [
+        "submitted", "claimed", "attempt 1 failed: ffmpeg crashed", "claimed", "rendered",
+    ]
+    times = [e.at for e in events]
+    assert times == sorted(times)
+    assert all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times)
+
+
+def test_history_of_failure_cancel_and_retry(store: JobStore) -> None:
+    failed = _failed(store)
+    store.retry(failed)
+    assert _transitions(store, failed)[-2:] == [
+        (Status.PROCESSING, Status.FAILED, 1, "a@host1"),
+        (Status.FAILED, Status.QUEUED, 1, None),
+    ]
+    assert store.history(failed)[-2].reason == "the deck cannot be rendered"
+    assert store.history(failed)[-1].reason == "retry requested"
+
+    flagged = _processing(store)
+    store.request_cancel(flagged)
+    assert store.finish_cancelled(flagged, 1)
+    assert _transitions(store, flagged)[-1] == (Status.PROCESSING, Status.CANCELLED, 1,
+                                                "a@host1")
+
+    queued = _cancelled(store)
+    assert _transitions(store, queued) == [(None, Status.QUEUED, 0, None),
+                                           (Status.QUEUED, Status.CANCELLED, 0, None)]
+
+
+def test_history_of_an_unknown_job_is_empty(store: JobStore) -> None:
+    assert store.history(MISSING) == []
+
+
+# -- cancel --------------------------------------------------------------------
+
+
+def test_cancel_of_a_queued_job_is_immediate(store: JobStore) -> None:
+    job_id = _new(store)
+    job = store.request_cancel(job_id)
+    assert job.status is Status.CANCELLED and job.completed_at is not None
+    assert store.get(job_id).status is Status.CANCELLED
+    assert store.claim(job_id, "a@host1") is None  # a late delivery does nothing
+
+
+def test_cancel_of_a_processing_job_flags_it_until_the_worker_stops(store: JobStore) -> None:
+    job_id = _processing(store)
+    assert store.heartbeat(job_id, 1) is LeaseState.HELD
+    job = store.request_cancel(job_id)
+    assert job.status is Status.PROCESSING and job.cancel_requested
+    assert store.get(job_id).cancel_requested
+    assert store.heartbeat(job_id, 1) is LeaseState.CANCEL_REQUESTED
+    state = store.record_progress(job_id, 1, 0.5, Stage.RENDERING_SLIDES)
+    assert state is LeaseState.CANCEL_REQUESTED and state  # still held: it may clean up
+    # Asking again while it stops is harmless.
+    assert store.request_cancel(job_id).status is Status.PROCESSING
+    assert not store.finish_cancelled(job_id, 2)  # another attempt's word is refused
+    assert store.finish_cancelled(job_id, 1)
+    job = store.get(job_id)
+    assert job.status is Status.CANCELLED and job.completed_at is not None
+    assert store.heartbeat(job_id, 1) is LeaseState.LOST
+
+
+@pytest.mark.parametrize("make", [_completed, _failed, _cancelled])
+def test_cancel_of_a_finished_job_is_refused(store: JobStore, make: Any) -> None:
+    job_id = make(store)
+    before = store.get(job_id)
+    with pytest.raises(InvalidTransition):
+        store.request_cancel(job_id)
+    assert store.get(job_id) == before
+
+
+def test_cancel_of_an_unknown_job(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        store.request_cancel(MISSING)
+
+
+def test_a_cancel_is_not_lost_when_the_worker_requeues(store: JobStore) -> None:
+    """A cancel that lands after the worker's last heartbeat, followed by a
+    transient error (requeue for an automatic retry), must still end the job
+    cancelled: the user was told 202 and ``cancel_requested: true``."""
+    job_id = _processing(store)
+    assert store.request_cancel(job_id).cancel_requested
+    store.requeue(job_id, 1, "attempt 1 failed, retrying in 0.0s: ffmpeg crashed")
+    second = store.claim(job_id, "b@host2")
+    if second is None:
+        assert store.get(job_id).status is Status.CANCELLED
+    else:
+        assert store.heartbeat(job_id, 2) is LeaseState.CANCEL_REQUESTED, (
+            "the cancel request was dropped by requeue + claim; the job will complete"
+        )
+
+
+# -- retry ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [_failed, _cancelled])
+def test_retry_queues_a_failed_or_cancelled_job_with_a_fresh_budget(store: JobStore,
+                                                                    make: Any) -> None:
+    job_id = make(store)
+    attempts = store.get(job_id).attempts
+    job = store.retry(job_id, max_attempts=4)
+    assert job.status is Status.QUEUED and job.stage is Stage.QUEUED
+    assert job.attempt_limit == attempts + 4
+    assert job.error is None and job.completed_at is None and not job.cancel_requested
+    assert job.progress == 0.0 and job.attempts == attempts
+    claimed = store.claim(job_id, "b@host2")
+    assert claimed is not None and claimed.attempts == attempts + 1
+
+
+@pytest.mark.parametrize("make", [_new, _processing, _completed])
+def test_retry_of_a_job_that_did_not_fail_is_refused(store: JobStore, make: Any) -> None:
+    job_id = make(store)
+    before = store.get(job_id)
+    with pytest.raises(InvalidTransition):
+        store.retry(job_id)
+    assert store.get(job_id) == before
+
+
+def test_retry_of_an_unknown_job(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        store.retry(MISSING)
+
+
+def test_retry_after_recovery_spent_the_budget(store: JobStore) -> None:
+    job_id = _processing(store, attempt_limit=1)
+    later = utcnow() + timedelta(seconds=60)
+    [recovery] = store.recover_stale(30, now=later)
+    assert recovery.action is Status.FAILED
+    job = store.retry(job_id, max_attempts=2)
+    assert job.attempt_limit == 3 and job.error is None
+
+
+# -- delete --------------------------------------------------------------------
+
+
+def test_delete_removes_the_job_and_its_history(store: JobStore) -> None:
+    job_id = _completed(store)
+    assert store.history(job_id)
+    assert store.delete(job_id)
+    with pytest.raises(JobNotFound):
+        store.get(job_id)
+    assert store.history(job_id) == []
+    assert not store.delete(job_id)
+    assert store.attempt_owners([job_id]) == {}
+
+
+def test_delete_fences_off_the_worker_still_rendering(store: JobStore) -> None:
+    job_id = _processing(store)
+    assert store.add_file(job_id, 1, "slides/001.png", 10)
+    assert store.delete(job_id)
+    assert store.heartbeat(job_id, 1) is LeaseState.LOST
+    assert store.record_progress(job_id, 1, 0.9, Stage.ENCODING_VIDEO) is LeaseState.LOST
+    assert not store.add_file(job_id, 1, "video.mp4", 99)
+    assert not store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
+                              slide_image_path="slides")
+    assert not store.fail(job_id, 1, "late")
+    assert not store.requeue(job_id, 1, "late")
+    assert not store.finish_cancelled(job_id, 1)
+    assert store.claim(job_id, "b@host2") is None
+    with pytest.raises(JobNotFound):
+        store.get(job_id)
+    assert store.history(job_id) == []
+
+
+# -- recovery of stale jobs ------------------------------------------------------
+
+
+def test_recover_stale_requeues_a_job_with_attempts_left(store: JobStore) -> None:
+    job_id = _processing(store, "a@host1")
+    later = utcnow() + timedelta(seconds=60)
+    recoveries = store.recover_stale(30, now=later)
+    assert [(r.job_id, r.action, r.worker) for r in recoveries] == [
+        (job_id, Status.QUEUED, "a@host1")
+    ]
+    job = store.get(job_id)
+    lost = "worker lost: a@host1 stopped heartbeating"
+    assert job.status is Status.QUEUED and job.stage is Stage.QUEUED and job.attempts == 1
+    assert job.error == lost
+    event = store.history(job_id)[-1]
+    assert (event.from_status, event.to_status, event.attempt, event.worker, event.reason) == (
+        Status.PROCESSING, Status.QUEUED, 1, "a@host1", lost)
+    # The presumed-dead worker is fenced off; the next claim is a new attempt.
+    assert store.heartbeat(job_id, 1) is LeaseState.LOST
+    second = store.claim(job_id, "b@host2")
+    assert second is not None and second.attempts == 2
+    # The new attempt's heartbeat is fresh: the sweeper leaves it alone.
+    assert store.recover_stale(30, now=utcnow() + timedelta(seconds=10)) == []
+
+
+def test_recover_stale_fails_a_job_whose_attempts_are_spent(store: JobStore) -> None:
+    job_id = _processing(store, "a@host1", attempt_limit=2)
+    assert store.requeue(job_id, 1, "transient")
+    assert store.claim(job_id, "b@host2") is not None
+    [recovery] = store.recover_stale(30, now=utcnow() + timedelta(seconds=60))
+    assert recovery.action is Status.FAILED and recovery.worker == "b@host2"
+    job = store.get(job_id)
+    assert job.status is Status.FAILED and job.completed_at is not None
+    assert job.error is not None
+    assert job.error.startswith("worker lost: b@host2 stopped heartbeating")
+    last = store.history(job_id)[-1]
+    assert last.to_status is Status.FAILED and last.reason == job.error
+
+
+def test_recover_stale_cancels_a_job_whose_cancel_was_requested(store: JobStore) -> None:
+    job_id = _processing(store, "a@host1")
+    store.request_cancel(job_id)
+    [recovery] = store.recover_stale(30, now=utcnow() + timedelta(seconds=60))
+    assert recovery.action is Status.CANCELLED
+    assert store.get(job_id).status is Status.CANCELLED
+    last = store.history(job_id)[-1]
+    assert last.to_status is Status.CANCELLED
+    assert last.reason is not None and "worker lost: a@host1 stopped heartbeating" in last.reason
+
+
+def test_recover_stale_leaves_a_fresh_heartbeat_alone(store: JobStore) -> None:
+    fresh = _processing(store, "a@host1")
+    stale = _processing(store, "b@host2")
+    queued = _new(store)
+    done = _completed(store)
+    assert store.heartbeat(fresh, 1)
+    # 20 s on, with stale_after 30: nobody is stale yet.
+    assert store.recover_stale(30, now=utcnow() + timedelta(seconds=20)) == []
+    # Age only one job's heartbeat.
+    with store.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.id == stale)
+                     .values(last_heartbeat=utcnow() - timedelta(seconds=120)))
+    assert [r.job_id for r in store.recover_stale(30)] == [stale]
+    assert store.get(fresh).status is Status.PROCESSING
+    assert store.get(queued).status is Status.QUEUED
+    assert store.get(done).status is Status.COMPLETED
+
+
+# -- re-dispatch and delayed retries -----------------------------------------------
+
+
+def test_due_for_dispatch_returns_forgotten_queued_jobs_once(store: JobStore) -> None:
+    forgotten = _new(store)
+    _processing(store)
+    _completed(store)
+    now = utcnow()
+    assert store.due_for_dispatch(60, now=now + timedelta(seconds=30)) == []
+    later = now + timedelta(seconds=120)
+    assert store.due_for_dispatch(60, now=later) == [forgotten]
+    assert store.get(forgotten).dispatched_at == later
+    assert store.due_for_dispatch(60, now=later) == []
+    assert store.due_for_dispatch(60, now=later + timedelta(seconds=1)) == []
+    # Forgotten again: sent again.
+    again = later + timedelta(seconds=61)
+    assert store.due_for_dispatch(60, now=again) == [forgotten]
+
+
+def test_mark_dispatched_resets_the_clock(store: JobStore) -> None:
+    job_id = _new(store)
+    with store.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.id == job_id)
+                     .values(dispatched_at=utcnow() - timedelta(seconds=300)))
+    store.mark_dispatched(job_id)
+    assert store.due_for_dispatch(60) == []
+
+
+def test_due_for_dispatch_skips_a_retry_that_is_not_due(store: JobStore) -> None:
+    job_id = _processing(store)
+    assert store.requeue(job_id, 1, "transient", delay=3600)
+    job = store.get(job_id)
+    assert job.status is Status.QUEUED and job.not_before is not None
+    assert job.not_before > utcnow() + timedelta(seconds=3500)
+    assert store.due_for_dispatch(60, now=utcnow() + timedelta(seconds=600)) == []
+    assert store.due_for_dispatch(60, now=utcnow() + timedelta(seconds=3600 + 120)) == [job_id]
+
+
+def test_claim_refuses_a_retry_that_is_not_due(store: JobStore) -> None:
+    job_id = _processing(store)
+    assert store.requeue(job_id, 1, "transient", delay=3600)
+    assert store.claim(job_id, "b@host2") is None
+    assert store.get(job_id).status is Status.QUEUED
+    with store.engine.begin() as conn:  # an hour later
+        conn.execute(update(jobs_table).where(jobs_table.c.id == job_id)
+                     .values(not_before=utcnow() - timedelta(seconds=1)))
+    second = store.claim(job_id, "b@host2")
+    assert second is not None and second.attempts == 2 and second.not_before is None
+
+
+# -- idempotency keys expire ---------------------------------------------------------
+
+
+def _age(store: JobStore, job_id: str, age: timedelta) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.id == job_id)
+                     .values(created_at=utcnow() - age))
+
+
+def test_an_idempotency_key_is_kept_for_24_hours(store: JobStore) -> None:
+    first = _new(store, idempotency_key="k", request_hash="h")
+    _age(store, first, IDEMPOTENCY_TTL - timedelta(hours=1))
+    again, created = store.create(small_deck(), title="deck", idempotency_key="k",
+                                  request_hash="h")
+    assert not created and again.id == first
+
+
+@pytest.mark.parametrize("request_hash", ["h", "another body"])
+def test_an_idempotency_key_older_than_24_hours_is_reusable(store: JobStore,
+                                                            request_hash: str) -> None:
+    first = _new(store, idempotency_key="k", request_hash="h")
+    _age(store, first, IDEMPOTENCY_TTL + timedelta(minutes=1))
+    job, created = store.create(small_deck(), title="deck", idempotency_key="k",
+                                request_hash=request_hash)
+    assert created and job.id != first
+    assert store.find_by_idempotency_key("k") == job
+    assert store.get(first).status is Status.QUEUED  # the old job itself is untouched
+    replay, created_again = store.create(small_deck(), title="deck", idempotency_key="k",
+                                         request_hash=request_hash)
+    assert not created_again and replay.id == job.id
+
+
+# -- leases ------------------------------------------------------------------------
+
+
+def test_a_lease_is_exclusive_renewable_expires_and_is_released(store: JobStore) -> None:
+    leases = LeaseManager(store)
+    assert leases.acquire("sweeper", "a@host1", ttl=30)
+    assert not leases.acquire("sweeper", "b@host2", ttl=30)
+    assert leases.acquire("sweeper", "a@host1", ttl=30)  # renewed by its holder
+    assert not leases.acquire("sweeper", "b@host2", ttl=30)
+    assert leases.acquire("other", "b@host2", ttl=30)  # names are independent
+
+    with store.engine.begin() as conn:  # a@host1 died: its lease ran out
+        conn.execute(update(leases_table).where(leases_table.c.name == "sweeper")
+                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert leases.acquire("sweeper", "b@host2", ttl=30)
+    assert not leases.acquire("sweeper", "a@host1", ttl=30)  # came back too late
+
+    leases.release("sweeper", "a@host1")  # not its holder: nothing happens
+    assert not leases.acquire("sweeper", "a@host1", ttl=30)
+    leases.release("sweeper", "b@host2")
+    assert leases.acquire("sweeper", "a@host1", ttl=30)
+
+
+# -- worker registry -------------------------------------------------------------------
+
+
+def test_worker_registry_tracks_workers_and_their_jobs(store: JobStore) -> None:
+    registry = WorkerRegistry(store)
+    registry.register("a@host1", "host1", 101)
+    registry.register("b@host2", "host2", 202)
+    registry.seen("a@host1")  # a is the most recently seen
+    workers = registry.list_workers()
+    assert [w.name for w in workers] == ["a@host1", "b@host2"]
+    a = workers[0]
+    assert (a.host, a.pid, a.current_job, a.jobs_done, a.jobs_failed, a.stopped_at) == (
+        "host1", 101, None, 0, 0, None)
+    assert a.alive(30)
+
+    registry.job_started("a@host1", "job-1")
+    assert registry.list_workers()[0].current_job == "job-1"
+    registry.job_finished("a@host1", "job-1", failed=False)
+    registry.job_started("a@host1", "job-2")
+    registry.job_finished("a@host1", "job-2", failed=True)
+    registry.job_started("a@host1", "job-3")
+    registry.job_finished("a@host1", "job-old", failed=False)  # not its current job
+    a = {w.name: w for w in registry.list_workers()}["a@host1"]
+    assert (a.jobs_done, a.jobs_failed, a.current_job) == (2, 1, "job-3")
+
+    registry.stopped("a@host1")
+    by_name = {w.name: w for w in registry.list_workers()}
+    a, b = by_name["a@host1"], by_name["b@host2"]
+    assert a.stopped_at is not None and a.current_job is None and not a.alive(30)
+    assert b.alive(30)
+    assert not b.alive(30, now=b.last_seen + timedelta(seconds=31))
+    assert b.alive(30, now=b.last_seen + timedelta(seconds=29))
+
+    registry.register("a@host1", "host1", 303)  # restarted under the same name
+    a = {w.name: w for w in registry.list_workers()}["a@host1"]
+    assert a.pid == 303 and a.stopped_at is None and a.alive(30)
+
+
+# -- an unmigrated database -------------------------------------------------------------
+
+
+def test_an_unmigrated_postgresql_database_names_the_fix(pg_server: Any) -> None:
+    """``JobStore.transaction`` means to turn a missing schema into a
+    StorageError telling the operator to run alembic, on both backends."""
+    url = create_pg_database(pg_server, prefix="slidefarm_empty")
+    try:
+        store = JobStore.from_url(url)
+        with pytest.raises(StorageError, match="alembic upgrade head"):
+            store.get(MISSING)
+    finally:
+        drop_pg_database(pg_server, url)
+
+
+def test_an_unmigrated_sqlite_database_names_the_fix(tmp_path: Any) -> None:
+    store = JobStore.from_url(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StorageError, match="alembic upgrade head"):
+        store.get(MISSING)
