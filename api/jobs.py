@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from pydantic import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 from api.serialize import event_json, job_json
@@ -28,16 +29,33 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(body)"
 
 
+def _read_body() -> bytes:
+    """The whole body, refused with 413 past the limit, chunked or not."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        # A chunked body the server de-chunks: read one byte past the limit
+        # ourselves (Werkzeug's limited stream would stop short, silently).
+        raw: bytes = request.environ["wsgi.input"].read(limit + 1)
+    else:
+        raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def _parse_deck() -> tuple[Deck, dict[str, Any]]:
     if not request.mimetype or request.mimetype != "application/json" and not (
         request.mimetype.startswith("application/") and request.mimetype.endswith("+json")
     ):
         raise UnsupportedMediaType()
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    raw = _read_body()
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints
+        raise BadRequest(f"the body is not valid JSON: {exc}"[:300],
+                         code="malformed_json") from exc
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object describing a deck",
                                [{"field": "(body)", "message": "expected an object"}])
@@ -65,9 +83,13 @@ def submit() -> Response:
     """Record the job, commit, then send its task (never the other way round)."""
     deck, body = _parse_deck()
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
-                         [{"field": "Idempotency-Key", "message": "bad length"}])
+    if key is not None and not (
+        1 <= len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= ch <= "~" for ch in key)
+    ):
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+            [{"field": "Idempotency-Key", "message": "invalid key"}],
+            code="invalid_parameter")
     request_hash = hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "480p": (854, 480),
     "720p": (1280, 720),
     "1080p": (1920, 1080),
 }
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text or JSONB; no slide needs one.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class _Strict(BaseModel):
@@ -24,13 +34,13 @@ class _Strict(BaseModel):
 class Slide(_Strict):
     """One slide: a title, a body, bullets and how long it shows."""
 
-    title: str = Field(default="", max_length=200)
-    body: str = Field(default="", max_length=2000)
-    bullets: list[Annotated[str, Field(max_length=300)]] = Field(
+    title: Text = Field(default="", max_length=200)
+    body: Text = Field(default="", max_length=2000)
+    bullets: list[Annotated[Text, Field(max_length=300)]] = Field(
         default_factory=list, max_length=12
     )
     duration: float = Field(default=3.0, ge=0.5, le=60.0, allow_inf_nan=False)
-    notes: str = Field(default="", max_length=10_000)
+    notes: Text = Field(default="", max_length=10_000)
 
 
 
@@ -51,7 +61,7 @@ class Options(_Strict):
 class Deck(_Strict):
     """A whole deck, as submitted."""
 
-    title: str = Field(min_length=1, max_length=200)
+    title: Text = Field(min_length=1, max_length=200)
     slides: list[Slide] = Field(min_length=1, max_length=200)
     options: Options = Field(default_factory=Options)
 

@@ -14,6 +14,9 @@ SLIDES_DIR = "slides"
 VIDEO_FILE = "video.mp4"
 THUMBNAIL_FILE = "thumbnail.jpg"
 PARTIAL_DIR = ".partial"
+#: Inside a published folder: the attempt that published it. An attempt never
+#: replaces the folder of a newer one, so a late writer cannot clobber it.
+ATTEMPT_MARKER = ".attempt"
 
 
 def slide_file(n: int) -> str:
@@ -50,3 +53,11 @@ def remove_earlier_attempts(output_dir: Path, job_id: str, attempt: int) -> None
         suffix = leftover.name.partition(".")[2]
         if not suffix.isdigit() or int(suffix) < attempt:
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def published_attempt(folder: Path) -> int | None:
+    """The attempt that published ``folder``, if it says."""
+    try:
+        return int((folder / ATTEMPT_MARKER).read_text().strip())
+    except (OSError, ValueError):
+        return None

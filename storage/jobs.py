@@ -205,6 +205,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created, job_id
 
 
+def _is_job_id(value: str) -> bool:
+    """Job ids are UUIDs; anything else names no job (and never reaches SQL)."""
+    try:
+        return str(uuid.UUID(value)) == value.lower() and len(value) == 36
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
 def _is_missing_schema(error: exc.DBAPIError) -> bool:
     message = str(error.orig).lower()
     return "no such table" in message or ("relation" in message and "does not exist" in message)
@@ -409,6 +417,8 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """The job ``job_id``; :class:`JobNotFound` if there is none."""
+        if not _is_job_id(job_id):
+            raise JobNotFound()
         with self.transaction() as conn:
             job = self._snapshot(conn, job_id)
         if job is None:
@@ -621,6 +631,8 @@ class JobStore:
 
         :class:`InvalidTransition` if the job is already finished.
         """
+        if not _is_job_id(job_id):
+            raise JobNotFound()
         now = utcnow()
         with self.transaction() as conn:
             row = conn.execute(
@@ -653,6 +665,8 @@ class JobStore:
 
         :class:`InvalidTransition` unless the job failed or was cancelled.
         """
+        if not _is_job_id(job_id):
+            raise JobNotFound()
         now = utcnow()
         with self.transaction() as conn:
             row = conn.execute(
@@ -689,6 +703,8 @@ class JobStore:
 
         A worker still rendering it finds its next write refused and stops.
         """
+        if not _is_job_id(job_id):
+            return False
         with self.transaction() as conn:
             conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
             conn.execute(delete(events_table).where(events_table.c.job_id == job_id))

@@ -3,6 +3,7 @@ listing and file serving, on SQLite and PostgreSQL with a real broker."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,8 @@ def test_readiness_names_a_database_that_is_down(tmp_path: Path) -> None:
     error = assert_error(client.get("/readyz"), 503, "not_ready")
     assert [d["field"] for d in error["details"]] == ["database"]
     # Reads answer 503 with the JSON shape, never a crash or an HTML page.
-    assert_error(client.get("/v1/jobs/x"), 503, "database_unavailable")
+    assert_error(client.get("/v1/jobs/00000000-0000-4000-8000-000000000000"), 503,
+                 "database_unavailable")
     assert_error(client.post("/v1/jobs", json=small_deck()), 503, "database_unavailable")
 
 
@@ -253,3 +255,47 @@ def test_unexpected_errors_are_json_500(app: Flask) -> None:
     response = app.test_client().get("/boom")
     error = assert_error(response, 500, "internal_error")
     assert "secret" not in error["message"]
+
+
+def test_hostile_json_is_a_clean_400(client: FlaskClient) -> None:
+    huge_int = b'{"title": "t", "slides": [{"duration": ' + b"9" * 5000 + b"}]}"
+    assert_error(client.post("/v1/jobs", data=huge_int, content_type="application/json"),
+                 400, "malformed_json")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert_error(client.post("/v1/jobs", data=deep[:900_000], content_type="application/json"),
+                 400, "malformed_json")
+    nan = b'{"title": "t", "slides": [{"duration": NaN}]}'
+    assert_error(client.post("/v1/jobs", data=nan, content_type="application/json"), 422)
+
+
+def test_nul_characters_are_refused_not_stored(client: FlaskClient) -> None:
+    error = assert_error(client.post("/v1/jobs", json={"title": "a\x00b", "slides": [
+        {"body": "x\x00"}]}), 422)
+    assert {d["field"] for d in error["details"]} == {"title", "slides.0.body"}
+    assert_error(client.get("/v1/jobs/%00"), 404, "job_not_found")
+    assert_error(client.get("/v1/jobs/not-a-uuid/slides/1"), 404, "job_not_found")
+    assert_error(client.post("/v1/jobs", json=small_deck(),
+                             headers={"Idempotency-Key": "a\tb"}), 400, "invalid_parameter")
+
+
+def test_a_chunked_body_over_the_limit_is_413(client: FlaskClient, settings: Settings) -> None:
+    body = json.dumps({"title": "t", "slides": [{"body": "x"}], "pad": "p" * 2_000_000})
+    response = client.post("/v1/jobs", input_stream=io.BytesIO(body.encode()),
+                           headers={"Content-Type": "application/json",
+                                    "Transfer-Encoding": "chunked"},
+                           # as gunicorn says of a chunked body it has de-chunked
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert_error(response, 413)
+    assert queued_messages(settings) == 0
+
+
+def test_files_are_served_from_a_relative_output_dir(tmp_path: Path, db_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(DATABASE_URL=db_url, CELERY_BROKER_URL="filesystem://",
+                        SLIDEFARM_BROKER_DIR="broker", SLIDEFARM_OUTPUT_DIR="output")
+    assert settings.output_dir == tmp_path / "output"
+    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    job_id = client.post("/v1/jobs", json=small_deck(slides=1)).get_json()["job_id"]
+    _complete_with_files(settings, job_id, b"video-bytes")
+    assert fetch(client, f"/v1/jobs/{job_id}/video").status_code == 200

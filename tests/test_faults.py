@@ -18,6 +18,7 @@ from sqlalchemy import text
 from api.dispatch import Dispatcher
 from storage import JobStore, Settings
 from storage.db import create_db_engine
+from storage.files import ATTEMPT_MARKER, published_attempt
 from tests.conftest import (
     Proc,
     RedisServer,
@@ -43,7 +44,10 @@ def output_dir(stack: Stack) -> Path:
 
 
 def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Every file below ``root`` but the publish marker."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ATTEMPT_MARKER)
 
 
 def wait_until(predicate: Any, timeout: float, message: str) -> None:
@@ -64,6 +68,7 @@ def assert_one_set_of_outputs(stack: Stack, job: dict[str, Any]) -> None:
     wait_until(lambda: not [p for p in files_under(root / ".partial")
                             if job["job_id"] in str(p)],
                15, f"scratch files of {job['job_id']} left behind")
+    assert published_attempt(folder) == job["attempts"]
     meta, frames = probe(folder / "video.mp4")
     assert frames > 0 and meta["size"][0] > 0
 

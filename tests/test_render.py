@@ -14,7 +14,7 @@ from PIL import Image
 
 from storage.deck import RESOLUTIONS, Deck
 from workers.slides import THEMES, render_slide, save_png, save_thumbnail
-from workers.text import MISSING_GLYPH, Typesetter, base_direction, clean, runs
+from workers.text import MISSING_GLYPH, Typesetter, base_direction, clean, runs, visual_runs
 from workers.video import EncodeError, encode, frame_counts
 
 
@@ -72,7 +72,7 @@ def test_long_text_is_cut_with_an_ellipsis() -> None:
     "日本語のテキスト、中文，한국어",
     "Emoji 🙂🎉👩‍👩‍👧 and flags 🇫🇷",
     "Combining e\u0301 and zero\u200bwidth\u200d joiners",
-    "Unassigned \U000e0fff and private \ue000 and controls \x00\x07\x1b",
+    "Unassigned \U000e0fff and private \ue000 and controls \x07\x1b\x7f",
     "Mixed English العربية עברית 日本 Ελληνικά",
 ])
 def test_any_unicode_renders_without_crashing(text: str) -> None:
@@ -150,8 +150,41 @@ def test_video_has_the_size_fps_and_length_of_the_deck(tmp_path: Path, transitio
     assert seen and all(0 <= f <= 1 for f in seen)
 
 
+def test_fades_of_many_slides_are_encoded_in_batches(tmp_path: Path) -> None:
+    durations = [0.5] * 11 + [0.7]  # more slides than one fade batch
+    d = deck([{"title": f"s{n}", "duration": t} for n, t in enumerate(durations)],
+             resolution="480p", fps=25, transition="fade", theme="light")
+    out = tmp_path / "video.mp4"
+    encode(_slides(tmp_path, d), durations, 25, out, transition="fade", fade_color="0xffffff")
+    meta, frames = probe(out)
+    assert meta["size"] == (854, 480) and meta["fps"] == pytest.approx(25)
+    assert frames == sum(frame_counts(durations, 25))
+
+
 def test_encode_failure_raises_a_readable_error(tmp_path: Path) -> None:
     bogus = tmp_path / "not-an-image.png"
     bogus.write_bytes(b"this is not a png")
     with pytest.raises(EncodeError, match="ffmpeg"):
         encode([bogus], [1.0], 24, tmp_path / "v.mp4")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Revenue مرحبا 2024", [("ltr", "Revenue "), ("ltr", "2024"), ("rtl", "مرحبا ")]),
+    ("שלום world 123 — English", [("ltr", "world 123 — English"), ("rtl", "שלום ")]),
+    ("مرحبا 2024 بالعالم", [("rtl", " بالعالم"), ("ltr", "2024"), ("rtl", "مرحبا ")]),
+    ("ABC (עברית) def", [("ltr", "ABC ("), ("rtl", "עברית"), ("ltr", ") def")]),
+    ("plain", [("ltr", "plain")]),
+])
+def test_mixed_direction_lines_are_drawn_in_visual_order(
+        text: str, expected: list[tuple[str, str]]) -> None:
+    assert visual_runs(text) == expected
+
+
+def test_combining_marks_stay_with_their_base_and_are_capped() -> None:
+    assert clean("Z" + "\u0301" * 100) == "Z" + "\u0301" * 3
+    parts = runs("e\u0301")
+    assert len(parts) == 1 and parts[0][1] == "e\u0301"
+    d = deck([{"title": "Z" + "\u0301" * 175, "body": "x"}], resolution="1080p")
+    image = render_slide(d, 0)
+    top_strip = image.crop((image.width // 100 + 2, 0, image.width, int(image.height * 0.01)))
+    assert top_strip.getcolors(1) is not None  # nothing drawn at the very top

@@ -19,6 +19,7 @@ reads a half-written file. The outcome is decided in one place,
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import random
@@ -33,17 +34,19 @@ from pydantic import ValidationError
 from storage import DatabaseUnavailable, Job, JobStore, Settings, Stage, Status, StorageError
 from storage.deck import Deck
 from storage.files import (
+    ATTEMPT_MARKER,
     SLIDES_DIR,
     THUMBNAIL_FILE,
     VIDEO_FILE,
     job_dir,
     partial_dir,
+    published_attempt,
     remove_earlier_attempts,
     remove_job_files,
     slide_file,
 )
 from workers.heartbeat import AttemptLost, CancelRequested, Lease, StoreUnavailable
-from workers.slides import render_slide, save_png, save_thumbnail
+from workers.slides import THEMES, render_slide, save_png, save_thumbnail
 from workers.video import EncodeError, EncodeStopped, encode
 
 log = logging.getLogger(__name__)
@@ -86,13 +89,32 @@ def backoff(settings: Settings, attempt: int) -> float:
     return step * (0.5 + random.random())
 
 
-def _publish(settings: Settings, job_id: str, scratch: Path) -> None:
+def _publish(settings: Settings, job_id: str, attempt: int, scratch: Path) -> None:
+    """Rename ``scratch`` into place, atomically, unless a newer attempt has
+    published already (then this one is lost and leaves that folder alone).
+
+    ``rename`` onto an existing non-empty folder fails, so the only folder
+    ever moved aside is one whose marker names an older attempt.
+    """
+    (scratch / ATTEMPT_MARKER).write_text(str(attempt))
     final = job_dir(settings.output_dir, job_id)
-    if final.exists():  # a previous attempt's leftovers: move aside, then drop
+    for _ in range(10):
+        try:
+            os.rename(scratch, final)
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        current = published_attempt(final)
+        if current is not None and current >= attempt:
+            raise AttemptLost()
         trash = scratch.parent / f"{job_id}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
+        try:
+            os.rename(final, trash)
+        except FileNotFoundError:
+            continue
         shutil.rmtree(trash, ignore_errors=True)
-    os.replace(scratch, final)
+    raise RuntimeError(f"could not publish the files of job {job_id}")
 
 
 def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
@@ -124,8 +146,10 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
 
     video = scratch / VIDEO_FILE
     try:
+        background = THEMES[deck.options.theme].background
         encode(images, [s.duration for s in deck.slides], deck.options.fps, video,
                transition=deck.options.transition, preset=settings.x264_preset,
+               fade_color="0x{:02x}{:02x}{:02x}".format(*background),
                on_progress=on_progress, should_stop=lambda: lease.should_stop)
     except EncodeStopped:
         lease.check()
@@ -154,25 +178,17 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
             _render(lease, deck, scratch, settings, timings)
             lease.write(lambda: store.heartbeat(job.id, attempt))  # still ours, right now
-            _publish(settings, job.id, scratch)
-            completed = False
-
-            def complete() -> bool:
-                nonlocal completed
-                completed = store.complete(
-                    job.id, attempt,
-                    video_url=f"/v1/jobs/{job.id}/video",
-                    thumbnail_url=f"/v1/jobs/{job.id}/thumbnail",
-                    slide_image_path=SLIDES_DIR,
-                    render_seconds=timings.render, encode_seconds=timings.encode,
-                )
-                return completed
-
-            try:
-                lease.write(complete)
-            except AttemptLost:
-                _unpublish_stale(store, settings, job.id, attempt)
-                raise
+            _publish(settings, job.id, attempt, scratch)
+            # Refused means a newer attempt holds the job: the folder just
+            # published is replaced when that attempt publishes, or removed
+            # as an orphan by the sweeper if it never does.
+            lease.write(lambda: store.complete(
+                job.id, attempt,
+                video_url=f"/v1/jobs/{job.id}/video",
+                thumbnail_url=f"/v1/jobs/{job.id}/thumbnail",
+                slide_image_path=SLIDES_DIR,
+                render_seconds=timings.render, encode_seconds=timings.encode,
+            ))
             result = AttemptResult(Outcome.COMPLETED)
     except AttemptLost:
         result = AttemptResult(Outcome.LOST)
@@ -233,16 +249,3 @@ def _record_outcome(store: JobStore, job: Job, settings: Settings, result: Attem
     if result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
         remove_job_files(settings.output_dir, job.id)
     return result
-
-
-def _unpublish_stale(store: JobStore, settings: Settings, job_id: str, attempt: int) -> None:
-    """Our publish raced a lost lease: take our files back unless another
-    attempt has completed the job since (then its files are the ones in place)."""
-    try:
-        current = store.get(job_id)
-    except StorageError:
-        current = None
-    if current is None or current.status != "completed":
-        shutil.rmtree(job_dir(settings.output_dir, job_id), ignore_errors=True)
-    else:
-        log.error("job %s: attempt %s published after losing its lease", job_id, attempt)

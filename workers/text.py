@@ -46,6 +46,7 @@ PREFERRED_FONTS = (
 
 MISSING_GLYPH = "\u25a1"  # WHITE SQUARE: what a character no font has becomes
 ELLIPSIS = "\u2026"
+MAX_COMBINING = 3  # combining marks kept per base character
 RTL_CLASSES = frozenset({"R", "AL"})
 STRONG_LTR = "L"
 
@@ -144,7 +145,14 @@ def _font(index: int, size: int) -> ImageFont.FreeTypeFont:
 def clean(text: str) -> str:
     """Drop control characters and replace characters no font has with a box."""
     out = []
+    marks = 0
     for ch in text:
+        if unicodedata.category(ch) in ("Mn", "Me"):
+            marks += 1
+            if marks > MAX_COMBINING:
+                continue  # stacked marks would climb out of the slide
+        else:
+            marks = 0
         if ch == "\n" or ch == " ":
             out.append(ch)
         elif unicodedata.category(ch) == "Cc":
@@ -156,21 +164,46 @@ def clean(text: str) -> str:
     return "".join(out)
 
 
+def _clusters(text: str) -> list[str]:
+    """Base characters with the combining marks that follow them."""
+    clusters: list[str] = []
+    for ch in text:
+        if clusters and unicodedata.category(ch) in ("Mn", "Me", "Mc"):
+            clusters[-1] += ch
+        else:
+            clusters.append(ch)
+    return clusters
+
+
+def _font_for_cluster(cluster: str) -> int:
+    """The first font that has every character of ``cluster`` (else its base's)."""
+    if len(cluster) == 1:
+        return font_index_for(cluster)
+    codes = [ord(c) for c in cluster]
+    for i in range(len(base_chain()) + len(extended_chain())):
+        coverage = _coverage_of(i)
+        if all(code in coverage for code in codes):
+            return i
+    return font_index_for(cluster[0])
+
+
 def runs(text: str) -> list[tuple[int, str]]:
-    """Split ``text`` into runs drawn with one font each (neutral characters join the run)."""
+    """Split ``text`` into runs drawn with one font each; spaces join the run
+    around them and a combining mark stays with its base."""
     result: list[tuple[int, str]] = []
     current = -1
     buf: list[str] = []
-    for ch in text:
-        if current >= 0 and not _needs_font(ch) and ord(ch) in _coverage_of(current):
+    for cluster in _clusters(text):
+        first = cluster[0]
+        if current >= 0 and not _needs_font(first) and ord(first) in _coverage_of(current):
             index = current  # spaces stay with the run around them
         else:
-            index = max(font_index_for(ch), 0)
+            index = max(_font_for_cluster(cluster), 0)
         if index != current and buf:
             result.append((max(current, 0), "".join(buf)))
             buf = []
         current = index
-        buf.append(ch)
+        buf.append(cluster)
     if buf:
         result.append((max(current, 0), "".join(buf)))
     return result
@@ -181,6 +214,74 @@ def _coverage_of(index: int) -> frozenset[int]:
     if index < len(chain):
         return chain[index].coverage
     return extended_chain()[index - len(chain)].coverage
+
+
+def _strong(klass: str) -> str | None:
+    if klass == STRONG_LTR:
+        return "L"
+    if klass in RTL_CLASSES:
+        return "R"
+    if klass in ("EN", "AN"):
+        return "N"  # a number
+    return None
+
+
+def visual_runs(text: str) -> list[tuple[str, str]]:
+    """``text`` cut into directional runs, in visual order: a compact form of
+    the Unicode bidi algorithm (strong types, numbers, neutrals resolved by
+    their neighbours, levels 0-2, then reversal from the highest level)."""
+    if not text:
+        return []
+    base_rtl = base_direction(text) == "rtl"
+    kinds: list[str | None] = []
+    last_strong = "R" if base_rtl else "L"
+    for ch in text:
+        klass = unicodedata.bidirectional(ch)
+        kind = _strong(klass)
+        if klass == "NSM" and kinds:
+            kind = kinds[-1]  # a combining mark follows its base
+        elif klass == "EN" and last_strong == "L":
+            kind = "L"  # European digits after left-to-right text read as part of it
+        if kind in ("L", "R"):
+            last_strong = kind
+        kinds.append(kind)
+    # Neutrals take the direction shared by their neighbours, else the base.
+    resolved: list[str] = []
+    for i, kind in enumerate(kinds):
+        if kind is not None:
+            resolved.append(kind)
+            continue
+        before = next((k for k in reversed(kinds[:i]) if k is not None), None)
+        after = next((k for k in kinds[i + 1:] if k is not None), None)
+        as_dir = [None if k is None else ("R" if k == "N" else k) for k in (before, after)]
+        if as_dir[0] is not None and as_dir[0] == as_dir[1]:
+            resolved.append(as_dir[0])
+        else:
+            resolved.append("R" if base_rtl else "L")
+    levels = []
+    for kind in resolved:
+        if base_rtl:
+            levels.append(1 if kind == "R" else 2)
+        else:
+            levels.append({"L": 0, "R": 1, "N": 2}[kind])
+    spans: list[tuple[int, str]] = []
+    for ch, level in zip(text, levels, strict=True):
+        if spans and spans[-1][0] == level:
+            spans[-1] = (level, spans[-1][1] + ch)
+        else:
+            spans.append((level, ch))
+    for level in range(max(levels), 0, -1):
+        i = 0
+        while i < len(spans):
+            if spans[i][0] >= level:
+                j = i
+                while j < len(spans) and spans[j][0] >= level:
+                    j += 1
+                spans[i:j] = reversed(spans[i:j])
+                i = j
+            else:
+                i += 1
+    return [("rtl" if level % 2 else "ltr", chunk) for level, chunk in spans]
 
 
 def base_direction(text: str) -> str:
@@ -212,17 +313,20 @@ class Typesetter:
 
     def draw_line(self, draw: ImageDraw.ImageDraw, left: int, right: int, top: int,
                   text: str, fill: tuple[int, int, int]) -> None:
-        """Draw one line between ``left`` and ``right``; RTL lines align right."""
+        """Draw one line between ``left`` and ``right`` in visual (bidi) order;
+        lines whose paragraph direction is right-to-left align right."""
         baseline = top + int(round(self.size * 1.0))
-        parts = runs(text)
-        rtl = base_direction(text) == "rtl"
-        widths = [self.font(i).getlength(p) for i, p in parts]
-        x = right - sum(widths) if rtl else left
-        ordered = list(zip(parts, widths, strict=True))
-        if rtl:
-            ordered.reverse()
-        for (index, part), w in ordered:
-            draw.text((x, baseline), part, font=self.font(index), fill=fill, anchor="ls")
+        pieces: list[tuple[int, str, str]] = []  # font, text, direction; visual order
+        for direction, segment in visual_runs(text):
+            parts = runs(segment)
+            if direction == "rtl":
+                parts.reverse()
+            pieces += [(index, part, direction) for index, part in parts]
+        widths = [self.font(i).getlength(p, direction=d) for i, p, d in pieces]
+        x = right - sum(widths) if base_direction(text) == "rtl" else left
+        for (index, part, direction), w in zip(pieces, widths, strict=True):
+            draw.text((x, baseline), part, font=self.font(index), fill=fill, anchor="ls",
+                      direction=direction)
             x += w
 
     def wrap(self, text: str, max_width: float) -> list[str]:

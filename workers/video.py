@@ -43,45 +43,90 @@ def _concat_list(images: Sequence[Path], frames: Sequence[int], fps: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def build_command(images: Sequence[Path], frames: Sequence[int], fps: int, transition: str,
-                  output: Path, concat_file: Path, preset: str) -> list[str]:
-    """The ffmpeg command line for one deck."""
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-loglevel", "error"]
-    total_frames = sum(frames)
-    if transition == "fade":
-        # Fade through the background colour: each slide fades in and out
-        # within its own duration, so the total length stays exact.
-        parts = []
-        for i, (image, count) in enumerate(zip(images, frames, strict=True)):
-            seconds = count / fps
-            cmd += ["-loop", "1", "-framerate", str(fps), "-t", f"{seconds:.6f}",
-                    "-i", str(image)]
-            fade = min(0.4, seconds / 4)
-            parts.append(
-                f"[{i}:v]format=yuv420p,fade=t=in:st=0:d={fade:.3f},"
-                f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f},setpts=PTS-STARTPTS[v{i}]"
-            )
-        chain = "".join(f"[v{i}]" for i in range(len(images)))
-        graph = ";".join(parts) + f";{chain}concat=n={len(images)}:v=1:a=0,fps={fps}[out]"
-        cmd += ["-filter_complex", graph, "-map", "[out]"]
-    else:
-        concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
-        cmd += ["-f", "concat", "-safe", "0", "-i", str(concat_file),
-                "-vf", f"format=yuv420p,fps={fps}"]
-    cmd += [
-        "-frames:v", str(total_frames),
-        "-c:v", "libx264", "-preset", preset, "-tune", "stillimage",
-        "-pix_fmt", "yuv420p", "-r", str(fps),
-        "-movflags", "+faststart",
-        "-progress", "pipe:1", "-nostats",
-        str(output),
-    ]
-    return cmd
+#: Slides per ffmpeg run with fades: each slide is one looped input, so a
+#: batch bounds memory; batches are joined without re-encoding.
+FADE_BATCH = 8
+
+
+def _x264(preset: str, fps: int, frames: int) -> list[str]:
+    return ["-frames:v", str(frames), "-c:v", "libx264", "-preset", preset,
+            "-tune", "stillimage", "-pix_fmt", "yuv420p", "-r", str(fps)]
+
+
+def _base() -> list[str]:
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-y",
+            "-loglevel", "error", "-progress", "pipe:1", "-nostats"]
+
+
+def still_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
+                  concat_file: Path, preset: str) -> list[str]:
+    """Each image once through the concat demuxer, converted, then repeated."""
+    concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
+    return [*_base(), "-f", "concat", "-safe", "0", "-i", str(concat_file),
+            "-vf", f"format=yuv420p,fps={fps}", *_x264(preset, fps, sum(frames)),
+            "-movflags", "+faststart", str(output)]
+
+
+def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
+                 preset: str, color: str) -> list[str]:
+    """Each slide fades in from and out to ``color`` within its own duration,
+    so the total length stays exact."""
+    cmd = _base()
+    parts = []
+    for i, (image, count) in enumerate(zip(images, frames, strict=True)):
+        seconds = count / fps
+        cmd += ["-loop", "1", "-framerate", str(fps), "-t", f"{seconds:.6f}", "-i", str(image)]
+        fade = min(0.4, seconds / 4)
+        parts.append(
+            f"[{i}:v]format=yuv420p,fade=t=in:st=0:d={fade:.3f}:color={color},"
+            f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f}:color={color},"
+            f"setpts=PTS-STARTPTS[v{i}]"
+        )
+    chain = "".join(f"[v{i}]" for i in range(len(images)))
+    graph = ";".join(parts) + f";{chain}concat=n={len(images)}:v=1:a=0,fps={fps}[out]"
+    return [*cmd, "-filter_complex", graph, "-map", "[out]",
+            *_x264(preset, fps, sum(frames)), "-movflags", "+faststart", str(output)]
+
+
+def join_command(segments: Sequence[Path], list_file: Path, output: Path) -> list[str]:
+    """Concatenate encoded segments without re-encoding them."""
+    lines = ["ffconcat version 1.0"]
+    lines += ["file '" + str(p.resolve()).replace("'", "'\\''") + "'" for p in segments]
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [*_base(), "-f", "concat", "-safe", "0", "-i", str(list_file), "-c", "copy",
+            "-movflags", "+faststart", str(output)]
+
+
+def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
+         should_stop: Callable[[], bool] | None) -> None:
+    """Run ffmpeg, reporting its output time (seconds) and stopping on request."""
+    with open(scratch / "stderr.log", "w+b") as stderr:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
+                              stdin=subprocess.DEVNULL) as process:
+            assert process.stdout is not None
+            try:
+                for raw in process.stdout:
+                    key, _, value = raw.decode("ascii", "replace").strip().partition("=")
+                    if key == "out_time_us" and value.isdigit():
+                        on_time(int(value) / 1_000_000)
+                    if should_stop is not None and should_stop():
+                        raise EncodeStopped()
+                code = process.wait()
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+        if code != 0:
+            stderr.seek(0)
+            message = stderr.read().decode("utf-8", "replace").strip().splitlines()
+            tail = " | ".join(message[-3:]) or f"exit code {code}"
+            if code < 0:
+                tail = f"killed by signal {-code}; {tail}"
+            raise EncodeError(f"ffmpeg failed: {tail}")
 
 
 def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output: Path, *,
-           transition: str = "none", preset: str = "veryfast",
+           transition: str = "none", preset: str = "veryfast", fade_color: str = "black",
            on_progress: Callable[[float], None] | None = None,
            should_stop: Callable[[], bool] | None = None) -> None:
     """Encode ``images``, each shown for its duration, into an H.264 MP4 at ``output``.
@@ -94,31 +139,32 @@ def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output:
     if not images:
         raise EncodeError("no slides to encode")
     frames = frame_counts(durations, fps)
-    total_us = sum(frames) / fps * 1_000_000
+    total = sum(frames) / fps
+    report = on_progress or (lambda _fraction: None)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as scratch:
-        concat_file = Path(scratch) / "slides.ffconcat"
-        cmd = build_command(images, frames, fps, transition, output, concat_file, preset)
-        with open(Path(scratch) / "stderr.log", "w+b") as stderr:
-            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
-                                  stdin=subprocess.DEVNULL) as process:
-                assert process.stdout is not None
-                try:
-                    for raw in process.stdout:
-                        key, _, value = raw.decode("ascii", "replace").strip().partition("=")
-                        if key == "out_time_us" and value.isdigit() and on_progress:
-                            on_progress(min(int(value) / total_us, 1.0))
-                        if should_stop is not None and should_stop():
-                            raise EncodeStopped()
-                    code = process.wait()
-                except BaseException:
-                    process.kill()
-                    process.wait()
-                    raise
-            if code != 0:
-                stderr.seek(0)
-                message = stderr.read().decode("utf-8", "replace").strip().splitlines()
-                tail = " | ".join(message[-3:]) or f"exit code {code}"
-                raise EncodeError(f"ffmpeg failed: {tail}")
+    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
+        scratch = Path(folder)
+        if transition != "fade":
+            cmd = still_command(images, frames, fps, output, scratch / "slides.ffconcat", preset)
+            _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+        elif len(images) <= FADE_BATCH:
+            cmd = fade_command(images, frames, fps, output, preset, fade_color)
+            _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+        else:
+            segments: list[Path] = []
+            done = 0.0
+            for start in range(0, len(images), FADE_BATCH):
+                batch = slice(start, start + FADE_BATCH)
+                segment = scratch / f"segment-{start:04d}.mp4"
+                cmd = fade_command(images[batch], frames[batch], fps, segment, preset,
+                                   fade_color)
+                def at(seconds: float, offset: float = done) -> None:
+                    report(min((offset + seconds) / total, 1.0))
+
+                _run(cmd, scratch, at, should_stop)
+                done += sum(frames[batch]) / fps
+                segments.append(segment)
+            _run(join_command(segments, scratch / "segments.ffconcat", output), scratch,
+                 lambda _t: None, should_stop)
     if not output.exists() or output.stat().st_size == 0:
         raise EncodeError("ffmpeg produced no video")
