@@ -274,7 +274,8 @@ def test_chaos_kills_lose_and_duplicate_nothing(fault_stack: Stack, pg_url: str)
     names = ["a@host1", "b@host2", "c@host3"]
     workers = {name: stack.start_worker(name, concurrency=1) for name in names}
     started = time.monotonic()
-    deck = small_deck(slides=1, duration=0.5)
+    deck = small_deck(slides=2, duration=1.5)
+    deck["options"]["resolution"] = "720p"
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = [job["job_id"] for _, job in pool.map(
             lambda _: stack.request("POST", "/v1/jobs", deck), range(200))]
@@ -304,11 +305,18 @@ def test_chaos_kills_lose_and_duplicate_nothing(fault_stack: Stack, pg_url: str)
                             for p in files_under(root / j["job_id"]))
                   != sorted(j["created_files"])]
     attempts = sum(j["attempts"] for j in jobs)
+    engine = create_db_engine(pg_url)
+    with engine.connect() as conn:
+        completions = dict(conn.execute(text(
+            "SELECT job_id, count(*) FROM job_events WHERE to_status = 'completed' "
+            "GROUP BY job_id")).all())
+    engine.dispose()
     print(f"\nchaos: 200 jobs, 3 workers, {kills} kills, "
           f"{statuses.count('completed')} completed, {200 - len(jobs)} lost, "
           f"{len(duplicated)} with extra or missing files, {len(orphaned)} orphaned folders, "
-          f"{attempts} attempts, {wall:.1f} s")
+          f"{attempts} attempts, {sum(completions.values())} completions, {wall:.1f} s")
     assert statuses == ["completed"] * 200
     assert not orphaned and not duplicated
+    assert set(completions) == set(ids) and set(completions.values()) == {1}
     assert kills > 0
     assert wall < 180
