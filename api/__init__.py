@@ -28,16 +28,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher(settings)
     app.extensions["slidefarm"] = Services(
         settings=settings,
-        store=JobStore.from_url(settings.database_url),
+        store=JobStore.from_url(settings.database_url, settings.redis_url),
         dispatcher=dispatcher,
     )
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from api import health, jobs
+    from api import dashboard, health, inspect, jobs
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(inspect.bp)
+    app.register_blueprint(dashboard.bp)
     register_error_handlers(app)
     return app

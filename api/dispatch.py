@@ -42,6 +42,24 @@ class Dispatcher:
             return False
         return True
 
+    def queue_depth(self) -> int | None:
+        """Messages waiting on the render queue, or ``None`` if the broker is down."""
+        try:
+            with self.celery.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+                declared = conn.default_channel.queue_declare(
+                    queue=celeryconfig.QUEUE, passive=True)
+                return int(declared.message_count)
+        except Exception:
+            # A queue nobody declared yet is empty; a broker that is down has
+            # no answer.
+            try:
+                with self.celery.connection_for_read() as conn:
+                    conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+                return 0
+            except Exception:
+                return None
+
     def ping(self) -> None:
         """Raise unless the broker accepts a connection."""
         with self.celery.connection_for_write() as conn:

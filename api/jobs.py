@@ -179,8 +179,12 @@ def index() -> Response:
                              [{"field": "status", "message": f"got {status_arg!r}"}],
                              code="invalid_parameter") from None
     limit = _int_arg("limit", 50, 1, MAX_LIST_LIMIT)
-    page = services().store.list_jobs(status=status, limit=limit,
-                                 cursor=request.args.get("cursor") or None)
+    search = (request.args.get("q") or "").strip()[:200] or None
+    if search and "\x00" in search:
+        raise BadRequest("q must not contain NUL characters",
+                         [{"field": "q", "message": "NUL character"}], code="invalid_parameter")
+    page = services().store.list_jobs(status=status, limit=limit, search=search,
+                                      cursor=request.args.get("cursor") or None)
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
 
 

@@ -37,6 +37,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "thumbnail_url": job.thumbnail_url,
         "slide_image_path": job.slide_image_path,
         "created_files": job.created_files,
+        "files": [{"path": f.path, "size_bytes": f.size_bytes} for f in job.files],
         "cancel_requested": job.cancel_requested,
         "max_attempts": job.attempt_limit,
         "timings": {

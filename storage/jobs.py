@@ -12,11 +12,13 @@ import base64
 import binascii
 import enum
 import json
+import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -44,7 +46,10 @@ from storage.errors import (
     JobNotFound,
     StorageError,
 )
+from storage.feed import ChangeFeed
 from storage.models import FINAL_STATUSES, JobEventRow, JobFileRow, JobRow, Stage, Status
+
+log = logging.getLogger("slidefarm.jobs")
 
 jobs_table = cast(Table, JobRow.__table__)
 files_table = cast(Table, JobFileRow.__table__)
@@ -205,6 +210,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created, job_id
 
 
+@lru_cache(maxsize=8)
+def _feed(url: str) -> ChangeFeed:
+    return ChangeFeed(url)
+
+
 def _is_job_id(value: str) -> bool:
     """Job ids are UUIDs; anything else names no job (and never reaches SQL)."""
     try:
@@ -221,13 +231,19 @@ def _is_missing_schema(error: exc.DBAPIError) -> bool:
 class JobStore:
     """Every read and write of jobs, against one database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, feed: ChangeFeed | None = None) -> None:
         self.engine = engine
+        self.feed = feed
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        """A store on the process-wide engine for ``url``."""
-        return cls(get_engine(url))
+    def from_url(cls, url: str, redis_url: str | None = None) -> JobStore:
+        """A store on the process-wide engine for ``url``; with ``redis_url``,
+        every change is also announced on Redis pub/sub."""
+        return cls(get_engine(url), _feed(redis_url) if redis_url else None)
+
+    def _changed(self, job_id: str) -> None:
+        if self.feed is not None:
+            self.feed.publish(job_id)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -293,6 +309,11 @@ class JobStore:
             to_status=to_status.value, attempt=attempt, worker=worker, at=utcnow(),
             reason=reason[:2000] if reason else None,
         ))
+        # One line per transition, so grepping every host's logs for a job
+        # id tells its story.
+        log.info("transition job=%s from=%s to=%s attempt=%d worker=%s reason=%s", job_id,
+                 from_status.value if from_status else "-", to_status.value, attempt,
+                 worker or "-", json.dumps(reason or ""))
 
     def _transition(self, job_id: str, attempt: int, from_status: Status,
                     values: dict[str, Any], *, to_status: Status | None = None,
@@ -321,7 +342,8 @@ class JobStore:
                 self._record(conn, job_id, from_status, to_status, attempt, row.worker, reason)
             if drop_files:
                 conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
-            return True
+        self._changed(job_id)
+        return True
 
     def _lease_write(self, job_id: str, attempt: int, values: dict[str, Any]) -> LeaseState:
         stmt = (
@@ -395,6 +417,7 @@ class JobStore:
                 raise IdempotencyConflict() from error
             return existing, False
         assert created is not None
+        self._changed(job_id)
         return created, True
 
     def _expire_idempotency_key(self, key: str, now: datetime) -> None:
@@ -426,13 +449,20 @@ class JobStore:
         return job
 
     def list_jobs(self, *, status: Status | None = None, limit: int = 50,
-             cursor: str | None = None) -> Page:
-        """Jobs newest first, optionally of one status, ``limit`` at a time (keyset paging)."""
+                  cursor: str | None = None, search: str | None = None) -> Page:
+        """Jobs newest first, optionally of one status and matching ``search``
+        (a title substring or an id prefix), ``limit`` at a time (keyset paging)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
         query = select(jobs_table)
         if status is not None:
             query = query.where(jobs_table.c.status == status.value)
+        if search:
+            pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(or_(
+                jobs_table.c.title.ilike(f"%{pattern}%", escape="\\"),
+                jobs_table.c.id.like(f"{pattern.lower()}%", escape="\\"),
+            ))
         if cursor is not None:
             created, last_id = _decode_cursor(cursor)
             query = query.where(
@@ -492,7 +522,10 @@ class JobStore:
             if row is not None:
                 self._record(conn, job_id, Status.QUEUED, Status.PROCESSING, row["attempts"],
                              worker, "claimed")
-        return None if row is None else Job.from_row(row)
+        if row is None:
+            return None
+        self._changed(job_id)
+        return Job.from_row(row)
 
     def heartbeat(self, job_id: str, attempt: int) -> LeaseState:
         """Renew the lease of ``attempt``: held, cancel requested, or lost."""
@@ -502,13 +535,16 @@ class JobStore:
                         stage: Stage) -> LeaseState:
         """Set stage and progress (never decreasing within an attempt); renews the lease."""
         progress = min(max(float(progress), 0.0), 1.0)
-        return self._lease_write(job_id, attempt, {
+        state = self._lease_write(job_id, attempt, {
             "progress": case(
                 (jobs_table.c.progress < progress, progress), else_=jobs_table.c.progress
             ),
             "stage": stage.value,
             "last_heartbeat": utcnow(),
         })
+        if state:
+            self._changed(job_id)
+        return state
 
     def add_file(self, job_id: str, attempt: int, path: str, size_bytes: int) -> bool:
         """Record a produced file of ``attempt``, if that attempt still holds the job.
@@ -658,6 +694,7 @@ class JobStore:
             job.status is Status.CANCELLED and row is None
         ):
             raise InvalidTransition(f"the job is already {job.status.value}")
+        self._changed(job_id)
         return job
 
     def retry(self, job_id: str, *, max_attempts: int = DEFAULT_ATTEMPT_LIMIT) -> Job:
@@ -696,6 +733,7 @@ class JobStore:
             raise InvalidTransition(
                 f"only failed or cancelled jobs can be retried; the job is {job.status.value}"
             )
+        self._changed(job_id)
         return job
 
     def delete(self, job_id: str) -> bool:
@@ -708,7 +746,12 @@ class JobStore:
         with self.transaction() as conn:
             conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
             conn.execute(delete(events_table).where(events_table.c.job_id == job_id))
-            return conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount == 1
+            deleted = conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount
+        if deleted:
+            log.info("transition job=%s from=- to=deleted attempt=- worker=- reason=%s",
+                     job_id, json.dumps("deleted by request"))
+            self._changed(job_id)
+        return deleted == 1
 
     def history(self, job_id: str) -> list[JobEvent]:
         """Every transition of ``job_id``, oldest first."""

@@ -31,7 +31,8 @@ _sweeper: Sweeper | None = None
 
 
 def _store() -> JobStore:
-    return JobStore.from_url(get_settings().database_url)
+    settings = get_settings()
+    return JobStore.from_url(settings.database_url, settings.redis_url)
 
 
 def dispatch(job_id: str, countdown: float = 0.0) -> None:

@@ -1,0 +1,328 @@
+"""``slidefarm``: the command line for operators and scripts.
+
+It talks to the job store and the broker directly (``DATABASE_URL``,
+``CELERY_BROKER_URL``), like every other slidefarm process. Human tables by
+default, ``--json`` for scripts; errors exit non-zero with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from api.dispatch import Dispatcher
+from api.inspect import stats_json, worker_json
+from api.serialize import event_json, job_json
+from storage import JobStore, Settings, Status, StorageError, get_settings
+from storage.deck import Deck
+from storage.files import remove_job_files
+from storage.registry import WorkerRegistry
+from storage.stats import Inspector
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    def __init__(self) -> None:
+        self.settings: Settings = get_settings()
+        self._store: JobStore | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            self._store = JobStore.from_url(self.settings.database_url, self.settings.redis_url)
+        return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(self.settings)
+        return self._dispatcher
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")(fn)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StorageError as error:  # one line, non-zero exit
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """slidefarm: render slide decks at scale."""
+
+
+# -- submit ----------------------------------------------------------------
+
+
+def _bar(progress: float, width: int = 30) -> str:
+    filled = int(round(progress * width))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {progress * 100:5.1f}%"
+
+
+@main.command()
+@click.argument("deck_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+@click.option("--idempotency-key", default=None)
+@json_option
+@pass_ctx
+def submit(ctx: Context, deck_file: Path, wait: bool, idempotency_key: str | None,
+           as_json: bool) -> None:
+    """Submit DECK_FILE (JSON) as a new job."""
+    try:
+        body = json.loads(deck_file.read_text(encoding="utf-8"))
+        deck = Deck.model_validate(body)
+    except (ValueError, RecursionError) as error:
+        if isinstance(error, ValidationError):
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)"
+                               for e in error.errors())
+            fail(f"{deck_file}: invalid deck ({fields})")
+        fail(f"{deck_file}: not valid JSON: {error}")
+        return
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                            .encode()).hexdigest()
+    job, created = ctx.store.create(
+        deck.model_dump(mode="json"), title=deck.title, idempotency_key=idempotency_key,
+        request_hash=digest if idempotency_key else None,
+        attempt_limit=ctx.settings.max_attempts)
+    if created:
+        ctx.dispatcher.send_render(job.id)
+    if not wait:
+        emit(job_json(job)) if as_json else click.echo(job.id)
+        return
+    if not as_json:
+        click.echo(f"job {job.id}: {job.title}")
+    live = sys.stdout.isatty()
+    shown = ""
+    while True:
+        job = ctx.store.get(job.id)
+        line = f"  {job.status.value:<10} {job.stage.value:<17} {_bar(job.progress)}"
+        if not as_json and line != shown:
+            click.echo(("\r" + line) if live else line, nl=not live)
+            shown = line
+        if job.status.is_final:
+            break
+        time.sleep(0.3)
+    if as_json:
+        emit(job_json(job))
+    else:
+        if live:
+            click.echo()
+        if job.status is Status.COMPLETED:
+            click.echo(f"video: {ctx.settings.output_dir / job.id / 'video.mp4'}")
+    if job.status is not Status.COMPLETED:
+        fail(f"job {job.id} {job.status.value}: {job.error or 'no error recorded'}")
+
+
+# -- jobs ------------------------------------------------------------------
+
+
+@main.group()
+def jobs() -> None:
+    """List, show, cancel, retry and delete jobs."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice([s.value for s in Status]))
+@click.option("--search", default=None, help="Title substring or id prefix.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50)
+@json_option
+@pass_ctx
+def jobs_list(ctx: Context, status: str | None, search: str | None, limit: int,
+              as_json: bool) -> None:
+    """Jobs, newest first."""
+    page = ctx.store.list_jobs(status=Status(status) if status else None, limit=limit,
+                               search=search)
+    if as_json:
+        emit({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
+        return
+    click.echo(table(
+        [(j.id, j.status.value, f"{j.progress * 100:.0f}%", j.stage.value, j.attempts,
+          j.worker or "", j.title[:40]) for j in page.jobs],
+        ["ID", "STATUS", "PROGRESS", "STAGE", "ATTEMPTS", "WORKER", "TITLE"]))
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@json_option
+@pass_ctx
+def jobs_show(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Every field of a job, and its history."""
+    body = job_json(ctx.store.get(job_id))
+    body["history"] = [event_json(e) for e in ctx.store.history(job_id)]
+    if as_json:
+        emit(body)
+        return
+    for key, value in body.items():
+        if key not in ("history", "files", "options", "timings", "created_files"):
+            click.echo(f"{key:>18}: {'' if value is None else value}")
+    for key, value in body["timings"].items():
+        click.echo(f"{key:>18}: {'' if value is None else value}")
+    click.echo(f"{'files':>18}: {len(body['files'])}")
+    click.echo("history:")
+    click.echo(table([(e["at"], e["from"] or "-", e["to"], e["attempt"], e["worker"] or "-",
+                       e["reason"] or "") for e in body["history"]],
+                     ["AT", "FROM", "TO", "ATTEMPT", "WORKER", "REASON"]))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@json_option
+@pass_ctx
+def jobs_cancel(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Cancel a queued or processing job."""
+    job = ctx.store.request_cancel(job_id)
+    emit(job_json(job)) if as_json else click.echo(
+        f"{job.id}: {'cancel requested' if job.cancel_requested else job.status.value}")
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@json_option
+@pass_ctx
+def jobs_retry(ctx: Context, job_id: str, as_json: bool) -> None:
+    """Queue a failed or cancelled job again."""
+    job = ctx.store.retry(job_id, max_attempts=ctx.settings.max_attempts)
+    ctx.dispatcher.send_render(job.id)
+    emit(job_json(job)) if as_json else click.echo(f"{job.id}: {job.status.value}")
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@pass_ctx
+def jobs_delete(ctx: Context, job_id: str) -> None:
+    """Delete a job, its history and its files."""
+    if not ctx.store.delete(job_id):
+        fail(f"no such job: {job_id}")
+    remove_job_files(ctx.settings.output_dir, job_id)
+    click.echo(f"{job_id}: deleted")
+
+
+# -- workers, stats, cleanup ---------------------------------------------------
+
+
+@main.command()
+@json_option
+@pass_ctx
+def workers(ctx: Context, as_json: bool) -> None:
+    """Every registered worker, alive or not."""
+    found = [worker_json(w, ctx.settings.stale_after)
+             for w in WorkerRegistry(ctx.store).list_workers()]
+    if as_json:
+        emit({"workers": found})
+        return
+    click.echo(table([(w["name"], w["host"], w["pid"], w["state"],
+                       f"{w['last_seen_seconds_ago']}s ago", w["current_job"] or "",
+                       w["jobs_done"], w["jobs_failed"]) for w in found],
+                     ["NAME", "HOST", "PID", "STATE", "LAST SEEN", "CURRENT JOB", "DONE",
+                      "FAILED"]))
+
+
+@main.command()
+@json_option
+@pass_ctx
+def stats(ctx: Context, as_json: bool) -> None:
+    """Counts by status, queue depth and throughput."""
+    data = stats_json(Inspector(ctx.store).stats(), ctx.dispatcher.queue_depth())
+    if as_json:
+        emit(data)
+        return
+    for status, count in data["counts"].items():
+        click.echo(f"{status:>22}: {count}")
+    for key in ("queue_depth", "oldest_queued_seconds", "completed_last_hour",
+                "throughput_per_minute", "recovered_total"):
+        value = data[key]
+        click.echo(f"{key.replace('_', ' '):>22}: {'-' if value is None else value}")
+
+
+def parse_age(text: str) -> timedelta:
+    """``7d``, ``12h``, ``30m``, ``45s`` or a bare number of days."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r}: use a number with d, h, m or s (e.g. 7d)")
+    value, unit = float(match.group(1)), match.group(2) or "d"
+    return timedelta(**{{"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[unit]: value})
+
+
+@main.command()
+@click.option("--older-than", "older_than", default=None,
+              help="Age like 7d or 12h (default: SLIDEFARM_RETENTION_DAYS).")
+@pass_ctx
+def cleanup(ctx: Context, older_than: str | None) -> None:
+    """Delete finished jobs (and their files) older than the given age."""
+    age = parse_age(older_than) if older_than else timedelta(days=ctx.settings.retention_days)
+    deleted = ctx.store.delete_older_than(age.total_seconds() / 86400)
+    for job_id in deleted:
+        remove_job_files(ctx.settings.output_dir, job_id)
+    click.echo(f"deleted {len(deleted)} job(s) older than {age}")
+
+
+# -- database --------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Schema and data moves."""
+
+
+@db.command("upgrade")
+@click.option("--url", default=None, help="Database URL (default: DATABASE_URL).")
+@pass_ctx
+def db_upgrade(ctx: Context, url: str | None) -> None:
+    """Create or upgrade the schema (alembic upgrade head)."""
+    from storage.migrate import upgrade
+
+    upgrade(url or ctx.settings.database_url)
+    click.echo("schema at head")
+
+
+@db.command("copy")
+@click.option("--from", "source", required=True, help="Database URL to read.")
+@click.option("--to", "target", required=True, help="Database URL to write (migrated first).")
+def db_copy(source: str, target: str) -> None:
+    """Copy every job, its files' records and its history to another database."""
+    from storage.migrate import copy_database, upgrade
+
+    upgrade(target)
+    counts = copy_database(source, target)
+    click.echo(", ".join(f"{n} {table}" for table, n in counts.items()) + " copied")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,210 @@
+"""Inspection endpoints: workers, stats, live job events and Prometheus metrics.
+
+All of it is read from the job store, so it is complete, survives restarts
+and is the same from every API host.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, stream_with_context
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from api.serialize import iso, job_json
+from api.services import Services, services
+from storage import Job, JobNotFound, Status, StorageError
+from storage.registry import WorkerInfo, WorkerRegistry
+from storage.stats import Inspector, Stats
+
+bp = Blueprint("inspect", __name__)
+
+EVENT_POLL = 0.5  # seconds between store reads when there is no pub/sub
+KEEPALIVE = 15.0
+MAX_STREAM = 3600.0
+
+
+def worker_json(worker: WorkerInfo, stale_after: float) -> dict[str, Any]:
+    alive = worker.alive(stale_after)
+    now = time.time()
+    return {
+        "name": worker.name,
+        "host": worker.host,
+        "pid": worker.pid,
+        "state": "alive" if alive else ("stopped" if worker.stopped_at else "stale"),
+        "alive": alive,
+        "started_at": iso(worker.started_at),
+        "last_seen": iso(worker.last_seen),
+        "last_seen_seconds_ago": round(max(now - worker.last_seen.timestamp(), 0.0), 1),
+        "uptime_seconds": round(max(now - worker.started_at.timestamp(), 0.0), 1),
+        "current_job": worker.current_job,
+        "jobs_done": worker.jobs_done,
+        "jobs_failed": worker.jobs_failed,
+    }
+
+
+def stats_json(stats: Stats, queue_depth: int | None) -> dict[str, Any]:
+    return {
+        "counts": {status.value: count for status, count in stats.counts.items()},
+        "total": sum(stats.counts.values()),
+        "queue_depth": queue_depth,
+        "oldest_queued_seconds": _round(stats.oldest_queued_age),
+        "oldest_heartbeat_seconds": _round(stats.oldest_heartbeat_age),
+        "completed_last_hour": stats.completed_last_hour,
+        "throughput_per_minute": round(stats.completed_last_hour / 60, 2),
+        "completed_per_minute": stats.per_minute,
+        "submitted_total": stats.submitted_total,
+        "recovered_total": stats.recovered_total,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+@bp.get("/v1/workers")
+def workers() -> Response:
+    """Every worker that ever registered, with whether it is alive."""
+    svc = services()
+    found = WorkerRegistry(svc.store).list_workers()
+    return jsonify({"workers": [worker_json(w, svc.settings.stale_after) for w in found]})
+
+
+@bp.get("/v1/stats")
+def stats() -> Response:
+    """Counts by status, queue depth, throughput and the oldest queued job's age."""
+    svc = services()
+    return jsonify(stats_json(Inspector(svc.store).stats(), svc.dispatcher.queue_depth()))
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _snapshot(job: Job) -> tuple[Any, ...]:
+    return (job.status, round(job.progress, 4), job.stage, job.attempts, job.worker,
+            job.cancel_requested)
+
+
+@bp.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Server-Sent Events: ``job`` on every change of status, progress or
+    stage, then ``end`` with the final job, then the stream closes.
+
+    Pushed through Redis pub/sub when ``REDIS_URL`` is set, by polling the
+    store otherwise; the store is read either way, so nothing is missed.
+    """
+    svc = services()
+    first = svc.store.get(job_id)  # 404 before the stream starts
+
+    def stream(svc: Services) -> Iterator[str]:
+        yield "retry: 2000\n\n"
+        job: Job | None = first
+        last: tuple[Any, ...] | None = None
+        started = last_sent = time.monotonic()
+        feed = svc.store.feed
+        with (feed.subscribe(job_id) if feed else _no_subscription()) as pubsub:
+            while time.monotonic() - started < MAX_STREAM:
+                if job is not None:
+                    if _snapshot(job) != last:
+                        last = _snapshot(job)
+                        last_sent = time.monotonic()
+                        yield _sse("job", job_json(job))
+                    if job.status.is_final:
+                        yield _sse("end", job_json(job))
+                        return
+                if time.monotonic() - last_sent > KEEPALIVE:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                if pubsub is not None:
+                    pubsub.get_message(timeout=5.0)
+                else:
+                    time.sleep(EVENT_POLL)
+                try:
+                    job = svc.store.get(job_id)
+                except JobNotFound:
+                    yield _sse("end", {"job_id": job_id, "status": "deleted"})
+                    return
+                except StorageError:
+                    job = None  # the database blinked: keep the stream, try again
+
+    response = Response(stream_with_context(stream(svc)), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+class _no_subscription:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+class StoreCollector:
+    """Prometheus metrics computed from the store at scrape time, so they are
+    right with any number of API processes and hosts."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[Any]:
+        inspector = Inspector(self.svc.store)
+        stats = inspector.stats()
+        jobs = GaugeMetricFamily("slidefarm_jobs", "Jobs in the store by status",
+                                 labels=["status"])
+        for status, count in stats.counts.items():
+            jobs.add_metric([status.value], count)
+        yield jobs
+        yield CounterMetricFamily("slidefarm_jobs_submitted", "Jobs ever submitted "
+                                  "(still in the store)", value=stats.submitted_total)
+        yield CounterMetricFamily("slidefarm_jobs_completed", "Jobs completed (in the store)",
+                                  value=stats.counts[Status.COMPLETED])
+        yield CounterMetricFamily("slidefarm_jobs_failed", "Jobs failed (in the store)",
+                                  value=stats.counts[Status.FAILED])
+        yield CounterMetricFamily("slidefarm_jobs_recovered", "Attempts recovered from a "
+                                  "worker that stopped heartbeating", value=stats.recovered_total)
+        for name, column, help_text in (
+            ("slidefarm_queue_wait_seconds", "queue_wait_seconds",
+             "Time from queued to claimed, last attempt"),
+            ("slidefarm_render_seconds", "render_seconds", "Slide drawing time, last attempt"),
+            ("slidefarm_encode_seconds", "encode_seconds", "Video encoding time, last attempt"),
+        ):
+            histogram = inspector.histogram(column)
+            family = HistogramMetricFamily(name, help_text)
+            buckets = [(str(bound), count) for bound, count in histogram.buckets]
+            buckets.append(("+Inf", histogram.total))
+            family.add_metric([], buckets, sum_value=histogram.sum)
+            yield family
+        yield GaugeMetricFamily("slidefarm_oldest_heartbeat_age_seconds",
+                                "Heartbeat age of the oldest processing job",
+                                value=stats.oldest_heartbeat_age or 0.0)
+        yield GaugeMetricFamily("slidefarm_oldest_queued_age_seconds",
+                                "Age of the oldest queued job",
+                                value=stats.oldest_queued_age or 0.0)
+        depth = self.svc.dispatcher.queue_depth()
+        if depth is not None:
+            yield GaugeMetricFamily("slidefarm_queue_depth", "Messages on the render queue",
+                                    value=depth)
+        alive = sum(1 for w in WorkerRegistry(self.svc.store).list_workers()
+                    if w.alive(self.svc.settings.stale_after))
+        yield GaugeMetricFamily("slidefarm_workers_alive", "Workers seen recently",
+                                value=alive)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(services()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,227 @@
+// slidefarm dashboard: plain JavaScript, no build step. Every page keeps
+// itself current by polling the JSON API (the job page follows the job's
+// Server-Sent Events stream). User text is always set with textContent.
+"use strict";
+
+const slidefarm = (() => {
+  const el = (tag, attrs = {}, children = []) => {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (key === "text") node.textContent = value;
+      else if (key === "class") node.className = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  };
+
+  const seconds = (value) => {
+    if (value === null || value === undefined) return "–";
+    if (value < 60) return `${value.toFixed(1)} s`;
+    if (value < 3600) return `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`;
+    return `${Math.floor(value / 3600)} h ${Math.floor((value % 3600) / 60)} min`;
+  };
+  const since = (iso) => (iso ? (Date.now() - Date.parse(iso)) / 1000 : null);
+  const between = (a, b) => (a && b ? (Date.parse(b) - Date.parse(a)) / 1000 : null);
+  const bytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB`
+    : `${(n / 1048576).toFixed(1)} MiB`);
+
+  const getJSON = async (url, options = {}) => {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+    const body = response.status === 204 ? null : await response.json();
+    if (!response.ok) throw new Error(body && body.error ? body.error.message : response.statusText);
+    return body;
+  };
+
+  const badge = (status) => el("span", { class: `badge ${status}`, text: status });
+  const bar = (progress) => el("span", { class: "bar" },
+    [el("span", { style: `width: ${(progress * 100).toFixed(1)}%` })]);
+
+  const stamp = (text) => {
+    const node = document.getElementById("updated");
+    if (node) node.textContent = text;
+  };
+
+  // -- jobs -----------------------------------------------------------------
+  function jobsPage(firstCursor) {
+    const tbody = document.querySelector("#jobs tbody");
+    const status = document.getElementById("status");
+    const search = document.getElementById("q");
+    let cursor = null; // null: the newest page
+    let nextCursor = firstCursor;
+
+    const row = (job) => el("tr", { "data-job-id": job.job_id, "data-status": job.status }, [
+      el("td", {}, [el("a", { href: `/jobs/${job.job_id}` }, [el("code", { text: job.job_id.slice(0, 8) })])]),
+      el("td", { text: job.title }),
+      el("td", {}, [badge(job.status)]),
+      el("td", {}, [bar(job.progress)]),
+      el("td", { text: job.stage }),
+      el("td", { text: String(job.attempts) }),
+      el("td", { text: job.worker || "" }),
+      el("td", { text: seconds(since(job.created_at)) }),
+      el("td", { text: seconds(between(job.started_at, job.completed_at || (job.started_at ? new Date().toISOString() : null))) }),
+    ]);
+
+    const refresh = async () => {
+      const params = new URLSearchParams({ limit: "50" });
+      if (status.value) params.set("status", status.value);
+      if (search.value) params.set("q", search.value);
+      if (cursor) params.set("cursor", cursor);
+      try {
+        const page = await getJSON(`/v1/jobs?${params}`);
+        tbody.replaceChildren(...page.jobs.map(row));
+        nextCursor = page.next_cursor;
+        document.getElementById("older").disabled = !nextCursor;
+        stamp(`updated ${new Date().toLocaleTimeString()}`);
+      } catch (error) {
+        stamp(`update failed: ${error.message}`);
+      }
+    };
+    document.getElementById("filters").addEventListener("submit", (event) => {
+      event.preventDefault();
+      cursor = null;
+      history.replaceState(null, "", `/?status=${encodeURIComponent(status.value)}&q=${encodeURIComponent(search.value)}`);
+      refresh();
+    });
+    status.addEventListener("change", () => { cursor = null; refresh(); });
+    document.getElementById("newest").addEventListener("click", () => { cursor = null; refresh(); });
+    document.getElementById("older").addEventListener("click", () => {
+      if (nextCursor) { cursor = nextCursor; refresh(); }
+    });
+    refresh();
+    setInterval(refresh, 1000);
+  }
+
+  // -- one job ------------------------------------------------------------
+  function jobPage(jobId, staleAfter) {
+    let job = null;
+    const fields = document.getElementById("fields");
+    const timings = document.getElementById("timings");
+
+    const dl = (node, pairs) => node.replaceChildren(...pairs.flatMap(([key, value]) =>
+      [el("dt", { text: key }), el("dd", { text: value === null || value === undefined ? "–" : String(value) })]));
+
+    const render = (data) => {
+      job = data;
+      document.getElementById("title").textContent = job.title;
+      document.getElementById("status").replaceWith(Object.assign(badge(job.status), { id: "status" }));
+      document.getElementById("progress").textContent = `${(job.progress * 100).toFixed(1)}%`;
+      document.getElementById("stage").textContent = job.stage;
+      dl(fields, [
+        ["job id", job.job_id], ["status", job.status], ["stage", job.stage],
+        ["attempts", `${job.attempts} of ${job.max_attempts}`], ["worker", job.worker],
+        ["error", job.error], ["cancel requested", job.cancel_requested ? "yes" : "no"],
+        ["slides", job.slide_count],
+        ["options", `${job.options.resolution}, ${job.options.theme}, ${job.options.fps} fps, ${job.options.transition}`],
+        ["created", job.created_at], ["started", job.started_at], ["completed", job.completed_at],
+        ["last heartbeat", job.last_heartbeat],
+      ]);
+      dl(timings, [
+        ["waiting in the queue", seconds(job.timings.queue_wait_seconds)],
+        ["rendering slides", seconds(job.timings.render_seconds)],
+        ["encoding video", seconds(job.timings.encode_seconds)],
+        ["total", seconds(between(job.started_at, job.completed_at))],
+      ]);
+      document.querySelector("#files tbody").replaceChildren(...(job.files || []).map((f) =>
+        el("tr", {}, [el("td", {}, [el("code", { text: f.path })]), el("td", { text: bytes(f.size_bytes) })])));
+      const thumbnail = document.getElementById("thumbnail");
+      const video = document.getElementById("video");
+      if (job.status === "completed") {
+        if (thumbnail.hidden) { thumbnail.src = job.thumbnail_url; thumbnail.hidden = false; }
+        if (video.hidden) { video.src = job.video_url; video.hidden = false; }
+      } else {
+        thumbnail.hidden = true;
+        video.hidden = true;
+      }
+      document.getElementById("cancel").disabled = !["queued", "processing"].includes(job.status);
+      document.getElementById("retry").disabled = !["failed", "cancelled"].includes(job.status);
+    };
+
+    const loadHistory = async () => {
+      const data = await getJSON(`/v1/jobs/${jobId}?include=history`);
+      render(data);
+      document.querySelector("#history tbody").replaceChildren(...data.history.map((e) =>
+        el("tr", {}, [el("td", { text: e.at }), el("td", { text: e.from || "–" }), el("td", {}, [badge(e.to)]),
+          el("td", { text: String(e.attempt) }), el("td", { text: e.worker || "–" }), el("td", { text: e.reason || "" })])));
+    };
+
+    const follow = () => {
+      const source = new EventSource(`/v1/jobs/${jobId}/events`);
+      let lastStatus = null;
+      source.addEventListener("job", (event) => {
+        const data = JSON.parse(event.data);
+        render({ ...job, ...data });
+        if (data.status !== lastStatus) { lastStatus = data.status; loadHistory(); }
+      });
+      source.addEventListener("end", () => { source.close(); loadHistory(); });
+    };
+
+    setInterval(() => {
+      const age = job && job.status === "processing" ? since(job.last_heartbeat) : null;
+      const node = document.getElementById("heartbeat-age");
+      node.textContent = age === null ? "–" : seconds(Math.max(age, 0));
+      node.style.color = age !== null && age > staleAfter ? "#b91c1c" : "";
+    }, 500);
+
+    const act = (name, method, url) => document.getElementById(name).addEventListener("click", async () => {
+      const result = document.getElementById("action-result");
+      if (name === "delete" && !confirm("Delete this job and its files?")) return;
+      try {
+        await getJSON(url, { method });
+        if (name === "delete") { window.location = "/"; return; }
+        result.textContent = `${name}: ok`;
+        await loadHistory();
+        if (name === "retry") follow();
+      } catch (error) {
+        result.textContent = `${name} refused: ${error.message}`;
+      }
+    });
+    act("cancel", "POST", `/v1/jobs/${jobId}/cancel`);
+    act("retry", "POST", `/v1/jobs/${jobId}/retry`);
+    act("delete", "DELETE", `/v1/jobs/${jobId}`);
+
+    loadHistory().then(follow);
+  }
+
+  // -- workers --------------------------------------------------------------
+  function workersPage() {
+    const tbody = document.querySelector("#workers tbody");
+    const refresh = async () => {
+      try {
+        const data = await getJSON("/v1/workers");
+        tbody.replaceChildren(...data.workers.map((w) => el("tr", { "data-worker": w.name, "data-state": w.state }, [
+          el("td", { text: w.name }), el("td", { text: w.host }), el("td", { text: String(w.pid) }),
+          el("td", {}, [badge(w.state)]), el("td", { text: `${seconds(w.last_seen_seconds_ago)} ago` }),
+          el("td", {}, w.current_job ? [el("a", { href: `/jobs/${w.current_job}` }, [el("code", { text: w.current_job.slice(0, 8) })])] : []),
+          el("td", { text: String(w.jobs_done) }), el("td", { text: String(w.jobs_failed) }),
+          el("td", { text: seconds(w.uptime_seconds) }),
+        ])));
+        stamp(`updated ${new Date().toLocaleTimeString()}`);
+      } catch (error) {
+        stamp(`update failed: ${error.message}`);
+      }
+    };
+    refresh();
+    setInterval(refresh, 1000);
+  }
+
+  // -- overview -------------------------------------------------------------
+  function overviewPage() {
+    const refresh = async () => {
+      try {
+        const stats = await getJSON("/v1/stats");
+        for (const [status, count] of Object.entries(stats.counts)) {
+          const node = document.querySelector(`[data-status="${status}"]`);
+          if (node) node.textContent = String(count);
+        }
+        document.getElementById("queue-depth").textContent = stats.queue_depth === null ? "?" : String(stats.queue_depth);
+        document.getElementById("oldest-queued").textContent = seconds(stats.oldest_queued_seconds);
+        document.getElementById("last-hour").textContent = String(stats.completed_last_hour);
+      } catch (error) { /* the next poll tries again */ }
+    };
+    setInterval(refresh, 2000);
+    setInterval(() => { document.getElementById("chart").src = `/overview/throughput.svg?t=${Date.now()}`; }, 15000);
+  }
+
+  return { jobsPage, jobPage, workersPage, overviewPage };
+})();

@@ -1,0 +1,77 @@
+"""Schema upgrades and whole-database copies (the SQLite-to-PostgreSQL move)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, select
+
+from storage.db import create_db_engine
+from storage.jobs import events_table, files_table, jobs_table
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = 500
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for ``url`` (the project's alembic.ini)."""
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["configure_logging"] = False
+    return cfg
+
+
+def upgrade(url: str) -> None:
+    """``alembic upgrade head`` on ``url``."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def copy_database(source: str, target: str) -> dict[str, int]:
+    """Copy every job with its file records and history from ``source`` to
+    ``target`` (both migrated). Jobs already in ``target`` are left alone, so
+    a copy can be run again after an interruption. Returns rows copied."""
+    src, dst = create_db_engine(source), create_db_engine(target)
+    copied = {"jobs": 0, "files": 0, "events": 0}
+    try:
+        with src.connect() as read:
+            last_id = ""
+            while True:
+                rows = read.execute(
+                    select(jobs_table).where(jobs_table.c.id > last_id)
+                    .order_by(jobs_table.c.id).limit(CHUNK)
+                ).mappings().all()
+                if not rows:
+                    break
+                last_id = rows[-1]["id"]
+                ids = [r["id"] for r in rows]
+                with dst.begin() as write:
+                    present = set(write.execute(
+                        select(jobs_table.c.id).where(jobs_table.c.id.in_(ids))).scalars())
+                    fresh = [dict(r) for r in rows if r["id"] not in present]
+                    if not fresh:
+                        continue
+                    fresh_ids = [r["id"] for r in fresh]
+                    write.execute(insert(jobs_table), fresh)
+                    files = [dict(r) for r in read.execute(
+                        select(files_table).where(files_table.c.job_id.in_(fresh_ids))
+                    ).mappings()]
+                    if files:
+                        write.execute(insert(files_table), files)
+                    events = [
+                        {k: v for k, v in r.items() if k != "id"}
+                        for r in read.execute(
+                            select(events_table).where(events_table.c.job_id.in_(fresh_ids))
+                            .order_by(events_table.c.id)
+                        ).mappings()
+                    ]
+                    if events:
+                        write.execute(insert(events_table), events)
+                copied["jobs"] += len(fresh)
+                copied["files"] += len(files)
+                copied["events"] += len(events)
+    finally:
+        src.dispose()
+        dst.dispose()
+    return copied
