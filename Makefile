@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fonts setup clean
+.PHONY: demo test test-quick lint fonts browser setup clean
 
 setup: $(STAMP)
 
@@ -28,11 +28,24 @@ fonts:
 	    fonts-noto-core fonts-noto-cjk >/dev/null) || echo "fonts: install failed, continuing"; \
 	else echo "fonts: not root or no apt-get; using Pillow's bundled font"; fi
 
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it;
+# its own browser download cannot work here).
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "browser: chromium already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null) || echo "browser: install failed, continuing"; \
+	else echo "browser: not root or no apt-get; the browser tests will skip"; fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP) fonts
+test: $(STAMP) fonts browser
 	$(PY) -m pytest
+
+# The quick loop: no processes, no browser, no chaos run.
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not e2e"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ import http.client
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from api.dispatch import Dispatcher
 from storage import Settings
 from storage.db import create_db_engine
-from tests.conftest import ROOT, Stack, sample_deck, small_deck, stack_env
+from tests.conftest import ROOT, Proc, Stack, free_port, sample_deck, small_deck, stack_env
 from tests.test_render import probe
 
 pytestmark = pytest.mark.e2e
@@ -164,3 +165,23 @@ def test_the_readme_demo_renders_on_the_embedded_default(tmp_path: Path) -> None
     meta, frames = probe(video)
     assert meta["size"] == (1280, 720)
     assert abs(frames / 30 - sum(s["duration"] for s in deck["slides"])) <= 6 / 30
+
+
+def test_flower_runs_beside_slidefarm(pg_redis_stack: Stack) -> None:
+    stack = pg_redis_stack
+    port = free_port()
+    flower = Proc("flower", [sys.executable, "-m", "celery", "-A", "workers", "flower",
+                             f"--port={port}", "--address=127.0.0.1"], stack.env, stack.log_dir)
+    stack.procs.append(flower)
+    stack.start_worker("seen-by-flower")
+    deadline = time.monotonic() + 30
+    body = b""
+    while time.monotonic() < deadline:
+        assert flower.alive(), flower.log()[-2000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=2) as r:
+                body = r.read()
+                break
+        except OSError:
+            time.sleep(0.2)
+    assert body == b"OK", flower.log()[-2000:]
