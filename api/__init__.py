@@ -28,7 +28,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher(settings)
     app.extensions["slidefarm"] = Services(
         settings=settings,
-        store=JobStore.from_url(settings.database_url, settings.redis_url),
+        store=JobStore.from_settings(settings),
         dispatcher=dispatcher,
     )
     if not app.debug and not logging.getLogger().handlers:

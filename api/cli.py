@@ -40,7 +40,7 @@ class Context:
     @property
     def store(self) -> JobStore:
         if self._store is None:
-            self._store = JobStore.from_url(self.settings.database_url, self.settings.redis_url)
+            self._store = JobStore.from_settings(self.settings)
         return self._store
 
     @property

@@ -111,8 +111,18 @@ def submit() -> Response:
 def show(job_id: str) -> Response:
     """The job; ``?include=history`` adds every transition with its reason."""
     store = services().store
-    body = job_json(store.get(job_id))
     include = {part.strip() for part in request.args.get("include", "").split(",") if part}
+    feed = store.feed
+    if not include and feed is not None:
+        # The hot path: one cache hit, or one read filled into the cache
+        # unless a change raced it (storage/feed.py states the bound).
+        cached, seen = feed.lookup(job_id)
+        if cached is not None:
+            return Response(cached, mimetype="application/json")
+        raw = current_app.json.dumps(job_json(store.get(job_id))).encode()
+        feed.fill(job_id, seen, raw)
+        return Response(raw, mimetype="application/json")
+    body = job_json(store.get(job_id))
     unknown = include - {"history"}
     if unknown:
         raise BadRequest("include accepts: history",

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     sweep_interval: float | None = Field(
         default=None, gt=0, validation_alias="SLIDEFARM_SWEEP_INTERVAL"
     )
+    #: Lifetime of a status-cache entry: the staleness bound when a writer
+    #: cannot reach Redis (otherwise every change invalidates at once).
+    cache_ttl: float = Field(default=5.0, gt=0, validation_alias="SLIDEFARM_CACHE_TTL")
+    #: Skip drawing and encoding (claim, heartbeats, progress and completion
+    #: still happen): for measuring the pipeline's own overhead.
+    noop_render: bool = Field(default=False, validation_alias="SLIDEFARM_NOOP_RENDER")
     #: Seconds between scans of the output folder for orphaned files.
     orphan_scan_interval: float = Field(
         default=60.0, gt=0, validation_alias="SLIDEFARM_ORPHAN_SCAN_INTERVAL"

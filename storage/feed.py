@@ -1,45 +1,131 @@
-"""Change notifications of jobs over Redis pub/sub (when ``REDIS_URL`` is set).
+"""The Redis side of the job store (when ``REDIS_URL`` is set): change
+notifications over pub/sub, and the status cache.
 
-The job store publishes a job's id after each committed change; event
-streams subscribe and re-read the job from the store, which stays the truth
-(a lost notification only delays an update until the next poll).
+After every committed change the store calls :meth:`ChangeFeed.changed`,
+which, in one round trip, invalidates the job's cached status and publishes
+its id. The store stays the truth: a lost notification only delays an event
+stream until its next poll, and the cache can never be refilled with a
+status older than the last invalidation:
+
+- an entry is either a cached body (JSON, starting with ``{``) or an
+  invalidation marker (``!`` and a nonce) that expires after the TTL;
+- a reader that misses remembers the value it saw (marker or nothing), reads
+  the database, and fills the cache only if that value is still there
+  (compare-and-set in Lua), so a fill that raced a newer change is refused.
+
+Staleness bound: a read can return a status older than the last committed
+change only between that change's commit and its invalidation (the same
+code path, right after the commit), or, if Redis could not be reached by the
+writer at that moment, for at most ``SLIDEFARM_CACHE_TTL`` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "slidefarm:job:"
+CACHE_PREFIX = "slidefarm:status:"
+BACKOFF = 2.0  # seconds Redis is left alone after it failed
+
+# KEYS[1]: the entry; ARGV: expected value ("" = absent), new body, ttl (ms).
+_FILL = """
+local current = redis.call('GET', KEYS[1])
+if (current == false and ARGV[1] == '') or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 class ChangeFeed:
-    """Publish and subscribe to job changes; failures never break a write."""
+    """Invalidate, publish, look up and fill; Redis failures never break a
+    write or a read (the database answers instead)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ttl: float = 5.0) -> None:
         self.url = url
+        self.ttl_ms = max(int(ttl * 1000), 1)
         self._client: redis.Redis | None = None
+        self._fill: Any = None
         self._lock = threading.Lock()
+        self._down_until = 0.0
 
     def _redis(self) -> redis.Redis:
         with self._lock:
             if self._client is None:
-                self._client = redis.Redis.from_url(self.url, socket_timeout=1,
-                                                    socket_connect_timeout=1)
+                self._client = redis.Redis.from_url(
+                    self.url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                    health_check_interval=30)
+                self._fill = self._client.register_script(_FILL)
             return self._client
 
-    def publish(self, job_id: str) -> None:
-        """Tell subscribers that ``job_id`` changed (best effort)."""
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, what: str, error: Exception) -> None:
+        self._down_until = time.monotonic() + BACKOFF
+        log.warning("redis unavailable for %s (%s); using the database", what, error)
+
+    # -- writers -------------------------------------------------------------
+
+    def changed(self, job_id: str) -> None:
+        """``job_id`` changed (committed): invalidate its cached status and
+        tell subscribers, in one round trip. While Redis is marked down this
+        is skipped (writes must not wait on it); entries then expire within
+        the TTL, which is the declared staleness bound."""
+        if not self._available():
+            return
         try:
-            self._redis().publish(CHANNEL_PREFIX + job_id, b"1")
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.set(CACHE_PREFIX + job_id, b"!" + uuid.uuid4().hex.encode(), px=self.ttl_ms)
+            pipe.publish(CHANNEL_PREFIX + job_id, b"1")
+            pipe.execute()
         except redis.RedisError as error:
-            log.debug("change feed unavailable: %s", error)
+            self._failed("an invalidation", error)
+
+    publish = changed
+
+    # -- the status cache ----------------------------------------------------
+
+    def lookup(self, job_id: str) -> tuple[bytes | None, bytes | None]:
+        """``(body, None)`` on a hit; ``(None, seen)`` on a miss, where
+        ``seen`` is what to pass to :meth:`fill`; ``(None, None)`` if Redis is
+        down (then do not fill)."""
+        if not self._available():
+            return None, None
+        try:
+            value = self._redis().get(CACHE_PREFIX + job_id)
+        except redis.RedisError as error:
+            self._failed("a status read", error)
+            return None, None
+        raw = value.encode() if isinstance(value, str) else value
+        if raw is not None and raw[:1] == b"{":
+            return raw, None
+        return None, raw if raw is not None else b""
+
+    def fill(self, job_id: str, seen: bytes | None, body: bytes) -> bool:
+        """Cache ``body`` unless the entry changed since :meth:`lookup` saw ``seen``."""
+        if seen is None or not self._available():
+            return False
+        try:
+            self._redis()
+            return bool(self._fill(keys=[CACHE_PREFIX + job_id],
+                                   args=[seen, body, self.ttl_ms]))
+        except redis.RedisError as error:
+            self._failed("a cache fill", error)
+            return False
+
+    # -- subscribers ---------------------------------------------------------
 
     @contextmanager
     def subscribe(self, job_id: str) -> Iterator[redis.client.PubSub | None]:

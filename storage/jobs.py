@@ -211,8 +211,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @lru_cache(maxsize=8)
-def _feed(url: str) -> ChangeFeed:
-    return ChangeFeed(url)
+def _feed(url: str, ttl: float) -> ChangeFeed:
+    return ChangeFeed(url, ttl)
 
 
 def _is_job_id(value: str) -> bool:
@@ -236,14 +236,21 @@ class JobStore:
         self.feed = feed
 
     @classmethod
-    def from_url(cls, url: str, redis_url: str | None = None) -> JobStore:
+    def from_url(cls, url: str, redis_url: str | None = None,
+                 cache_ttl: float = 5.0) -> JobStore:
         """A store on the process-wide engine for ``url``; with ``redis_url``,
-        every change is also announced on Redis pub/sub."""
-        return cls(get_engine(url), _feed(redis_url) if redis_url else None)
+        every change also invalidates the status cache and is announced on
+        Redis pub/sub."""
+        return cls(get_engine(url), _feed(redis_url, cache_ttl) if redis_url else None)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> JobStore:
+        """The store as ``settings`` (a :class:`~storage.config.Settings`) describe it."""
+        return cls.from_url(settings.database_url, settings.redis_url, settings.cache_ttl)
 
     def _changed(self, job_id: str) -> None:
         if self.feed is not None:
-            self.feed.publish(job_id)
+            self.feed.changed(job_id)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -296,10 +303,22 @@ class JobStore:
         return found
 
     def _snapshot(self, conn: Connection, job_id: str) -> Job | None:
-        row = conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).mappings().first()
-        if row is None:
+        """The job and its current attempt's files, in one indexed query."""
+        query = (
+            select(jobs_table, files_table.c.path.label("file_path"),
+                   files_table.c.size_bytes.label("file_size"))
+            .select_from(jobs_table.outerjoin(files_table, and_(
+                files_table.c.job_id == jobs_table.c.id,
+                files_table.c.attempt == jobs_table.c.attempts)))
+            .where(jobs_table.c.id == job_id)
+            .order_by(files_table.c.path)
+        )
+        rows = conn.execute(query).mappings().all()
+        if not rows:
             return None
-        return Job.from_row(row, self._files_of(conn, [row]).get(job_id, []))
+        files = [JobFile(r["file_path"], r["file_size"]) for r in rows
+                 if r["file_path"] is not None]
+        return Job.from_row(rows[0], files)
 
     @staticmethod
     def _record(conn: Connection, job_id: str, from_status: Status | None, to_status: Status,
@@ -578,6 +597,33 @@ class JobStore:
                 )
             )
             return result.rowcount == 1
+
+    def add_files(self, job_id: str, attempt: int,
+                  files: Sequence[tuple[str, int]]) -> LeaseState:
+        """Record several produced files of ``attempt`` in one transaction,
+        fenced by one conditional write that also renews the lease."""
+        now = utcnow()
+        with self.transaction() as conn:
+            row = conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job_id,
+                       jobs_table.c.status == Status.PROCESSING.value,
+                       jobs_table.c.attempts == attempt)
+                .values(last_heartbeat=now)
+                .returning(jobs_table.c.cancel_requested)
+            ).first()
+            if row is None:
+                return LeaseState.LOST
+            if files:
+                paths = [path for path, _ in files]
+                conn.execute(delete(files_table).where(
+                    files_table.c.job_id == job_id, files_table.c.attempt == attempt,
+                    files_table.c.path.in_(paths)))
+                conn.execute(insert(files_table), [
+                    {"job_id": job_id, "attempt": attempt, "path": path,
+                     "size_bytes": int(size), "created_at": now} for path, size in files])
+        self._changed(job_id)
+        return LeaseState.CANCEL_REQUESTED if row.cancel_requested else LeaseState.HELD
 
     def complete(self, job_id: str, attempt: int, *, video_url: str, thumbnail_url: str,
                  slide_image_path: str, render_seconds: float | None = None,

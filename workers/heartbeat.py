@@ -130,3 +130,8 @@ class Lease:
     def add_file(self, path: str, size_bytes: int) -> None:
         """Record a produced file (relative to the job's output folder)."""
         self.write(lambda: self.store.add_file(self.job_id, self.attempt, path, size_bytes))
+
+    def add_files(self, files: list[tuple[str, int]]) -> None:
+        """Record several produced files in one fenced transaction."""
+        batch = list(files)
+        self.write(lambda: self.store.add_files(self.job_id, self.attempt, batch))

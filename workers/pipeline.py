@@ -122,17 +122,31 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
     started = time.monotonic()
     count = len(deck.slides)
     images: list[Path] = []
+    pending: list[tuple[str, int]] = []
+    last_write = 0.0
     for i in range(count):
         lease.check()
-        image = render_slide(deck, i)
-        rel = slide_file(i + 1)
-        size = save_png(image, scratch / rel)
-        lease.add_file(rel, size)
-        if i == 0:
-            lease.add_file(THUMBNAIL_FILE, save_thumbnail(image, scratch / THUMBNAIL_FILE))
-        images.append(scratch / rel)
-        lease.progress(SLIDES_SHARE * (i + 1) / count, Stage.RENDERING_SLIDES)
+        if not settings.noop_render:
+            image = render_slide(deck, i)
+            rel = slide_file(i + 1)
+            pending.append((rel, save_png(image, scratch / rel)))
+            if i == 0:
+                pending.append((THUMBNAIL_FILE,
+                                save_thumbnail(image, scratch / THUMBNAIL_FILE)))
+            images.append(scratch / rel)
+        # Throttled: one write per interval (file records batched with it),
+        # not one per slide; progress stays monotonic.
+        if time.monotonic() - last_write >= PROGRESS_EVERY or i == count - 1:
+            last_write = time.monotonic()
+            if pending:
+                lease.add_files(pending)
+                pending = []
+            lease.progress(SLIDES_SHARE * (i + 1) / count, Stage.RENDERING_SLIDES)
     timings.render = time.monotonic() - started
+    if settings.noop_render:
+        lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
+        timings.encode = 0.0
+        return
 
     lease.progress(SLIDES_SHARE, Stage.ENCODING_VIDEO)
     started = time.monotonic()

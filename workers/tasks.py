@@ -31,8 +31,7 @@ _sweeper: Sweeper | None = None
 
 
 def _store() -> JobStore:
-    settings = get_settings()
-    return JobStore.from_url(settings.database_url, settings.redis_url)
+    return JobStore.from_settings(get_settings())
 
 
 def dispatch(job_id: str, countdown: float = 0.0) -> None:
@@ -74,6 +73,11 @@ def _stop_sweeper(sender: Any = None, **_: Any) -> None:
         WorkerRegistry(_sweeper.store).stopped(_sweeper.name)
     except StorageError:
         pass
+
+
+@app.task(name="slidefarm.noop", ignore_result=True)
+def noop() -> None:
+    """Does nothing: the baseline of the dispatch benchmark (bare Celery)."""
 
 
 @app.task(name=RENDER_TASK, bind=True, max_retries=None, ignore_result=True)

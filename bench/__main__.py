@@ -1,0 +1,62 @@
+"""slidefarm's benchmarks: ``python -m bench`` (or ``make bench``).
+
+Each benchmark runs its baseline and slidefarm side by side in the same run,
+with the same server settings, repeats both, and prints medians, min and
+max and the ratio; the machine is shared and noisy, so ratios are what to
+compare. Results also go to ``bench/results.json``.
+
+Needs PostgreSQL and Redis (``SLIDEFARM_BENCH_PG_URL``,
+``SLIDEFARM_BENCH_REDIS_URL``) and ``wrk`` (Debian package) for HTTP load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench import cases
+from bench.harness import Environment, Result
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL = ["status_read", "status_read_nocache", "submit", "dispatch", "render", "scale",
+       "worker_memory", "seed_reads"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", default=ALL,
+                        help=f"benchmarks to run ({', '.join(ALL)})")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side (default 3)")
+    parser.add_argument("--duration", type=float, default=4.0,
+                        help="seconds of load per HTTP run (default 4)")
+    parser.add_argument("--scale-rows", type=int, default=1_000_000,
+                        help="jobs in the large table of the scale benchmark")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args()
+    unknown = set(args.names) - set(ALL)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+
+    started = time.monotonic()
+    results: list[Result] = []
+    with Environment() as env:
+        print(f"slidefarm benchmarks on {env.describe()}")
+        for name in args.names:
+            print(f"\n== {name}", flush=True)
+            result = getattr(cases, name)(env, args)
+            results.append(result)
+            print(result.line(), flush=True)
+    args.output.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
+    print(f"\n{'name':<22}{'baseline':>14}{'slidefarm':>14}{'ratio':>9}  goal          pass")
+    for r in results:
+        print(r.row())
+    print(f"\nwrote {args.output} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
