@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick lint fonts browser setup clean
+.PHONY: demo test test-quick bench lint fonts browser setup clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ browser:
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# The benchmark suite (not part of the tests): needs PostgreSQL, Redis and wrk.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null); } \
+	  || true
+	$(PY) -m bench
 
 test: $(STAMP) fonts browser
 	$(PY) -m pytest

@@ -34,8 +34,10 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "task_routes": {"slidefarm.*": {"queue": QUEUE}},
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.broker_send_timeout,
+        # Workers send task events for Flower; a "sent" event per submission
+        # would cost the API an extra publish on its hottest path.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,

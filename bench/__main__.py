@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("names", nargs="*", default=ALL,
                         help=f"benchmarks to run ({', '.join(ALL)})")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side (default 3)")
-    parser.add_argument("--duration", type=float, default=4.0,
+    parser.add_argument("--duration", type=int, default=4,
                         help="seconds of load per HTTP run (default 4)")
     parser.add_argument("--scale-rows", type=int, default=1_000_000,
                         help="jobs in the large table of the scale benchmark")

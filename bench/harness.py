@@ -117,7 +117,7 @@ def wrk(url: str, *, duration: float, connections: int = 32, script: Path | None
     exe = shutil.which("wrk")
     if exe is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (or make bench)")
-    cmd = [exe, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    cmd = [exe, "-t2", f"-c{connections}", f"-d{max(round(duration), 1)}s", "--latency", url]
     if script is not None:
         cmd[1:1] = ["-s", str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout

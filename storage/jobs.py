@@ -255,9 +255,18 @@ class JobStore:
     # -- plumbing ---------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One unit of work; driver errors become :class:`StorageError` here."""
+    def transaction(self, *, single: bool = False) -> Iterator[Connection]:
+        """One unit of work; driver errors become :class:`StorageError` here.
+
+        ``single``: the work is one statement (a read, or one conditional
+        write), atomic by itself, so it runs in autocommit and skips the
+        BEGIN and COMMIT round trips.
+        """
         try:
+            if single:
+                with self.engine.connect() as conn:
+                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                return
             with self.engine.begin() as conn:
                 yield conn
         except exc.OperationalError as error:
@@ -281,7 +290,7 @@ class JobStore:
 
     def ping(self) -> None:
         """Raise :class:`DatabaseUnavailable` unless the database answers."""
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             conn.execute(select(jobs_table.c.id).limit(1))
 
     @staticmethod
@@ -375,7 +384,7 @@ class JobStore:
             .values(**values)
             .returning(jobs_table.c.cancel_requested)
         )
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             row = conn.execute(stmt).first()
         if row is None:
             return LeaseState.LOST
@@ -422,9 +431,11 @@ class JobStore:
             self._expire_idempotency_key(idempotency_key, now)
         try:
             with self.transaction() as conn:
-                conn.execute(insert(jobs_table).values(**values))
+                row = conn.execute(
+                    insert(jobs_table).values(**values).returning(*jobs_table.c)
+                ).mappings().one()
                 self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
-                created = self._snapshot(conn, job_id)
+                created = Job.from_row(row)
         except exc.IntegrityError as error:
             if idempotency_key is None:
                 raise StorageError(f"could not record the job: {error.orig}") from error
@@ -441,7 +452,7 @@ class JobStore:
 
     def _expire_idempotency_key(self, key: str, now: datetime) -> None:
         """Free ``key`` if the job holding it was submitted over 24 hours ago."""
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.idempotency_key == key,
@@ -461,7 +472,7 @@ class JobStore:
         """The job ``job_id``; :class:`JobNotFound` if there is none."""
         if not _is_job_id(job_id):
             raise JobNotFound()
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             job = self._snapshot(conn, job_id)
         if job is None:
             raise JobNotFound()
@@ -491,7 +502,7 @@ class JobStore:
                 )
             )
         query = query.order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc())
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             rows = list(conn.execute(query.limit(limit + 1)).mappings())
             page_rows = rows[:limit]
             files = self._files_of(conn, page_rows)
@@ -698,7 +709,7 @@ class JobStore:
 
     def mark_dispatched(self, job_id: str) -> None:
         """Note that the task of queued ``job_id`` was just (re)sent."""
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value)
@@ -801,7 +812,7 @@ class JobStore:
 
     def history(self, job_id: str) -> list[JobEvent]:
         """Every transition of ``job_id``, oldest first."""
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             rows = conn.execute(
                 select(events_table).where(events_table.c.job_id == job_id)
                 .order_by(events_table.c.id)
@@ -888,7 +899,7 @@ class JobStore:
     def attempt_owners(self, job_ids: Sequence[str]) -> dict[str, tuple[Status, int]]:
         """Status and current attempt of each existing job in ``job_ids``."""
         found: dict[str, tuple[Status, int]] = {}
-        with self.transaction() as conn:
+        with self.transaction(single=True) as conn:
             for start in range(0, len(job_ids), 500):
                 chunk = list(job_ids[start:start + 500])
                 for r in conn.execute(

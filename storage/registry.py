@@ -64,19 +64,19 @@ class WorkerRegistry:
 
     def seen(self, name: str) -> None:
         """Renew ``last_seen``."""
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(last_seen=utcnow(), stopped_at=None))
 
     def job_started(self, name: str, job_id: str) -> None:
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(current_job=job_id, last_seen=utcnow()))
 
     def job_finished(self, name: str, job_id: str, *, failed: bool) -> None:
         """Count the outcome; clear ``current_job`` if it is still this job."""
         counter = workers_table.c.jobs_failed if failed else workers_table.c.jobs_done
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             conn.execute(
                 update(workers_table).where(workers_table.c.name == name).values(
                     {counter.key: counter + 1,
@@ -88,13 +88,13 @@ class WorkerRegistry:
 
     def stopped(self, name: str) -> None:
         """A warm shutdown finished."""
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(stopped_at=utcnow(), current_job=None))
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker, most recently seen first."""
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             rows = conn.execute(
                 select(workers_table).order_by(workers_table.c.last_seen.desc())
             ).mappings().all()

@@ -48,7 +48,7 @@ class Inspector:
         self.store = store
 
     def counts_by_status(self) -> dict[Status, int]:
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             rows = conn.execute(
                 select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
             ).all()
@@ -61,7 +61,7 @@ class Inspector:
         """Counts, ages and the completions of the last hour, per minute."""
         now = now or utcnow()
         hour_ago = now - timedelta(hours=1)
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             oldest_queued = conn.execute(
                 select(func.min(jobs_table.c.queued_at))
                 .where(jobs_table.c.status == Status.QUEUED.value)
@@ -114,7 +114,7 @@ class Inspector:
         if column == "queue_wait_seconds":
             # Only jobs that were claimed have waited; computed in Python to
             # stay portable across SQLite and PostgreSQL date arithmetic.
-            with self.store.transaction() as conn:
+            with self.store.transaction(single=True) as conn:
                 pairs = conn.execute(
                     select(table.c.queued_at, table.c.started_at)
                     .where(table.c.started_at.is_not(None), table.c.queued_at.is_not(None))
@@ -123,7 +123,7 @@ class Inspector:
             return Histogram([(b, sum(1 for v in values if v <= b)) for b in buckets],
                              len(values), sum(values))
         value = table.c[column]
-        with self.store.transaction() as conn:
+        with self.store.transaction(single=True) as conn:
             row = conn.execute(select(
                 func.count(value), func.coalesce(func.sum(value), 0.0),
                 *[func.coalesce(func.sum(case((and_(value.is_not(None), value <= b), 1),
