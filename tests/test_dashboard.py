@@ -98,5 +98,8 @@ def test_job_page_shows_progress_live_and_cancels(fault_stack: Stack, browser: A
     page.click("#cancel")
     page.wait_for_function("document.getElementById('status').textContent === 'cancelled'",
                            timeout=30_000)
-    assert "cancelled by request" in page.inner_text("#history")
+    # The history table reloads when the stream's final event arrives.
+    page.wait_for_function(
+        "document.getElementById('history').innerText.includes('cancelled by request')",
+        timeout=30_000)
     assert page.is_disabled("#cancel") and page.is_enabled("#retry")

@@ -191,7 +191,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
             except ValidationError as invalid:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
             _render(lease, deck, scratch, settings, timings)
-            lease.write(lambda: store.heartbeat(job.id, attempt))  # still ours, right now
+            lease.check()
             _publish(settings, job.id, attempt, scratch)
             # Refused means a newer attempt holds the job: the folder just
             # published is replaced when that attempt publishes, or removed
