@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
@@ -139,32 +140,13 @@ class Job:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], files: Sequence[JobFile] = ()) -> Job:
         """Build a snapshot from a ``jobs`` row mapping."""
+        plain = {name: row[name] for name in _PLAIN_FIELDS}
         return cls(
-            id=row["id"],
+            **plain,
             status=Status(row["status"]),
             stage=Stage(row["stage"]),
             progress=float(row["progress"]),
-            error=row["error"],
-            attempts=row["attempts"],
-            worker=row["worker"],
-            title=row["title"],
-            deck=row["deck"],
-            video_url=row["video_url"],
-            thumbnail_url=row["thumbnail_url"],
-            slide_image_path=row["slide_image_path"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            completed_at=row["completed_at"],
-            last_heartbeat=row["last_heartbeat"],
-            idempotency_key=row["idempotency_key"],
-            request_hash=row["request_hash"],
             cancel_requested=bool(row["cancel_requested"]),
-            attempt_limit=row["attempt_limit"],
-            queued_at=row["queued_at"],
-            dispatched_at=row["dispatched_at"],
-            not_before=row["not_before"],
-            render_seconds=row["render_seconds"],
-            encode_seconds=row["encode_seconds"],
             files=tuple(files),
         )
 
@@ -179,6 +161,13 @@ class Job:
         if self.started_at is None or self.queued_at is None:
             return None
         return max((self.started_at - self.queued_at).total_seconds(), 0.0)
+
+
+#: Job fields copied from the row as they are (the others are converted).
+_PLAIN_FIELDS = tuple(
+    f.name for f in dataclass_fields(Job)
+    if f.name not in ("status", "stage", "progress", "cancel_requested", "files")
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,19 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture
+def app(settings: Settings) -> Any:
+    """A fresh API app on this test's database and embedded broker."""
+    from api import create_app
+
+    return create_app({"TESTING": True, "SETTINGS": settings})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
 def sample_deck() -> dict[str, Any]:
     deck: dict[str, Any] = json.loads(SAMPLE_DECK.read_text(encoding="utf-8"))
     return deck

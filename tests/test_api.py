@@ -17,16 +17,6 @@ from storage import JobStore, Settings, Status
 from tests.conftest import sample_deck, small_deck
 
 
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app({"TESTING": True, "SETTINGS": settings})
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,16 +16,6 @@ from api import create_app
 from storage import JobStore, Settings, Stage
 from storage.registry import WorkerRegistry
 from tests.conftest import small_deck
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app({"TESTING": True, "SETTINGS": settings})
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def _finish(store: JobStore, job_id: str, worker: str = "w@host") -> None:

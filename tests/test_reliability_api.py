@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
 from storage import JobStore, Settings, Status
 from storage.files import partial_dir
 from tests.conftest import small_deck
@@ -18,16 +16,6 @@ from tests.test_api import assert_error, queued_messages
 MISSING = "00000000-0000-0000-0000-000000000000"
 
 Make = Callable[[FlaskClient, JobStore], str]
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app({"TESTING": True, "SETTINGS": settings})
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def _submit(client: FlaskClient) -> str:
