@@ -17,6 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+#: A host cut off from the database fails its queries within seconds instead
+#: of hanging on TCP retransmissions for many minutes (the API answers 503;
+#: workers retry and, past SLIDEFARM_STALE_AFTER, are recovered elsewhere).
+PG_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
 
@@ -61,7 +73,7 @@ def create_db_engine(url: str) -> Engine:
         max_overflow=10,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5} if backend == "postgresql" else {},
+        connect_args=PG_CONNECT_ARGS if backend == "postgresql" else {},
     )
 
 
