@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,10 @@ def db_view(store: JobStore) -> dict[str, tuple[str, int, str | None]]:
             for j in store.list_jobs(limit=500).jobs}
 
 
-def test_many_render_hosts_one_view(cluster: Cluster) -> None:
+def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixture[str]
+                                    ) -> None:
+    report: list[str] = []
+    began = time.monotonic()
     cluster.start_api("api")
     for n in (1, 2, 3):
         cluster.start_render(n)
@@ -299,7 +303,10 @@ def test_many_render_hosts_one_view(cluster: Cluster) -> None:
         ids.append(job["job_id"])
     jobs = wait_all(store, ids, timeout=240)
     assert {j.status.value for j in jobs} == {"completed"}
-    assert {j.worker for j in jobs} == {"render@host1", "render@host2", "render@host3"}
+    per_host = Counter(j.worker for j in jobs)
+    report.append(f"60 decks in {time.monotonic() - began:.1f} s, per host: "
+                  + ", ".join(f"{host} {n}" for host, n in sorted(per_host.items())))
+    assert set(per_host) == {"render@host1", "render@host2", "render@host3"}
     status, workers = cluster.request("api", "GET", "/v1/workers")
     alive = {w["name"] for w in workers["workers"] if w["state"] == "alive"}
     assert alive == {"render@host1", "render@host2", "render@host3"}
@@ -316,19 +323,30 @@ def test_many_render_hosts_one_view(cluster: Cluster) -> None:
     victim = job.worker
     assert victim is not None
     victim_host = "render" + victim.rsplit("host", 1)[1]
+    cut_at = time.monotonic()
     cluster.cut(victim_host)
     done = wait_all(store, [slow_id], timeout=180)[0]
+    report.append(f"cut {victim} off mid-render: job finished by {done.worker} "
+                  f"(attempt {done.attempts}) {time.monotonic() - cut_at:.1f} s later")
     assert done.status.value == "completed" and done.worker != victim, done
     cluster.heal(victim_host)
     deadline = time.monotonic() + 90
-    while "lost" not in cluster.log(victim_host):
+    while "refused" not in cluster.log(victim_host) and "lease lost" not in cluster.log(
+            victim_host):
         assert time.monotonic() < deadline, cluster.log(victim_host)[-3000:]
         time.sleep(0.3)
     time.sleep(2)
+    victim_log = cluster.log(victim_host)
+    refused = victim_log.count("late write refused") + victim_log.count("lease lost")
+    report.append(f"{victim} back on the network: {refused} late write(s) refused by "
+                  f"fencing, attempt ended 'lost' x{victim_log.count(': lost in')}, "
+                  f"scratch removed; job record unchanged")
     after = store.get(slow_id)
     assert (after.status, after.worker, after.attempts, after.completed_at) == (
         done.status, done.worker, done.attempts, done.completed_at)
     folder = cluster.output / slow_id
+    partial = cluster.output / ".partial"
+    assert not [p for p in partial.iterdir() if p.name.startswith(slow_id)]  # cleaned up
     assert published_attempt(folder) == after.attempts
     on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                      if p.is_file() and p.name != ".attempt")
@@ -357,6 +375,8 @@ def test_many_render_hosts_one_view(cluster: Cluster) -> None:
         time.sleep(0.5)
     cluster.heal("db")
     assert set(answers) <= {200, 503} and 503 in answers, answers
+    report.append(f"db host cut off for 6 s: API answered {answers.count(503)}x 503, "
+                  f"{answers.count(200)}x 200, no crash")
     final = wait_all(store, more + queued_before, timeout=240)
     assert {j.status.value for j in final} == {"completed"}, [
         (j.id, j.status, j.error) for j in final]
@@ -367,3 +387,9 @@ def test_many_render_hosts_one_view(cluster: Cluster) -> None:
     assert api_view(cluster, "api2") == db_view(store)
     for name in ("api2", "render1", "render2", "render3"):
         assert cluster.procs[name].poll() is None, f"{name} crashed:\n{cluster.log(name)[-2000:]}"
+    recovered = sum(1 for j in db_view(store) for e in store.history(j)
+                    if (e.reason or "").startswith("worker lost"))
+    report.append(f"{len(db_view(store))} jobs, all completed; {recovered} recovered from a "
+                  f"lost worker; wall time {time.monotonic() - began:.1f} s")
+    with capsys.disabled():
+        print("\ncluster: " + "\ncluster: ".join(report))

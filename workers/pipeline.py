@@ -227,38 +227,56 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
     return result
 
 
+def _write_outcome(store: JobStore, job: Job, settings: Settings, result: AttemptResult,
+                   timings: _Timings) -> tuple[bool, AttemptResult]:
+    """One fenced write of the outcome; ``False`` if the attempt lost the job."""
+    attempt = job.attempts
+    if result.outcome is Outcome.CANCELLED:
+        return store.finish_cancelled(job.id, attempt), result
+    if result.outcome is Outcome.RETRYING and attempt < job.attempt_limit:
+        delay = backoff(settings, attempt)
+        reason = f"attempt {attempt} failed, retrying in {delay:.1f}s: {result.error}"
+        moved = store.requeue(job.id, attempt, reason, delay=delay)
+        if moved is Status.CANCELLED:  # a cancel came in meanwhile: it wins
+            return True, AttemptResult(Outcome.CANCELLED)
+        return moved is not None, AttemptResult(Outcome.RETRYING, result.error, delay)
+    error = result.error or "failed"
+    if result.outcome is Outcome.RETRYING:
+        error = f"gave up after {attempt} attempts: {error}"
+    recorded = store.fail(job.id, attempt, error, render_seconds=timings.render,
+                          encode_seconds=timings.encode)
+    return recorded, AttemptResult(Outcome.FAILED, error)
+
+
 def _record_outcome(store: JobStore, job: Job, settings: Settings, result: AttemptResult,
                     timings: _Timings) -> AttemptResult:
     """Write a non-completed outcome (fenced); files go with every one of them."""
     attempt = job.attempts
     if result.outcome in (Outcome.COMPLETED, Outcome.LOST):
         return result
-    try:
-        if result.outcome is Outcome.CANCELLED:
-            recorded = store.finish_cancelled(job.id, attempt)
-        elif result.outcome is Outcome.RETRYING and attempt < job.attempt_limit:
-            delay = backoff(settings, attempt)
-            reason = f"attempt {attempt} failed, retrying in {delay:.1f}s: {result.error}"
-            moved = store.requeue(job.id, attempt, reason, delay=delay)
-            recorded = moved is not None
-            if moved is Status.CANCELLED:  # a cancel came in meanwhile: it wins
-                result = AttemptResult(Outcome.CANCELLED)
-            else:
-                result = AttemptResult(Outcome.RETRYING, result.error, delay)
-        else:
-            error = result.error or "failed"
-            if result.outcome is Outcome.RETRYING:
-                error = f"gave up after {attempt} attempts: {error}"
-            recorded = store.fail(job.id, attempt, error, render_seconds=timings.render,
-                                  encode_seconds=timings.encode)
-            result = AttemptResult(Outcome.FAILED, error)
-    except StorageError:
-        # The database is down: leave the job processing; its heartbeat has
-        # stopped, so the sweeper requeues it once the database is back.
-        log.warning("job %s: could not record %s; the sweeper will recover it", job.id,
-                    result.outcome)
-        return AttemptResult(Outcome.LOST, result.error)
+    # A worker cut off from the database keeps trying to record its outcome
+    # (a fenced write) until the database answers: when the network returns
+    # after its job was recovered elsewhere, that late write is refused.
+    deadline = time.monotonic() + max(settings.stale_after * 10, 30.0)
+    delay = 0.2
+    while True:
+        try:
+            recorded, result = _write_outcome(store, job, settings, result, timings)
+            break
+        except DatabaseUnavailable:
+            if time.monotonic() + delay > deadline:
+                log.warning("job %s: could not record %s; the sweeper will recover it",
+                            job.id, result.outcome)
+                return AttemptResult(Outcome.LOST, result.error)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except StorageError:
+            log.warning("job %s: could not record %s; the sweeper will recover it", job.id,
+                        result.outcome)
+            return AttemptResult(Outcome.LOST, result.error)
     if not recorded:
+        log.warning("job %s attempt %s: late write refused (fenced): another attempt holds "
+                    "the job", job.id, attempt)
         return AttemptResult(Outcome.LOST, result.error)
     if result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
         remove_job_files(settings.output_dir, job.id)
