@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, job_json
+from api.submission import submit_deck
 from storage import JobStore, Settings, Status, StorageError, get_settings
 from storage.deck import Deck
 from storage.files import remove_job_files
@@ -113,16 +114,9 @@ def submit(ctx: Context, deck_file: Path, wait: bool, idempotency_key: str | Non
             fail(f"{deck_file}: invalid deck ({fields})")
         fail(f"{deck_file}: not valid JSON: {error}")
         return
-    import hashlib
-
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                            .encode()).hexdigest()
-    job, created = ctx.store.create(
-        deck.model_dump(mode="json"), title=deck.title, idempotency_key=idempotency_key,
-        request_hash=digest if idempotency_key else None,
-        attempt_limit=ctx.settings.max_attempts)
-    if created:
-        ctx.dispatcher.send_render(job.id)
+    job, _ = submit_deck(ctx.store, ctx.dispatcher, deck, body,
+                         idempotency_key=idempotency_key,
+                         max_attempts=ctx.settings.max_attempts)
     if not wait:
         emit(job_json(job)) if as_json else click.echo(job.id)
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, stream_with_context
@@ -112,7 +113,7 @@ def job_events(job_id: str) -> Response:
         last: tuple[Any, ...] | None = None
         started = last_sent = time.monotonic()
         feed = svc.store.feed
-        with (feed.subscribe(job_id) if feed else _no_subscription()) as pubsub:
+        with (feed.subscribe(job_id) if feed else nullcontext()) as pubsub:
             while time.monotonic() - started < MAX_STREAM:
                 if job is not None:
                     if _snapshot(job) != last:
@@ -141,14 +142,6 @@ def job_events(job_id: str) -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
-
-
-class _no_subscription:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 class StoreCollector:

@@ -3,7 +3,6 @@ shape the answer."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 from api.serialize import event_json, job_json
 from api.services import services
+from api.submission import submit_deck
 from storage import Job, Status
 from storage.deck import Deck
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, remove_job_files, slide_file
@@ -90,17 +90,9 @@ def submit() -> Response:
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             [{"field": "Idempotency-Key", "message": "invalid key"}],
             code="invalid_parameter")
-    request_hash = hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
     svc = services()
-    job, created = svc.store.create(
-        deck.model_dump(mode="json"), title=deck.title,
-        idempotency_key=key, request_hash=request_hash if key else None,
-        attempt_limit=svc.settings.max_attempts,
-    )
-    if created:
-        svc.dispatcher.send_render(job.id)
+    job, created = submit_deck(svc.store, svc.dispatcher, deck, body, idempotency_key=key,
+                               max_attempts=svc.settings.max_attempts)
     response = _accepted(job)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

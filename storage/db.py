@@ -1,4 +1,4 @@
-"""Engines and sessions built from ``DATABASE_URL``.
+"""Engines built from ``DATABASE_URL`` (the job store runs Core statements on them).
 
 PostgreSQL gets a pre-pinged connection pool; SQLite gets WAL and a busy
 timeout so that API and worker processes can share one file. Engines are
@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -97,8 +96,3 @@ def dispose_engines() -> None:
             if pid == os.getpid():
                 engine.dispose()
             del _engines[(pid, _url)]
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for one unit of work each: ``with factory.begin() as s: ...``."""
-    return sessionmaker(engine, expire_on_commit=False)

@@ -103,7 +103,6 @@ class ChangeFeed:
         except redis.RedisError as error:
             self._failed("an invalidation", error)
 
-    publish = changed
 
     # -- the status cache ----------------------------------------------------
 

@@ -81,13 +81,20 @@ def kill(proc: Proc) -> None:
     proc.popen.wait()
 
 
-def test_sigkilled_worker_job_completes_on_another(fault_stack: Stack) -> None:
-    stack = fault_stack
+def slow_job_on_a(stack: Stack) -> tuple[Proc, str]:
+    """The API, worker ``a@host1`` and a slow job that worker is rendering."""
     stack.start_api()
     a = stack.start_worker("a@host1", concurrency=1)
     _, job = stack.request("POST", "/v1/jobs", slow_deck())
     stack.wait_for(job["job_id"], lambda j: j["status"] == "processing"
                    and j["worker"] == "a@host1" and j["progress"] > 0)
+    return a, job["job_id"]
+
+
+def test_sigkilled_worker_job_completes_on_another(fault_stack: Stack) -> None:
+    stack = fault_stack
+    a, job_id = slow_job_on_a(stack)
+    job = {"job_id": job_id}
     kill(a)
     stack.start_worker("b@host2", concurrency=1)
     done = stack.wait_final(job["job_id"], timeout=120)
@@ -104,11 +111,8 @@ def test_sigkilled_worker_job_completes_on_another(fault_stack: Stack) -> None:
 
 def test_paused_worker_is_fenced_out_when_it_resumes(fault_stack: Stack) -> None:
     stack = fault_stack
-    stack.start_api()
-    a = stack.start_worker("a@host1", concurrency=1)
-    _, job = stack.request("POST", "/v1/jobs", slow_deck())
-    stack.wait_for(job["job_id"], lambda j: j["status"] == "processing"
-                   and j["worker"] == "a@host1" and j["progress"] > 0)
+    a, job_id = slow_job_on_a(stack)
+    job = {"job_id": job_id}
     os.killpg(a.popen.pid, signal.SIGSTOP)
     stack.start_worker("b@host2", concurrency=1)
     done = stack.wait_final(job["job_id"], timeout=120)
