@@ -49,6 +49,9 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
+            # Broadcast exchanges (remote control, our own fanout) also live
+            # under the broker folder, never in the working folder.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.1,
         }
