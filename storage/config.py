@@ -6,8 +6,10 @@ Celery's configuration and Alembic all ask :func:`get_settings`.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +65,67 @@ class Settings(BaseSettings):
     broker_send_timeout: float = Field(
         default=2.0, gt=0, validation_alias="SLIDEFARM_BROKER_SEND_TIMEOUT"
     )
+
+    # --- Access and limits (who may do what, and how much) ---
+    #: ``required``: every /v1 route, the event streams, /metrics and the
+    #: dashboard need an API key. ``off``: the open single-user mode. Unset:
+    #: required on PostgreSQL, off on the embedded SQLite default.
+    auth: Literal["required", "off"] | None = Field(default=None,
+                                                    validation_alias="SLIDEFARM_AUTH")
+    #: Seconds an API process may trust a key it has already checked (a
+    #: revoked key stops working within this bound on every host).
+    key_cache_ttl: float = Field(default=1.0, ge=0, validation_alias="SLIDEFARM_KEY_CACHE_TTL")
+    #: Per-tenant cap on queued plus processing jobs.
+    max_active_jobs: int = Field(default=20, ge=1, validation_alias="SLIDEFARM_MAX_ACTIVE_JOBS")
+    #: Submissions per second per API key (token bucket refill rate) ...
+    submit_rate: float = Field(default=5.0, gt=0, validation_alias="SLIDEFARM_SUBMIT_RATE")
+    #: ... and how many may come at once (the bucket's size).
+    submit_burst: int = Field(default=30, ge=1, validation_alias="SLIDEFARM_SUBMIT_BURST")
+    #: Longest video one deck may ask for, in seconds.
+    max_video_seconds: float = Field(default=1800.0, gt=0,
+                                     validation_alias="SLIDEFARM_MAX_VIDEO_SECONDS")
+    #: Seconds one attempt may render before it fails (and its files go).
+    render_timeout: float = Field(default=1800.0, gt=0,
+                                  validation_alias="SLIDEFARM_RENDER_TIMEOUT")
+
+    # --- Completion webhooks ---
+    #: Comma-separated CIDRs that callbacks may reach although they are not
+    #: public addresses (e.g. ``127.0.0.1/32`` in tests). Empty: public only.
+    webhook_allow: str = Field(default="", validation_alias="SLIDEFARM_WEBHOOK_ALLOW")
+    #: Seconds one delivery attempt may take (connect plus response).
+    webhook_timeout: float = Field(default=10.0, gt=0, validation_alias="SLIDEFARM_WEBHOOK_TIMEOUT")
+    #: Delay before the first redelivery; doubles per attempt.
+    webhook_backoff: float = Field(default=10.0, gt=0, validation_alias="SLIDEFARM_WEBHOOK_BACKOFF")
+    #: Seconds after the first attempt during which failed deliveries are retried.
+    webhook_retry_for: float = Field(default=3600.0, gt=0,
+                                     validation_alias="SLIDEFARM_WEBHOOK_RETRY_FOR")
+    #: Seconds the previous webhook secret keeps signing after a rotation.
+    webhook_rotation_grace: float = Field(default=86400.0, ge=0,
+                                          validation_alias="SLIDEFARM_WEBHOOK_ROTATION_GRACE")
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"SLIDEFARM_WEBHOOK_ALLOW: {exc}") from exc
+        return value
+
+    @property
+    def webhook_allow_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks of :attr:`webhook_allow`."""
+        return [ipaddress.ip_network(part.strip(), strict=False)
+                for part in self.webhook_allow.split(",") if part.strip()]
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether requests need an API key (see :attr:`auth`)."""
+        if self.auth is not None:
+            return self.auth == "required"
+        return self.database_url.startswith("postgresql")
 
     @field_validator("output_dir", "broker_dir")
     @classmethod

@@ -48,13 +48,24 @@ from storage.errors import (
     StorageError,
 )
 from storage.feed import ChangeFeed
-from storage.models import FINAL_STATUSES, JobEventRow, JobFileRow, JobRow, Stage, Status
+from storage.models import (
+    DEFAULT_TENANT,
+    FINAL_STATUSES,
+    JobEventRow,
+    JobFileRow,
+    JobRow,
+    Stage,
+    Status,
+    WebhookDeliveryRow,
+    WebhookStatus,
+)
 
 log = logging.getLogger("slidefarm.jobs")
 
 jobs_table = cast(Table, JobRow.__table__)
 files_table = cast(Table, JobFileRow.__table__)
 events_table = cast(Table, JobEventRow.__table__)
+deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
 
 MAX_LIST_LIMIT = 500
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -135,6 +146,15 @@ class Job:
     not_before: datetime | None = None
     render_seconds: float | None = None
     encode_seconds: float | None = None
+    owner: str = DEFAULT_TENANT
+    callback_url: str | None = None
+    webhook_status: str | None = None
+    webhook_attempts: int = 0
+    webhook_first_at: datetime | None = None
+    webhook_next_at: datetime | None = None
+    webhook_last_code: int | None = None
+    webhook_last_error: str | None = None
+    webhook_delivered_at: datetime | None = None
     files: tuple[JobFile, ...] = field(default=())
 
     @classmethod
@@ -332,6 +352,23 @@ class JobStore:
                  from_status.value if from_status else "-", to_status.value, attempt,
                  worker or "-", json.dumps(reason or ""))
 
+    @staticmethod
+    def _arm_webhook(now: datetime) -> dict[str, Any]:
+        """Values that make a job's completion webhook due now, if it has a
+        callback URL: set by every transition into a final state, in the same
+        write, so no final state can miss its webhook."""
+        has_callback = jobs_table.c.callback_url.is_not(None)
+        return {
+            "webhook_status": case((has_callback, literal(WebhookStatus.PENDING.value)),
+                                   else_=None),
+            "webhook_next_at": case((has_callback, literal(now)), else_=None),
+            "webhook_first_at": case((has_callback, literal(now)), else_=None),
+            "webhook_attempts": 0,
+            "webhook_last_code": None,
+            "webhook_last_error": None,
+            "webhook_delivered_at": None,
+        }
+
     def _transition(self, job_id: str, attempt: int, from_status: Status,
                     values: dict[str, Any], *, to_status: Status | None = None,
                     reason: str | None = None, where: Sequence[Any] = (),
@@ -340,6 +377,8 @@ class JobStore:
         holding the job (and any extra ``where``); a status change is recorded
         in the history within the same transaction. ``drop_files`` forgets the
         attempt's file records (their files are being removed)."""
+        if to_status is not None and to_status.is_final:
+            values = {**values, **self._arm_webhook(utcnow())}
         stmt = (
             update(jobs_table)
             .where(
@@ -720,7 +759,8 @@ class JobStore:
             row = conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value)
-                .values(status=Status.CANCELLED.value, completed_at=now, stage=Stage.QUEUED.value)
+                .values(status=Status.CANCELLED.value, completed_at=now, stage=Stage.QUEUED.value,
+                        **self._arm_webhook(now))
                 .returning(jobs_table.c.attempts)
             ).first()
             if row is not None:
@@ -760,7 +800,8 @@ class JobStore:
                         error=None, completed_at=None, cancel_requested=False,
                         attempt_limit=jobs_table.c.attempts + max_attempts,
                         queued_at=now, dispatched_at=now, not_before=None,
-                        video_url=None, thumbnail_url=None, slide_image_path=None)
+                        video_url=None, thumbnail_url=None, slide_image_path=None,
+                        webhook_status=None, webhook_next_at=None, webhook_first_at=None)
                 .returning(jobs_table.c.attempts)
             ).first()
             before = None
@@ -792,6 +833,7 @@ class JobStore:
         with self.transaction() as conn:
             conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
             conn.execute(delete(events_table).where(events_table.c.job_id == job_id))
+            conn.execute(delete(deliveries_table).where(deliveries_table.c.job_id == job_id))
             deleted = conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount
         if deleted:
             log.info("transition job=%s from=- to=deleted attempt=- worker=- reason=%s",
@@ -919,6 +961,8 @@ class JobStore:
                 chunk = ids[start:start + 500]
                 conn.execute(delete(files_table).where(files_table.c.job_id.in_(chunk)))
                 conn.execute(delete(events_table).where(events_table.c.job_id.in_(chunk)))
+                conn.execute(delete(deliveries_table)
+                             .where(deliveries_table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs_table).where(jobs_table.c.id.in_(chunk), condition))
         return ids
 

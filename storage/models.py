@@ -96,6 +96,18 @@ NAMING_CONVENTION = {
 }
 
 
+#: The owner of jobs submitted without authentication (the open mode).
+DEFAULT_TENANT = "default"
+
+
+class WebhookStatus(enum.StrEnum):
+    """Where a job's completion webhook is."""
+
+    PENDING = "pending"  # due (again) at webhook_next_at
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # retried for SLIDEFARM_WEBHOOK_RETRY_FOR, never a 2xx
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -138,14 +150,33 @@ class JobRow(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     render_seconds: Mapped[float | None] = mapped_column(Float)
     encode_seconds: Mapped[float | None] = mapped_column(Float)
+    # Access: the tenant that submitted the job and alone may see it.
+    owner: Mapped[str] = mapped_column(String(64), nullable=False,
+                                       server_default=DEFAULT_TENANT)
+    # Completion webhook: where to POST the final job, and how that went.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
+    webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    webhook_first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_last_code: Mapped[int | None] = mapped_column(Integer)
+    webhook_last_error: Mapped[str | None] = mapped_column(Text)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         _status_check(),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
-        UniqueConstraint("idempotency_key"),
-        # The list endpoint (newest first, optionally by status, keyset paging).
+        # Idempotency keys are a tenant's own: another tenant's key neither
+        # replays nor conflicts with (nor reveals) this one.
+        UniqueConstraint("owner", "idempotency_key"),
+        # The list endpoint (newest first, optionally by status, keyset paging),
+        # for admins (all tenants) and for one tenant.
         Index("ix_jobs_status_created_at", "status", "created_at", "id"),
         Index("ix_jobs_created_at", "created_at", "id"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at", "id"),
+        Index("ix_jobs_owner_status_created_at", "owner", "status", "created_at", "id"),
+        # Webhook deliveries that are due.
+        Index("ix_jobs_webhook_status_webhook_next_at", "webhook_status", "webhook_next_at"),
         # The sweeper: stale processing jobs and forgotten queued ones.
         Index("ix_jobs_status_last_heartbeat", "status", "last_heartbeat"),
         Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
@@ -211,3 +242,76 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class TenantRow(Base):
+    """A customer: owns jobs and API keys, signs its webhooks with its secret."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    webhook_secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    #: The secret before the last rotation, still signing until it expires.
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(128))
+    previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ApiKeyRow(Base):
+    """An API key ``sf_<id>_<secret>``: only a hash of the secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(
+        String(64), ForeignKey("tenants.name", ondelete="CASCADE"), nullable=False
+    )
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    admin: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_api_keys_tenant", "tenant"),)
+
+
+class SessionRow(Base):
+    """A dashboard sign-in: a random token (kept hashed) standing for a key."""
+
+    __tablename__ = "sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class RateBucketRow(Base):
+    """A token bucket kept in the database (rate limits without Redis)."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class WebhookDeliveryRow(Base):
+    """One attempt to deliver a job's completion webhook (never the response body)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
+
+    __table_args__ = (Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),)

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, text
 
 from storage import JobStore, Settings
 from storage.db import create_db_engine, dispose_engines
+from storage.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DECK = ROOT / "examples" / "sample-deck.json"
@@ -156,7 +157,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _truncate(url: str) -> None:
     engine = create_db_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE job_files, job_events, jobs, workers, leases"))
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables}"))
     engine.dispose()
 
 
