@@ -7,10 +7,12 @@ from typing import Any
 
 from flask import Flask
 
+from api.auth import init_auth
 from api.dispatch import Dispatcher
 from api.errors import register_error_handlers
 from api.services import Services
 from storage import JobStore, Settings, get_settings
+from storage.limits import RateLimiter
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -26,10 +28,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     settings: Settings = app.config.get("SETTINGS") or get_settings()
     dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher(settings)
+    store = JobStore.from_settings(settings)
     app.extensions["slidefarm"] = Services(
         settings=settings,
-        store=JobStore.from_settings(settings),
+        store=store,
         dispatcher=dispatcher,
+        limiter=RateLimiter(store, settings.redis_url),
     )
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
@@ -42,4 +46,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(inspect.bp)
     app.register_blueprint(dashboard.bp)
     register_error_handlers(app)
+    init_auth(app)
     return app

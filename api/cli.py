@@ -21,11 +21,13 @@ from pydantic import ValidationError
 
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
-from api.serialize import event_json, job_json
+from api.serialize import event_json, iso, job_json
 from api.submission import submit_deck
 from storage import JobStore, Settings, Status, StorageError, get_settings
+from storage.access import AccessStore, InvalidTenantName, UnknownTenant
 from storage.deck import Deck
 from storage.files import remove_job_files
+from storage.models import DEFAULT_TENANT
 from storage.registry import WorkerRegistry
 from storage.stats import Inspector
 
@@ -99,10 +101,12 @@ def _bar(progress: float, width: int = 30) -> str:
 @click.argument("deck_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--idempotency-key", default=None)
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True,
+              help="The tenant that will own the job.")
 @json_option
 @pass_ctx
 def submit(ctx: Context, deck_file: Path, wait: bool, idempotency_key: str | None,
-           as_json: bool) -> None:
+           tenant: str, as_json: bool) -> None:
     """Submit DECK_FILE (JSON) as a new job."""
     try:
         body = json.loads(deck_file.read_text(encoding="utf-8"))
@@ -116,7 +120,7 @@ def submit(ctx: Context, deck_file: Path, wait: bool, idempotency_key: str | Non
         return
     job, _ = submit_deck(ctx.store, ctx.dispatcher, deck, body,
                          idempotency_key=idempotency_key,
-                         max_attempts=ctx.settings.max_attempts)
+                         max_attempts=ctx.settings.max_attempts, owner=tenant)
     if not wait:
         emit(job_json(job)) if as_json else click.echo(job.id)
         return
@@ -285,6 +289,81 @@ def cleanup(ctx: Context, older_than: str | None) -> None:
     for job_id in deleted:
         remove_job_files(ctx.settings.output_dir, job_id)
     click.echo(f"deleted {len(deleted)} job(s) older than {age}")
+
+
+# -- keys --------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys and tenants (keys read `sf_<id>_<secret>`; only a hash is kept)."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="The tenant (created if new).")
+@click.option("--admin", is_flag=True, help="The key sees and manages every tenant's jobs.")
+@json_option
+@pass_ctx
+def keys_create(ctx: Context, tenant: str, admin: bool, as_json: bool) -> None:
+    """Create a key; it is shown once, now, and never again."""
+    try:
+        made = AccessStore(ctx.store).create_key(tenant, admin=admin)
+    except InvalidTenantName as error:
+        fail(str(error))
+        return
+    if as_json:
+        emit({"id": made.key.id, "tenant": tenant, "admin": admin, "key": made.token,
+              "webhook_secret": made.webhook_secret})
+        return
+    click.echo(f"key {made.key.id} for tenant {tenant}{' (admin)' if admin else ''}:")
+    click.echo(made.token)
+    if made.webhook_secret:
+        click.echo(f"webhook signing secret of the new tenant {tenant}:")
+        click.echo(made.webhook_secret)
+    click.echo("Store them now: they are not shown again.", err=True)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None)
+@json_option
+@pass_ctx
+def keys_list(ctx: Context, tenant: str | None, as_json: bool) -> None:
+    """Every key (id, tenant, admin, created, revoked): never a secret."""
+    found = AccessStore(ctx.store).list_keys(tenant)
+    rows = [{"id": k.id, "prefix": k.prefix, "tenant": k.tenant, "admin": k.admin,
+             "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at)} for k in found]
+    if as_json:
+        emit({"keys": rows})
+        return
+    click.echo(table([(r["id"], r["tenant"], "yes" if r["admin"] else "", r["created_at"],
+                       r["revoked_at"] or "") for r in rows],
+                     ["ID", "TENANT", "ADMIN", "CREATED", "REVOKED"]))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+def keys_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key by its id: every API host refuses it within SLIDEFARM_KEY_CACHE_TTL."""
+    if not AccessStore(ctx.store).revoke(key_id):
+        fail(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("rotate-webhook-secret")
+@click.option("--tenant", required=True)
+@pass_ctx
+def keys_rotate(ctx: Context, tenant: str) -> None:
+    """A new webhook signing secret; the old one also signs for the grace period."""
+    try:
+        secret = AccessStore(ctx.store).rotate_webhook_secret(
+            tenant, grace=ctx.settings.webhook_rotation_grace)
+    except UnknownTenant:
+        fail(f"no tenant {tenant}")
+        return
+    click.echo(secret)
+    click.echo(f"the previous secret also signs for {ctx.settings.webhook_rotation_grace:g} s",
+               err=True)
 
 
 # -- database --------------------------------------------------------------------

@@ -3,11 +3,14 @@ JavaScript (polling the JSON API and the job's event stream). No build step."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
+from werkzeug.wrappers import Response as WResponse
 
+from api.auth import SESSION_COOKIE, owner_scope, require_admin
 from api.serialize import job_json
 from api.services import services
 from storage import Status
+from storage.access import SESSION_TTL, AccessStore
 from storage.stats import Inspector
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -16,13 +19,55 @@ bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder
 CHART_WIDTH, CHART_HEIGHT = 720, 180
 
 
+@bp.context_processor
+def _signed_in() -> dict[str, bool]:
+    return {"signed_in": bool(request.cookies.get(SESSION_COOKIE))}
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (never ``//host`` or a scheme): no open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+@bp.get("/login")
+def login() -> str:
+    return render_template("login.html", error=None, next=_safe_next(request.args.get("next")))
+
+
+@bp.post("/login")
+def login_submit() -> WResponse | tuple[str, int]:
+    """Trade a key (sent in the form body, never the URL) for a session cookie."""
+    access = AccessStore(services().store)
+    who = access.verify((request.form.get("key") or "").strip())
+    target = _safe_next(request.form.get("next"))
+    if who is None:
+        return render_template("login.html", error="That key is not valid.", next=target), 401
+    response = redirect(target, code=303)
+    response.set_cookie(SESSION_COOKIE, access.create_session(who),
+                        max_age=int(SESSION_TTL.total_seconds()), httponly=True,
+                        samesite="Strict", secure=request.is_secure, path="/")
+    return response
+
+
+@bp.post("/logout")
+def logout() -> WResponse:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        AccessStore(services().store).end_session(token)
+    response = redirect("/login", code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
 @bp.get("/")
 def jobs_page() -> str:
     status = request.args.get("status") or ""
     search = request.args.get("q") or ""
     page = services().store.list_jobs(
         status=Status(status) if status in {s.value for s in Status} else None,
-        search=search or None, limit=50)
+        search=search[:200].replace("\x00", "") or None, limit=50, owner=owner_scope())
     return render_template("jobs.html", jobs=[job_json(j) for j in page.jobs],
                            statuses=[s.value for s in Status], status=status, search=search,
                            next_cursor=page.next_cursor, active="jobs")
@@ -31,18 +76,20 @@ def jobs_page() -> str:
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str) -> str:
     store = services().store
-    job = store.get(job_id)
+    job = store.get(job_id, owner=owner_scope())
     return render_template("job.html", job=job_json(job), active="jobs",
                            stale_after=services().settings.stale_after)
 
 
 @bp.get("/workers")
 def workers_page() -> str:
+    require_admin()
     return render_template("workers.html", active="workers")
 
 
 @bp.get("/overview")
 def overview_page() -> str:
+    require_admin()
     svc = services()
     inspector = Inspector(svc.store)
     stats = inspector.stats()
@@ -54,6 +101,7 @@ def overview_page() -> str:
 @bp.get("/overview/throughput.svg")
 def throughput_chart() -> Response:
     """Jobs completed per minute over the last hour, as an SVG bar chart."""
+    require_admin()
     per_minute = Inspector(services().store).stats().per_minute
     top = max(max(per_minute), 1)
     bar = CHART_WIDTH / len(per_minute)

@@ -19,6 +19,7 @@ from storage import (
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
+    QuotaExceeded,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,17 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class TooManyRequests(ApiError):
+    """Too many requests; slow down."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(ApiError):
     """A dependency is down; try again shortly."""
 
@@ -96,7 +108,18 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = exc.retry_after
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="slidefarm"'
+        return response
+
+    @app.errorhandler(QuotaExceeded)
+    def _quota(exc: QuotaExceeded) -> Response:
+        response = error_response(429, "too_many_active_jobs", str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(JobNotFound)
     def _not_found(exc: JobNotFound) -> Response:

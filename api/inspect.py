@@ -21,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from api.auth import owner_scope, require_admin
 from api.serialize import iso, job_json
 from api.services import Services, services
 from storage import Job, JobNotFound, Status, StorageError
@@ -74,7 +75,8 @@ def _round(value: float | None) -> float | None:
 
 @bp.get("/v1/workers")
 def workers() -> Response:
-    """Every worker that ever registered, with whether it is alive."""
+    """Every worker that ever registered, with whether it is alive (admins)."""
+    require_admin()
     svc = services()
     found = WorkerRegistry(svc.store).list_workers()
     return jsonify({"workers": [worker_json(w, svc.settings.stale_after) for w in found]})
@@ -82,7 +84,8 @@ def workers() -> Response:
 
 @bp.get("/v1/stats")
 def stats() -> Response:
-    """Counts by status, queue depth, throughput and the oldest queued job's age."""
+    """Counts by status, queue depth, throughput and the oldest queued job's age (admins)."""
+    require_admin()
     svc = services()
     return jsonify(stats_json(Inspector(svc.store).stats(), svc.dispatcher.queue_depth()))
 
@@ -105,7 +108,8 @@ def job_events(job_id: str) -> Response:
     store otherwise; the store is read either way, so nothing is missed.
     """
     svc = services()
-    first = svc.store.get(job_id)  # 404 before the stream starts
+    scope = owner_scope()
+    first = svc.store.get(job_id, owner=scope)  # 404 before the stream starts
 
     def stream(svc: Services) -> Iterator[str]:
         yield "retry: 2000\n\n"
@@ -131,7 +135,7 @@ def job_events(job_id: str) -> Response:
                 else:
                     time.sleep(EVENT_POLL)
                 try:
-                    job = svc.store.get(job_id)
+                    job = svc.store.get(job_id, owner=scope)
                 except JobNotFound:
                     yield _sse("end", {"job_id": job_id, "status": "deleted"})
                     return
@@ -197,7 +201,8 @@ class StoreCollector:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format."""
+    """Prometheus text format (admins: it counts every tenant's jobs)."""
+    require_admin()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(services()))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -11,7 +11,14 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
+from api.auth import owner_scope, principal
+from api.errors import (
+    BadRequest,
+    NotFound,
+    TooManyRequests,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from api.serialize import event_json, job_json
 from api.services import services
 from api.submission import submit_deck
@@ -19,10 +26,18 @@ from storage import Job, Status
 from storage.deck import Deck
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT
+from storage.limits import retry_after
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 MAX_IDEMPOTENCY_KEY = 255
+#: Fields the server sets; a submission naming one is refused, not ignored.
+READ_ONLY_FIELDS = frozenset({
+    "job_id", "id", "status", "progress", "stage", "error", "owner", "tenant", "attempts",
+    "worker", "created_at", "started_at", "completed_at", "last_heartbeat", "video_url",
+    "thumbnail_url", "slide_image_path", "created_files", "files", "cancel_requested",
+    "max_attempts", "timings", "webhook",
+})
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -59,8 +74,15 @@ def _parse_deck() -> tuple[Deck, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object describing a deck",
                                [{"field": "(body)", "message": "expected an object"}])
+    read_only = sorted(READ_ONLY_FIELDS & body.keys())
+    if read_only:
+        raise ValidationFailed(
+            f"the server sets {', '.join(read_only)}; a submission may not",
+            [{"field": name, "message": "read-only: set by the server", "type": "read_only"}
+             for name in read_only])
+    deck_fields = {k: v for k, v in body.items() if k != "callback_url"}
     try:
-        deck = Deck.model_validate(body)
+        deck = Deck.model_validate(deck_fields)
     except ValidationError as exc:
         details = [
             {"field": _field(err["loc"]), "message": err["msg"], "type": err["type"]}
@@ -68,6 +90,12 @@ def _parse_deck() -> tuple[Deck, dict[str, Any]]:
         ]
         raise ValidationFailed(f"the deck has {len(details)} invalid field(s)",
                                details) from exc
+    limit = services().settings.max_video_seconds
+    if deck.total_seconds > limit:
+        raise ValidationFailed(
+            f"the video would last {deck.total_seconds:g} s; the limit is {limit:g} s",
+            [{"field": "slides", "message": f"the durations add up to {deck.total_seconds:g} s, "
+              f"over SLIDEFARM_MAX_VIDEO_SECONDS ({limit:g})", "type": "too_long"}])
     return deck, body
 
 
@@ -81,6 +109,14 @@ def _accepted(job: Job) -> Response:
 @bp.post("")
 def submit() -> Response:
     """Record the job, commit, then send its task (never the other way round)."""
+    svc = services()
+    who = principal()
+    wait = svc.limiter.take(f"submit:{who.key_id or who.tenant}",
+                            rate=svc.settings.submit_rate, burst=svc.settings.submit_burst)
+    if wait > 0:
+        raise TooManyRequests(
+            f"too many submissions: this key may submit {svc.settings.submit_rate:g} per "
+            f"second (bursts of {svc.settings.submit_burst})", retry_after(wait))
     deck, body = _parse_deck()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (
@@ -90,9 +126,10 @@ def submit() -> Response:
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             [{"field": "Idempotency-Key", "message": "invalid key"}],
             code="invalid_parameter")
-    svc = services()
     job, created = submit_deck(svc.store, svc.dispatcher, deck, body, idempotency_key=key,
-                               max_attempts=svc.settings.max_attempts)
+                               max_attempts=svc.settings.max_attempts, owner=who.tenant,
+                               callback_url=body.get("callback_url"),
+                               max_active=svc.settings.max_active_jobs)
     response = _accepted(job)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -103,6 +140,7 @@ def submit() -> Response:
 def show(job_id: str) -> Response:
     """The job; ``?include=history`` adds every transition with its reason."""
     store = services().store
+    scope = owner_scope()
     include = {part.strip() for part in request.args.get("include", "").split(",") if part}
     feed = store.feed
     if not include and feed is not None:
@@ -110,11 +148,15 @@ def show(job_id: str) -> Response:
         # unless a change raced it (storage/feed.py states the bound).
         cached, seen = feed.lookup(job_id)
         if cached is not None:
-            return Response(cached, mimetype="application/json")
-        raw = current_app.json.dumps(job_json(store.get(job_id))).encode()
-        feed.fill(job_id, seen, raw)
+            owner, raw = cached
+            if scope is not None and owner != scope:
+                raise NotFound("no such job", code="job_not_found")
+            return Response(raw, mimetype="application/json")
+        job = store.get(job_id, owner=scope)
+        raw = current_app.json.dumps(job_json(job)).encode()
+        feed.fill(job_id, seen, raw, job.owner)
         return Response(raw, mimetype="application/json")
-    body = job_json(store.get(job_id))
+    body = job_json(store.get(job_id, owner=scope))
     unknown = include - {"history"}
     if unknown:
         raise BadRequest("include accepts: history",
@@ -129,7 +171,7 @@ def show(job_id: str) -> Response:
 def cancel(job_id: str) -> Response:
     """Queued: cancelled at once. Processing: flagged; the worker stops within
     one heartbeat. 409 once finished."""
-    job = services().store.request_cancel(job_id)
+    job = services().store.request_cancel(job_id, owner=owner_scope())
     response = jsonify(job_json(job))
     response.status_code = 202
     return response
@@ -139,7 +181,7 @@ def cancel(job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     """A failed or cancelled job queued again, with a fresh attempt budget."""
     svc = services()
-    job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts)
+    job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts, owner=owner_scope())
     svc.dispatcher.send_render(job.id)
     return _accepted(job)
 
@@ -148,7 +190,7 @@ def retry(job_id: str) -> Response:
 def remove(job_id: str) -> Response:
     """The row, its history and its files are gone; a rendering worker stops."""
     svc = services()
-    if not svc.store.delete(job_id):
+    if not svc.store.delete(job_id, owner=owner_scope()):
         raise NotFound("no such job", code="job_not_found")
     remove_job_files(svc.settings.output_dir, job_id)
     return Response(status=204)
@@ -186,12 +228,13 @@ def index() -> Response:
         raise BadRequest("q must not contain NUL characters",
                          [{"field": "q", "message": "NUL character"}], code="invalid_parameter")
     page = services().store.list_jobs(status=status, limit=limit, search=search,
-                                      cursor=request.args.get("cursor") or None)
+                                      cursor=request.args.get("cursor") or None,
+                                      owner=owner_scope())
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
 
 
 def _completed_file(job_id: str, relative: str, what: str) -> Path:
-    job = services().store.get(job_id)
+    job = services().store.get(job_id, owner=owner_scope())
     if job.status is not Status.COMPLETED:
         raise NotFound(f"the {what} is not available: the job is {job.status.value}",
                        code="not_ready")
@@ -217,7 +260,7 @@ def thumbnail(job_id: str) -> Response:
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
 def slide(job_id: str, n: int) -> Response:
-    job = services().store.get(job_id)
+    job = services().store.get(job_id, owner=owner_scope())
     count = len(job.deck.get("slides", []))
     if not 1 <= n <= count:
         raise NotFound(f"slide {n} does not exist: slides are numbered 1 to {count}",

@@ -8,6 +8,7 @@ from flask import current_app
 
 from api.dispatch import Dispatcher
 from storage import JobStore, Settings
+from storage.limits import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class Services:
     settings: Settings
     store: JobStore
     dispatcher: Dispatcher
+    limiter: RateLimiter
 
 
 def services() -> Services:

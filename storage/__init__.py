@@ -10,6 +10,7 @@ from storage.errors import (
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
+    QuotaExceeded,
     StorageError,
 )
 from storage.jobs import Job, JobEvent, JobFile, JobStore, LeaseState, Page, Recovery, utcnow
@@ -28,6 +29,7 @@ __all__ = [
     "JobStore",
     "LeaseState",
     "Page",
+    "QuotaExceeded",
     "Recovery",
     "Settings",
     "Stage",

@@ -28,3 +28,7 @@ class InvalidCursor(StorageError):
 
 class InvalidTransition(StorageError):
     """The job is not in a state that allows this."""
+
+
+class QuotaExceeded(StorageError):
+    """The tenant has too many jobs queued or processing."""

@@ -7,7 +7,8 @@ its id. The store stays the truth: a lost notification only delays an event
 stream until its next poll, and the cache can never be refilled with a
 status older than the last invalidation:
 
-- an entry is either a cached body (JSON, starting with ``{``) or an
+- an entry is either a cached body (``=``, the job's owner, a newline and
+  the JSON, so a reader checks ownership without a database read) or an
   invalidation marker (``!`` and a nonce) that expires after the TTL;
 - a reader that misses remembers the value it saw (marker or nothing), reads
   the database, and fills the cache only if that value is still there
@@ -106,8 +107,8 @@ class ChangeFeed:
 
     # -- the status cache ----------------------------------------------------
 
-    def lookup(self, job_id: str) -> tuple[bytes | None, bytes | None]:
-        """``(body, None)`` on a hit; ``(None, seen)`` on a miss, where
+    def lookup(self, job_id: str) -> tuple[tuple[str, bytes] | None, bytes | None]:
+        """``((owner, body), None)`` on a hit; ``(None, seen)`` on a miss, where
         ``seen`` is what to pass to :meth:`fill`; ``(None, None)`` if Redis is
         down (then do not fill)."""
         if not self._available():
@@ -118,18 +119,21 @@ class ChangeFeed:
             self._failed("a status read", error)
             return None, None
         raw = value.encode() if isinstance(value, str) else value
-        if raw is not None and raw[:1] == b"{":
-            return raw, None
+        if raw is not None and raw[:1] == b"=":
+            owner, _, body = raw[1:].partition(b"\n")
+            return (owner.decode(), body), None
         return None, raw if raw is not None else b""
 
-    def fill(self, job_id: str, seen: bytes | None, body: bytes) -> bool:
-        """Cache ``body`` unless the entry changed since :meth:`lookup` saw ``seen``."""
+    def fill(self, job_id: str, seen: bytes | None, body: bytes, owner: str) -> bool:
+        """Cache ``owner``'s job ``body`` unless the entry changed since
+        :meth:`lookup` saw ``seen``."""
         if seen is None or not self._available():
             return False
         try:
             self._redis()
             return bool(self._fill(keys=[CACHE_PREFIX + job_id],
-                                   args=[seen, body, self.ttl_ms]))
+                                   args=[seen, b"=" + owner.encode() + b"\n" + body,
+                                         self.ttl_ms]))
         except redis.RedisError as error:
             self._failed("a cache fill", error)
             return False

@@ -30,6 +30,7 @@ from sqlalchemy import (
     case,
     delete,
     exc,
+    func,
     insert,
     literal,
     or_,
@@ -45,6 +46,7 @@ from storage.errors import (
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
+    QuotaExceeded,
     StorageError,
 )
 from storage.feed import ChangeFeed
@@ -68,6 +70,8 @@ events_table = cast(Table, JobEventRow.__table__)
 deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
 
 MAX_LIST_LIMIT = 500
+#: First key of the advisory lock that serializes one owner's submissions.
+ADVISORY_QUOTA = 0x5F1D
 IDEMPOTENCY_TTL = timedelta(hours=24)
 DEFAULT_ATTEMPT_LIMIT = 3
 
@@ -230,6 +234,11 @@ def _is_job_id(value: str) -> bool:
         return str(uuid.UUID(value)) == value.lower() and len(value) == 36
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+def _owned(owner: str | None) -> list[Any]:
+    """The WHERE terms that keep a write to ``owner``'s jobs (none: any job)."""
+    return [] if owner is None else [jobs_table.c.owner == owner]
 
 
 def _is_missing_schema(error: exc.DBAPIError) -> bool:
@@ -428,13 +437,21 @@ class JobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         attempt_limit: int = DEFAULT_ATTEMPT_LIMIT,
+        owner: str = DEFAULT_TENANT,
+        callback_url: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]:
         """Record a new queued job; return it and whether it is new.
 
         With an ``idempotency_key`` used in the last 24 hours for the same
         ``request_hash`` the existing job comes back (``False``); with another
         hash, :class:`IdempotencyConflict`. Racing submissions of one key
-        meet at the unique index: one row, one winner.
+        meet at the unique index: one row, one winner. Keys are per ``owner``.
+
+        ``max_active``: :class:`QuotaExceeded` if ``owner`` already has that
+        many queued or processing jobs; the count and the insert are one
+        transaction, serialized per owner, so racing submissions from many API
+        processes cannot overshoot the cap.
         """
         job_id = str(uuid.uuid4())
         now = utcnow()
@@ -449,6 +466,8 @@ class JobStore:
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
             "attempt_limit": attempt_limit,
+            "owner": owner,
+            "callback_url": callback_url,
             "created_at": now,
             "queued_at": now,
             # Optimistic: the caller sends the task right after the commit; if
@@ -456,9 +475,11 @@ class JobStore:
             "dispatched_at": now,
         }
         if idempotency_key is not None:
-            self._expire_idempotency_key(idempotency_key, now)
+            self._expire_idempotency_key(owner, idempotency_key, now)
         try:
             with self.transaction() as conn:
+                if max_active is not None:
+                    self._check_quota(conn, owner, max_active)
                 row = conn.execute(
                     insert(jobs_table).values(**values).returning(*jobs_table.c)
                 ).mappings().one()
@@ -467,10 +488,12 @@ class JobStore:
         except exc.IntegrityError as error:
             if idempotency_key is None:
                 raise StorageError(f"could not record the job: {error.orig}") from error
-            existing = self.find_by_idempotency_key(idempotency_key)
+            existing = self.find_by_idempotency_key(idempotency_key, owner=owner)
             if existing is None:  # deleted in between: a fresh start is right
                 return self.create(deck, title=title, idempotency_key=idempotency_key,
-                                   request_hash=request_hash, attempt_limit=attempt_limit)
+                                   request_hash=request_hash, attempt_limit=attempt_limit,
+                                   owner=owner, callback_url=callback_url,
+                                   max_active=max_active)
             if existing.request_hash != request_hash:
                 raise IdempotencyConflict() from error
             return existing, False
@@ -478,41 +501,74 @@ class JobStore:
         self._changed(job_id)
         return created, True
 
-    def _expire_idempotency_key(self, key: str, now: datetime) -> None:
+    @staticmethod
+    def _check_quota(conn: Connection, owner: str, max_active: int) -> None:
+        if conn.dialect.name == "postgresql":
+            # One submitter per owner at a time between the count and the
+            # insert (released at commit); other owners are not held up.
+            conn.execute(select(func.pg_advisory_xact_lock(
+                literal(ADVISORY_QUOTA), func.hashtext(owner))))
+        active = conn.execute(
+            select(func.count()).select_from(jobs_table).where(
+                jobs_table.c.owner == owner,
+                jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+        ).scalar_one()
+        if active >= max_active:
+            raise QuotaExceeded(
+                f"the tenant already has {active} queued or processing jobs "
+                f"(SLIDEFARM_MAX_ACTIVE_JOBS = {max_active}); wait for some to finish")
+
+    def count_active(self, owner: str) -> int:
+        """Queued plus processing jobs of ``owner``."""
+        with self.transaction(single=True) as conn:
+            return int(conn.execute(
+                select(func.count()).select_from(jobs_table).where(
+                    jobs_table.c.owner == owner,
+                    jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+            ).scalar_one())
+
+    def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
         """Free ``key`` if the job holding it was submitted over 24 hours ago."""
         with self.transaction(single=True) as conn:
             conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.idempotency_key == key,
+                .where(jobs_table.c.owner == owner, jobs_table.c.idempotency_key == key,
                        jobs_table.c.created_at < now - IDEMPOTENCY_TTL)
                 .values(idempotency_key=None)
             )
 
-    def find_by_idempotency_key(self, key: str) -> Job | None:
-        """The job submitted with Idempotency-Key ``key``, if any."""
+    def find_by_idempotency_key(self, key: str, *, owner: str = DEFAULT_TENANT) -> Job | None:
+        """The job ``owner`` submitted with Idempotency-Key ``key``, if any."""
         with self.transaction() as conn:
             row = conn.execute(
-                select(jobs_table.c.id).where(jobs_table.c.idempotency_key == key)
+                select(jobs_table.c.id).where(jobs_table.c.owner == owner,
+                                              jobs_table.c.idempotency_key == key)
             ).first()
             return None if row is None else self._snapshot(conn, row.id)
 
-    def get(self, job_id: str) -> Job:
-        """The job ``job_id``; :class:`JobNotFound` if there is none."""
+    def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job ``job_id``; :class:`JobNotFound` if there is none, or if
+        ``owner`` is given and the job is someone else's (not found, not
+        forbidden: ids reveal nothing)."""
         if not _is_job_id(job_id):
             raise JobNotFound()
         with self.transaction(single=True) as conn:
             job = self._snapshot(conn, job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound()
         return job
 
     def list_jobs(self, *, status: Status | None = None, limit: int = 50,
-                  cursor: str | None = None, search: str | None = None) -> Page:
-        """Jobs newest first, optionally of one status and matching ``search``
-        (a title substring or an id prefix), ``limit`` at a time (keyset paging)."""
+                  cursor: str | None = None, search: str | None = None,
+                  owner: str | None = None) -> Page:
+        """Jobs newest first, optionally of one ``owner``, of one status and
+        matching ``search`` (a title substring or an id prefix), ``limit`` at a
+        time (keyset paging)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
         query = select(jobs_table)
+        if owner is not None:
+            query = query.where(jobs_table.c.owner == owner)
         if status is not None:
             query = query.where(jobs_table.c.status == status.value)
         if search:
@@ -746,19 +802,22 @@ class JobStore:
 
     # -- requests from users -----------------------------------------------
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, *, owner: str | None = None) -> Job:
         """Cancel ``job_id``: a queued job ends cancelled at once; a processing
         one is flagged, and its worker stops at its next heartbeat or slide.
 
-        :class:`InvalidTransition` if the job is already finished.
+        :class:`InvalidTransition` if the job is already finished;
+        :class:`JobNotFound` if it is not ``owner``'s (when given).
         """
         if not _is_job_id(job_id):
             raise JobNotFound()
         now = utcnow()
+        mine = _owned(owner)
         with self.transaction() as conn:
             row = conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value)
+                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value,
+                       *mine)
                 .values(status=Status.CANCELLED.value, completed_at=now, stage=Stage.QUEUED.value,
                         **self._arm_webhook(now))
                 .returning(jobs_table.c.attempts)
@@ -770,11 +829,11 @@ class JobStore:
                 conn.execute(
                     update(jobs_table)
                     .where(jobs_table.c.id == job_id,
-                           jobs_table.c.status == Status.PROCESSING.value)
+                           jobs_table.c.status == Status.PROCESSING.value, *mine)
                     .values(cancel_requested=True)
                 )
             job = self._snapshot(conn, job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound()
         if job.status in (Status.COMPLETED, Status.FAILED) or (
             job.status is Status.CANCELLED and row is None
@@ -783,10 +842,12 @@ class JobStore:
         self._changed(job_id)
         return job
 
-    def retry(self, job_id: str, *, max_attempts: int = DEFAULT_ATTEMPT_LIMIT) -> Job:
+    def retry(self, job_id: str, *, max_attempts: int = DEFAULT_ATTEMPT_LIMIT,
+              owner: str | None = None) -> Job:
         """``failed | cancelled -> queued``, with a fresh budget of ``max_attempts``.
 
-        :class:`InvalidTransition` unless the job failed or was cancelled.
+        :class:`InvalidTransition` unless the job failed or was cancelled;
+        :class:`JobNotFound` if it is not ``owner``'s (when given).
         """
         if not _is_job_id(job_id):
             raise JobNotFound()
@@ -794,7 +855,7 @@ class JobStore:
         with self.transaction() as conn:
             row = conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.id == job_id,
+                .where(jobs_table.c.id == job_id, *_owned(owner),
                        jobs_table.c.status.in_([Status.FAILED.value, Status.CANCELLED.value]))
                 .values(status=Status.QUEUED.value, stage=Stage.QUEUED.value, progress=0.0,
                         error=None, completed_at=None, cancel_requested=False,
@@ -814,7 +875,7 @@ class JobStore:
                 self._record(conn, job_id, before, Status.QUEUED, row.attempts, None,
                              "retry requested")
             job = self._snapshot(conn, job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound()
         if row is None:
             raise InvalidTransition(
@@ -823,14 +884,20 @@ class JobStore:
         self._changed(job_id)
         return job
 
-    def delete(self, job_id: str) -> bool:
-        """Delete ``job_id`` with its history and file records; ``False`` if unknown.
+    def delete(self, job_id: str, *, owner: str | None = None) -> bool:
+        """Delete ``job_id`` with its history and file records; ``False`` if
+        unknown (or not ``owner``'s, when given).
 
         A worker still rendering it finds its next write refused and stops.
         """
         if not _is_job_id(job_id):
             return False
         with self.transaction() as conn:
+            if owner is not None and conn.execute(
+                select(jobs_table.c.id).where(jobs_table.c.id == job_id, *_owned(owner))
+                .with_for_update()
+            ).first() is None:
+                return False
             conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
             conn.execute(delete(events_table).where(events_table.c.job_id == job_id))
             conn.execute(delete(deliveries_table).where(deliveries_table.c.job_id == job_id))

@@ -190,7 +190,19 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         CELERY_BROKER_URL="filesystem://",
         SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
         SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+        **NO_LIMITS,
     )
+
+
+def admin_token(url: str, tenant: str = "default") -> str:
+    """A new admin key on the database at ``url``."""
+    from storage.access import AccessStore
+
+    return AccessStore(JobStore.from_url(url)).create_key(tenant, admin=True).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
@@ -201,8 +213,26 @@ def app(settings: Settings) -> Any:
     return create_app({"TESTING": True, "SETTINGS": settings})
 
 
+def admin_client(app: Any) -> Any:
+    """A test client that, when the app needs keys, sends an admin key of
+    the ``default`` tenant with every request."""
+    test_client = app.test_client()
+    settings = app.extensions["slidefarm"].settings
+    if settings.auth_required:
+        token = admin_token(settings.database_url)
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return test_client
+
+
 @pytest.fixture
 def client(app: Any) -> Any:
+    """:func:`admin_client` of the test's app (tests of access itself build
+    their own clients and keys)."""
+    return admin_client(app)
+
+
+@pytest.fixture
+def anonymous_client(app: Any) -> Any:
     return app.test_client()
 
 
@@ -271,6 +301,11 @@ class Stack:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
         self.log_dir = log_dir
+        #: An admin key every request sends (None: the stack runs open).
+        self.token: str | None = None
+        if env.get("DATABASE_URL", "").startswith("postgresql") and \
+                env.get("SLIDEFARM_AUTH") != "off":
+            self.token = admin_token(env["DATABASE_URL"])
         self.procs: list[Proc] = []
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -318,9 +353,10 @@ class Stack:
     def request(self, method: str, path: str, body: Any = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
+        auth = bearer(self.token) if self.token else {}
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json",
-                                              **(headers or {})})
+                                              **auth, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 raw = resp.read()
@@ -362,9 +398,18 @@ class Stack:
         raise AssertionError(f"job {job_id} never matched: {job}")
 
 
+#: Limits out of the way of tests about other things (tests of limits set their own).
+NO_LIMITS = {
+    "SLIDEFARM_MAX_ACTIVE_JOBS": "100000",
+    "SLIDEFARM_SUBMIT_RATE": "100000",
+    "SLIDEFARM_SUBMIT_BURST": "100000",
+}
+
+
 def stack_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    env.update(NO_LIMITS)
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from storage import JobStore, Settings, Status
-from tests.conftest import sample_deck, small_deck
+from tests.conftest import admin_client, admin_token, sample_deck, small_deck
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -213,6 +213,8 @@ def test_readiness_names_a_database_that_is_down(tmp_path: Path) -> None:
         SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
     )
     client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    # A well-formed key: checking it needs the database, which is down.
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer sf_0123456789ab_" + "A" * 40
     error = assert_error(client.get("/readyz"), 503, "not_ready")
     assert [d["field"] for d in error["details"]] == ["database"]
     # Reads answer 503 with the JSON shape, never a crash or an HTML page.
@@ -223,14 +225,14 @@ def test_readiness_names_a_database_that_is_down(tmp_path: Path) -> None:
 
 def test_readiness_names_a_broker_that_is_down(settings: Settings) -> None:
     down = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
-    client = create_app({"TESTING": True, "SETTINGS": down}).test_client()
+    client = admin_client(create_app({"TESTING": True, "SETTINGS": down}))
     error = assert_error(client.get("/readyz"), 503, "not_ready")
     assert [d["field"] for d in error["details"]] == ["broker"]
 
 
 def test_submission_is_accepted_while_the_broker_is_down(settings: Settings) -> None:
     down = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
-    client = create_app({"TESTING": True, "SETTINGS": down}).test_client()
+    client = admin_client(create_app({"TESTING": True, "SETTINGS": down}))
     response = client.post("/v1/jobs", json=small_deck())
     assert response.status_code == 202
     job_id = response.get_json()["job_id"]
@@ -242,7 +244,7 @@ def test_unexpected_errors_are_json_500(app: Flask) -> None:
     def boom() -> None:
         raise RuntimeError("secret internals")
 
-    response = app.test_client().get("/boom")
+    response = admin_client(app).get("/boom")
     error = assert_error(response, 500, "internal_error")
     assert "secret" not in error["message"]
 
@@ -285,7 +287,9 @@ def test_files_are_served_from_a_relative_output_dir(tmp_path: Path, db_url: str
     settings = Settings(DATABASE_URL=db_url, CELERY_BROKER_URL="filesystem://",
                         SLIDEFARM_BROKER_DIR="broker", SLIDEFARM_OUTPUT_DIR="output")
     assert settings.output_dir == tmp_path / "output"
-    client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
+    client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
+    if settings.auth_required:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_token(db_url)}"
     job_id = client.post("/v1/jobs", json=small_deck(slides=1)).get_json()["job_id"]
     _complete_with_files(settings, job_id, b"video-bytes")
     assert fetch(client, f"/v1/jobs/{job_id}/video").status_code == 200

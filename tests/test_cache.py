@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from api import create_app
 from storage import JobStore, Settings, Stage
 from storage.feed import CACHE_PREFIX
-from tests.conftest import small_deck
+from tests.conftest import admin_client, small_deck
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def cached(settings: Settings, redis_url: str) -> Settings:
 
 @pytest.fixture
 def client(cached: Settings) -> FlaskClient:
-    return create_app({"TESTING": True, "SETTINGS": cached}).test_client()
+    return admin_client(create_app({"TESTING": True, "SETTINGS": cached}))
 
 
 @pytest.fixture
@@ -52,7 +52,8 @@ def test_hits_are_served_from_redis_and_equal_the_database_answer(
         client: FlaskClient, worker_store: JobStore, redis_url: str) -> None:
     job_id = _processing(client, worker_store)
     first = client.get(f"/v1/jobs/{job_id}").data  # a miss, filled
-    assert redis.Redis.from_url(redis_url).get(CACHE_PREFIX + job_id) == first
+    cached = redis.Redis.from_url(redis_url).get(CACHE_PREFIX + job_id)
+    assert cached == b"=default\n" + first
     assert client.get(f"/v1/jobs/{job_id}").data == first  # a hit
     uncached = client.get(f"/v1/jobs/{job_id}?include=history").get_json()
     uncached.pop("history")
@@ -90,7 +91,7 @@ def test_a_fill_that_raced_a_change_is_refused(client: FlaskClient,
     stale = client.application.json.dumps(
         {"job_id": job_id, "status": "processing"}).encode()
     worker_store.complete(job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="s")
-    assert not feed.fill(job_id, seen, stale)  # ...but its fill comes after the change
+    assert not feed.fill(job_id, seen, stale, "default")  # ...but its fill comes after the change
     assert status(client, job_id)["status"] == "completed"
 
 
@@ -103,7 +104,7 @@ def test_readers_racing_a_completion_never_go_back(client: FlaskClient,
     stop = threading.Event()
 
     def read() -> None:
-        local = app.test_client()
+        local = admin_client(app)
         while not stop.is_set():
             seen_at = time.monotonic()
             got = local.get(f"/v1/jobs/{job_id}").get_json()["status"]
@@ -125,7 +126,7 @@ def test_readers_racing_a_completion_never_go_back(client: FlaskClient,
 
 def test_redis_down_falls_back_to_the_database(settings: Settings, store: JobStore) -> None:
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    client = create_app({"TESTING": True, "SETTINGS": down}).test_client()
+    client = admin_client(create_app({"TESTING": True, "SETTINGS": down}))
     started = time.monotonic()
     job_id = client.post("/v1/jobs", json=small_deck()).get_json()["job_id"]
     store.claim(job_id, "w@host")

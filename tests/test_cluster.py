@@ -30,7 +30,15 @@ import pytest
 
 from storage import JobStore
 from storage.files import published_attempt
-from tests.conftest import REQUIRE_SERVICES, ROOT, alembic_upgrade, small_deck, stack_env
+from tests.conftest import (
+    REQUIRE_SERVICES,
+    ROOT,
+    admin_token,
+    alembic_upgrade,
+    bearer,
+    small_deck,
+    stack_env,
+)
 from tests.test_faults import slow_deck
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +80,7 @@ def netns_permitted() -> str | None:
 
 class Cluster:
     def __init__(self) -> None:
+        self.token = ""  # an admin key, once the database exists
         self.tag = uuid.uuid4().hex[:5]
         self.folder = Path(tempfile.mkdtemp(prefix="slidefarm-cluster-"))
         os.chmod(self.folder, 0o755)
@@ -180,6 +189,7 @@ class Cluster:
                         "-h", f"{SUBNET}.2", "-c", "CREATE DATABASE slidefarm"],
                        check=True, capture_output=True, timeout=30)
         alembic_upgrade(self.db_url)
+        self.token = admin_token(self.db_url)
 
     def env(self) -> dict[str, str]:
         return stack_env(DATABASE_URL=self.db_url, CELERY_BROKER_URL=self.broker,
@@ -211,7 +221,8 @@ class Cluster:
                 timeout: float = 60) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url(host) + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **bearer(self.token)})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())

@@ -41,6 +41,19 @@ def browser() -> Iterator[Any]:
             instance.close()
 
 
+def sign_in(page: Any, stack: Stack, then: str) -> None:
+    """The dashboard's sign-in: unauthenticated, a page answers 401 with the
+    form; the key goes in the form's body and a session cookie comes back."""
+    response = page.goto(stack.base + then)
+    assert response is not None and response.status == 401
+    assert stack.token is not None
+    page.fill('input[name="key"]', stack.token)
+    with page.expect_navigation():
+        page.click('button[type="submit"]')
+    assert page.url == stack.base + then, page.url
+    assert stack.token not in page.url
+
+
 def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, browser: Any,
                                                        tmp_path: Path) -> None:
     stack = fault_stack
@@ -49,8 +62,8 @@ def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, brows
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     jobs_page = context.new_page()
     workers_page = context.new_page()
-    jobs_page.goto(stack.base + "/")
-    workers_page.goto(stack.base + "/workers")
+    sign_in(jobs_page, stack, "/")
+    workers_page.goto(stack.base + "/workers")  # the session cookie is the context's
     for name in workers:
         workers_page.wait_for_selector(f'tr[data-worker="{name}"][data-state="alive"]',
                                        timeout=30_000)
@@ -91,7 +104,7 @@ def test_job_page_shows_progress_live_and_cancels(fault_stack: Stack, browser: A
     stack.start_worker("a@host1", concurrency=1)
     _, job = stack.request("POST", "/v1/jobs", slow_deck(slides=8, seconds=5))
     page = browser.new_page()
-    page.goto(stack.base + f"/jobs/{job['job_id']}")
+    sign_in(page, stack, f"/jobs/{job['job_id']}")
     page.wait_for_function(
         "parseFloat(document.getElementById('progress').textContent) > 0", timeout=60_000)
     page.on("dialog", lambda dialog: dialog.accept())

@@ -19,7 +19,16 @@ from sqlalchemy import text
 from api.dispatch import Dispatcher
 from storage import Settings
 from storage.db import create_db_engine
-from tests.conftest import ROOT, Proc, Stack, free_port, sample_deck, small_deck, stack_env
+from tests.conftest import (
+    ROOT,
+    Proc,
+    Stack,
+    bearer,
+    free_port,
+    sample_deck,
+    small_deck,
+    stack_env,
+)
 from tests.test_render import probe
 
 pytestmark = pytest.mark.e2e
@@ -113,7 +122,7 @@ def test_hundred_concurrent_submissions_are_hundred_jobs(pg_redis_stack: Stack, 
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
     started = time.perf_counter()
     for _ in range(1000):
-        conn.request("GET", f"/v1/jobs/{job_id}")
+        conn.request("GET", f"/v1/jobs/{job_id}", headers=bearer(stack.token or ""))
         response = conn.getresponse()
         response.read()
         assert response.status == 200

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app
 from storage import JobStore, Settings, Stage
 from storage.registry import WorkerRegistry
-from tests.conftest import small_deck
+from tests.conftest import admin_client, small_deck
 
 
 def _finish(store: JobStore, job_id: str, worker: str = "w@host") -> None:
@@ -104,7 +104,7 @@ def test_event_stream_follows_a_job_to_the_end(settings: Settings, store: JobSto
         settings = settings.model_copy(
             update={"redis_url": request.getfixturevalue("redis_url")})
     app = create_app({"TESTING": True, "SETTINGS": settings})
-    client = app.test_client()
+    client = admin_client(app)
     job_id = client.post("/v1/jobs", json=small_deck()).get_json()["job_id"]
     writer = JobStore.from_url(settings.database_url, settings.redis_url)
 

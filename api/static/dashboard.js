@@ -27,7 +27,10 @@ const slidefarm = (() => {
     : `${(n / 1048576).toFixed(1)} MiB`);
 
   const getJSON = async (url, options = {}) => {
-    const response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+    // X-Slidefarm-Request: the session cookie only counts for writes that carry it.
+    const response = await fetch(url, {
+      headers: { Accept: "application/json", "X-Slidefarm-Request": "1" },
+      credentials: "same-origin", ...options });
     const body = response.status === 204 ? null : await response.json();
     if (!response.ok) throw new Error(body && body.error ? body.error.message : response.statusText);
     return body;

@@ -1,0 +1,161 @@
+"""Authentication: who a request speaks for, checked before any view runs.
+
+With ``SLIDEFARM_AUTH=required`` every route needs an API key in
+``Authorization: Bearer sf_<id>_<secret>`` (never in a URL), except the
+probes, the OpenAPI document and the dashboard's sign-in page. The
+dashboard's browser signs in once with a key and then carries a session
+cookie (HttpOnly, SameSite=Strict) that stands for that key, because an
+``EventSource`` cannot send headers; a write made with the cookie must also
+carry ``X-Slidefarm-Request`` (a header no other site can make a browser
+send), so the cookie cannot be used for cross-site request forgery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+from flask import Flask, Response, current_app, g, render_template, request
+
+from api.errors import ApiError, error_response
+from api.services import services
+from storage.access import AccessStore, Principal
+from storage.models import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "slidefarm_session"
+CSRF_HEADER = "X-Slidefarm-Request"
+#: Endpoints anyone may reach: the probes, the API's description, the
+#: dashboard's sign-in and its static files.
+PUBLIC_ENDPOINTS = frozenset({
+    "health.healthz", "health.readyz", "openapi.document", "dashboard.login",
+    "dashboard.login_submit", "dashboard.logout", "dashboard.static",
+})
+OPEN_PRINCIPAL = Principal(DEFAULT_TENANT, admin=True, key_id=None)
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Unauthorized(ApiError):
+    """A valid API key is required: send it as `Authorization: Bearer <key>`."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """This key may not do that."""
+
+    status = 403
+    code = "forbidden"
+
+
+class KeyCache:
+    """Keys this process checked lately, trusted for ``ttl`` seconds, so a
+    status read does not pay a database round trip for its key each time.
+    A revoked key stops working everywhere within ``ttl``."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str, load: Any) -> Principal | None:
+        if self.ttl <= 0:
+            principal: Principal | None = load(token)
+            return principal
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = load(token)
+        if principal is not None:
+            with self._lock:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[digest] = (now + self.ttl, principal)
+        return principal
+
+
+def principal() -> Principal:
+    """The principal of the current request (set before every view)."""
+    found: Principal = g.principal
+    return found
+
+
+def owner_scope() -> str | None:
+    """The owner a request's job lookups are limited to: ``None`` (all jobs)
+    for admins, else the key's tenant."""
+    who = principal()
+    return None if who.admin else who.tenant
+
+
+def require_admin() -> None:
+    if not principal().admin:
+        raise Forbidden("this needs an admin key")
+
+
+def _challenge(message: str, error: str | None) -> Response:
+    if request.blueprint == "dashboard" and request.method in _SAFE_METHODS:
+        response = Response(render_template("login.html", error=None, next=request.full_path),
+                            status=401, mimetype="text/html")
+    else:
+        response = error_response(401, "unauthorized", message)
+    value = 'Bearer realm="slidefarm"'
+    if error:
+        value += f', error="{error}"'
+    response.headers["WWW-Authenticate"] = value
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _authenticate() -> Response | None:
+    settings = services().settings
+    if not settings.auth_required:
+        g.principal = OPEN_PRINCIPAL
+        return None
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    access = AccessStore(services().store)
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _challenge("the Authorization header must read `Bearer <key>`",
+                              "invalid_request")
+        cache: KeyCache = current_app.extensions["slidefarm_keys"]
+        who = cache.get(token.strip(), access.verify)
+        if who is None:
+            return _challenge("the API key is not valid (unknown, malformed or revoked)",
+                              "invalid_token")
+        g.principal = who
+        return None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        who = access.session(cookie)
+        if who is not None:
+            if request.method not in _SAFE_METHODS and not request.headers.get(CSRF_HEADER):
+                return error_response(
+                    403, "forbidden",
+                    f"a write with the dashboard's session needs the {CSRF_HEADER} header")
+            g.principal = who
+            return None
+    return _challenge("a valid API key is required: send `Authorization: Bearer <key>`", None)
+
+
+def init_auth(app: Flask) -> None:
+    """Check every request's key before its view runs."""
+    settings = app.extensions["slidefarm"].settings
+    app.extensions["slidefarm_keys"] = KeyCache(settings.key_cache_ttl)
+    app.before_request(_authenticate)
+    if not settings.auth_required:
+        log.warning("authentication is OFF (SLIDEFARM_AUTH=%s): anyone who can reach this "
+                    "API can submit, read and delete every job; set SLIDEFARM_AUTH=required "
+                    "and create keys with `slidefarm keys create` before exposing it",
+                    settings.auth or "off, the embedded default")
