@@ -508,6 +508,11 @@ class JobStore:
             # insert (released at commit); other owners are not held up.
             conn.execute(select(func.pg_advisory_xact_lock(
                 literal(ADVISORY_QUOTA), func.hashtext(owner))))
+        else:
+            # SQLite: a write that changes nothing takes the database's write
+            # lock now, so the count below cannot be overtaken by another
+            # writer before this transaction's insert.
+            conn.execute(update(jobs_table).where(literal(False)).values(id=jobs_table.c.id))
         active = conn.execute(
             select(func.count()).select_from(jobs_table).where(
                 jobs_table.c.owner == owner,
