@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
-from api.serialize import event_json, job_json
+from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.submission import submit_deck
 from storage import Job, Status
 from storage.deck import Deck
+from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT
 
@@ -101,7 +102,8 @@ def submit() -> Response:
 
 @bp.get("/<job_id>")
 def show(job_id: str) -> Response:
-    """The job; ``?include=history`` adds every transition with its reason."""
+    """The job; ``?include=history`` adds every transition with its reason,
+    ``?include=deliveries`` every webhook delivery attempt."""
     store = services().store
     include = {part.strip() for part in request.args.get("include", "").split(",") if part}
     feed = store.feed
@@ -115,13 +117,16 @@ def show(job_id: str) -> Response:
         feed.fill(job_id, seen, raw)
         return Response(raw, mimetype="application/json")
     body = job_json(store.get(job_id))
-    unknown = include - {"history"}
+    unknown = include - {"history", "deliveries"}
     if unknown:
-        raise BadRequest("include accepts: history",
+        raise BadRequest("include accepts: history, deliveries",
                          [{"field": "include", "message": f"unknown: {sorted(unknown)}"}],
                          code="invalid_parameter")
     if "history" in include:
         body["history"] = [event_json(e) for e in store.history(job_id)]
+    if "deliveries" in include:
+        body["deliveries"] = [delivery_json(d)
+                              for d in WebhookDeliveries(store).deliveries(job_id)]
     return jsonify(body)
 
 
@@ -129,7 +134,10 @@ def show(job_id: str) -> Response:
 def cancel(job_id: str) -> Response:
     """Queued: cancelled at once. Processing: flagged; the worker stops within
     one heartbeat. 409 once finished."""
-    job = services().store.request_cancel(job_id)
+    svc = services()
+    job = svc.store.request_cancel(job_id)
+    if job.status.is_final and job.callback_url is not None:
+        svc.dispatcher.send_webhook(job.id)  # cancelled while queued: armed now
     response = jsonify(job_json(job))
     response.status_code = 202
     return response
