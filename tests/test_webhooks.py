@@ -515,6 +515,19 @@ def test_the_job_shows_its_deliveries_and_a_queued_cancel_sends_the_webhook(
     assert messages.count("slidefarm.deliver_webhook") == 1 and queued.id in messages
 
 
+def test_a_refused_callback_url_is_a_422_naming_the_field(app: Any) -> None:
+    with app.test_request_context("/v1/jobs", method="POST"):
+        try:
+            check_callback_url("http://169.254.169.254/latest/meta-data/", [])
+        except UnsafeCallback as refused:
+            response = app.make_response(app.handle_user_exception(refused))
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "unsafe_callback_url"
+    assert error["details"] == [{"field": "callback_url",
+                                 "message": "169.254.169.254 is cloud metadata"}]
+
+
 # -- end to end: real API and worker processes, a real receiver -----------------------
 
 E2E_SETTINGS = {
