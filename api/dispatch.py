@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 #: The worker registers its task under this name (workers/tasks.py).
 RENDER_TASK = "slidefarm.render_presentation"
+#: ... and its completion-webhook delivery under this one.
+WEBHOOK_TASK = "slidefarm.deliver_webhook"
 
 
 class Dispatcher:
@@ -38,6 +40,18 @@ class Dispatcher:
             )
         except Exception:
             log.warning("job %s: broker unavailable, left queued for re-dispatch", job_id,
+                        exc_info=True)
+            return False
+        return True
+
+    def send_webhook(self, job_id: str) -> bool:
+        """Send the webhook delivery task of ``job_id`` (final, with a
+        callback URL); ``False`` if the broker is down, and then the sweeper
+        sends it, the delivery being due in the store."""
+        try:
+            self.celery.send_task(WEBHOOK_TASK, args=[job_id], retry=False)
+        except Exception:
+            log.warning("job %s: broker unavailable, webhook left to the sweeper", job_id,
                         exc_info=True)
             return False
         return True

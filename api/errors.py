@@ -21,6 +21,7 @@ from storage import (
     JobNotFound,
     QuotaExceeded,
 )
+from storage.webhooks import UnsafeCallback
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,11 @@ def register_error_handlers(app: Flask) -> None:
     def _cursor(exc: InvalidCursor) -> Response:
         return error_response(400, "invalid_cursor", str(exc),
                               [{"field": "cursor", "message": str(exc)}])
+
+    @app.errorhandler(UnsafeCallback)
+    def _unsafe_callback(exc: UnsafeCallback) -> Response:
+        return error_response(422, "unsafe_callback_url", f"callback_url refused: {exc}",
+                              [{"field": "callback_url", "message": str(exc)}])
 
     @app.errorhandler(DatabaseUnavailable)
     def _db_down(exc: DatabaseUnavailable) -> Response:

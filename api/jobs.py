@@ -19,14 +19,16 @@ from api.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from api.serialize import event_json, job_json
+from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.submission import submit_deck
 from storage import Job, Status
 from storage.deck import Deck
+from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT
 from storage.limits import retry_after
+from storage.webhooks import check_callback_url
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -90,6 +92,14 @@ def _parse_deck() -> tuple[Deck, dict[str, Any]]:
         ]
         raise ValidationFailed(f"the deck has {len(details)} invalid field(s)",
                                details) from exc
+    callback = body.get("callback_url")
+    if callback is not None:
+        if not isinstance(callback, str):
+            raise ValidationFailed("callback_url must be a string (an http or https URL)",
+                                   [{"field": "callback_url", "message": "expected a string",
+                                     "type": "string_type"}])
+        # Refused here (422) and again at every delivery: DNS answers change.
+        check_callback_url(callback, services().settings.webhook_allow_networks)
     limit = services().settings.max_video_seconds
     if deck.total_seconds > limit:
         raise ValidationFailed(
@@ -138,7 +148,8 @@ def submit() -> Response:
 
 @bp.get("/<job_id>")
 def show(job_id: str) -> Response:
-    """The job; ``?include=history`` adds every transition with its reason."""
+    """The job; ``?include=history`` adds every transition with its reason,
+    ``?include=deliveries`` every webhook delivery attempt."""
     store = services().store
     scope = owner_scope()
     include = {part.strip() for part in request.args.get("include", "").split(",") if part}
@@ -157,13 +168,16 @@ def show(job_id: str) -> Response:
         feed.fill(job_id, seen, raw, job.owner)
         return Response(raw, mimetype="application/json")
     body = job_json(store.get(job_id, owner=scope))
-    unknown = include - {"history"}
+    unknown = include - {"history", "deliveries"}
     if unknown:
-        raise BadRequest("include accepts: history",
+        raise BadRequest("include accepts: history, deliveries",
                          [{"field": "include", "message": f"unknown: {sorted(unknown)}"}],
                          code="invalid_parameter")
     if "history" in include:
         body["history"] = [event_json(e) for e in store.history(job_id)]
+    if "deliveries" in include:
+        body["deliveries"] = [delivery_json(d)
+                              for d in WebhookDeliveries(store).deliveries(job_id)]
     return jsonify(body)
 
 
@@ -171,7 +185,10 @@ def show(job_id: str) -> Response:
 def cancel(job_id: str) -> Response:
     """Queued: cancelled at once. Processing: flagged; the worker stops within
     one heartbeat. 409 once finished."""
-    job = services().store.request_cancel(job_id, owner=owner_scope())
+    svc = services()
+    job = svc.store.request_cancel(job_id, owner=owner_scope())
+    if job.status.is_final and job.callback_url is not None:
+        svc.dispatcher.send_webhook(job.id)  # cancelled while queued: armed now
     response = jsonify(job_json(job))
     response.status_code = 202
     return response

@@ -1,4 +1,4 @@
-"""The sweeper: recovery, re-dispatch, retention and orphan clean-up.
+"""The sweeper: recovery, re-dispatch, webhooks due, retention and orphan clean-up.
 
 It runs as a thread in every worker's main process, but only the holder of
 the ``sweeper`` lease (a database row) sweeps, so there is exactly one at a
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from storage import JobStore, Settings, Status, StorageError
+from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import LeaseManager
 from storage.registry import WorkerRegistry
@@ -30,11 +31,13 @@ class Sweeper:
     """One sweep at a time across the cluster; see the module docstring."""
 
     def __init__(self, store: JobStore, settings: Settings, worker_name: str,
-                 dispatch: Callable[[str, float], None]) -> None:
+                 dispatch: Callable[[str, float], None],
+                 send_webhook: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.settings = settings
         self.name = worker_name
         self.dispatch = dispatch
+        self.send_webhook = send_webhook
         self.leases = LeaseManager(store)
         self.registry = WorkerRegistry(store)
         self._stop = threading.Event()
@@ -86,6 +89,12 @@ class Sweeper:
             log.warning("sweeper: job %s still queued after %.1fs; sent again", job_id,
                         self.settings.dispatch_timeout)
             self.dispatch(job_id, 0.0)
+        if self.send_webhook is not None:
+            # Webhooks of jobs finalized by the API or by recovery, retries
+            # after their backoff, and tasks the broker lost.
+            for job_id in WebhookDeliveries(self.store).due_webhooks(
+                    resend_after=self.settings.dispatch_timeout):
+                self.send_webhook(job_id)
         now = time.monotonic()
         if force_orphan_scan or now - self._last_orphan_scan >= self.settings.orphan_scan_interval:
             self._last_orphan_scan = now

@@ -22,10 +22,12 @@ from storage.registry import WorkerRegistry
 from workers.celery_app import app
 from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
+from workers.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 
 RENDER_TASK = "slidefarm.render_presentation"
+WEBHOOK_TASK = "slidefarm.deliver_webhook"
 
 _sweeper: Sweeper | None = None
 
@@ -45,6 +47,18 @@ def dispatch(job_id: str, countdown: float = 0.0) -> None:
                     exc_info=True)
 
 
+def send_webhook(job_id: str) -> None:
+    """Send the webhook delivery task of ``job_id`` (a lost one is sent
+    again by the sweeper while the delivery is due)."""
+    try:
+        app.send_task(WEBHOOK_TASK, args=[job_id], retry=True,
+                      retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                    "interval_step": 0.5, "interval_max": 1.0})
+    except Exception:
+        log.warning("job %s: broker unavailable; the sweeper will send its webhook", job_id,
+                    exc_info=True)
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share its parent's database sockets.
@@ -60,7 +74,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
         WorkerRegistry(store).register(name, socket.gethostname(), os.getpid())
     except StorageError:
         log.warning("could not register worker %s (database unavailable)", name)
-    _sweeper = Sweeper(store, get_settings(), name, dispatch)
+    _sweeper = Sweeper(store, get_settings(), name, dispatch, send_webhook)
     _sweeper.start()
 
 
@@ -101,6 +115,8 @@ def render_presentation(self: Task, job_id: str) -> str:
     result = run_attempt(store, job, get_settings())
     if result.outcome is Outcome.RETRYING:
         dispatch(job.id, result.retry_in or 0.0)
+    elif result.outcome is not Outcome.LOST and job.callback_url is not None:
+        send_webhook(job.id)  # the final transition armed it
     if result.outcome is not Outcome.LOST:
         _registry_call(registry.job_finished, worker, job.id,
                        failed=result.outcome is not Outcome.COMPLETED)
@@ -112,3 +128,17 @@ def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> None:
         fn(*args, **kwargs)
     except StorageError:
         log.warning("worker registry not updated (database unavailable)")
+
+
+@app.task(name=WEBHOOK_TASK, ignore_result=True)
+def deliver_webhook(job_id: str) -> str:
+    """Deliver the due attempt of ``job_id``'s completion webhook, if any."""
+    try:
+        attempt = deliver_due(_store(), get_settings(), job_id)
+    except StorageError as error:
+        # The delivery stays due in the store; the sweeper sends it again.
+        log.warning("job %s: webhook not delivered now (%s)", job_id, error)
+        return "deferred"
+    if attempt is None:
+        return "skipped"
+    return attempt.status.value if attempt.status else "fenced"

@@ -1,0 +1,97 @@
+"""The job as the API shows it (DESIGN.md, "Job"), and as webhooks send it.
+
+Pure functions of store values, here so that the API and the workers (which
+must not import the API) render a job the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.deliveries import WebhookDelivery
+from storage.jobs import Job
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 UTC ending in ``Z``, or ``None``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def webhook_json(job: Job) -> dict[str, Any] | None:
+    """Where the job's completion webhook is; ``None`` without a callback URL.
+
+    ``status`` is ``None`` until the job ends, then ``pending`` (due at
+    ``next_attempt_at``, or being delivered), ``delivered`` or ``failed``.
+    """
+    if job.callback_url is None:
+        return None
+    pending = job.webhook_status == "pending"
+    return {
+        "url": job.callback_url,
+        "status": job.webhook_status,
+        "attempts": job.webhook_attempts,
+        "last_status_code": job.webhook_last_code,
+        "last_error": job.webhook_last_error,
+        "next_attempt_at": iso(job.webhook_next_at) if pending else None,
+        "delivered_at": iso(job.webhook_delivered_at),
+    }
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The public fields of ``job``."""
+    options = job.deck.get("options", {})
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "progress": round(job.progress, 4),
+        "stage": job.stage.value,
+        "error": job.error,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "title": job.title,
+        "slide_count": len(job.deck.get("slides", [])),
+        "options": options,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "last_heartbeat": iso(job.last_heartbeat),
+        "video_url": job.video_url,
+        "thumbnail_url": job.thumbnail_url,
+        "slide_image_path": job.slide_image_path,
+        "created_files": job.created_files,
+        "files": [{"path": f.path, "size_bytes": f.size_bytes} for f in job.files],
+        "cancel_requested": job.cancel_requested,
+        "max_attempts": job.attempt_limit,
+        "timings": {
+            "queue_wait_seconds": _seconds(job.queue_wait_seconds),
+            "render_seconds": _seconds(job.render_seconds),
+            "encode_seconds": _seconds(job.encode_seconds),
+        },
+        "webhook": webhook_json(job),
+    }
+
+
+def webhook_body(job: Job) -> dict[str, Any]:
+    """What a completion webhook carries: the job as ``GET /v1/jobs/{id}``
+    shows it, less the delivery bookkeeping (which changes per attempt)."""
+    body = job_json(job)
+    del body["webhook"]
+    return body
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
+    """One delivery attempt of a job's webhook."""
+    return {
+        "attempt": delivery.attempt,
+        "at": iso(delivery.at),
+        "status_code": delivery.status_code,
+        "error": delivery.error,
+        "duration_ms": delivery.duration_ms,
+    }

@@ -1,0 +1,352 @@
+"""Completion webhooks on the wire: signing, the SSRF guard and one delivery.
+
+Signatures follow Stripe's scheme: ``Slidefarm-Signature: t=<unix>,v1=<hex>``
+where the hex is HMAC-SHA256 of ``"<t>." + raw body`` under the tenant's
+webhook secret; during a secret rotation there is one ``v1=`` per secret.
+
+A callback URL must never reach the farm's own network: every address its
+host resolves to is checked, at submission and again at each delivery (a DNS
+answer can change), and the connection goes to an address that was checked
+(pinned), never to a second resolution. Redirects are not followed and the
+receiver's answer is never echoed back: only its status code is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import socket
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from storage.errors import StorageError
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SIGNATURE_HEADER = "Slidefarm-Signature"
+USER_AGENT = "slidefarm-webhooks"
+MAX_URL_LENGTH = 2048
+#: Receivers should refuse signatures older than this (seconds).
+DEFAULT_TOLERANCE = 300.0
+#: At most this much of a receiver's answer is read, then thrown away.
+READ_LIMIT = 1024
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in
+                 ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254"))
+#: Labels of a host written as numbers in a form other than a dotted quad
+#: (``2130706433``, ``0177.0.0.1``, ``0x7f.1``): C resolvers accept them.
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+class UnsafeCallback(StorageError):
+    """The callback URL is not one slidefarm will call."""
+
+
+# -- signatures ------------------------------------------------------------
+
+
+def _digest(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(body: bytes, secrets: Sequence[str], timestamp: int | None = None) -> str:
+    """The ``Slidefarm-Signature`` value of ``body``: ``t=<unix>`` and one
+    ``v1=<hex>`` per secret (two while a rotation's grace period runs)."""
+    if not secrets:
+        raise ValueError("at least one secret is needed to sign")
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    return ",".join([f"t={t}", *(f"v1={_digest(s, t, body)}" for s in secrets)])
+
+
+def verify(header: str, body: bytes, secret: str, *, tolerance: float = DEFAULT_TOLERANCE,
+           now: float | None = None) -> bool:
+    """The receiver's check: the header parses, its timestamp is within
+    ``tolerance`` seconds of ``now``, and one of its ``v1`` signatures is
+    HMAC-SHA256 of ``"<t>." + body`` under ``secret`` (compared in constant time)."""
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            return False
+        if key == "t":
+            if not value.isdigit() or timestamp is not None:
+                return False
+            timestamp = int(value)
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        return False
+    expected = _digest(secret, timestamp, body)
+    # Every candidate is compared, so timing says nothing about which matched.
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(expected.encode(), candidate.encode())
+    return matched
+
+
+# -- the SSRF guard --------------------------------------------------------
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, NAT64, 6to4, Teredo)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def _refusal(address: Address) -> str | None:
+    """Why ``address`` is not a public unicast address, or ``None`` if it is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None:
+            why = _refusal(inner)
+            return f"{why}, IPv4 {inner} embedded" if why else None
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address in _METADATA:
+        return "cloud metadata"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if address in _SHARED:
+        return "shared address space"
+    if any(address in net for net in _PRIVATE):
+        return "private"
+    if not address.is_global or address.is_reserved:
+        return "reserved"
+    return None
+
+
+def _allowed(address: Address, allow: Sequence[Network]) -> bool:
+    candidates: list[Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None:
+            candidates.append(inner)
+    return any(a in net for a in candidates for net in allow if a.version == net.version)
+
+
+def _resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` stands for: a literal itself, else the resolver's answer."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if all(_NUMERIC_LABEL.match(label) for label in labels):
+        # Not a dotted quad, yet the C resolver reads it as an address: say
+        # which one it would be, and refuse the spelling whatever it is.
+        try:
+            meant = socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            meant = "nothing valid"
+        raise UnsafeCallback(f"the host {host!r} is a non-standard numeric address "
+                             f"(read as {meant}); write addresses as dotted quads")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise UnsafeCallback(f"the host {host!r} does not resolve") from error
+    found: list[Address] = []
+    for info in infos:
+        text = str(info[4][0]).split("%", 1)[0]
+        address = ipaddress.ip_address(text)
+        if address not in found:
+            found.append(address)
+    if not found:
+        raise UnsafeCallback(f"the host {host!r} does not resolve")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A checked callback: where to connect, and what to call the host."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    addresses: tuple[Address, ...]
+
+    @property
+    def host_header(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return shown if self.port == default else f"{shown}:{self.port}"
+
+
+def parse_callback_url(url: str, allow: Sequence[Network]) -> Target:
+    """Check ``url`` as :func:`check_callback_url` does; return what to connect to."""
+    if not isinstance(url, str) or not url:
+        raise UnsafeCallback("the callback URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeCallback(f"the callback URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ch <= " " or ch == "\x7f" or ch == "\\" for ch in url) or not url.isascii():
+        raise UnsafeCallback("the callback URL must be ASCII without spaces, control "
+                             "characters or backslashes (percent-encode the rest)")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UnsafeCallback(f"callback URLs must be http or https, not {scheme or 'none'!r}")
+    if "@" in parts.netloc:
+        raise UnsafeCallback("the callback URL must not carry credentials (user:password@); "
+                             "verify the signature instead")
+    host = parts.hostname
+    if not host:
+        raise UnsafeCallback("the callback URL has no host")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as error:
+        raise UnsafeCallback("the callback URL's port is not a number from 1 to 65535") \
+            from error
+    if port == 0:
+        raise UnsafeCallback("the callback URL's port is not a number from 1 to 65535")
+    addresses = _resolve(host, port)
+    for address in addresses:
+        if _allowed(address, allow):
+            continue
+        why = _refusal(address)
+        if why is not None:
+            raise UnsafeCallback(f"{host} resolves to {address} ({why})"
+                                 if str(address) != host else f"{host} is {why}")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return Target(scheme, host, port, path, tuple(addresses))
+
+
+def check_callback_url(url: str, allow: Sequence[Network]) -> list[Address]:
+    """The addresses ``url`` may be delivered to, or :class:`UnsafeCallback`
+    saying why not: only http(s), a host and no credentials, at most 2,048
+    characters, and every address the host resolves to public (not loopback,
+    private, link-local or metadata, multicast, unspecified, shared or
+    reserved, nor an IPv6 form of one) unless inside a network of ``allow``."""
+    return list(parse_callback_url(url, allow).addresses)
+
+
+# -- one delivery ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one delivery attempt went: never the receiver's answer itself."""
+
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status_code is not None \
+            and 200 <= self.status_code < 300
+
+
+def _describe(error: Exception, timeout: float) -> str:
+    # NewConnectionError is a ConnectTimeoutError in urllib3: look at it first.
+    if isinstance(error, NewConnectionError):
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(error).lower():
+            return "connection refused"
+        if isinstance(cause, TimeoutError) or "timed out" in str(error).lower():
+            return f"timed out after {timeout:g} s"
+        return "connection failed"
+    if isinstance(error, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
+        return f"timed out after {timeout:g} s"
+    if isinstance(error, SSLError):
+        return f"TLS error: {str(error)[:120]}"
+    if isinstance(error, ProtocolError):
+        return "connection closed before an answer"
+    return f"delivery failed: {type(error).__name__}"
+
+
+def _post(target: Target, address: Address, body: bytes, headers: Mapping[str, str],
+          timeout: float) -> int:
+    """POST to ``address`` itself, naming ``target.host``; the status code."""
+    pool: urllib3.HTTPConnectionPool
+    limit = urllib3.Timeout(total=timeout)
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            str(address), target.port, timeout=limit, retries=False, maxsize=1,
+            server_hostname=target.host, assert_hostname=target.host, cert_reqs="CERT_REQUIRED")
+    else:
+        pool = urllib3.HTTPConnectionPool(str(address), target.port, timeout=limit,
+                                          retries=False, maxsize=1)
+    try:
+        response = pool.urlopen(
+            "POST", target.path, body=body,
+            headers={**headers, "Host": target.host_header, "Content-Length": str(len(body))},
+            redirect=False, retries=False, preload_content=False, assert_same_host=False,
+            release_conn=False,
+        )
+        try:
+            # A little is read so a receiver that answers before reading
+            # everything sees a clean close; the rest is never looked at.
+            response.read(READ_LIMIT, decode_content=False)
+        except HTTPError:
+            pass
+        finally:
+            response.close()
+        return int(response.status)
+    finally:
+        pool.close()
+
+
+def deliver(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
+            allow: Sequence[Network]) -> DeliveryResult:
+    """POST ``body`` to ``url`` once: the URL is checked again, the connection
+    pinned to a checked address, redirects never followed; the result holds
+    the status code or a short readable error, never the answer's body."""
+    started = time.monotonic()
+
+    def result(code: int | None, error: str | None) -> DeliveryResult:
+        return DeliveryResult(code, error, round((time.monotonic() - started) * 1000, 1))
+
+    try:
+        target = parse_callback_url(url, allow)
+    except UnsafeCallback as refused:
+        return result(None, f"refused: {refused}")
+    error = "no address to connect to"
+    for address in target.addresses:
+        try:
+            code = _post(target, address, body, headers, timeout)
+        except NewConnectionError as failed:
+            error = _describe(failed, timeout)
+            continue  # another address of the host may answer
+        except (HTTPError, OSError) as failed:
+            return result(None, _describe(failed, timeout))
+        if 200 <= code < 300:
+            return result(code, None)
+        if 300 <= code < 400:
+            return result(code, f"redirect not followed (HTTP {code})")
+        return result(code, f"HTTP {code}")
+    return result(None, error)
