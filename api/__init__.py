@@ -11,6 +11,7 @@ from api.dispatch import Dispatcher
 from api.errors import register_error_handlers
 from api.services import Services
 from storage import JobStore, Settings, get_settings
+from storage.redact import install_log_redaction
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -18,6 +19,7 @@ MAX_BODY_BYTES = 1024 * 1024
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API. ``test_config`` may carry ``SETTINGS`` (a :class:`Settings`)
     and ``DISPATCHER`` to replace the environment's."""
+    install_log_redaction()  # before anything can log a key or a database password
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     if test_config:
