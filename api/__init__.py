@@ -13,6 +13,7 @@ from api.errors import register_error_handlers
 from api.services import Services
 from storage import JobStore, Settings, get_settings
 from storage.limits import RateLimiter
+from storage.redact import install_log_redaction
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -20,6 +21,7 @@ MAX_BODY_BYTES = 1024 * 1024
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API. ``test_config`` may carry ``SETTINGS`` (a :class:`Settings`)
     and ``DISPATCHER`` to replace the environment's."""
+    install_log_redaction()  # before anything can log a key or a database password
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     if test_config:

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 from api.errors import error_response
 from api.services import services
 from storage import StorageError
+from storage.redact import redact_secrets
 
 bp = Blueprint("health", __name__)
 
@@ -25,12 +26,12 @@ def readyz() -> Response:
         svc.store.ping()
         checks["database"] = "ok"
     except StorageError as exc:
-        checks["database"] = str(exc)
+        checks["database"] = redact_secrets(str(exc))
     try:
         svc.dispatcher.ping()
         checks["broker"] = "ok"
     except Exception as exc:
-        checks["broker"] = f"the broker is not reachable: {exc}"
+        checks["broker"] = redact_secrets(f"the broker is not reachable: {exc}")
     down = [name for name, state in checks.items() if state != "ok"]
     if not down:
         return jsonify({"status": "ready", "checks": checks})

@@ -4,10 +4,9 @@ shape the answer."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -19,13 +18,14 @@ from api.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from api.files import serve_output
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.submission import submit_deck
 from storage import Job, Status
 from storage.deck import Deck
 from storage.deliveries import WebhookDeliveries
-from storage.files import THUMBNAIL_FILE, VIDEO_FILE, job_dir, remove_job_files, slide_file
+from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT
 from storage.limits import retry_after
 from storage.webhooks import check_callback_url
@@ -250,29 +250,15 @@ def index() -> Response:
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
 
 
-def _completed_file(job_id: str, relative: str, what: str) -> Path:
-    job = services().store.get(job_id, owner=owner_scope())
-    if job.status is not Status.COMPLETED:
-        raise NotFound(f"the {what} is not available: the job is {job.status.value}",
-                       code="not_ready")
-    path = job_dir(services().settings.output_dir, job_id) / relative
-    if not path.is_file():
-        raise NotFound(f"the {what} file is missing from the output storage",
-                       code="file_missing")
-    return path
-
-
 @bp.get("/<job_id>/video")
 def video(job_id: str) -> Response:
-    path = _completed_file(job_id, VIDEO_FILE, "video")
-    return send_file(path, mimetype="video/mp4", conditional=True, etag=True,
-                     download_name=f"{job_id}.mp4")
+    return serve_output(job_id, VIDEO_FILE, "video", "video/mp4",
+                        download_name=f"{job_id}.mp4")
 
 
 @bp.get("/<job_id>/thumbnail")
 def thumbnail(job_id: str) -> Response:
-    path = _completed_file(job_id, THUMBNAIL_FILE, "thumbnail")
-    return send_file(path, mimetype="image/jpeg", conditional=True, etag=True)
+    return serve_output(job_id, THUMBNAIL_FILE, "thumbnail", "image/jpeg")
 
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
@@ -282,7 +268,4 @@ def slide(job_id: str, n: int) -> Response:
     if not 1 <= n <= count:
         raise NotFound(f"slide {n} does not exist: slides are numbered 1 to {count}",
                        code="slide_not_found")
-    path = _completed_file(job_id, slide_file(n), f"slide {n}")
-    return send_file(path, mimetype="image/png", conditional=True, etag=True)
-
-
+    return serve_output(job_id, slide_file(n), f"slide {n}", "image/png")

@@ -61,6 +61,7 @@ from storage.models import (
     WebhookDeliveryRow,
     WebhookStatus,
 )
+from storage.redact import redact_secrets
 
 log = logging.getLogger("slidefarm.jobs")
 
@@ -241,6 +242,11 @@ def _owned(owner: str | None) -> list[Any]:
     return [] if owner is None else [jobs_table.c.owner == owner]
 
 
+def _unreachable(error: exc.DBAPIError) -> str:
+    # The driver's message may quote the connection string: never its password.
+    return redact_secrets(f"the database is not reachable: {error.orig}")
+
+
 def _is_missing_schema(error: exc.DBAPIError) -> bool:
     message = str(error.orig).lower()
     return "no such table" in message or ("relation" in message and "does not exist" in message)
@@ -292,9 +298,9 @@ class JobStore:
                 raise StorageError(
                     "the database has no slidefarm schema: run `alembic upgrade head`"
                 ) from error
-            raise DatabaseUnavailable(f"the database is not reachable: {error.orig}") from error
+            raise DatabaseUnavailable(_unreachable(error)) from error
         except exc.InterfaceError as error:
-            raise DatabaseUnavailable(f"the database is not reachable: {error.orig}") from error
+            raise DatabaseUnavailable(_unreachable(error)) from error
         except exc.DBAPIError as error:
             if _is_missing_schema(error):
                 raise StorageError(
@@ -302,7 +308,7 @@ class JobStore:
                 ) from error
             if error.connection_invalidated:
                 raise DatabaseUnavailable(
-                    f"the database connection was lost: {error.orig}"
+                    redact_secrets(f"the database connection was lost: {error.orig}")
                 ) from error
             raise
 
@@ -353,7 +359,7 @@ class JobStore:
         conn.execute(insert(events_table).values(
             job_id=job_id, from_status=from_status.value if from_status else None,
             to_status=to_status.value, attempt=attempt, worker=worker, at=utcnow(),
-            reason=reason[:2000] if reason else None,
+            reason=redact_secrets(reason)[:2000] if reason else None,
         ))
         # One line per transition, so grepping every host's logs for a job
         # id tells its story.
@@ -752,6 +758,7 @@ class JobStore:
     def fail(self, job_id: str, attempt: int, error: str, *,
              render_seconds: float | None = None, encode_seconds: float | None = None) -> bool:
         """``processing -> failed`` for ``attempt`` with a readable ``error``."""
+        error = redact_secrets(error)
         now = utcnow()
         return self._transition(
             job_id, attempt, Status.PROCESSING,
@@ -781,6 +788,7 @@ class JobStore:
         Returns the status the job moved to, or ``None`` if ``attempt`` no
         longer holds it.
         """
+        reason = redact_secrets(reason)
         now = utcnow()
         due = now + timedelta(seconds=delay) if delay > 0 else None
         if self._transition(

@@ -82,3 +82,15 @@ def test_the_dockerfile_installs_from_pyproject() -> None:
         assert path in text, path
     assert all((ROOT / p).exists() for p in ("api", "workers", "storage", "migrations"))
     assert Path(ROOT / "README.md").exists()
+
+
+def test_redis_needs_a_password_and_flower_a_login() -> None:
+    services = compose()["services"]
+    redis = services["redis"]
+    assert "--requirepass" in command_of(redis) and "ports" not in redis
+    env = services["worker"]["environment"]
+    for name in ("CELERY_BROKER_URL", "REDIS_URL"):
+        assert env[name].startswith("redis://:${REDIS_PASSWORD"), name
+    flower = command_of(services["flower"])
+    assert any(arg.startswith("--basic-auth=") for arg in flower)
+    assert all(port.startswith("127.0.0.1:") for port in services["flower"]["ports"])

@@ -8,5 +8,11 @@ from __future__ import annotations
 
 from celery import Celery
 
+from storage.redact import install_log_redaction
+
+# Before Celery or a task logs anything: no key or password reaches a log
+# (the record factory is inherited by forked pool processes).
+install_log_redaction()
+
 app = Celery("slidefarm", include=["workers.tasks"])
 app.config_from_object("celeryconfig")

@@ -5,7 +5,8 @@ A background thread renews ``last_heartbeat`` every
 the store refuses one, the attempt is no longer this worker's (recovered by
 the sweeper, or deleted) and :meth:`Lease.check` raises :class:`AttemptLost`
 in the rendering thread, which stops and cleans up. A cancel asked for in the
-database surfaces the same way, as :class:`CancelRequested`.
+database surfaces the same way, as :class:`CancelRequested`, and so does the
+attempt's deadline (``SLIDEFARM_RENDER_TIMEOUT``), as :class:`RenderTimedOut`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ class CancelRequested(Exception):
     """The job was cancelled; stop, clean up and record the cancellation."""
 
 
+class RenderTimedOut(Exception):
+    """The attempt rendered longer than ``SLIDEFARM_RENDER_TIMEOUT``; stop, clean
+    up and fail the job (retrying would time out again)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"render timed out after {timeout:.1f} s (SLIDEFARM_RENDER_TIMEOUT)")
+        self.timeout = timeout
+
+
 class StoreUnavailable(Exception):
     """The database stayed unreachable longer than this attempt can wait."""
 
@@ -37,13 +47,16 @@ class Lease:
     """A job attempt held by this worker, kept alive by a heartbeat thread."""
 
     def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float,
-                 patience: float = 30.0) -> None:
+                 patience: float = 30.0, timeout: float | None = None) -> None:
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
         #: How long a write keeps retrying through a database outage.
         self.patience = patience
+        #: Seconds this attempt may render, from now; ``None``: no limit.
+        self.timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._cancel = threading.Event()
@@ -71,8 +84,14 @@ class Lease:
         return self._cancel.is_set()
 
     @property
+    def timed_out(self) -> bool:
+        """True once the attempt's deadline has passed."""
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    @property
     def should_stop(self) -> bool:
-        return self._lost.is_set() or self._cancel.is_set()
+        """True when the render must stop: lost, cancelled or out of time."""
+        return self._lost.is_set() or self._cancel.is_set() or self.timed_out
 
     def _note(self, state: LeaseState) -> LeaseState:
         if state is LeaseState.LOST:
@@ -96,11 +115,13 @@ class Lease:
                 log.exception("job %s: heartbeat failed", self.job_id)
 
     def check(self) -> None:
-        """Raise if the lease is gone or a cancel was asked for."""
+        """Raise if the lease is gone, a cancel was asked for or time is up."""
         if self._lost.is_set():
             raise AttemptLost()
         if self._cancel.is_set():
             raise CancelRequested()
+        if self.timeout is not None and self.timed_out:
+            raise RenderTimedOut(self.timeout)
 
     def write(self, action: Callable[[], LeaseState | bool]) -> None:
         """Run a fenced write, riding out a database outage for ``patience`` s."""

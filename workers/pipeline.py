@@ -12,6 +12,9 @@ reads a half-written file. The outcome is decided in one place,
 - retrying: a transient error (database or broker hiccup, ffmpeg crash) with
   attempts left; the job is queued again after an exponential backoff;
 - cancelled: a cancel was asked for; files removed;
+- timed out: the attempt rendered longer than ``SLIDEFARM_RENDER_TIMEOUT``;
+  ffmpeg is killed, the job failed (not retried: it would time out again) and
+  its files removed;
 - lost: another attempt holds the job (or it was deleted); this one removes
   its files and touches nothing else.
 """
@@ -45,7 +48,13 @@ from storage.files import (
     remove_job_files,
     slide_file,
 )
-from workers.heartbeat import AttemptLost, CancelRequested, Lease, StoreUnavailable
+from workers.heartbeat import (
+    AttemptLost,
+    CancelRequested,
+    Lease,
+    RenderTimedOut,
+    StoreUnavailable,
+)
 from workers.slides import THEMES, render_slide, save_png, save_thumbnail
 from workers.video import EncodeError, EncodeStopped, encode
 
@@ -185,7 +194,8 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
     patience = max(settings.stale_after / 2, 1.0)
     result: AttemptResult
     try:
-        with Lease(store, job.id, attempt, settings.heartbeat_interval, patience) as lease:
+        with Lease(store, job.id, attempt, settings.heartbeat_interval, patience,
+                   timeout=settings.render_timeout) as lease:
             try:
                 deck = Deck.model_validate(job.deck)
             except ValidationError as invalid:
@@ -208,6 +218,8 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.LOST)
     except CancelRequested:
         result = AttemptResult(Outcome.CANCELLED)
+    except RenderTimedOut as timed_out:
+        result = AttemptResult(Outcome.FAILED, str(timed_out))
     except RenderError as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
     except (StoreUnavailable, DatabaseUnavailable) as failure:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -97,13 +98,34 @@ def join_command(segments: Sequence[Path], list_file: Path, output: Path) -> lis
             "-movflags", "+faststart", str(output)]
 
 
+#: Seconds between two looks at ``should_stop`` while ffmpeg runs.
+STOP_POLL = 0.05
+
+
 def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
          should_stop: Callable[[], bool] | None) -> None:
-    """Run ffmpeg, reporting its output time (seconds) and stopping on request."""
+    """Run ffmpeg, reporting its output time (seconds) and stopping on request.
+
+    A watchdog thread kills ffmpeg as soon as ``should_stop`` answers true, so a
+    stop (cancel, lost lease, render timeout) does not wait for ffmpeg's next
+    progress line, which a long filter graph may not print for seconds.
+    """
     with open(scratch / "stderr.log", "w+b") as stderr:
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
                               stdin=subprocess.DEVNULL) as process:
             assert process.stdout is not None
+            finished = threading.Event()
+            stopped = threading.Event()
+
+            def watch() -> None:
+                while not finished.wait(STOP_POLL):
+                    if should_stop is not None and should_stop():
+                        stopped.set()
+                        process.kill()
+                        return
+
+            watchdog = threading.Thread(target=watch, name="ffmpeg-watchdog", daemon=True)
+            watchdog.start()
             try:
                 for raw in process.stdout:
                     key, _, value = raw.decode("ascii", "replace").strip().partition("=")
@@ -112,10 +134,15 @@ def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
                     if should_stop is not None and should_stop():
                         raise EncodeStopped()
                 code = process.wait()
+                if stopped.is_set():
+                    raise EncodeStopped()
             except BaseException:
                 process.kill()
                 process.wait()
                 raise
+            finally:
+                finished.set()
+                watchdog.join()
         if code != 0:
             stderr.seek(0)
             message = stderr.read().decode("utf-8", "replace").strip().splitlines()

@@ -1,0 +1,103 @@
+"""Secrets out of logs and error messages.
+
+:func:`redact_secrets` masks what must never be written down: API keys
+(``sf_<id>_<secret>``: the id stays, the secret goes), ``Bearer`` tokens and
+``Authorization`` header values, passwords in URLs (``scheme://user:password@host`` becomes
+``scheme://user:***@host``) and ``password=...`` pairs of libpq-style
+connection strings. :func:`install_log_redaction` makes every log record of
+the process pass through it (the API's ``create_app`` and the worker's
+start-up call it), and the job store applies it to the error texts it
+records and the messages of its exceptions.
+
+Part of ``storage`` so that the API and the workers share it; like the rest
+of ``storage`` it imports nothing else of slidefarm.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+
+_API_KEY = re.compile(r"\b(sf_[A-Za-z0-9]+_)[A-Za-z0-9]+")
+# Capitalised as clients send it (prose's "bearer" is left alone; a header
+# in any case is caught by _AUTH_HEADER).
+_BEARER = re.compile(r"\b(Bearer|BEARER)(\s+)[A-Za-z0-9._~+/=-]+")
+# Any scheme's credentials in an Authorization header (``Basic ...`` too).
+_AUTH_HEADER = re.compile(
+    r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:[A-Za-z]+\s+)?[^\s,;'\"]+"
+)
+# user (possibly empty) ':' password '@': the password runs to the last '@'
+# before the path, so one that itself holds an unescaped '@' is masked whole.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/?#@]*):[^\s/]+@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every credential it carries masked."""
+    if not text:
+        return text
+    text = _API_KEY.sub(rf"\1{MASK}", text)
+    text = _BEARER.sub(rf"\1\2{MASK}", text)
+    text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
+    text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    return _KEYWORD_PASSWORD.sub(rf"\1\2{MASK}", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message (arguments merged
+    in), its traceback and its stack with :func:`redact_secrets`. It never
+    drops a record. Usable on any handler (``dictConfig``, gunicorn's
+    ``logconfig_dict``); :func:`install_log_redaction` applies it to every
+    record of the process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Rewrite ``record`` in place so that no handler can print a secret it held."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: logging reports it itself
+        return record
+    redacted = redact_secrets(message)
+    if redacted != message or record.args:
+        record.msg, record.args = redacted, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact_secrets(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact_secrets(record.stack_info)
+    return record
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install_log_redaction() -> None:
+    """Redact every log record this process creates, whichever logger or
+    handler (gunicorn's, Celery's, pytest's) it goes to. Idempotent.
+
+    A filter on a logger misses records its children propagate, and one on a
+    handler misses handlers added later, so the record factory is wrapped:
+    a record is redacted once, when it is made (only records a logger's level
+    lets through are made at all).
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            return redact_record(previous(*args, **kwargs))
+
+        logging.setLogRecordFactory(factory)
+        _installed = True
