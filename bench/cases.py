@@ -16,7 +16,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 import celeryconfig
-from bench.harness import Environment, Result, Series, post, rss_kib, wrk
+from bench.harness import AUTH, Environment, Result, Series, post, rss_kib, wrk
 from storage import JobStore, Settings, Stage, Status
 
 HELLO = "/healthz"  # a hello-world JSON endpoint of the same app and server
@@ -298,7 +298,7 @@ def seed_reads(env: Environment, args: argparse.Namespace) -> Result:
                 conn = http.client.HTTPConnection(host, int(port), timeout=10)
                 started = time.perf_counter()
                 for _ in range(1000):
-                    conn.request("GET", f"/v1/jobs/{job_id}")
+                    conn.request("GET", f"/v1/jobs/{job_id}", headers=AUTH)
                     response = conn.getresponse()
                     response.read()
                     assert response.status == 200

@@ -111,6 +111,11 @@ class WrkRun:
     errors: int
 
 
+#: The admin key every request of the run sends (the API runs as in
+#: production, with keys required); set by :meth:`Environment.reset`.
+AUTH: dict[str, str] = {}
+
+
 def wrk(url: str, *, duration: float, connections: int = 32, script: Path | None = None
         ) -> WrkRun:
     """Load ``url`` from a separate process (wrk), return throughput and p99."""
@@ -118,6 +123,8 @@ def wrk(url: str, *, duration: float, connections: int = 32, script: Path | None
     if exe is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (or make bench)")
     cmd = [exe, "-t2", f"-c{connections}", f"-d{max(round(duration), 1)}s", "--latency", url]
+    for name, value in AUTH.items():
+        cmd[1:1] = ["-H", f"{name}: {value}"]
     if script is not None:
         cmd[1:1] = ["-s", str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
@@ -196,17 +203,29 @@ class Environment:
 
     def reset(self) -> None:
         """Empty every table and the broker."""
+        from storage.access import AccessStore
+        from storage.jobs import JobStore
+        from storage.models import Base
+
         engine = create_engine(self.db_url.replace("postgresql://", "postgresql+psycopg2://"))
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE job_files, job_events, jobs, workers, leases"))
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {tables}"))
         engine.dispose()
         self.flush_redis()
+        token = AccessStore(JobStore.from_url(self.db_url)).create_key("bench", admin=True).token
+        AUTH.clear()
+        AUTH["Authorization"] = f"Bearer {token}"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
         env.update(DATABASE_URL=self.db_url, CELERY_BROKER_URL=self.redis_url,
-                   SLIDEFARM_OUTPUT_DIR=str(self.folder / "output"), PYTHONUNBUFFERED="1")
+                   SLIDEFARM_OUTPUT_DIR=str(self.folder / "output"), PYTHONUNBUFFERED="1",
+                   SLIDEFARM_AUTH="required",
+                   # The limits would throttle the load generator, not measure slidefarm.
+                   SLIDEFARM_MAX_ACTIVE_JOBS="10000000", SLIDEFARM_SUBMIT_RATE="1000000",
+                   SLIDEFARM_SUBMIT_BURST="1000000")
         env.update(extra)
         return env
 
@@ -261,7 +280,7 @@ class Environment:
 
 def post(base: str, path: str, body: Any) -> dict[str, Any]:
     req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **AUTH})
     with urllib.request.urlopen(req, timeout=30) as resp:
         data: dict[str, Any] = json.loads(resp.read())
         return data

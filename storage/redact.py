@@ -1,7 +1,8 @@
 """Secrets out of logs and error messages.
 
 :func:`redact_secrets` masks what must never be written down: API keys
-(``sf_<id>_<secret>``: the id stays, the secret goes), ``Bearer`` tokens and
+(``sf_<id>_<secret>``: the id stays, the secret goes), webhook signing
+secrets (``whsec_...``), ``Bearer`` tokens and
 ``Authorization`` header values, passwords in URLs (``scheme://user:password@host`` becomes
 ``scheme://user:***@host``) and ``password=...`` pairs of libpq-style
 connection strings. :func:`install_log_redaction` makes every log record of
@@ -23,6 +24,8 @@ from typing import Any
 MASK = "***"
 
 _API_KEY = re.compile(r"\b(sf_[A-Za-z0-9]+_)[A-Za-z0-9]+")
+# Webhook signing secrets (``whsec_`` and the secret).
+_WEBHOOK_SECRET = re.compile(r"\b(whsec_)[A-Za-z0-9]+")
 # Capitalised as clients send it (prose's "bearer" is left alone; a header
 # in any case is caught by _AUTH_HEADER).
 _BEARER = re.compile(r"\b(Bearer|BEARER)(\s+)[A-Za-z0-9._~+/=-]+")
@@ -41,6 +44,7 @@ def redact_secrets(text: str) -> str:
     if not text:
         return text
     text = _API_KEY.sub(rf"\1{MASK}", text)
+    text = _WEBHOOK_SECRET.sub(rf"\1{MASK}", text)
     text = _BEARER.sub(rf"\1\2{MASK}", text)
     text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)

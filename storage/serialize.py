@@ -56,6 +56,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "worker": job.worker,
         "title": job.title,
+        "owner": job.owner,
         "slide_count": len(job.deck.get("slides", [])),
         "options": options,
         "created_at": iso(job.created_at),

@@ -36,6 +36,7 @@ API_KEY = "sf_abc123_SECRETsecret"
     ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0"),
     ("postgresql+psycopg2://u:p@ss@db/x", "postgresql+psycopg2://u:***@db/x"),
     (f"key {API_KEY} used", "key sf_abc123_*** used"),
+    ("signing with whsec_AbC123xyz now", "signing with whsec_*** now"),
     ("Authorization: Bearer xyz", "Authorization: ***"),
     ("got Bearer xyz.abc-def from", "got Bearer *** from"),
     ("Authorization: Basic dXNlcjpwYXNz", "Authorization: ***"),
