@@ -1,0 +1,200 @@
+"""What the API speaks, as pydantic models: the request body it validates and
+the bodies it answers with.
+
+``GET /openapi.json`` is generated from these models (api/openapi.py), and the
+submit route validates with :class:`Submission`, so the document and the
+behaviour cannot drift apart. Response models forbid unknown fields: a field
+added to a response without being documented here fails the fuzz test.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.deck import Deck, Options
+from storage.models import Stage, Status
+
+#: http or https, a host, then anything printable; no spaces, no control
+#: characters. ASCII only, so the regex means the same to pydantic (Rust),
+#: the document's readers (ECMA 262) and test generators (Python).
+CALLBACK_URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]+([/?#][!-~]*)?$"
+MAX_CALLBACK_URL = 2048
+
+CallbackUrl = Annotated[str, Field(max_length=MAX_CALLBACK_URL, pattern=CALLBACK_URL_PATTERN,
+                                   description="Where the final job JSON is POSTed (signed)")]
+
+
+class Submission(Deck):
+    """The body of ``POST /v1/jobs``: a deck, and where to report its end."""
+
+    callback_url: CallbackUrl | None = None
+
+    def deck(self) -> Deck:
+        """The deck alone, as the job stores it."""
+        return Deck.model_validate(self.model_dump(exclude={"callback_url"}))
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Body):
+    """One thing wrong with the request (a field, a header, a dependency)."""
+
+    field: str
+    message: str
+    type: str | None = Field(default=None, description="The validation error's kind")
+
+
+class ErrorInfo(_Body):
+    code: str = Field(description="Machine-readable, e.g. validation_failed, job_not_found")
+    message: str
+    details: list[ErrorDetail]
+
+
+class Error(_Body):
+    """Every error, whatever its status."""
+
+    error: ErrorInfo
+
+
+class JobFile(_Body):
+    path: str = Field(description="Relative to the job's output folder")
+    size_bytes: int = Field(ge=0)
+
+
+class Timings(_Body):
+    queue_wait_seconds: float | None
+    render_seconds: float | None
+    encode_seconds: float | None
+
+
+class Webhook(_Body):
+    """Delivery of the completion callback."""
+
+    url: str
+    status: str = Field(description="pending, delivering, delivered or failed")
+    attempts: int = Field(ge=0)
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class JobEvent(_Body):
+    """One transition of a job's history."""
+
+    from_: Status | None = Field(alias="from")
+    to: Status
+    attempt: int = Field(ge=0)
+    worker: str | None
+    at: datetime
+    reason: str | None
+
+
+class Job(_Body):
+    """A job as the API shows it (DESIGN.md, "Job")."""
+
+    job_id: str = Field(json_schema_extra={"format": "uuid"})
+    status: Status
+    progress: float = Field(ge=0, le=1)
+    stage: Stage
+    error: str | None
+    attempts: int = Field(ge=0)
+    worker: str | None
+    title: str
+    slide_count: int = Field(ge=0)
+    options: Options
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    last_heartbeat: datetime | None
+    video_url: str | None
+    thumbnail_url: str | None
+    slide_image_path: str | None
+    created_files: list[str]
+    files: list[JobFile]
+    cancel_requested: bool
+    max_attempts: int = Field(ge=1)
+    timings: Timings
+    webhook: Webhook | None = Field(default=None,
+                                    description="Present when the job has a callback_url")
+    history: list[JobEvent] | None = Field(default=None,
+                                           description="Only with ?include=history")
+
+
+class JobList(_Body):
+    jobs: list[Job]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; "
+                                                "null on the last page")
+
+
+class Worker(_Body):
+    name: str
+    host: str
+    pid: int
+    state: Literal["alive", "stopped", "stale"]
+    alive: bool
+    started_at: datetime
+    last_seen: datetime
+    last_seen_seconds_ago: float = Field(ge=0)
+    uptime_seconds: float = Field(ge=0)
+    current_job: str | None
+    jobs_done: int = Field(ge=0)
+    jobs_failed: int = Field(ge=0)
+
+
+class WorkerList(_Body):
+    workers: list[Worker]
+
+
+class StatusCounts(_Body):
+    queued: int = Field(ge=0)
+    processing: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+
+
+class Stats(_Body):
+    counts: StatusCounts
+    total: int = Field(ge=0)
+    queue_depth: int | None = Field(description="Messages on the render queue, if the "
+                                                "broker can tell")
+    oldest_queued_seconds: float | None
+    oldest_heartbeat_seconds: float | None
+    completed_last_hour: int = Field(ge=0)
+    throughput_per_minute: float = Field(ge=0)
+    completed_per_minute: list[int] = Field(description="Last 60 minutes, oldest first")
+    submitted_total: int = Field(ge=0)
+    recovered_total: int = Field(ge=0)
+
+
+class JobGone(_Body):
+    """The last event of a stream whose job was deleted."""
+
+    job_id: str
+    status: Literal["deleted"]
+
+
+class Health(_Body):
+    status: Literal["ok"]
+
+
+class ReadyChecks(_Body):
+    database: Literal["ok"]
+    broker: Literal["ok"]
+
+
+class Ready(_Body):
+    status: Literal["ready"]
+    checks: ReadyChecks
+
+
+#: Every model the document names, in ``components.schemas``.
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Error, Job, JobGone, JobList, JobEvent, WorkerList, Stats, Health, Ready,
+)
