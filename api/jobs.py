@@ -9,7 +9,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from pydantic import ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestedRangeNotSatisfiable, RequestEntityTooLarge
+from werkzeug.http import parse_range_header
 
 from api.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 from api.schemas import Submission
@@ -209,9 +210,25 @@ def _completed_file(job_id: str, relative: str, what: str) -> Path:
     return path
 
 
+def _check_range(size: int) -> None:
+    """Honour one ``bytes`` range; ignore any other Range header (RFC 9110
+    14.2 allows it, and requires it for unknown units) rather than answer 416
+    to what is not a range at all. A range past the end is refused here,
+    before a file is opened for a response that would never be sent."""
+    raw = request.environ.get("HTTP_RANGE")
+    if raw is None:
+        return
+    parsed = parse_range_header(raw)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        del request.environ["HTTP_RANGE"]
+    elif "HTTP_IF_RANGE" not in request.environ and parsed.range_for_length(size) is None:
+        raise RequestedRangeNotSatisfiable(length=size)
+
+
 @bp.get("/<job_id>/video")
 def video(job_id: str) -> Response:
     path = _completed_file(job_id, VIDEO_FILE, "video")
+    _check_range(path.stat().st_size)
     return send_file(path, mimetype="video/mp4", conditional=True, etag=True,
                      download_name=f"{job_id}.mp4")
 

@@ -76,7 +76,8 @@ SLIDE_N: Doc = {"name": "n", "in": "path", "required": True,
                 "description": "Slides are numbered from 1",
                 "schema": {"type": "integer"}}
 RANGE: Doc = {"name": "Range", "in": "header", "required": False,
-              "description": "A byte range (RFC 9110), e.g. `bytes=0-1023`",
+              "description": "One byte range (RFC 9110), e.g. `bytes=0-1023`; anything "
+                             "else (other units, several ranges, bad syntax) is ignored",
               "schema": {"type": "string"}}
 
 
@@ -115,7 +116,7 @@ def _file(media_type: str, what: str, *, ranges: bool = False) -> dict[str, Doc]
     if ranges:
         answers["206"] = {"description": f"Part of the {what.lower()} (a Range request)",
                           "content": content}
-        answers["416"] = _error("The requested range is not satisfiable")
+        answers["416"] = _error("The range starts past the end of the file")
     return answers
 
 

@@ -30,6 +30,17 @@ CallbackUrl = Annotated[str, Field(max_length=MAX_CALLBACK_URL, pattern=CALLBACK
 class Submission(Deck):
     """The body of ``POST /v1/jobs``: a deck, and where to report its end."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "title": "Quarterly review",
+        "slides": [
+            {"title": "Revenue", "body": "Up 12% on last quarter.",
+             "bullets": ["EMEA +20%", "APAC flat"], "duration": 4.0,
+             "notes": "speaker notes, not drawn"},
+            {"title": "Questions?"},
+        ],
+        "options": {"resolution": "720p", "theme": "light", "fps": 30, "transition": "none"},
+    }]})
+
     callback_url: CallbackUrl | None = None
 
     def deck(self) -> Deck:

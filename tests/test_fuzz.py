@@ -37,7 +37,7 @@ AUTH_HEADERS: dict[str, str] = {}
 MAX_EXAMPLES = 150
 
 
-def fuzz_config() -> Any:
+def fuzz_config(operations: tuple[dict[str, Any], ...] = (), **extra: Any) -> Any:
     return schemathesis.Config.from_dict({
         "seed": 20240601,  # the same run every time; change it to explore further
         "headers": AUTH_HEADERS,
@@ -46,13 +46,14 @@ def fuzz_config() -> Any:
         "request-timeout": 5,
         "generation": {"max-examples": MAX_EXAMPLES},
         "phases": {"stateful": {"max-steps": 8}},
+        **extra,
         "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
         "operations": [{
             # DESIGN.md: the outputs answer 404 until the job is completed, and no
             # worker runs here, so "just created, yet 404" is the contract.
             "include-path-regex": "/(video|thumbnail|slides/{n})$",
             "checks": {"ensure_resource_availability": {"enabled": False}},
-        }],
+        }, *operations],
     })
 
 
@@ -66,15 +67,31 @@ class RequestCounter:
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        def counting_start_response(status: str, *args: Any) -> Any:
+        streaming = False
+
+        def counting_start_response(status: str, headers: list[tuple[str, str]],
+                                    *args: Any) -> Any:
+            nonlocal streaming
             code = int(status.split(" ", 1)[0])
+            streaming = any(name.lower() == "content-type" and "event-stream" in value
+                            for name, value in headers)
             with self._lock:
                 self.statuses[code] = self.statuses.get(code, 0) + 1
-            return start_response(status, *args)
+            return start_response(status, headers, *args)
 
         with self._lock:
             self.count += 1
-        return self.wsgi_app(environ, counting_start_response)
+        body = self.wsgi_app(environ, counting_start_response)
+        if streaming:
+            return body  # never buffer a stream that may not end
+        # A server closes every response; schemathesis's WSGI client reads a
+        # body without closing it, which would leave served files open.
+        try:
+            return [b"".join(body)]
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
 
 @pytest.fixture
@@ -94,8 +111,24 @@ def fuzz_app(tmp_path: Path, sqlite_template: Path) -> Iterator[Any]:
         SLIDEFARM_SUBMIT_BURST=1_000_000,
         SLIDEFARM_MAX_ACTIVE_JOBS=1_000_000,
     )
-    yield create_app({"TESTING": True, "SETTINGS": settings})
+    app = create_app({"TESTING": True, "SETTINGS": settings})
+    app.wsgi_app = RequestCounter(app.wsgi_app)
+    yield app
     dispose_engines()
+
+
+def _run(app: Any, schema: Any) -> tuple[RequestCounter, list[str], float]:
+    """Run schemathesis's engine over ``schema``; return what reached the app,
+    every failed check and error, and the seconds it took."""
+    counter: RequestCounter = app.wsgi_app
+    started = time.monotonic()
+    problems: list[str] = []
+    for event in engine_for(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            problems += _failures(event)
+        elif isinstance(event, events.NonFatalError | events.FatalError):
+            problems.append(f"{getattr(event, 'label', 'engine')}: {event.info.format()}")
+    return counter, problems, time.monotonic() - started
 
 
 def _failures(event: events.ScenarioFinished) -> list[str]:
@@ -115,25 +148,62 @@ def _failures(event: events.ScenarioFinished) -> list[str]:
 
 
 def test_schemathesis_finds_nothing(fuzz_app: Any) -> None:
-    counter = RequestCounter(fuzz_app.wsgi_app)
-    fuzz_app.wsgi_app = counter
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app, config=fuzz_config())
     schema.validate()  # the document itself is valid OpenAPI 3.1
 
-    started = time.monotonic()
-    problems: list[str] = []
-    operations: set[str] = set()
-    for event in engine_for(schema).execute():
-        if isinstance(event, events.ScenarioFinished):
-            operations.add(event.recorder.label)
-            problems += _failures(event)
-        elif isinstance(event, events.NonFatalError | events.FatalError):
-            problems.append(f"{getattr(event, 'label', 'engine')}: {event.info.format()}")
-    elapsed = time.monotonic() - started
+    counter, problems, elapsed = _run(fuzz_app, schema)
 
-    server_errors = {code: n for code, n in counter.statuses.items() if code >= 500}
-    print(f"\nschemathesis: {counter.count} requests to {len(operations)} operations "
-          f"in {elapsed:.1f}s; statuses {dict(sorted(counter.statuses.items()))}")
-    assert not server_errors, server_errors
+    print(f"\nschemathesis: {counter.count} requests in {elapsed:.1f}s; "
+          f"statuses {dict(sorted(counter.statuses.items()))}")
+    assert not {code: n for code, n in counter.statuses.items() if code >= 500}
     assert not problems, "\n\n".join(problems[:20])
     assert counter.count > 1000
+
+
+def _complete_with_files(app: Any, job_id: str) -> None:
+    """What a worker leaves behind, without a worker: files in place, job completed."""
+    svc = app.extensions["slidefarm"]
+    job = svc.store.claim(job_id, "fuzz@host")
+    folder = svc.settings.output_dir / job_id
+    (folder / "slides").mkdir(parents=True)
+    (folder / "video.mp4").write_bytes(bytes(range(256)) * 64)
+    (folder / "thumbnail.jpg").write_bytes(b"\xff\xd8\xff\xe0jpeg")
+    (folder / "slides" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\nslide")
+    svc.store.add_files(job_id, job.attempts, [("video.mp4", 16384), ("thumbnail.jpg", 8),
+                                               ("slides/001.png", 13)])
+    svc.store.complete(job_id, job.attempts, video_url=f"/v1/jobs/{job_id}/video",
+                       thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+
+
+def test_a_completed_job_reads_as_documented(fuzz_app: Any) -> None:
+    """The reads of one completed job: the files (200, 206, 304, 416), the job
+    with its history, and a whole event stream, fuzzed with the job id pinned."""
+    from tests.conftest import small_deck
+
+    client = fuzz_app.test_client()
+    job_id = client.post("/v1/jobs", json=small_deck(1), headers=AUTH_HEADERS).get_json()["job_id"]
+    _complete_with_files(fuzz_app, job_id)
+    # No stateful phase: it would create, cancel and delete jobs around the pinned id.
+    config = fuzz_config(
+        ({"exclude-name-regex": r"^GET /v1/jobs/\{job_id\}", "enabled": False},),
+        parameters={"job_id": job_id}, phases={"stateful": {"enabled": False}},
+        generation={"max-examples": 50})
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app, config=config)
+
+    counter, problems, elapsed = _run(fuzz_app, schema)
+
+    print(f"\nschemathesis, completed job: {counter.count} requests in {elapsed:.1f}s; "
+          f"statuses {dict(sorted(counter.statuses.items()))}")
+    assert not problems, "\n\n".join(problems[:20])
+    assert {200, 206}.issubset(counter.statuses)
+
+    video = schema["/v1/jobs/{job_id}/video"]["GET"]
+    etag = client.get(f"/v1/jobs/{job_id}/video", headers=AUTH_HEADERS)
+    etag.close()
+    for headers, status in (({"Range": "bytes=0-9"}, 206), ({"Range": "bytes=999999-"}, 416),
+                            ({"Range": "items=0-1"}, 200), ({"Range": "bytes=0-1,4-5"}, 200),
+                            ({"Range": "nonsense"}, 200), ({"If-None-Match": etag.headers["ETag"]},
+                                                           304)):
+        case = video.Case(path_parameters={"job_id": job_id}, headers=headers)
+        response = case.call_and_validate(headers=AUTH_HEADERS)
+        assert response.status_code == status, (headers, response.status_code)
