@@ -41,12 +41,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from api import dashboard, health, inspect, jobs
+    from api import dashboard, health, inspect, jobs, openapi
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(inspect.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     init_auth(app)
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Response, send_from_directory
@@ -51,7 +52,8 @@ def confined_path(output_dir: Path, job_id: str, relative: str) -> Path | None:
 
 
 def serve_output(job_id: str, relative: str, what: str, mimetype: str,
-                 download_name: str | None = None) -> Response:
+                 download_name: str | None = None,
+                 check: Callable[[int], None] | None = None) -> Response:
     """Send output ``relative`` of completed job ``job_id``; 404 in every other case."""
     svc = services()
     # A non-UUID, unknown or other tenant's id: 404 job_not_found.
@@ -63,6 +65,8 @@ def serve_output(job_id: str, relative: str, what: str, mimetype: str,
     if path is None:
         raise NotFound(f"the {what} file is missing from the output storage",
                        code="file_missing")
+    if check is not None:
+        check(path.stat().st_size)  # e.g. refuse a Range past the end before opening
     folder = path.parent
     # send_from_directory joins safely once more (werkzeug's safe_join).
     return send_from_directory(os.fspath(folder), path.name, mimetype=mimetype,

@@ -8,7 +8,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestedRangeNotSatisfiable, RequestEntityTooLarge
+from werkzeug.http import parse_range_header
 
 from api.auth import owner_scope, principal
 from api.errors import (
@@ -19,11 +20,11 @@ from api.errors import (
     ValidationFailed,
 )
 from api.files import serve_output
+from api.schemas import Submission
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.submission import submit_deck
 from storage import Job, Status
-from storage.deck import Deck
 from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT
@@ -62,7 +63,7 @@ def _read_body() -> bytes:
     return raw
 
 
-def _parse_deck() -> tuple[Deck, dict[str, Any]]:
+def _parse_submission() -> tuple[Submission, dict[str, Any]]:
     if not request.mimetype or request.mimetype != "application/json" and not (
         request.mimetype.startswith("application/") and request.mimetype.endswith("+json")
     ):
@@ -82,9 +83,8 @@ def _parse_deck() -> tuple[Deck, dict[str, Any]]:
             f"the server sets {', '.join(read_only)}; a submission may not",
             [{"field": name, "message": "read-only: set by the server", "type": "read_only"}
              for name in read_only])
-    deck_fields = {k: v for k, v in body.items() if k != "callback_url"}
     try:
-        deck = Deck.model_validate(deck_fields)
+        submission = Submission.model_validate(body)
     except ValidationError as exc:
         details = [
             {"field": _field(err["loc"]), "message": err["msg"], "type": err["type"]}
@@ -92,21 +92,17 @@ def _parse_deck() -> tuple[Deck, dict[str, Any]]:
         ]
         raise ValidationFailed(f"the deck has {len(details)} invalid field(s)",
                                details) from exc
-    callback = body.get("callback_url")
-    if callback is not None:
-        if not isinstance(callback, str):
-            raise ValidationFailed("callback_url must be a string (an http or https URL)",
-                                   [{"field": "callback_url", "message": "expected a string",
-                                     "type": "string_type"}])
+    if submission.callback_url is not None:
         # Refused here (422) and again at every delivery: DNS answers change.
-        check_callback_url(callback, services().settings.webhook_allow_networks)
-    limit = services().settings.max_video_seconds
-    if deck.total_seconds > limit:
+        check_callback_url(submission.callback_url, services().settings.webhook_allow_networks,
+                           unresolvable_ok=True)
+    total, limit = submission.total_seconds, services().settings.max_video_seconds
+    if total > limit:
         raise ValidationFailed(
-            f"the video would last {deck.total_seconds:g} s; the limit is {limit:g} s",
-            [{"field": "slides", "message": f"the durations add up to {deck.total_seconds:g} s, "
+            f"the video would last {total:g} s; the limit is {limit:g} s",
+            [{"field": "slides", "message": f"the durations add up to {total:g} s, "
               f"over SLIDEFARM_MAX_VIDEO_SECONDS ({limit:g})", "type": "too_long"}])
-    return deck, body
+    return submission, body
 
 
 def _accepted(job: Job) -> Response:
@@ -127,7 +123,7 @@ def submit() -> Response:
         raise TooManyRequests(
             f"too many submissions: this key may submit {svc.settings.submit_rate:g} per "
             f"second (bursts of {svc.settings.submit_burst})", retry_after(wait))
-    deck, body = _parse_deck()
+    submission, body = _parse_submission()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (
         1 <= len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= ch <= "~" for ch in key)
@@ -136,14 +132,27 @@ def submit() -> Response:
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             [{"field": "Idempotency-Key", "message": "invalid key"}],
             code="invalid_parameter")
-    job, created = submit_deck(svc.store, svc.dispatcher, deck, body, idempotency_key=key,
-                               max_attempts=svc.settings.max_attempts, owner=who.tenant,
-                               callback_url=body.get("callback_url"),
+    job, created = submit_deck(svc.store, svc.dispatcher, submission.deck(), body,
+                               idempotency_key=key, max_attempts=svc.settings.max_attempts,
+                               owner=who.tenant, callback_url=submission.callback_url,
                                max_active=svc.settings.max_active_jobs)
     response = _accepted(job)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _include_arg() -> set[str]:
+    """``?include=history,deliveries`` (a comma-separated list of known names)."""
+    raw = request.args.get("include")
+    if raw is None:
+        return set()
+    include = {part.strip() for part in raw.split(",")}
+    if include - {"history", "deliveries"}:
+        raise BadRequest("include accepts: history, deliveries",
+                         [{"field": "include", "message": f"got {raw[:100]!r}"}],
+                         code="invalid_parameter")
+    return include
 
 
 @bp.get("/<job_id>")
@@ -152,7 +161,7 @@ def show(job_id: str) -> Response:
     ``?include=deliveries`` every webhook delivery attempt."""
     store = services().store
     scope = owner_scope()
-    include = {part.strip() for part in request.args.get("include", "").split(",") if part}
+    include = _include_arg()
     feed = store.feed
     if not include and feed is not None:
         # The hot path: one cache hit, or one read filled into the cache
@@ -168,11 +177,6 @@ def show(job_id: str) -> Response:
         feed.fill(job_id, seen, raw, job.owner)
         return Response(raw, mimetype="application/json")
     body = job_json(store.get(job_id, owner=scope))
-    unknown = include - {"history", "deliveries"}
-    if unknown:
-        raise BadRequest("include accepts: history, deliveries",
-                         [{"field": "include", "message": f"unknown: {sorted(unknown)}"}],
-                         code="invalid_parameter")
     if "history" in include:
         body["history"] = [event_json(e) for e in store.history(job_id)]
     if "deliveries" in include:
@@ -217,10 +221,8 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
+    # ASCII digits only: int() would also take " 5", "5_0" and "٥".
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else low - 1
     if not low <= value <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}",
                          [{"field": name, "message": f"got {raw!r}"}], code="invalid_parameter")
@@ -231,7 +233,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def index() -> Response:
     status_arg = request.args.get("status")
     status = None
-    if status_arg:
+    if status_arg is not None:
         try:
             status = Status(status_arg)
         except ValueError:
@@ -245,7 +247,7 @@ def index() -> Response:
         raise BadRequest("q must not contain NUL characters",
                          [{"field": "q", "message": "NUL character"}], code="invalid_parameter")
     page = services().store.list_jobs(status=status, limit=limit, search=search,
-                                      cursor=request.args.get("cursor") or None,
+                                      cursor=request.args.get("cursor"),
                                       owner=owner_scope())
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
 
@@ -253,7 +255,22 @@ def index() -> Response:
 @bp.get("/<job_id>/video")
 def video(job_id: str) -> Response:
     return serve_output(job_id, VIDEO_FILE, "video", "video/mp4",
-                        download_name=f"{job_id}.mp4")
+                        download_name=f"{job_id}.mp4", check=_check_range)
+
+
+def _check_range(size: int) -> None:
+    """Honour one ``bytes`` range; ignore any other Range header (RFC 9110
+    14.2 allows it, and requires it for unknown units) rather than answer 416
+    to what is not a range at all. A range past the end is refused here,
+    before a file is opened for a response that would never be sent."""
+    raw = request.environ.get("HTTP_RANGE")
+    if raw is None:
+        return
+    parsed = parse_range_header(raw)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        del request.environ["HTTP_RANGE"]
+    elif "HTTP_IF_RANGE" not in request.environ and parsed.range_for_length(size) is None:
+        raise RequestedRangeNotSatisfiable(length=size)
 
 
 @bp.get("/<job_id>/thumbnail")

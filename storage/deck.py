@@ -24,7 +24,13 @@ def _no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+#: The same rules as JSON Schema patterns (ECMA 262), for the API's document:
+#: no NUL anywhere; a title has a character that ``str.strip`` keeps.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
+
+Text = Annotated[str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 
 
 class _Strict(BaseModel):
@@ -61,7 +67,8 @@ class Options(_Strict):
 class Deck(_Strict):
     """A whole deck, as submitted."""
 
-    title: Text = Field(min_length=1, max_length=200)
+    title: Text = Field(min_length=1, max_length=200,
+                        json_schema_extra={"pattern": NOT_BLANK_PATTERN})
     slides: list[Slide] = Field(min_length=1, max_length=200)
     options: Options = Field(default_factory=Options)
 

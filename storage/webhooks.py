@@ -148,6 +148,15 @@ def _refusal(address: Address) -> str | None:
     return None
 
 
+#: A DNS name: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
+
+
+class Unresolvable(UnsafeCallback):
+    """The callback's host does not resolve (now)."""
+
+
 def _allowed(address: Address, allow: Sequence[Network]) -> bool:
     candidates: list[Address] = [address]
     if isinstance(address, ipaddress.IPv6Address):
@@ -176,7 +185,7 @@ def _resolve(host: str, port: int) -> list[Address]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
-        raise UnsafeCallback(f"the host {host!r} does not resolve") from error
+        raise Unresolvable(f"the host {host!r} does not resolve") from error
     found: list[Address] = []
     for info in infos:
         text = str(info[4][0]).split("%", 1)[0]
@@ -184,7 +193,7 @@ def _resolve(host: str, port: int) -> list[Address]:
         if address not in found:
             found.append(address)
     if not found:
-        raise UnsafeCallback(f"the host {host!r} does not resolve")
+        raise Unresolvable(f"the host {host!r} does not resolve")
     return found
 
 
@@ -205,7 +214,8 @@ class Target:
         return shown if self.port == default else f"{shown}:{self.port}"
 
 
-def parse_callback_url(url: str, allow: Sequence[Network]) -> Target:
+def parse_callback_url(url: str, allow: Sequence[Network], *,
+                       unresolvable_ok: bool = False) -> Target:
     """Check ``url`` as :func:`check_callback_url` does; return what to connect to."""
     if not isinstance(url, str) or not url:
         raise UnsafeCallback("the callback URL is empty")
@@ -214,24 +224,33 @@ def parse_callback_url(url: str, allow: Sequence[Network]) -> Target:
     if any(ch <= " " or ch == "\x7f" or ch == "\\" for ch in url) or not url.isascii():
         raise UnsafeCallback("the callback URL must be ASCII without spaces, control "
                              "characters or backslashes (percent-encode the rest)")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, explicit_port = parts.hostname, parts.port
+    except ValueError as error:  # "Invalid IPv6 URL", a port out of range
+        raise UnsafeCallback(f"the callback URL is not a valid URL ({error})") from error
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise UnsafeCallback(f"callback URLs must be http or https, not {scheme or 'none'!r}")
     if "@" in parts.netloc:
         raise UnsafeCallback("the callback URL must not carry credentials (user:password@); "
                              "verify the signature instead")
-    host = parts.hostname
     if not host:
         raise UnsafeCallback("the callback URL has no host")
-    try:
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError as error:
-        raise UnsafeCallback("the callback URL's port is not a number from 1 to 65535") \
-            from error
-    if port == 0:
+    port = explicit_port if explicit_port is not None else (443 if scheme == "https" else 80)
+    if not 1 <= port <= 65535:
         raise UnsafeCallback("the callback URL's port is not a number from 1 to 65535")
-    addresses = _resolve(host, port)
+    if not _HOST_NAME.match(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise UnsafeCallback(f"{host!r} is not a valid host name") from None
+    try:
+        addresses = _resolve(host, port)
+    except Unresolvable:
+        if not unresolvable_ok:
+            raise
+        addresses = []
     for address in addresses:
         if _allowed(address, allow):
             continue
@@ -245,13 +264,18 @@ def parse_callback_url(url: str, allow: Sequence[Network]) -> Target:
     return Target(scheme, host, port, path, tuple(addresses))
 
 
-def check_callback_url(url: str, allow: Sequence[Network]) -> list[Address]:
+def check_callback_url(url: str, allow: Sequence[Network], *,
+                       unresolvable_ok: bool = False) -> list[Address]:
     """The addresses ``url`` may be delivered to, or :class:`UnsafeCallback`
     saying why not: only http(s), a host and no credentials, at most 2,048
     characters, and every address the host resolves to public (not loopback,
     private, link-local or metadata, multicast, unspecified, shared or
-    reserved, nor an IPv6 form of one) unless inside a network of ``allow``."""
-    return list(parse_callback_url(url, allow).addresses)
+    reserved, nor an IPv6 form of one) unless inside a network of ``allow``.
+
+    ``unresolvable_ok``: a host name that does not resolve now passes (with no
+    addresses): at submission a DNS failure may be passing, and every delivery
+    checks again, refusing it then if it still does not resolve."""
+    return list(parse_callback_url(url, allow, unresolvable_ok=unresolvable_ok).addresses)
 
 
 # -- one delivery ----------------------------------------------------------

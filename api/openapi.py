@@ -1,0 +1,355 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document of the whole API.
+
+Bodies come from the pydantic models in api/schemas.py (the submit route
+validates with the same :class:`~api.schemas.Submission`); the operations, their
+parameters and every status each can answer are listed here, and
+tests/test_openapi.py fails when a Flask route is missing from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from api.jobs import MAX_IDEMPOTENCY_KEY
+from api.schemas import RESPONSE_MODELS, Submission
+from api.services import services
+from storage.deck import NO_NUL_PATTERN
+from storage.jobs import CURSOR_PATTERN, MAX_LIST_LIMIT
+from storage.models import Status
+
+bp = Blueprint("openapi", __name__)
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+
+#: Routes anyone may call, whatever SLIDEFARM_AUTH says.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+
+Doc = dict[str, Any]
+
+
+def _ref(name: str) -> Doc:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(name: str) -> Doc:
+    return {JSON: {"schema": _ref(name)}}
+
+
+def _error(description: str, **headers: Doc) -> Doc:
+    response: Doc = {"description": description, "content": _json("Error")}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+RETRY_AFTER: Doc = {"description": "Seconds to wait before trying again", "required": True,
+                    "schema": {"type": "integer", "minimum": 0}}
+WWW_AUTHENTICATE: Doc = {"description": "Always `Bearer`", "required": True,
+                         "schema": {"type": "string"}}
+LOCATION: Doc = {"description": "The job's URL, `/v1/jobs/{job_id}`", "required": True,
+                 "schema": {"type": "string"}}
+
+ERRORS: dict[str, Doc] = {
+    "400": _error("Malformed request: invalid JSON, parameter or header"),
+    "401": _error("No, a malformed, an unknown or a revoked API key",
+                  **{"WWW-Authenticate": WWW_AUTHENTICATE}),
+    "403": _error("An admin route called with a tenant's key, or a dashboard-session "
+                  "write without the X-Slidefarm-Request header"),
+    "404": _error("No such job (or not yours), or the output is not available"),
+    "409": _error("Conflicts with the job's state, or an Idempotency-Key reused with "
+                  "another body"),
+    "413": _error("The body is larger than 1 MiB"),
+    "415": _error("The body is not JSON (Content-Type: application/json)"),
+    "422": _error("The deck breaks the schema; `details` names each field"),
+    "429": _error("Over a quota: submission rate or active jobs",
+                  **{"Retry-After": RETRY_AFTER}),
+    "503": _error("A dependency (database, broker) is unavailable",
+                  **{"Retry-After": {**RETRY_AFTER, "required": False}}),
+}
+
+JOB_ID: Doc = {"name": "job_id", "in": "path", "required": True,
+               "schema": {"type": "string", "format": "uuid"}}
+SLIDE_N: Doc = {"name": "n", "in": "path", "required": True,
+                "description": "Slides are numbered from 1",
+                "schema": {"type": "integer"}}
+RANGE: Doc = {"name": "Range", "in": "header", "required": False,
+              "description": "One byte range (RFC 9110), e.g. `bytes=0-1023`; anything "
+                             "else (other units, several ranges, bad syntax) is ignored",
+              "schema": {"type": "string"}}
+
+
+def _sse(event: str, data: Doc) -> Doc:
+    return {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"const": event},
+        "data": {"type": "string", "contentMediaType": JSON, "contentSchema": data},
+    }}
+
+
+#: One event of ``/v1/jobs/{job_id}/events``: ``job`` on every change, then
+#: ``end`` with the final job (or the id and ``deleted``), then the stream closes.
+SSE_EVENT: Doc = {"oneOf": [
+    _sse("job", _ref("Job")),
+    _sse("end", {"anyOf": [_ref("Job"), _ref("JobGone")]}),
+]}
+
+
+def _errors(*codes: int) -> dict[str, Doc]:
+    return {str(code): ERRORS[str(code)] for code in codes}
+
+
+def _job_answer(status: str, description: str, *, location: bool = False) -> dict[str, Doc]:
+    response: Doc = {"description": description, "content": _json("Job")}
+    if location:
+        response["headers"] = {"Location": LOCATION}
+    return {status: response}
+
+
+def _file(media_type: str, what: str, *, ranges: bool = False) -> dict[str, Doc]:
+    content = {media_type: {"schema": {"type": "string", "contentMediaType": media_type}}}
+    answers: dict[str, Doc] = {
+        "200": {"description": what, "content": content},
+        "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+    }
+    if ranges:
+        answers["206"] = {"description": f"Part of the {what.lower()} (a Range request)",
+                          "content": content}
+        answers["416"] = _error("The range starts past the end of the file")
+    return answers
+
+
+def _operations() -> dict[str, Doc]:
+    """Every operation: summary, parameters, request body and every answer."""
+    statuses = [s.value for s in Status]
+    return {
+        "/v1/jobs": {
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Submit a deck: the job is recorded, then queued",
+                "parameters": [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "The same key with the same body returns the same job; "
+                                   "with another body, 409",
+                    "schema": {"type": "string", "minLength": 1,
+                               "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": "^[ -~]*$"},
+                }],
+                "requestBody": {"required": True, "content": _json("Submission")},
+                "responses": {
+                    **_job_answer("202", "Accepted (or replayed: `Idempotent-Replayed: true`)",
+                                  location=True),
+                    **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
+                },
+            },
+            "get": {
+                "operationId": "listJobs",
+                "summary": "Jobs, newest first, a page at a time",
+                "parameters": [
+                    {"name": "status", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": statuses}},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT,
+                                "default": 50}},
+                    {"name": "cursor", "in": "query", "required": False,
+                     "description": "`next_cursor` of the previous page",
+                     "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
+                    {"name": "q", "in": "query", "required": False,
+                     "description": "A title substring or a job id prefix",
+                     "schema": {"type": "string", "pattern": NO_NUL_PATTERN}},
+                ],
+                "responses": {
+                    "200": {"description": "One page", "content": _json("JobList")},
+                    **_errors(400, 401, 503),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "getJob",
+                "summary": "The job; `?include=history` adds every transition, "
+                           "`?include=deliveries` every webhook delivery attempt",
+                "parameters": [{"name": "include", "in": "query", "required": False,
+                                "schema": {"type": "string",
+                                           "enum": ["history", "deliveries",
+                                                    "history,deliveries",
+                                                    "deliveries,history"]}}],
+                "responses": {**_job_answer("200", "The job"), **_errors(400, 401, 404, 503)},
+            },
+            "delete": {
+                "operationId": "deleteJob",
+                "summary": "The job, its history and its files are gone",
+                "responses": {"204": {"description": "Deleted"},
+                              **_errors(401, 403, 404, 503)},
+            },
+        },
+        "/v1/jobs/{job_id}/cancel": {
+            "parameters": [JOB_ID],
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Queued: cancelled at once; processing: stops within a heartbeat",
+                "responses": {**_job_answer("202", "Cancelled or cancelling"),
+                              **_errors(401, 403, 404, 409, 503)},
+            },
+        },
+        "/v1/jobs/{job_id}/retry": {
+            "parameters": [JOB_ID],
+            "post": {
+                "operationId": "retryJob",
+                "summary": "A failed or cancelled job queued again",
+                "responses": {**_job_answer("202", "Queued again", location=True),
+                              **_errors(401, 403, 404, 409, 503)},
+            },
+        },
+        "/v1/jobs/{job_id}/video": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "getVideo",
+                "summary": "The MP4, with Range support; 404 until completed",
+                "parameters": [RANGE],
+                "responses": {**_file("video/mp4", "The video", ranges=True),
+                              **_errors(401, 404, 503)},
+            },
+        },
+        "/v1/jobs/{job_id}/thumbnail": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "getThumbnail",
+                "summary": "The thumbnail; 404 until completed",
+                "responses": {**_file("image/jpeg", "The thumbnail"),
+                              **_errors(401, 404, 503)},
+            },
+        },
+        "/v1/jobs/{job_id}/slides/{n}": {
+            "parameters": [JOB_ID, SLIDE_N],
+            "get": {
+                "operationId": "getSlide",
+                "summary": "One slide's image; 404 until completed",
+                "responses": {**_file("image/png", "The slide image"),
+                              **_errors(401, 404, 503)},
+            },
+        },
+        "/v1/jobs/{job_id}/events": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "streamJobEvents",
+                "summary": "Server-Sent Events: `job` on every change, then `end`",
+                "responses": {
+                    "200": {"description": "The event stream; each event's `data` is JSON",
+                            "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                    **_errors(401, 404, 503),
+                },
+            },
+        },
+        "/v1/workers": {
+            "get": {
+                "operationId": "listWorkers",
+                "summary": "Every worker that ever registered",
+                "responses": {"200": {"description": "The workers",
+                                      "content": _json("WorkerList")},
+                              **_errors(401, 403, 503)},
+            },
+        },
+        "/v1/stats": {
+            "get": {
+                "operationId": "getStats",
+                "summary": "Counts by status, queue depth and throughput",
+                "responses": {"200": {"description": "The figures", "content": _json("Stats")},
+                              **_errors(401, 403, 503)},
+            },
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "getMetrics",
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_errors(401, 403, 503)},
+            },
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "200 while the process is up",
+                "responses": {"200": {"description": "Up", "content": _json("Health")}},
+            },
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "200 when the database and the broker answer",
+                "responses": {"200": {"description": "Ready", "content": _json("Ready")},
+                              "503": ERRORS["503"]},
+            },
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1",
+                                      "content": {JSON: {"schema": {"type": "object"}}}}},
+            },
+        },
+    }
+
+
+#: Where a job id in a 202 answer leads: schemathesis (and readers) chain these.
+_JOB_LINKS: Doc = {
+    name: {"operationId": op, "parameters": {"job_id": "$response.body#/job_id"}}
+    for name, op in (("GetJob", "getJob"), ("CancelJob", "cancelJob"),
+                     ("RetryJob", "retryJob"), ("DeleteJob", "deleteJob"),
+                     ("StreamJobEvents", "streamJobEvents"), ("GetVideo", "getVideo"))
+}
+
+
+def _components() -> Doc:
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(Submission, "validation")]
+    models += [(model, "serialization") for model in RESPONSE_MODELS]
+    _, defs = models_json_schema(models, ref_template=REF)
+    return {
+        "schemas": defs["$defs"],
+        "securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key, `sf_<id>_<secret>`, in `Authorization: Bearer ...`",
+        }},
+    }
+
+
+def build_document(*, auth_required: bool) -> Doc:
+    """The whole document. With ``auth_required`` every operation but the
+    public probes needs a bearer key, as the running app enforces."""
+    paths = _operations()
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            if path in PUBLIC_PATHS or not auth_required:
+                operation["security"] = []
+            else:
+                operation["security"] = [{"bearerAuth": []}]
+    paths["/v1/jobs"]["post"]["responses"]["202"]["links"] = _JOB_LINKS
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "slidefarm",
+            "version": "1",
+            "description": "Render slide decks (JSON) into slide images, a thumbnail and an "
+                           "MP4, as tracked jobs. Every error is "
+                           "`{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        },
+        "paths": paths,
+        "components": _components(),
+    }
+
+
+@bp.get("/openapi.json")
+def document() -> Response:
+    """Built once per app (the models do not change while it runs)."""
+    cached = current_app.extensions.get("slidefarm.openapi")
+    if cached is None:
+        cached = build_document(auth_required=services().settings.auth_required)
+        current_app.extensions["slidefarm.openapi"] = cached
+    return jsonify(cached)

@@ -1,0 +1,235 @@
+"""What the API speaks, as pydantic models: the request body it validates and
+the bodies it answers with.
+
+``GET /openapi.json`` is generated from these models (api/openapi.py), and the
+submit route validates with :class:`Submission`, so the document and the
+behaviour cannot drift apart. Response models forbid unknown fields: a field
+added to a response without being documented here fails the fuzz test.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.deck import Deck, Options
+from storage.models import Stage, Status
+
+#: http or https; a host name whose last label starts with a letter (so no
+#: numeric spellings of addresses such as ``http://2130706433/``) or a
+#: dotted-quad IPv4 address; an optional port 1-65535; then printable ASCII
+#: without spaces or backslashes. ASCII only, so the regex means the same to
+#: pydantic (Rust), the document's readers (ECMA 262) and test generators.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+CALLBACK_URL_PATTERN = (
+    rf"^https?://(?:(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?"
+    rf"|(?:{_OCTET}\.){{3}}{_OCTET})(?::{_PORT})?(?:[/?#][!-\[\]-~]*)?$"
+)
+MAX_CALLBACK_URL = 2048
+
+CallbackUrl = Annotated[str, Field(max_length=MAX_CALLBACK_URL, pattern=CALLBACK_URL_PATTERN,
+                                   description="Where the final job JSON is POSTed (signed)")]
+
+
+class Submission(Deck):
+    """The body of ``POST /v1/jobs``: a deck, and where to report its end."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "title": "Quarterly review",
+        "slides": [
+            {"title": "Revenue", "body": "Up 12% on last quarter.",
+             "bullets": ["EMEA +20%", "APAC flat"], "duration": 4.0,
+             "notes": "speaker notes, not drawn"},
+            {"title": "Questions?"},
+        ],
+        "options": {"resolution": "720p", "theme": "light", "fps": 30, "transition": "none"},
+    }]})
+
+    callback_url: CallbackUrl | None = None
+
+    def deck(self) -> Deck:
+        """The deck alone, as the job stores it."""
+        return Deck.model_validate(self.model_dump(exclude={"callback_url"}))
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Body):
+    """One thing wrong with the request (a field, a header, a dependency)."""
+
+    field: str
+    message: str
+    type: str | None = Field(default=None, description="The validation error's kind")
+
+
+class ErrorInfo(_Body):
+    code: str = Field(description="Machine-readable, e.g. validation_failed, job_not_found")
+    message: str
+    details: list[ErrorDetail]
+
+
+class Error(_Body):
+    """Every error, whatever its status."""
+
+    error: ErrorInfo
+
+
+class JobFile(_Body):
+    path: str = Field(description="Relative to the job's output folder")
+    size_bytes: int = Field(ge=0)
+
+
+class Timings(_Body):
+    queue_wait_seconds: float | None
+    render_seconds: float | None
+    encode_seconds: float | None
+
+
+class Webhook(_Body):
+    """Delivery of the completion callback."""
+
+    url: str
+    status: Literal["pending", "delivered", "failed"] | None = Field(
+        description="null until the job ends; then pending (due at next_attempt_at, or "
+                    "being delivered), delivered (a 2xx answer) or failed (no 2xx within "
+                    "SLIDEFARM_WEBHOOK_RETRY_FOR)")
+    attempts: int = Field(ge=0)
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class WebhookDelivery(_Body):
+    """One attempt to deliver the completion webhook (never the response body)."""
+
+    attempt: int = Field(ge=1)
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float = Field(ge=0)
+
+
+class JobEvent(_Body):
+    """One transition of a job's history."""
+
+    from_: Status | None = Field(alias="from")
+    to: Status
+    attempt: int = Field(ge=0)
+    worker: str | None
+    at: datetime
+    reason: str | None
+
+
+class Job(_Body):
+    """A job as the API shows it (DESIGN.md, "Job")."""
+
+    job_id: str = Field(json_schema_extra={"format": "uuid"})
+    status: Status
+    progress: float = Field(ge=0, le=1)
+    stage: Stage
+    error: str | None
+    attempts: int = Field(ge=0)
+    worker: str | None
+    title: str
+    owner: str = Field(description="The tenant that submitted the job")
+    slide_count: int = Field(ge=0)
+    options: Options
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    last_heartbeat: datetime | None
+    video_url: str | None
+    thumbnail_url: str | None
+    slide_image_path: str | None
+    created_files: list[str]
+    files: list[JobFile]
+    cancel_requested: bool
+    max_attempts: int = Field(ge=1)
+    timings: Timings
+    webhook: Webhook | None = Field(default=None,
+                                    description="Present when the job has a callback_url")
+    history: list[JobEvent] | None = Field(default=None,
+                                           description="Only with ?include=history")
+    deliveries: list[WebhookDelivery] | None = Field(
+        default=None, description="Only with ?include=deliveries")
+
+
+class JobList(_Body):
+    jobs: list[Job]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; "
+                                                "null on the last page")
+
+
+class Worker(_Body):
+    name: str
+    host: str
+    pid: int
+    state: Literal["alive", "stopped", "stale"]
+    alive: bool
+    started_at: datetime
+    last_seen: datetime
+    last_seen_seconds_ago: float = Field(ge=0)
+    uptime_seconds: float = Field(ge=0)
+    current_job: str | None
+    jobs_done: int = Field(ge=0)
+    jobs_failed: int = Field(ge=0)
+
+
+class WorkerList(_Body):
+    workers: list[Worker]
+
+
+class StatusCounts(_Body):
+    queued: int = Field(ge=0)
+    processing: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+
+
+class Stats(_Body):
+    counts: StatusCounts
+    total: int = Field(ge=0)
+    queue_depth: int | None = Field(description="Messages on the render queue, if the "
+                                                "broker can tell")
+    oldest_queued_seconds: float | None
+    oldest_heartbeat_seconds: float | None
+    completed_last_hour: int = Field(ge=0)
+    throughput_per_minute: float = Field(ge=0)
+    completed_per_minute: list[int] = Field(description="Last 60 minutes, oldest first")
+    submitted_total: int = Field(ge=0)
+    recovered_total: int = Field(ge=0)
+
+
+class JobGone(_Body):
+    """The last event of a stream whose job was deleted."""
+
+    job_id: str
+    status: Literal["deleted"]
+
+
+class Health(_Body):
+    status: Literal["ok"]
+
+
+class ReadyChecks(_Body):
+    database: Literal["ok"]
+    broker: Literal["ok"]
+
+
+class Ready(_Body):
+    status: Literal["ready"]
+    checks: ReadyChecks
+
+
+#: Every model the document names, in ``components.schemas``.
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Error, Job, JobGone, JobList, JobEvent, WorkerList, Stats, Health, Ready,
+)
