@@ -202,7 +202,8 @@ def cancel(job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     """A failed or cancelled job queued again, with a fresh attempt budget."""
     svc = services()
-    job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts, owner=owner_scope())
+    job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts, owner=owner_scope(),
+                          max_active=svc.settings.max_active_jobs)
     svc.dispatcher.send_render(job.id)
     return _accepted(job)
 

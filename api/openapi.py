@@ -201,7 +201,7 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "retryJob",
                 "summary": "A failed or cancelled job queued again",
                 "responses": {**_job_answer("202", "Queued again", location=True),
-                              **_errors(401, 403, 404, 409, 503)},
+                              **_errors(401, 403, 404, 409, 429, 503)},
             },
         },
         "/v1/jobs/{job_id}/video": {

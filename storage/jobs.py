@@ -517,10 +517,14 @@ class JobStore:
             # lock now, so the count below cannot be overtaken by another
             # writer before this transaction's insert.
             conn.execute(update(jobs_table).where(literal(False)).values(id=jobs_table.c.id))
+        # Counting stops at the cap: the cost stays bounded however many
+        # jobs an owner (the open mode's, an admin's bulk load) has active.
         active = conn.execute(
-            select(func.count()).select_from(jobs_table).where(
-                jobs_table.c.owner == owner,
-                jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+            select(func.count()).select_from(
+                select(jobs_table.c.id).where(
+                    jobs_table.c.owner == owner,
+                    jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+                .limit(max_active).subquery())
         ).scalar_one()
         if active >= max_active:
             raise QuotaExceeded(
@@ -854,16 +858,24 @@ class JobStore:
         return job
 
     def retry(self, job_id: str, *, max_attempts: int = DEFAULT_ATTEMPT_LIMIT,
-              owner: str | None = None) -> Job:
+              owner: str | None = None, max_active: int | None = None) -> Job:
         """``failed | cancelled -> queued``, with a fresh budget of ``max_attempts``.
 
         :class:`InvalidTransition` unless the job failed or was cancelled;
-        :class:`JobNotFound` if it is not ``owner``'s (when given).
+        :class:`JobNotFound` if it is not ``owner``'s (when given);
+        :class:`QuotaExceeded` if its owner already has ``max_active`` jobs
+        queued or processing (a retry counts like a submission).
         """
         if not _is_job_id(job_id):
             raise JobNotFound()
         now = utcnow()
         with self.transaction() as conn:
+            if max_active is not None:
+                found = conn.execute(select(jobs_table.c.owner, jobs_table.c.status)
+                                     .where(jobs_table.c.id == job_id, *_owned(owner))).first()
+                if found is not None and Status(found.status) in (Status.FAILED,
+                                                                   Status.CANCELLED):
+                    self._check_quota(conn, found.owner, max_active)
             row = conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.id == job_id, *_owned(owner),

@@ -206,6 +206,9 @@ def test_the_active_job_cap_is_per_tenant_and_exact_under_races(settings: Settin
     first = alice.client.get("/v1/jobs").get_json()["jobs"][0]["job_id"]
     assert alice.client.post(f"/v1/jobs/{first}/cancel").status_code == 202
     alice.submit()  # a slot came free
+    # A retry counts like a submission: the cap is full again.
+    assert_error(alice.client.post(f"/v1/jobs/{first}/retry"), 429, "too_many_active_jobs")
+    assert alice.client.get(f"/v1/jobs/{first}").get_json()["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("with_redis", [False, True])
