@@ -25,6 +25,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    Text,
     and_,
     case,
     delete,
@@ -57,6 +58,7 @@ from storage.models import (
     JobRow,
     Stage,
     Status,
+    UTCDateTime,
     WebhookDeliveryRow,
     WebhookStatus,
 )
@@ -235,6 +237,15 @@ def _is_job_id(value: str) -> bool:
         return False
 
 
+def _log_transition(job_id: str, from_status: Status | None, to_status: Status, attempt: int,
+                    worker: str | None, reason: str | None) -> None:
+    # One line per transition, so grepping every host's logs for a job id
+    # tells its story.
+    log.info("transition job=%s from=%s to=%s attempt=%d worker=%s reason=%s", job_id,
+             from_status.value if from_status else "-", to_status.value, attempt,
+             worker or "-", json.dumps(reason or ""))
+
+
 def _owned(owner: str | None) -> list[Any]:
     """The WHERE terms that keep a write to ``owner``'s jobs (none: any job)."""
     return [] if owner is None else [jobs_table.c.owner == owner]
@@ -359,11 +370,40 @@ class JobStore:
             to_status=to_status.value, attempt=attempt, worker=worker, at=utcnow(),
             reason=redact_secrets(reason)[:2000] if reason else None,
         ))
-        # One line per transition, so grepping every host's logs for a job
-        # id tells its story.
-        log.info("transition job=%s from=%s to=%s attempt=%d worker=%s reason=%s", job_id,
-                 from_status.value if from_status else "-", to_status.value, attempt,
-                 worker or "-", json.dumps(reason or ""))
+        _log_transition(job_id, from_status, to_status, attempt, worker, reason)
+
+    def _write_recorded(self, stmt: Any, job_id: str, from_status: Status,
+                        to_status: Status, reason: str | None) -> RowMapping | None:
+        """Run ``stmt`` (an UPDATE of one job, RETURNING at least ``attempts``
+        and ``worker``) and, if it changed the job, record the transition in
+        its history, atomically; return the row, or ``None``.
+
+        On PostgreSQL it is one statement (the history row is inserted by a
+        data-modifying CTE on the UPDATE's result) in autocommit: one round
+        trip instead of four (BEGIN, UPDATE, INSERT, COMMIT). On SQLite, a
+        transaction of two statements.
+        """
+        if self.engine.dialect.name != "postgresql":
+            with self.transaction() as conn:
+                row = conn.execute(stmt).mappings().first()
+                if row is not None:
+                    self._record(conn, job_id, from_status, to_status, row["attempts"],
+                                 row["worker"], reason)
+            return row
+        changed = stmt.cte("changed")
+        text = redact_secrets(reason)[:2000] if reason else None
+        history = insert(events_table).from_select(
+            ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
+            select(changed.c.id, literal(from_status.value), literal(to_status.value),
+                   changed.c.attempts, changed.c.worker, literal(utcnow(), UTCDateTime),
+                   literal(text, Text)),
+        ).cte("history")
+        with self.transaction(single=True) as conn:
+            row = conn.execute(select(changed).add_cte(history)).mappings().first()
+        if row is not None:
+            _log_transition(job_id, from_status, to_status, row["attempts"], row["worker"],
+                            reason)
+        return row
 
     @staticmethod
     def _arm_webhook(now: datetime) -> dict[str, Any]:
@@ -401,8 +441,13 @@ class JobStore:
                 *where,
             )
             .values(**values)
-            .returning(jobs_table.c.worker)
+            .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
         )
+        if to_status is not None and not drop_files:
+            if self._write_recorded(stmt, job_id, from_status, to_status, reason) is None:
+                return False
+            self._changed(job_id)
+            return True
         with self.transaction() as conn:
             row = conn.execute(stmt).first()
             if row is None:
@@ -644,11 +689,7 @@ class JobStore:
             )
             .returning(*jobs_table.c)
         )
-        with self.transaction() as conn:
-            row = conn.execute(stmt).mappings().first()
-            if row is not None:
-                self._record(conn, job_id, Status.QUEUED, Status.PROCESSING, row["attempts"],
-                             worker, "claimed")
+        row = self._write_recorded(stmt, job_id, Status.QUEUED, Status.PROCESSING, "claimed")
         if row is None:
             return None
         self._changed(job_id)
