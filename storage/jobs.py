@@ -61,6 +61,7 @@ from storage.models import (
     UTCDateTime,
     WebhookDeliveryRow,
     WebhookStatus,
+    WorkerRow,
 )
 from storage.redact import redact_secrets
 
@@ -70,6 +71,7 @@ jobs_table = cast(Table, JobRow.__table__)
 files_table = cast(Table, JobFileRow.__table__)
 events_table = cast(Table, JobEventRow.__table__)
 deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
+workers_table = cast(Table, WorkerRow.__table__)
 
 MAX_LIST_LIMIT = 500
 #: First key of the advisory lock that serializes one owner's submissions.
@@ -373,7 +375,8 @@ class JobStore:
         _log_transition(job_id, from_status, to_status, attempt, worker, reason)
 
     def _write_recorded(self, stmt: Any, job_id: str, from_status: Status,
-                        to_status: Status, reason: str | None) -> RowMapping | None:
+                        to_status: Status, reason: str | None,
+                        worker_values: dict[str, Any] | None = None) -> RowMapping | None:
         """Run ``stmt`` (an UPDATE of one job, RETURNING at least ``attempts``
         and ``worker``) and, if it changed the job, record the transition in
         its history, atomically; return the row, or ``None``.
@@ -382,6 +385,9 @@ class JobStore:
         data-modifying CTE on the UPDATE's result) in autocommit: one round
         trip instead of four (BEGIN, UPDATE, INSERT, COMMIT). On SQLite, a
         transaction of two statements.
+
+        ``worker_values``: also set these on the ``workers`` row of the job's
+        worker (the registry's view of what it is doing), in the same write.
         """
         if self.engine.dialect.name != "postgresql":
             with self.transaction() as conn:
@@ -389,6 +395,10 @@ class JobStore:
                 if row is not None:
                     self._record(conn, job_id, from_status, to_status, row["attempts"],
                                  row["worker"], reason)
+                    if worker_values and row["worker"]:
+                        conn.execute(update(workers_table)
+                                     .where(workers_table.c.name == row["worker"])
+                                     .values(**worker_values))
             return row
         changed = stmt.cte("changed")
         text = redact_secrets(reason)[:2000] if reason else None
@@ -398,8 +408,14 @@ class JobStore:
                    changed.c.attempts, changed.c.worker, literal(utcnow(), UTCDateTime),
                    literal(text, Text)),
         ).cte("history")
+        query = select(changed).add_cte(history)
+        if worker_values:
+            query = query.add_cte(
+                update(workers_table)
+                .where(workers_table.c.name == select(changed.c.worker).scalar_subquery())
+                .values(**worker_values).cte("worker_row"))
         with self.transaction(single=True) as conn:
-            row = conn.execute(select(changed).add_cte(history)).mappings().first()
+            row = conn.execute(query).mappings().first()
         if row is not None:
             _log_transition(job_id, from_status, to_status, row["attempts"], row["worker"],
                             reason)
@@ -425,7 +441,8 @@ class JobStore:
     def _transition(self, job_id: str, attempt: int, from_status: Status,
                     values: dict[str, Any], *, to_status: Status | None = None,
                     reason: str | None = None, where: Sequence[Any] = (),
-                    drop_files: bool = False) -> bool:
+                    drop_files: bool = False,
+                    worker_values: dict[str, Any] | None = None) -> bool:
         """The one shape of a fenced write: it lands only for the attempt
         holding the job (and any extra ``where``); a status change is recorded
         in the history within the same transaction. ``drop_files`` forgets the
@@ -444,7 +461,8 @@ class JobStore:
             .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
         )
         if to_status is not None and not drop_files:
-            if self._write_recorded(stmt, job_id, from_status, to_status, reason) is None:
+            if self._write_recorded(stmt, job_id, from_status, to_status, reason,
+                                    worker_values) is None:
                 return False
             self._changed(job_id)
             return True
@@ -689,7 +707,8 @@ class JobStore:
             )
             .returning(*jobs_table.c)
         )
-        row = self._write_recorded(stmt, job_id, Status.QUEUED, Status.PROCESSING, "claimed")
+        row = self._write_recorded(stmt, job_id, Status.QUEUED, Status.PROCESSING, "claimed",
+                                   {"current_job": job_id, "last_seen": now})
         if row is None:
             return None
         self._changed(job_id)
@@ -796,6 +815,13 @@ class JobStore:
                 "encode_seconds": encode_seconds,
             },
             to_status=Status.COMPLETED, reason="rendered",
+            # The worker's registry row counts it, in the same write.
+            worker_values={
+                "jobs_done": workers_table.c.jobs_done + 1,
+                "current_job": case((workers_table.c.current_job == job_id, None),
+                                    else_=workers_table.c.current_job),
+                "last_seen": now,
+            },
         )
 
     def fail(self, job_id: str, attempt: int, error: str, *,

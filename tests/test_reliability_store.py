@@ -478,3 +478,21 @@ def test_an_unmigrated_sqlite_database_names_the_fix(tmp_path: Any) -> None:
     store = JobStore.from_url(f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(StorageError, match="alembic upgrade head"):
         store.get(MISSING)
+
+
+def test_a_claim_and_a_completion_keep_the_worker_registry_in_the_same_write(
+        store: JobStore) -> None:
+    registry = WorkerRegistry(store)
+    registry.register("a@host1", "host1", 101)
+    job, _ = store.create(small_deck(), title="t")
+    claimed = store.claim(job.id, "a@host1")
+    assert claimed is not None
+    a = registry.list_workers()[0]
+    assert (a.current_job, a.jobs_done) == (job.id, 0)
+    assert store.complete(job.id, claimed.attempts, video_url="/v", thumbnail_url="/t",
+                          slide_image_path="slides")
+    a = registry.list_workers()[0]
+    assert (a.current_job, a.jobs_done, a.jobs_failed) == (None, 1, 0)
+    # A claim by a worker that never registered still claims.
+    other, _ = store.create(small_deck(), title="t")
+    assert store.claim(other.id, "ghost@nowhere") is not None

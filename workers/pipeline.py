@@ -132,7 +132,7 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
     count = len(deck.slides)
     images: list[Path] = []
     pending: list[tuple[str, int]] = []
-    last_write = 0.0
+    last_write = started  # the claim has just renewed the lease
     for i in range(count):
         lease.check()
         if not settings.noop_render:
@@ -144,13 +144,16 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
                                 save_thumbnail(image, scratch / THUMBNAIL_FILE)))
             images.append(scratch / rel)
         # Throttled: one write per interval (file records batched with it),
-        # not one per slide; progress stays monotonic.
-        if time.monotonic() - last_write >= PROGRESS_EVERY or i == count - 1:
+        # not one per slide; progress stays monotonic. The last slide's
+        # progress rides on the next stage's write, which follows at once.
+        if time.monotonic() - last_write >= PROGRESS_EVERY and i < count - 1:
             last_write = time.monotonic()
             if pending:
                 lease.add_files(pending)
                 pending = []
             lease.progress(SLIDES_SHARE * (i + 1) / count, Stage.RENDERING_SLIDES)
+    if pending:
+        lease.add_files(pending)
     timings.render = time.monotonic() - started
     if settings.noop_render:
         lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)

@@ -110,16 +110,14 @@ def render_presentation(self: Task, job_id: str) -> str:
         log.info("job %s: not claimable (already claimed, finished, not due or deleted); "
                  "skipped", job_id)
         return "skipped"
-    registry = WorkerRegistry(store)
-    _registry_call(registry.job_started, worker, job.id)
+    # The claim set this worker's current job in the registry, in the same write.
     result = run_attempt(store, job, get_settings())
     if result.outcome is Outcome.RETRYING:
         dispatch(job.id, result.retry_in or 0.0)
     elif result.outcome is not Outcome.LOST and job.callback_url is not None:
         send_webhook(job.id)  # the final transition armed it
-    if result.outcome is not Outcome.LOST:
-        _registry_call(registry.job_finished, worker, job.id,
-                       failed=result.outcome is not Outcome.COMPLETED)
+    if result.outcome not in (Outcome.LOST, Outcome.COMPLETED):  # a completion counted itself
+        _registry_call(WorkerRegistry(store).job_finished, worker, job.id, failed=True)
     return result.outcome.value
 
 
