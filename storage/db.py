@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -66,14 +67,44 @@ def create_db_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _set_sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=5,
         max_overflow=10,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=PG_CONNECT_ARGS if backend == "postgresql" else {},
     )
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+#: A pooled connection idle longer than this is pinged before it is handed
+#: out; one back from use more recently is trusted (a failure on it still
+#: surfaces as DatabaseUnavailable and invalidates it). Pinging every
+#: checkout doubled the round trips of the hot paths.
+PING_AFTER_IDLE = 1.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    last = record.info.get("checked_in")
+    if last is not None and time.monotonic() - last < PING_AFTER_IDLE:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as error:
+        # The pool drops this connection and checks out another (a fresh one
+        # after a restart of the server).
+        raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
 
 
 def get_engine(url: str) -> Engine:

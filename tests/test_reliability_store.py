@@ -496,3 +496,26 @@ def test_a_claim_and_a_completion_keep_the_worker_registry_in_the_same_write(
     # A claim by a worker that never registered still claims.
     other, _ = store.create(small_deck(), title="t")
     assert store.claim(other.id, "ghost@nowhere") is not None
+
+
+def test_an_idle_pooled_connection_killed_by_the_server_is_replaced_unseen(
+        pg_url: str) -> None:
+    """Connections idle past PING_AFTER_IDLE are pinged on checkout: one the
+    server dropped meanwhile is replaced, and the caller never sees it."""
+    import time
+
+    from sqlalchemy import text
+
+    from storage.db import PING_AFTER_IDLE, create_db_engine
+
+    store = JobStore(create_db_engine(pg_url))
+    store.ping()
+    time.sleep(PING_AFTER_IDLE + 0.1)
+    admin = create_db_engine(pg_url)
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        conn.commit()
+    admin.dispose()
+    store.ping()  # no DatabaseUnavailable: the dead connection was pinged and replaced
+    store.engine.dispose()
