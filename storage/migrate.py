@@ -8,8 +8,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import insert, select
 
+from storage.access import keys_table, tenants_table
 from storage.db import create_db_engine
-from storage.jobs import events_table, files_table, jobs_table
+from storage.jobs import deliveries_table, events_table, files_table, jobs_table
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 500
@@ -29,13 +30,24 @@ def upgrade(url: str) -> None:
 
 
 def copy_database(source: str, target: str) -> dict[str, int]:
-    """Copy every job with its file records and history from ``source`` to
+    """Copy every tenant and API key, and every job with its file records,
+    history and webhook deliveries, from ``source`` to
     ``target`` (both migrated). Jobs already in ``target`` are left alone, so
     a copy can be run again after an interruption. Returns rows copied."""
     src, dst = create_db_engine(source), create_db_engine(target)
-    copied = {"jobs": 0, "files": 0, "events": 0}
+    copied = {"tenants": 0, "keys": 0, "jobs": 0, "files": 0, "events": 0, "deliveries": 0}
     try:
         with src.connect() as read:
+            # Tenants and keys first (keys refer to tenants; jobs name owners).
+            for name, table, key in (("tenants", tenants_table, tenants_table.c.name),
+                                     ("keys", keys_table, keys_table.c.id)):
+                rows = read.execute(select(table)).mappings().all()
+                with dst.begin() as write:
+                    present = set(write.execute(select(key)).scalars())
+                    fresh = [dict(r) for r in rows if r[key.name] not in present]
+                    if fresh:
+                        write.execute(insert(table), fresh)
+                copied[name] += len(fresh)
             last_id = ""
             while True:
                 rows = read.execute(
@@ -68,9 +80,20 @@ def copy_database(source: str, target: str) -> dict[str, int]:
                     ]
                     if events:
                         write.execute(insert(events_table), events)
+                    deliveries = [
+                        {k: v for k, v in r.items() if k != "id"}
+                        for r in read.execute(
+                            select(deliveries_table)
+                            .where(deliveries_table.c.job_id.in_(fresh_ids))
+                            .order_by(deliveries_table.c.id)
+                        ).mappings()
+                    ]
+                    if deliveries:
+                        write.execute(insert(deliveries_table), deliveries)
                 copied["jobs"] += len(fresh)
                 copied["files"] += len(files)
                 copied["events"] += len(events)
+                copied["deliveries"] += len(deliveries)
     finally:
         src.dispose()
         dst.dispose()

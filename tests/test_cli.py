@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from storage import JobStore
+from storage.access import AccessStore
 from tests.conftest import (
     ROOT,
     Stack,
@@ -102,13 +103,16 @@ def test_db_upgrade_and_copy_from_sqlite_to_postgres(pg_server: Any, tmp_path: P
     store.claim(ids[0], "w@h")
     store.add_file(ids[0], 1, "video.mp4", 10)
     store.complete(ids[0], 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
+    key = AccessStore(store).create_key("acme").token
 
     target = create_pg_database(pg_server, prefix="slidefarm_copy")
     try:
         copied = run(env, "db", "copy", "--from", source, "--to", target)
         assert copied.returncode == 0, copied.stderr
         assert "3 jobs" in copied.stdout and "1 files" in copied.stdout
+        assert "1 tenants" in copied.stdout and "1 keys" in copied.stdout
         moved = JobStore.from_url(target)
+        assert AccessStore(moved).verify(key) is not None  # the key works on the new store
         for job_id in ids:
             before, after = store.get(job_id), moved.get(job_id)
             assert after == before
