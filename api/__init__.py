@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask
 
 from api.auth import init_auth
+from api.body import guard_request_body
 from api.dispatch import Dispatcher
 from api.errors import register_error_handlers
 from api.services import Services
@@ -50,4 +51,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     init_auth(app)
+    app.wsgi_app = guard_request_body(app.wsgi_app)  # type: ignore[method-assign,assignment]
     return app

@@ -25,8 +25,13 @@ def _signed_in() -> dict[str, bool]:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site (never ``//host`` or a scheme): no open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    r"""Only a path on this site (never ``//host`` or a scheme): no open redirect.
+
+    Control characters are refused outright: browsers drop tabs and newlines
+    from a URL, so ``/\t/evil.example`` would leave as ``//evil.example``,
+    and a newline cannot go in a ``Location`` header at all."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target \
+            or any(ch < " " or ch == "\x7f" for ch in target):
         return "/"
     return target
 
