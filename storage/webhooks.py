@@ -185,6 +185,10 @@ def _resolve(host: str, port: int) -> list[Address]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
+        name = host.rstrip(".").lower()
+        if name == "localhost" or name.endswith(".localhost"):
+            # RFC 6761: such names are loopback whatever a resolver says.
+            return [ipaddress.ip_address("127.0.0.1")]
         raise Unresolvable(f"the host {host!r} does not resolve") from error
     found: list[Address] = []
     for info in infos:

@@ -724,7 +724,8 @@ def test_the_api_refuses_an_internal_callback_at_submission(app: Any) -> None:
     for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data/",
                 "http://10.1.2.3/", "file:///etc/passwd", "http://[::1]/", 12345,
                 "http://[:::]/", "http://[::1/", "http://0/", "http://2130706433/",
-                "http://a:0/", "http://u:p@example.com/", "http://localhost:8080/"):
+                "http://a:0/", "http://u:p@example.com/", "http://localhost:8080/",
+                "http://localhost./", "http://api.localhost/"):
         response = client.post("/v1/jobs", json={**small_deck(), "callback_url": url})
         assert response.status_code == 422, (url, response.get_data(as_text=True))
         assert response.get_json()["error"]["details"][0]["field"] == "callback_url"
