@@ -3,10 +3,12 @@ JavaScript (polling the JSON API and the job's event stream). No build step."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Response, redirect, render_template, request
 from werkzeug.wrappers import Response as WResponse
 
-from api.auth import SESSION_COOKIE, owner_scope, require_admin
+from api.auth import SESSION_COOKIE, Forbidden, owner_scope, require_admin
 from api.serialize import job_json
 from api.services import services
 from storage import Status
@@ -41,9 +43,20 @@ def login() -> str:
     return render_template("login.html", error=None, next=_safe_next(request.args.get("next")))
 
 
+def _cross_site() -> bool:
+    """A form posted from another site (the browser says so in Origin or
+    Sec-Fetch-Site): refused, so no site can sign a visitor in or out."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc != request.host
+
+
 @bp.post("/login")
 def login_submit() -> WResponse | tuple[str, int]:
     """Trade a key (sent in the form body, never the URL) for a session cookie."""
+    if _cross_site():
+        raise Forbidden("sign in from this site's own form")
     access = AccessStore(services().store)
     who = access.verify((request.form.get("key") or "").strip())
     target = _safe_next(request.form.get("next"))
@@ -58,6 +71,8 @@ def login_submit() -> WResponse | tuple[str, int]:
 
 @bp.post("/logout")
 def logout() -> WResponse:
+    if _cross_site():
+        raise Forbidden("sign out from this site's own page")
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         AccessStore(services().store).end_session(token)

@@ -292,3 +292,17 @@ def test_revoking_a_key_ends_its_dashboard_sessions(app: Any, alice: Tenant) -> 
     assert browser.get("/").status_code == 200
     AccessStore(app.extensions["slidefarm"].store).revoke(alice.key_id)
     assert_401(browser.get("/"))
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"},
+                                     {"Sec-Fetch-Site": "cross-site"}])
+def test_no_other_site_can_sign_a_visitor_in_or_out(app: Any, alice: Tenant,
+                                                    headers: dict[str, str]) -> None:
+    browser = app.test_client()
+    assert_error(browser.post("/login", data={"key": alice.token}, headers=headers), 403)
+    assert "Set-Cookie" not in browser.post("/login", data={"key": alice.token},
+                                            headers=headers).headers
+    assert browser.post("/login", data={"key": alice.token},
+                        headers={"Origin": "http://localhost"}).status_code == 303
+    assert_error(browser.post("/logout", headers=headers), 403)
+    assert browser.get("/").status_code == 200  # still signed in
