@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Connection,
     Engine,
+    String,
     Table,
     Text,
     and_,
@@ -374,6 +375,29 @@ class JobStore:
         ))
         _log_transition(job_id, from_status, to_status, attempt, worker, reason)
 
+    @staticmethod
+    def _recorded(stmt: Any, from_status: Status | None, to_status: Status, reason: str | None,
+                  worker_values: dict[str, Any] | None = None) -> Any:
+        """PostgreSQL: ``stmt`` (an INSERT or UPDATE of one job RETURNING at
+        least ``id``, ``attempts`` and ``worker``) with its history row, and
+        the worker's registry row if ``worker_values``, as one statement of
+        data-modifying CTEs; it selects the job's row."""
+        changed = stmt.cte("changed")
+        text = redact_secrets(reason)[:2000] if reason else None
+        history = insert(events_table).from_select(
+            ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
+            select(changed.c.id, literal(from_status.value if from_status else None, String),
+                   literal(to_status.value), changed.c.attempts, changed.c.worker,
+                   literal(utcnow(), UTCDateTime), literal(text, Text)),
+        ).cte("history")
+        query = select(changed).add_cte(history)
+        if worker_values:
+            query = query.add_cte(
+                update(workers_table)
+                .where(workers_table.c.name == select(changed.c.worker).scalar_subquery())
+                .values(**worker_values).cte("worker_row"))
+        return query
+
     def _write_recorded(self, stmt: Any, job_id: str, from_status: Status,
                         to_status: Status, reason: str | None,
                         worker_values: dict[str, Any] | None = None) -> RowMapping | None:
@@ -400,20 +424,7 @@ class JobStore:
                                      .where(workers_table.c.name == row["worker"])
                                      .values(**worker_values))
             return row
-        changed = stmt.cte("changed")
-        text = redact_secrets(reason)[:2000] if reason else None
-        history = insert(events_table).from_select(
-            ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
-            select(changed.c.id, literal(from_status.value), literal(to_status.value),
-                   changed.c.attempts, changed.c.worker, literal(utcnow(), UTCDateTime),
-                   literal(text, Text)),
-        ).cte("history")
-        query = select(changed).add_cte(history)
-        if worker_values:
-            query = query.add_cte(
-                update(workers_table)
-                .where(workers_table.c.name == select(changed.c.worker).scalar_subquery())
-                .values(**worker_values).cte("worker_row"))
+        query = self._recorded(stmt, from_status, to_status, reason, worker_values)
         with self.transaction(single=True) as conn:
             row = conn.execute(query).mappings().first()
         if row is not None:
@@ -547,10 +558,14 @@ class JobStore:
             with self.transaction() as conn:
                 if max_active is not None:
                     self._check_quota(conn, owner, max_active)
-                row = conn.execute(
-                    insert(jobs_table).values(**values).returning(*jobs_table.c)
-                ).mappings().one()
-                self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
+                stmt = insert(jobs_table).values(**values).returning(*jobs_table.c)
+                if conn.dialect.name == "postgresql":  # the row and its history: one statement
+                    row = conn.execute(self._recorded(stmt, None, Status.QUEUED, "submitted")
+                                       ).mappings().one()
+                    _log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
+                else:
+                    row = conn.execute(stmt).mappings().one()
+                    self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
                 created = Job.from_row(row)
         except exc.IntegrityError as error:
             if idempotency_key is None:
