@@ -135,7 +135,7 @@ def submit() -> Response:
     job, created = submit_deck(svc.store, svc.dispatcher, submission.deck(), body,
                                idempotency_key=key, max_attempts=svc.settings.max_attempts,
                                owner=who.tenant, callback_url=submission.callback_url,
-                               max_active=svc.settings.max_active_jobs)
+                               max_active=svc.settings.active_job_cap)
     response = _accepted(job)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -203,7 +203,7 @@ def retry(job_id: str) -> Response:
     """A failed or cancelled job queued again, with a fresh attempt budget."""
     svc = services()
     job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts, owner=owner_scope(),
-                          max_active=svc.settings.max_active_jobs)
+                          max_active=svc.settings.active_job_cap)
     svc.dispatcher.send_render(job.id)
     return _accepted(job)
 

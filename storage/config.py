@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     #: Seconds an API process may trust a key it has already checked (a
     #: revoked key stops working within this bound on every host).
     key_cache_ttl: float = Field(default=1.0, ge=0, validation_alias="SLIDEFARM_KEY_CACHE_TTL")
-    #: Per-tenant cap on queued plus processing jobs.
-    max_active_jobs: int = Field(default=20, ge=1, validation_alias="SLIDEFARM_MAX_ACTIVE_JOBS")
+    #: Per-tenant cap on queued plus processing jobs (0: no cap).
+    max_active_jobs: int = Field(default=20, ge=0, validation_alias="SLIDEFARM_MAX_ACTIVE_JOBS")
     #: Submissions per second per API key (token bucket refill rate) ...
     submit_rate: float = Field(default=5.0, gt=0, validation_alias="SLIDEFARM_SUBMIT_RATE")
     #: ... and how many may come at once (the bucket's size).
@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         """The networks of :attr:`webhook_allow`."""
         return [ipaddress.ip_network(part.strip(), strict=False)
                 for part in self.webhook_allow.split(",") if part.strip()]
+
+    @property
+    def active_job_cap(self) -> int | None:
+        """:attr:`max_active_jobs`, or ``None`` when it is 0 (no cap)."""
+        return self.max_active_jobs or None
 
     @property
     def auth_required(self) -> bool:

@@ -306,3 +306,10 @@ def test_no_other_site_can_sign_a_visitor_in_or_out(app: Any, alice: Tenant,
                         headers={"Origin": "http://localhost"}).status_code == 303
     assert_error(browser.post("/logout", headers=headers), 403)
     assert browser.get("/").status_code == 200  # still signed in
+
+
+def test_a_cap_of_zero_means_no_cap(settings: Settings) -> None:
+    app = create_app({"TESTING": True, "SETTINGS": locked(settings, max_active_jobs=0)})
+    alice = Tenant(app, "alice")
+    for _ in range(25):  # over the default cap of 20
+        alice.submit()
