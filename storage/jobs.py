@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -24,10 +24,12 @@ from typing import Any, cast
 from sqlalchemy import (
     Connection,
     Engine,
+    Float,
     String,
     Table,
     Text,
     and_,
+    bindparam,
     case,
     delete,
     exc,
@@ -240,6 +242,49 @@ def _is_job_id(value: str) -> bool:
         return False
 
 
+#: Statements of the hot paths, built once per process (see
+#: :meth:`JobStore._write_recorded`); every value they need is a bind parameter.
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+#: The columns a submission writes (``create``'s values, as bind parameters).
+_CREATE_COLUMNS = ("id", "status", "stage", "progress", "attempts", "title", "deck",
+                   "idempotency_key", "request_hash", "attempt_limit", "owner", "callback_url",
+                   "created_at", "queued_at", "dispatched_at")
+
+
+def _cached(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    found = _STATEMENTS.get(key)
+    if found is None:
+        found = _STATEMENTS.setdefault(key, build())
+    return found
+
+
+def _insert_job() -> Any:
+    return (insert(jobs_table)
+            .values({name: bindparam(name, type_=jobs_table.c[name].type)
+                     for name in _CREATE_COLUMNS})
+            .returning(*jobs_table.c))
+
+
+def _snapshot_query() -> Any:
+    """One job and its current attempt's files (a row per file), by ``s_id``."""
+    return (
+        select(jobs_table, files_table.c.path.label("file_path"),
+               files_table.c.size_bytes.label("file_size"))
+        .select_from(jobs_table.outerjoin(files_table, and_(
+            files_table.c.job_id == jobs_table.c.id,
+            files_table.c.attempt == jobs_table.c.attempts)))
+        .where(jobs_table.c.id == bindparam("s_id"))
+        .order_by(files_table.c.path)
+    )
+
+
+def _event_params(from_status: Status | None, to_status: Status,
+                  reason: str | None) -> dict[str, Any]:
+    """The history row's fields, as :meth:`JobStore._recorded`'s parameters."""
+    return {"ev_from": from_status.value if from_status else None, "ev_to": to_status.value,
+            "ev_at": utcnow(), "ev_reason": redact_secrets(reason)[:2000] if reason else None}
+
+
 def _log_transition(job_id: str, from_status: Status | None, to_status: Status, attempt: int,
                     worker: str | None, reason: str | None) -> None:
     # One line per transition, so grepping every host's logs for a job id
@@ -349,16 +394,8 @@ class JobStore:
 
     def _snapshot(self, conn: Connection, job_id: str) -> Job | None:
         """The job and its current attempt's files, in one indexed query."""
-        query = (
-            select(jobs_table, files_table.c.path.label("file_path"),
-                   files_table.c.size_bytes.label("file_size"))
-            .select_from(jobs_table.outerjoin(files_table, and_(
-                files_table.c.job_id == jobs_table.c.id,
-                files_table.c.attempt == jobs_table.c.attempts)))
-            .where(jobs_table.c.id == job_id)
-            .order_by(files_table.c.path)
-        )
-        rows = conn.execute(query).mappings().all()
+        rows = conn.execute(_cached(("snapshot",), _snapshot_query),
+                            {"s_id": job_id}).mappings().all()
         if not rows:
             return None
         files = [JobFile(r["file_path"], r["file_size"]) for r in rows
@@ -376,19 +413,20 @@ class JobStore:
         _log_transition(job_id, from_status, to_status, attempt, worker, reason)
 
     @staticmethod
-    def _recorded(stmt: Any, from_status: Status | None, to_status: Status, reason: str | None,
-                  worker_values: dict[str, Any] | None = None) -> Any:
+    def _recorded(stmt: Any, worker_values: dict[str, Any] | None = None) -> Any:
         """PostgreSQL: ``stmt`` (an INSERT or UPDATE of one job RETURNING at
         least ``id``, ``attempts`` and ``worker``) with its history row, and
         the worker's registry row if ``worker_values``, as one statement of
-        data-modifying CTEs; it selects the job's row."""
+        data-modifying CTEs; it selects the job's row. The history row's
+        fields are parameters (:func:`_event_params`), so the statement can
+        be built once and cached."""
         changed = stmt.cte("changed")
-        text = redact_secrets(reason)[:2000] if reason else None
         history = insert(events_table).from_select(
             ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
-            select(changed.c.id, literal(from_status.value if from_status else None, String),
-                   literal(to_status.value), changed.c.attempts, changed.c.worker,
-                   literal(utcnow(), UTCDateTime), literal(text, Text)),
+            select(changed.c.id, bindparam("ev_from", type_=String()),
+                   bindparam("ev_to", type_=String()), changed.c.attempts, changed.c.worker,
+                   bindparam("ev_at", type_=UTCDateTime()),
+                   bindparam("ev_reason", type_=Text())),
         ).cte("history")
         query = select(changed).add_cte(history)
         if worker_values:
@@ -398,12 +436,15 @@ class JobStore:
                 .values(**worker_values).cte("worker_row"))
         return query
 
-    def _write_recorded(self, stmt: Any, job_id: str, from_status: Status,
-                        to_status: Status, reason: str | None,
-                        worker_values: dict[str, Any] | None = None) -> RowMapping | None:
-        """Run ``stmt`` (an UPDATE of one job, RETURNING at least ``attempts``
-        and ``worker``) and, if it changed the job, record the transition in
-        its history, atomically; return the row, or ``None``.
+    def _write_recorded(self, build: Callable[[], Any], params: dict[str, Any], job_id: str,
+                        from_status: Status, to_status: Status, reason: str | None, *,
+                        key: str | None = None,
+                        worker_values: Callable[[], dict[str, Any]] | None = None
+                        ) -> RowMapping | None:
+        """Run the statement ``build()`` makes (an UPDATE of one job, RETURNING
+        at least ``id``, ``attempts`` and ``worker``) with ``params`` and, if
+        it changed the job, record the transition in its history, atomically;
+        return the row, or ``None``.
 
         On PostgreSQL it is one statement (the history row is inserted by a
         data-modifying CTE on the UPDATE's result) in autocommit: one round
@@ -412,37 +453,49 @@ class JobStore:
 
         ``worker_values``: also set these on the ``workers`` row of the job's
         worker (the registry's view of what it is doing), in the same write.
+        ``key``: the statement takes all its values from ``params`` (bind
+        parameters), so it is built once per process and reused: building
+        and caching-keying a statement of this size cost more CPU than
+        running it.
         """
         if self.engine.dialect.name != "postgresql":
+            stmt = _cached(("sqlite", key), build) if key else build()
             with self.transaction() as conn:
-                row = conn.execute(stmt).mappings().first()
+                row = conn.execute(stmt, params).mappings().first()
                 if row is not None:
                     self._record(conn, job_id, from_status, to_status, row["attempts"],
                                  row["worker"], reason)
-                    if worker_values and row["worker"]:
+                    if worker_values is not None and row["worker"]:
                         conn.execute(update(workers_table)
-                                     .where(workers_table.c.name == row["worker"])
-                                     .values(**worker_values))
+                                     .where(workers_table.c.name == bindparam("w_name"))
+                                     .values(**worker_values()),
+                                     {**params, "w_name": row["worker"]})
             return row
-        query = self._recorded(stmt, from_status, to_status, reason, worker_values)
+
+        def query() -> Any:
+            return self._recorded(build(), worker_values() if worker_values else None)
+
         with self.transaction(single=True) as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(_cached(("postgresql", key), query) if key else query(),
+                               {**params, **_event_params(from_status, to_status, reason)}
+                               ).mappings().first()
         if row is not None:
             _log_transition(job_id, from_status, to_status, row["attempts"], row["worker"],
                             reason)
         return row
 
     @staticmethod
-    def _arm_webhook(now: datetime) -> dict[str, Any]:
-        """Values that make a job's completion webhook due now, if it has a
-        callback URL: set by every transition into a final state, in the same
-        write, so no final state can miss its webhook."""
+    def _arm_webhook() -> dict[str, Any]:
+        """Values that make a job's completion webhook due at ``arm_now`` (a
+        parameter), if it has a callback URL: set by every transition into a
+        final state, in the same write, so no final state can miss its webhook."""
         has_callback = jobs_table.c.callback_url.is_not(None)
+        now = bindparam("arm_now", type_=UTCDateTime())
         return {
             "webhook_status": case((has_callback, literal(WebhookStatus.PENDING.value)),
                                    else_=None),
-            "webhook_next_at": case((has_callback, literal(now)), else_=None),
-            "webhook_first_at": case((has_callback, literal(now)), else_=None),
+            "webhook_next_at": case((has_callback, now), else_=None),
+            "webhook_first_at": case((has_callback, now), else_=None),
             "webhook_attempts": 0,
             "webhook_last_code": None,
             "webhook_last_error": None,
@@ -453,32 +506,40 @@ class JobStore:
                     values: dict[str, Any], *, to_status: Status | None = None,
                     reason: str | None = None, where: Sequence[Any] = (),
                     drop_files: bool = False,
-                    worker_values: dict[str, Any] | None = None) -> bool:
+                    worker_values: Callable[[], dict[str, Any]] | None = None,
+                    key: str | None = None, params: dict[str, Any] | None = None) -> bool:
         """The one shape of a fenced write: it lands only for the attempt
         holding the job (and any extra ``where``); a status change is recorded
         in the history within the same transaction. ``drop_files`` forgets the
-        attempt's file records (their files are being removed)."""
-        if to_status is not None and to_status.is_final:
-            values = {**values, **self._arm_webhook(utcnow())}
-        stmt = (
-            update(jobs_table)
-            .where(
-                jobs_table.c.id == job_id,
-                jobs_table.c.status == from_status.value,
-                jobs_table.c.attempts == attempt,
-                *where,
+        attempt's file records (their files are being removed). With ``key``,
+        ``values`` take their values from ``params`` only and the statement
+        is built once (see :meth:`_write_recorded`)."""
+        params = {**(params or {}), "t_id": job_id, "t_from": from_status.value,
+                  "t_attempt": attempt, "arm_now": utcnow()}
+
+        def build() -> Any:
+            final = {**self._arm_webhook()} if to_status is not None and to_status.is_final \
+                else {}
+            return (
+                update(jobs_table)
+                .where(
+                    jobs_table.c.id == bindparam("t_id"),
+                    jobs_table.c.status == bindparam("t_from"),
+                    jobs_table.c.attempts == bindparam("t_attempt"),
+                    *where,
+                )
+                .values(**values, **final)
+                .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
             )
-            .values(**values)
-            .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
-        )
+
         if to_status is not None and not drop_files:
-            if self._write_recorded(stmt, job_id, from_status, to_status, reason,
-                                    worker_values) is None:
+            if self._write_recorded(build, params, job_id, from_status, to_status, reason,
+                                    key=key, worker_values=worker_values) is None:
                 return False
             self._changed(job_id)
             return True
         with self.transaction() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(build(), params).first()
             if row is None:
                 return False
             if to_status is not None:
@@ -488,19 +549,33 @@ class JobStore:
         self._changed(job_id)
         return True
 
-    def _lease_write(self, job_id: str, attempt: int, values: dict[str, Any]) -> LeaseState:
-        stmt = (
-            update(jobs_table)
-            .where(
-                jobs_table.c.id == job_id,
-                jobs_table.c.status == Status.PROCESSING.value,
-                jobs_table.c.attempts == attempt,
+    def _lease_write(self, job_id: str, attempt: int, kind: str,
+                     params: dict[str, Any]) -> LeaseState:
+        """A fenced write of the attempt's lease: ``heartbeat`` (renew) or
+        ``progress`` (renew, set the stage, raise the progress)."""
+
+        def build() -> Any:
+            values: dict[str, Any] = {"last_heartbeat": bindparam("hb_now", type_=UTCDateTime())}
+            if kind == "progress":
+                progress = bindparam("p_progress", type_=Float())
+                values["progress"] = case((jobs_table.c.progress < progress, progress),
+                                          else_=jobs_table.c.progress)
+                values["stage"] = bindparam("p_stage", type_=String())
+            return (
+                update(jobs_table)
+                .where(
+                    jobs_table.c.id == bindparam("l_id"),
+                    jobs_table.c.status == Status.PROCESSING.value,
+                    jobs_table.c.attempts == bindparam("l_attempt"),
+                )
+                .values(**values)
+                .returning(jobs_table.c.cancel_requested)
             )
-            .values(**values)
-            .returning(jobs_table.c.cancel_requested)
-        )
+
         with self.transaction(single=True) as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(_cached(("lease", kind), build),
+                               {**params, "l_id": job_id, "l_attempt": attempt,
+                                "hb_now": utcnow()}).first()
         if row is None:
             return LeaseState.LOST
         return LeaseState.CANCEL_REQUESTED if row.cancel_requested else LeaseState.HELD
@@ -558,13 +633,15 @@ class JobStore:
             with self.transaction() as conn:
                 if max_active is not None:
                     self._check_quota(conn, owner, max_active)
-                stmt = insert(jobs_table).values(**values).returning(*jobs_table.c)
                 if conn.dialect.name == "postgresql":  # the row and its history: one statement
-                    row = conn.execute(self._recorded(stmt, None, Status.QUEUED, "submitted")
-                                       ).mappings().one()
+                    row = conn.execute(
+                        _cached(("postgresql", "create"), lambda: self._recorded(_insert_job())),
+                        {**values, **_event_params(None, Status.QUEUED, "submitted")},
+                    ).mappings().one()
                     _log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
                 else:
-                    row = conn.execute(stmt).mappings().one()
+                    row = conn.execute(_cached(("sqlite", "create"), _insert_job),
+                                       values).mappings().one()
                     self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
                 created = Job.from_row(row)
         except exc.IntegrityError as error:
@@ -694,36 +771,43 @@ class JobStore:
         its retry is not due yet: a second delivery of the same task does
         nothing.
         """
-        now = utcnow()
-        stmt = (
-            update(jobs_table)
-            .where(
-                jobs_table.c.id == job_id,
-                jobs_table.c.status == Status.QUEUED.value,
-                or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+        def build() -> Any:
+            now = bindparam("q_now", type_=UTCDateTime())
+            return (
+                update(jobs_table)
+                .where(
+                    jobs_table.c.id == bindparam("q_id"),
+                    jobs_table.c.status == Status.QUEUED.value,
+                    or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+                )
+                .values(
+                    status=Status.PROCESSING.value,
+                    stage=Stage.RENDERING_SLIDES.value,
+                    attempts=jobs_table.c.attempts + 1,
+                    worker=bindparam("q_worker", type_=String()),
+                    progress=0.0,
+                    error=None,
+                    started_at=now,
+                    completed_at=None,
+                    last_heartbeat=now,
+                    video_url=None,
+                    thumbnail_url=None,
+                    slide_image_path=None,
+                    cancel_requested=False,
+                    not_before=None,
+                    render_seconds=None,
+                    encode_seconds=None,
+                )
+                .returning(*jobs_table.c)
             )
-            .values(
-                status=Status.PROCESSING.value,
-                stage=Stage.RENDERING_SLIDES.value,
-                attempts=jobs_table.c.attempts + 1,
-                worker=worker,
-                progress=0.0,
-                error=None,
-                started_at=now,
-                completed_at=None,
-                last_heartbeat=now,
-                video_url=None,
-                thumbnail_url=None,
-                slide_image_path=None,
-                cancel_requested=False,
-                not_before=None,
-                render_seconds=None,
-                encode_seconds=None,
-            )
-            .returning(*jobs_table.c)
-        )
-        row = self._write_recorded(stmt, job_id, Status.QUEUED, Status.PROCESSING, "claimed",
-                                   {"current_job": job_id, "last_seen": now})
+
+        def note_worker() -> dict[str, Any]:
+            return {"current_job": bindparam("q_id"),
+                    "last_seen": bindparam("q_now", type_=UTCDateTime())}
+
+        row = self._write_recorded(build, {"q_id": job_id, "q_worker": worker, "q_now": utcnow()},
+                                   job_id, Status.QUEUED, Status.PROCESSING, "claimed",
+                                   key="claim", worker_values=note_worker)
         if row is None:
             return None
         self._changed(job_id)
@@ -731,19 +815,14 @@ class JobStore:
 
     def heartbeat(self, job_id: str, attempt: int) -> LeaseState:
         """Renew the lease of ``attempt``: held, cancel requested, or lost."""
-        return self._lease_write(job_id, attempt, {"last_heartbeat": utcnow()})
+        return self._lease_write(job_id, attempt, "heartbeat", {})
 
     def record_progress(self, job_id: str, attempt: int, progress: float,
                         stage: Stage) -> LeaseState:
         """Set stage and progress (never decreasing within an attempt); renews the lease."""
         progress = min(max(float(progress), 0.0), 1.0)
-        state = self._lease_write(job_id, attempt, {
-            "progress": case(
-                (jobs_table.c.progress < progress, progress), else_=jobs_table.c.progress
-            ),
-            "stage": stage.value,
-            "last_heartbeat": utcnow(),
-        })
+        state = self._lease_write(job_id, attempt, "progress",
+                                  {"p_progress": progress, "p_stage": stage.value})
         if state:
             self._changed(job_id)
         return state
@@ -813,6 +892,16 @@ class JobStore:
                  encode_seconds: float | None = None) -> bool:
         """``processing -> completed`` for ``attempt``, outputs already in place."""
         now = utcnow()
+
+        def counted() -> dict[str, Any]:
+            # The worker's registry row counts it, in the same write.
+            return {
+                "jobs_done": workers_table.c.jobs_done + 1,
+                "current_job": case((workers_table.c.current_job == bindparam("c_id"), None),
+                                    else_=workers_table.c.current_job),
+                "last_seen": bindparam("c_now", type_=UTCDateTime()),
+            }
+
         return self._transition(
             job_id, attempt, Status.PROCESSING,
             {
@@ -820,23 +909,20 @@ class JobStore:
                 "stage": Stage.DONE.value,
                 "progress": 1.0,
                 "error": None,
-                "video_url": video_url,
-                "thumbnail_url": thumbnail_url,
-                "slide_image_path": slide_image_path,
-                "completed_at": now,
-                "last_heartbeat": now,
+                "video_url": bindparam("c_video", type_=String()),
+                "thumbnail_url": bindparam("c_thumbnail", type_=String()),
+                "slide_image_path": bindparam("c_slides", type_=String()),
+                "completed_at": bindparam("c_now", type_=UTCDateTime()),
+                "last_heartbeat": bindparam("c_now", type_=UTCDateTime()),
                 "cancel_requested": False,
-                "render_seconds": render_seconds,
-                "encode_seconds": encode_seconds,
+                "render_seconds": bindparam("c_render", type_=Float()),
+                "encode_seconds": bindparam("c_encode", type_=Float()),
             },
-            to_status=Status.COMPLETED, reason="rendered",
-            # The worker's registry row counts it, in the same write.
-            worker_values={
-                "jobs_done": workers_table.c.jobs_done + 1,
-                "current_job": case((workers_table.c.current_job == job_id, None),
-                                    else_=workers_table.c.current_job),
-                "last_seen": now,
-            },
+            to_status=Status.COMPLETED, reason="rendered", worker_values=counted,
+            key="complete",
+            params={"c_id": job_id, "c_video": video_url, "c_thumbnail": thumbnail_url,
+                    "c_slides": slide_image_path, "c_now": now, "c_render": render_seconds,
+                    "c_encode": encode_seconds},
         )
 
     def fail(self, job_id: str, attempt: int, error: str, *,
@@ -916,8 +1002,9 @@ class JobStore:
                 .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value,
                        *mine)
                 .values(status=Status.CANCELLED.value, completed_at=now, stage=Stage.QUEUED.value,
-                        **self._arm_webhook(now))
-                .returning(jobs_table.c.attempts)
+                        **self._arm_webhook())
+                .returning(jobs_table.c.attempts),
+                {"arm_now": now},
             ).first()
             if row is not None:
                 self._record(conn, job_id, Status.QUEUED, Status.CANCELLED, row.attempts, None,
