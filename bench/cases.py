@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,7 +70,8 @@ def status_read(env: Environment, args: argparse.Namespace, *, cache: bool = Tru
     finally:
         env.stop(proc)
     name = "status_read" if cache else "status_read_nocache"
-    p99_ratio = s_p99.median / b_p99.median
+    p99_ratio = statistics.median(s / b for b, s in zip(b_p99.values, s_p99.values,
+                                                        strict=True))
     return Result(
         name, "req/s", b_rps, s_rps,
         goal=">= 0.8, p99 <= 1.25x" if cache else "reported",

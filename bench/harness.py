@@ -61,7 +61,22 @@ class Result:
     extra_pass: bool = True
 
     @property
+    def pair_ratios(self) -> list[float]:
+        """slidefarm/baseline of each repeat: the sides run in alternation,
+        so a pair shares the machine's mood of the moment."""
+        if len(self.baseline.values) != len(self.slidefarm.values):
+            return []
+        return [s / b for b, s in zip(self.baseline.values, self.slidefarm.values,
+                                      strict=True) if b]
+
+    @property
     def ratio(self) -> float:
+        """The median of the paired ratios (robust to a noisy shared machine,
+        where the median of each side can come from different moods), else
+        the ratio of the medians."""
+        pairs = self.pair_ratios
+        if pairs:
+            return statistics.median(pairs)
         return self.slidefarm.median / self.baseline.median if self.baseline.median else 0.0
 
     @property
@@ -75,11 +90,15 @@ class Result:
     def line(self) -> str:
         out = (f"  baseline  {self.baseline.text(self.unit)}\n"
                f"  slidefarm {self.slidefarm.text(self.unit)}\n"
-               f"  ratio {self.ratio:.3f} (goal {self.goal}) -> "
+               f"  ratio {self.ratio:.3f}{self._range()} (goal {self.goal}) -> "
                f"{'reported' if self.passed is None else ('PASS' if self.passed else 'FAIL')}")
         for key, value in self.notes.items():
             out += f"\n  {key}: {value}"
         return out
+
+    def _range(self) -> str:
+        pairs = self.pair_ratios
+        return f" (pairs {min(pairs):.3f}..{max(pairs):.3f})" if len(pairs) > 1 else ""
 
     def row(self) -> str:
         verdict = "-" if self.passed is None else ("yes" if self.passed else "NO")
@@ -94,6 +113,8 @@ class Result:
             "slidefarm_min": min(self.slidefarm.values),
             "slidefarm_max": max(self.slidefarm.values),
             "ratio": round(self.ratio, 4), "goal": self.goal, "pass": self.passed,
+            **({"ratio_min": round(min(self.pair_ratios), 4),
+                "ratio_max": round(max(self.pair_ratios), 4)} if self.pair_ratios else {}),
             **({"notes": self.notes} if self.notes else {}),
         }
 
