@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, render_template, request
 
-from api.errors import ApiError, error_response
+from api.errors import Forbidden, error_response
 from api.services import services
 from storage.access import AccessStore, Principal
 from storage.models import DEFAULT_TENANT
@@ -37,20 +37,6 @@ PUBLIC_ENDPOINTS = frozenset({
 })
 OPEN_PRINCIPAL = Principal(DEFAULT_TENANT, admin=True, key_id=None)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class Unauthorized(ApiError):
-    """A valid API key is required: send it as `Authorization: Bearer <key>`."""
-
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(ApiError):
-    """This key may not do that."""
-
-    status = 403
-    code = "forbidden"
 
 
 class KeyCache:

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, redirect, render_template, request
 from werkzeug.wrappers import Response as WResponse
 
-from api.auth import SESSION_COOKIE, Forbidden, owner_scope, require_admin
+from api.auth import SESSION_COOKIE, owner_scope, require_admin
+from api.errors import Forbidden
 from api.serialize import job_json
 from api.services import services
 from storage import Status

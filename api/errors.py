@@ -59,6 +59,13 @@ class ValidationFailed(ApiError):
     code = "validation_failed"
 
 
+class Forbidden(ApiError):
+    """This key may not do that."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     """Not found."""
 
@@ -112,8 +119,6 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(exc.status, exc.code, exc.message, exc.details)
         if isinstance(exc, TooManyRequests):
             response.headers["Retry-After"] = exc.retry_after
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="slidefarm"'
         return response
 
     @app.errorhandler(QuotaExceeded)
