@@ -38,6 +38,7 @@ from storage.webhooks import (
     verify,
 )
 from tests.conftest import (
+    REQUIRE_SERVICES,
     Stack,
     admin_client,
     flush_run_index,
@@ -305,6 +306,9 @@ def test_redirects_are_not_followed(receiver: Receiver) -> None:
 
 def test_https_certificates_are_verified_against_the_host_name(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("openssl is not installed (SLIDEFARM_REQUIRE_SERVICES is set)",
+                        pytrace=False)
         pytest.skip("openssl is not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
