@@ -21,7 +21,7 @@ from flask import Response, send_from_directory
 from api.auth import owner_scope
 from api.errors import NotFound
 from api.services import services
-from storage import Status
+from storage import Job, Status
 from storage.files import job_dir
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,18 @@ def confined_path(output_dir: Path, job_id: str, relative: str) -> Path | None:
     return real
 
 
-def serve_output(job_id: str, relative: str, what: str, mimetype: str,
+def scoped_job(job_id: str) -> Job:
+    """The job, if the request may see it; a non-UUID, unknown or other
+    tenant's id is 404 job_not_found."""
+    return services().store.get(job_id, owner=owner_scope())
+
+
+def serve_output(job: Job, relative: str, what: str, mimetype: str,
                  download_name: str | None = None,
                  check: Callable[[int], None] | None = None) -> Response:
-    """Send output ``relative`` of completed job ``job_id``; 404 in every other case."""
+    """Send output ``relative`` of ``job`` (from :func:`scoped_job`) if it
+    completed; 404 in every other case."""
     svc = services()
-    # A non-UUID, unknown or other tenant's id: 404 job_not_found.
-    job = svc.store.get(job_id, owner=owner_scope())
     if job.status is not Status.COMPLETED:
         raise NotFound(f"the {what} is not available: the job is {job.status.value}",
                        code="not_ready")

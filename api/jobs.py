@@ -19,7 +19,7 @@ from api.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from api.files import serve_output
+from api.files import scoped_job, serve_output
 from api.schemas import Submission
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
@@ -255,7 +255,7 @@ def index() -> Response:
 
 @bp.get("/<job_id>/video")
 def video(job_id: str) -> Response:
-    return serve_output(job_id, VIDEO_FILE, "video", "video/mp4",
+    return serve_output(scoped_job(job_id), VIDEO_FILE, "video", "video/mp4",
                         download_name=f"{job_id}.mp4", check=_check_range)
 
 
@@ -276,14 +276,14 @@ def _check_range(size: int) -> None:
 
 @bp.get("/<job_id>/thumbnail")
 def thumbnail(job_id: str) -> Response:
-    return serve_output(job_id, THUMBNAIL_FILE, "thumbnail", "image/jpeg")
+    return serve_output(scoped_job(job_id), THUMBNAIL_FILE, "thumbnail", "image/jpeg")
 
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
 def slide(job_id: str, n: int) -> Response:
-    job = services().store.get(job_id, owner=owner_scope())
+    job = scoped_job(job_id)
     count = len(job.deck.get("slides", []))
     if not 1 <= n <= count:
         raise NotFound(f"slide {n} does not exist: slides are numbered 1 to {count}",
                        code="slide_not_found")
-    return serve_output(job_id, slide_file(n), f"slide {n}", "image/png")
+    return serve_output(job, slide_file(n), f"slide {n}", "image/png")

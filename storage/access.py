@@ -142,10 +142,13 @@ class AccessStore:
         and during a rotation's grace period the previous one too. A tenant
         with no row yet (the open mode's) gets one."""
         now = now or utcnow()
-        self.ensure_tenant(tenant)
+        query = select(tenants_table).where(tenants_table.c.name == tenant)
         with self.store.transaction(single=True) as conn:
-            row = conn.execute(select(tenants_table)
-                               .where(tenants_table.c.name == tenant)).first()
+            row = conn.execute(query).first()
+        if row is None:
+            self.ensure_tenant(tenant)
+            with self.store.transaction(single=True) as conn:
+                row = conn.execute(query).first()
         if row is None:
             raise UnknownTenant()
         found = [row.webhook_secret]

@@ -278,6 +278,22 @@ def _snapshot_query() -> Any:
     )
 
 
+def worker_started(job_id: Any, now: Any) -> dict[str, Any]:
+    """The ``workers`` row's values when it claims ``job_id`` (values or bind
+    parameters): the registry and the claim's own write share them."""
+    return {"current_job": job_id, "last_seen": now}
+
+
+def worker_finished(job_id: Any, now: Any, *, failed: bool) -> dict[str, Any]:
+    """The ``workers`` row's values when it ends ``job_id``: the outcome
+    counted, ``current_job`` cleared if it is still this job."""
+    counter = workers_table.c.jobs_failed if failed else workers_table.c.jobs_done
+    return {counter.key: counter + 1,
+            "current_job": case((workers_table.c.current_job == job_id, None),
+                                else_=workers_table.c.current_job),
+            "last_seen": now}
+
+
 def _event_params(from_status: Status | None, to_status: Status,
                   reason: str | None) -> dict[str, Any]:
     """The history row's fields, as :meth:`JobStore._recorded`'s parameters."""
@@ -405,10 +421,10 @@ class JobStore:
     @staticmethod
     def _record(conn: Connection, job_id: str, from_status: Status | None, to_status: Status,
                 attempt: int, worker: str | None, reason: str | None) -> None:
+        event = _event_params(from_status, to_status, reason)
         conn.execute(insert(events_table).values(
-            job_id=job_id, from_status=from_status.value if from_status else None,
-            to_status=to_status.value, attempt=attempt, worker=worker, at=utcnow(),
-            reason=redact_secrets(reason)[:2000] if reason else None,
+            job_id=job_id, from_status=event["ev_from"], to_status=event["ev_to"],
+            attempt=attempt, worker=worker, at=event["ev_at"], reason=event["ev_reason"],
         ))
         _log_transition(job_id, from_status, to_status, attempt, worker, reason)
 
@@ -686,15 +702,6 @@ class JobStore:
                 f"the tenant already has {active} queued or processing jobs "
                 f"(SLIDEFARM_MAX_ACTIVE_JOBS = {max_active}); wait for some to finish")
 
-    def count_active(self, owner: str) -> int:
-        """Queued plus processing jobs of ``owner``."""
-        with self.transaction(single=True) as conn:
-            return int(conn.execute(
-                select(func.count()).select_from(jobs_table).where(
-                    jobs_table.c.owner == owner,
-                    jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
-            ).scalar_one())
-
     def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
         """Free ``key`` if the job holding it was submitted over 24 hours ago."""
         with self.transaction(single=True) as conn:
@@ -802,8 +809,7 @@ class JobStore:
             )
 
         def note_worker() -> dict[str, Any]:
-            return {"current_job": bindparam("q_id"),
-                    "last_seen": bindparam("q_now", type_=UTCDateTime())}
+            return worker_started(bindparam("q_id"), bindparam("q_now", type_=UTCDateTime()))
 
         row = self._write_recorded(build, {"q_id": job_id, "q_worker": worker, "q_now": utcnow()},
                                    job_id, Status.QUEUED, Status.PROCESSING, "claimed",
@@ -895,12 +901,8 @@ class JobStore:
 
         def counted() -> dict[str, Any]:
             # The worker's registry row counts it, in the same write.
-            return {
-                "jobs_done": workers_table.c.jobs_done + 1,
-                "current_job": case((workers_table.c.current_job == bindparam("c_id"), None),
-                                    else_=workers_table.c.current_job),
-                "last_seen": bindparam("c_now", type_=UTCDateTime()),
-            }
+            return worker_finished(bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()),
+                                   failed=False)
 
         return self._transition(
             job_id, attempt, Status.PROCESSING,

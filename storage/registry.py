@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, case, insert, select, update
+from sqlalchemy import Table, insert, select, update
 
-from storage.jobs import JobStore, utcnow
+from storage.jobs import JobStore, utcnow, worker_finished, worker_started
 from storage.models import WorkerRow
 
 workers_table = cast(Table, WorkerRow.__table__)
@@ -71,20 +71,13 @@ class WorkerRegistry:
     def job_started(self, name: str, job_id: str) -> None:
         with self.store.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
-                         .values(current_job=job_id, last_seen=utcnow()))
+                         .values(worker_started(job_id, utcnow())))
 
     def job_finished(self, name: str, job_id: str, *, failed: bool) -> None:
         """Count the outcome; clear ``current_job`` if it is still this job."""
-        counter = workers_table.c.jobs_failed if failed else workers_table.c.jobs_done
         with self.store.transaction(single=True) as conn:
-            conn.execute(
-                update(workers_table).where(workers_table.c.name == name).values(
-                    {counter.key: counter + 1,
-                     "current_job": case((workers_table.c.current_job == job_id, None),
-                                         else_=workers_table.c.current_job),
-                     "last_seen": utcnow()}
-                )
-            )
+            conn.execute(update(workers_table).where(workers_table.c.name == name)
+                         .values(worker_finished(job_id, utcnow(), failed=failed)))
 
     def stopped(self, name: str) -> None:
         """A warm shutdown finished."""
