@@ -14,6 +14,22 @@ from storage.config import Settings, get_settings
 
 QUEUE = "slidefarm"
 
+#: The task names, shared by the API (which sends by name and never imports
+#: the renderer) and the workers (which register under them).
+RENDER_TASK = "slidefarm.render_presentation"
+WEBHOOK_TASK = "slidefarm.deliver_webhook"
+
+#: How every sender retries a publish the broker refused: briefly, since a
+#: send that still fails loses nothing (the job stays queued in the store and
+#: the sweeper sends it again after ``SLIDEFARM_DISPATCH_TIMEOUT``), while an
+#: API request waiting on the broker holds its client.
+SEND_RETRY_POLICY: dict[str, float] = {
+    "max_retries": 1,
+    "interval_start": 0.2,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
 
 def from_settings(settings: Settings) -> dict[str, Any]:
     """Celery's configuration for ``settings``."""

@@ -7,14 +7,11 @@ import logging
 from celery import Celery
 
 import celeryconfig
+from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
 from storage import Settings
 
 log = logging.getLogger(__name__)
 
-#: The worker registers its task under this name (workers/tasks.py).
-RENDER_TASK = "slidefarm.render_presentation"
-#: ... and its completion-webhook delivery under this one.
-WEBHOOK_TASK = "slidefarm.deliver_webhook"
 
 
 class Dispatcher:
@@ -35,8 +32,7 @@ class Dispatcher:
                 RENDER_TASK,
                 args=[job_id],
                 retry=True,
-                retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
-                              "interval_max": 0.5},
+                retry_policy=SEND_RETRY_POLICY,
             )
         except Exception:
             log.warning("job %s: broker unavailable, left queued for re-dispatch", job_id,
@@ -49,7 +45,8 @@ class Dispatcher:
         callback URL); ``False`` if the broker is down, and then the sweeper
         sends it, the delivery being due in the store."""
         try:
-            self.celery.send_task(WEBHOOK_TASK, args=[job_id], retry=False)
+            self.celery.send_task(WEBHOOK_TASK, args=[job_id], retry=True,
+                                  retry_policy=SEND_RETRY_POLICY)
         except Exception:
             log.warning("job %s: broker unavailable, webhook left to the sweeper", job_id,
                         exc_info=True)

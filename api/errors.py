@@ -73,13 +73,6 @@ class NotFound(ApiError):
     code = "not_found"
 
 
-class Conflict(ApiError):
-    """The request conflicts with the job's state."""
-
-    status = 409
-    code = "conflict"
-
-
 class TooManyRequests(ApiError):
     """Too many requests; slow down."""
 
@@ -89,13 +82,6 @@ class TooManyRequests(ApiError):
     def __init__(self, message: str, retry_after: str, *, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
-
-
-class ServiceUnavailable(ApiError):
-    """A dependency is down; try again shortly."""
-
-    status = 503
-    code = "service_unavailable"
 
 
 def error_response(status: int, code: str, message: str,

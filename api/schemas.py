@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from storage.deck import Deck, Options
 from storage.models import Stage, Status
+from storage.webhooks import MAX_URL_LENGTH
 
 #: http or https; a host name whose last label starts with a letter (so no
 #: numeric spellings of addresses such as ``http://2130706433/``) or a
@@ -29,9 +30,8 @@ CALLBACK_URL_PATTERN = (
     rf"^https?://(?:(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?"
     rf"|(?:{_OCTET}\.){{3}}{_OCTET})(?::{_PORT})?(?:[/?#][!-\[\]-~]*)?$"
 )
-MAX_CALLBACK_URL = 2048
 
-CallbackUrl = Annotated[str, Field(max_length=MAX_CALLBACK_URL, pattern=CALLBACK_URL_PATTERN,
+CallbackUrl = Annotated[str, Field(max_length=MAX_URL_LENGTH, pattern=CALLBACK_URL_PATTERN,
                                    description="Where the final job JSON is POSTed (signed)")]
 
 
@@ -128,7 +128,7 @@ class JobEvent(_Body):
 
 
 class Job(_Body):
-    """A job as the API shows it (DESIGN.md, "Job")."""
+    """A job as the API shows it (docs/design.md, "The job")."""
 
     job_id: str = Field(json_schema_extra={"format": "uuid"})
     status: Status

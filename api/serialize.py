@@ -1,4 +1,4 @@
-"""The job as the API shows it (DESIGN.md, "Job"); the job itself is
+"""The job as the API shows it (docs/design.md, "The job"); the job itself is
 rendered by :mod:`storage.serialize`, shared with the webhook workers."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ EMBEDDED_BROKER_DIR = ".slidefarm/broker"
 
 
 class Settings(BaseSettings):
-    """slidefarm's settings, read from the environment (see DESIGN.md)."""
+    """slidefarm's settings, read from the environment (the README lists them)."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 

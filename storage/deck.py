@@ -1,4 +1,4 @@
-"""The deck document a job stores: its schema and limits (DESIGN.md, "The deck").
+"""The deck document a job stores: its schema and limits (docs/design.md, "The deck").
 
 The API validates submissions with it and the workers read stored decks with
 it, so both sides agree on every field and default.

@@ -2,7 +2,7 @@
 
 Each transition is one conditional write (compare-and-set on status and
 attempt), so a second delivery of a task, or a worker presumed dead, can never
-change a job it no longer holds (DESIGN.md, invariants 2 and 3). Callers get
+change a job it no longer holds (docs/design.md, invariants 2 and 3). Callers get
 frozen :class:`Job` values, never live ORM rows.
 """
 

@@ -33,7 +33,7 @@ from sqlalchemy.types import TypeDecorator
 
 
 class Status(enum.StrEnum):
-    """Where a job is in its life (DESIGN.md, "Job")."""
+    """Where a job is in its life (docs/design.md, "A job's life")."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -140,7 +140,7 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Reliability (DESIGN.md invariants 2-7).
+    # Reliability (docs/design.md, invariants 2-8).
     cancel_requested: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )

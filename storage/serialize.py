@@ -1,4 +1,4 @@
-"""The job as the API shows it (DESIGN.md, "Job"), and as webhooks send it.
+"""The job as the API shows it (docs/design.md, "The job"), and as webhooks send it.
 
 Pure functions of store values, here so that the API and the workers (which
 must not import the API) render a job the same way.

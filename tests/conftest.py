@@ -462,7 +462,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-#: Short intervals so recovery happens within seconds (DESIGN.md allows fractions).
+#: Short intervals so recovery happens within seconds (every interval accepts fractions).
 FAST_RECOVERY = {
     "SLIDEFARM_HEARTBEAT_INTERVAL": "0.2",
     "SLIDEFARM_STALE_AFTER": "2",

@@ -1,4 +1,4 @@
-"""The layering and wire rules of DESIGN.md, checked on the real modules."""
+"""The layering and wire rules of docs/design.md, checked on the real modules."""
 
 from __future__ import annotations
 

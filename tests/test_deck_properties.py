@@ -1,4 +1,4 @@
-"""Property tests of deck validation (DESIGN.md, "The deck"; issue 6).
+"""Property tests of deck validation (docs/design.md, "The deck").
 
 (a) any JSON value either validates or raises pydantic's ValidationError;
 (b) decks within the limits always validate and round-trip through JSON;
@@ -216,7 +216,7 @@ def test_a_duration_outside_half_a_second_to_a_minute_is_rejected(duration: floa
 
 # -- (d) through the API -----------------------------------------------------------
 
-# 429: the per-tenant active-job cap and submission rate limit (issue 6) may
+# 429: the per-tenant active-job cap and submission rate limit may
 # refuse some of the many decks accepted here.
 ANSWERS = {202, 400, 413, 415, 422, 429}
 

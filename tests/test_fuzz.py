@@ -51,7 +51,7 @@ def fuzz_config(operations: tuple[dict[str, Any], ...] = (), **extra: Any) -> An
         **extra,
         "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
         "operations": [{
-            # DESIGN.md: the outputs answer 404 until the job is completed, and no
+            # docs/design.md: the outputs answer 404 until the job is completed, and no
             # worker runs here, so "just created, yet 404" is the contract.
             "include-path-regex": r"/(video|thumbnail|slides/\{n\})$",
             "checks": {"ensure_resource_availability": {"enabled": False}},

@@ -1,4 +1,4 @@
-"""JSON only on the wire (DESIGN.md invariant 8), on live Celery apps and a real
+"""JSON only on the wire (docs/design.md, invariant 9), on live Celery apps and a real
 worker: a pickled message is refused and never runs."""
 
 from __future__ import annotations

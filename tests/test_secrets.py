@@ -1,4 +1,4 @@
-"""Secrets never reach logs, error bodies or recorded job errors (issue 6).
+"""Secrets never reach logs, error bodies or recorded job errors.
 
 API keys (``sf_<id>_<secret>``), ``Authorization``/``Bearer`` values and
 passwords in URLs are masked by ``storage.redact``: in every log record once

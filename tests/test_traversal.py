@@ -1,4 +1,4 @@
-"""No request reaches a file outside the job's output folder (issue 6, hardening).
+"""No request reaches a file outside the job's output folder.
 
 Each traversal form is its own test, through the Flask test client on both
 backends: encoded and double-encoded ``../``, backslashes, absolute paths,

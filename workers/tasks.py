@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
 from storage import DatabaseUnavailable, JobStore, StorageError, get_settings
 from storage.db import dispose_engines
 from storage.registry import WorkerRegistry
@@ -25,9 +26,6 @@ from workers.sweeper import Sweeper
 from workers.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
-
-RENDER_TASK = "slidefarm.render_presentation"
-WEBHOOK_TASK = "slidefarm.deliver_webhook"
 
 _sweeper: Sweeper | None = None
 
@@ -40,8 +38,7 @@ def dispatch(job_id: str, countdown: float = 0.0) -> None:
     """Send the render task of ``job_id`` (a failed send is retried by the sweeper)."""
     try:
         app.send_task(RENDER_TASK, args=[job_id], countdown=countdown or None,
-                      retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                "interval_step": 0.5, "interval_max": 1.0})
+                      retry=True, retry_policy=SEND_RETRY_POLICY)
     except Exception:
         log.warning("job %s: broker unavailable; the sweeper will send it again", job_id,
                     exc_info=True)
@@ -51,9 +48,7 @@ def send_webhook(job_id: str) -> None:
     """Send the webhook delivery task of ``job_id`` (a lost one is sent
     again by the sweeper while the delivery is due)."""
     try:
-        app.send_task(WEBHOOK_TASK, args=[job_id], retry=True,
-                      retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                    "interval_step": 0.5, "interval_max": 1.0})
+        app.send_task(WEBHOOK_TASK, args=[job_id], retry=True, retry_policy=SEND_RETRY_POLICY)
     except Exception:
         log.warning("job %s: broker unavailable; the sweeper will send its webhook", job_id,
                     exc_info=True)
