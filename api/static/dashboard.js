@@ -177,7 +177,9 @@ const slidefarm = (() => {
         thumbnail.hidden = false;
       }
       if (completed && video.hidden) {
-        document.getElementById("video").src = job.video_url;
+        const player = document.getElementById("video");
+        player.poster = job.thumbnail_url; // the first slide, not a black frame, until it plays
+        player.src = job.video_url;
         document.getElementById("video-download").href = job.video_url;
         video.hidden = false;
       }
