@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint fonts browser setup clean
+.PHONY: demo test test-quick bench lint fonts browser screenshots setup clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ test: $(STAMP) fonts browser
 # The quick loop: no processes, no browser, no chaos run.
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not e2e"
+
+# docs/screenshots/ again, from the dashboard's browser test.
+screenshots: $(STAMP) fonts browser
+	SLIDEFARM_TEST_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/test_dashboard.py \
+	  -k worker_death
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,7 +23,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API. ``test_config`` may carry ``SETTINGS`` (a :class:`Settings`)
     and ``DISPATCHER`` to replace the environment's."""
     install_log_redaction()  # before anything can log a key or a database password
-    app = Flask(__name__)
+    # No app-wide static route: it would shadow the dashboard's public one at
+    # the same URL and answer its script with 401.
+    app = Flask(__name__, static_folder=None)
     app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     if test_config:
         app.config.update(test_config)

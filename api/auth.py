@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from flask import Flask, Response, current_app, g, render_template, request
+from flask import Flask, Response, current_app, g, render_template, request, url_for
 
 from api.errors import Forbidden, error_response
 from api.services import services
@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "slidefarm_session"
 CSRF_HEADER = "X-Slidefarm-Request"
 #: Endpoints anyone may reach: the probes, the API's description, the
-#: dashboard's sign-in and its static files.
+#: dashboard's sign-in, its icon and its static files (none of which holds data).
 PUBLIC_ENDPOINTS = frozenset({
     "health.healthz", "health.readyz", "openapi.document", "dashboard.login",
-    "dashboard.login_submit", "dashboard.logout", "dashboard.static",
+    "dashboard.login_submit", "dashboard.logout", "dashboard.static", "dashboard.favicon",
+    "dashboard.favicon_ico",
 })
 OPEN_PRINCIPAL = Principal(DEFAULT_TENANT, admin=True, key_id=None)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -89,7 +90,14 @@ def require_admin() -> None:
 
 def _challenge(message: str, error: str | None) -> Response:
     if request.blueprint == "dashboard" and request.method in _SAFE_METHODS:
-        response = Response(render_template("login.html", error=None, next=request.full_path),
+        query = request.query_string.decode("latin-1")
+        target = request.path + (f"?{query}" if query else "")
+        if request.headers.get("Sec-Fetch-Mode") == "navigate":
+            # A browser opening a page goes to the sign-in page: every browser
+            # reports a page that answers 401 as an error in its console.
+            return Response(status=303, headers={
+                "Location": url_for("dashboard.login", next=target), "Cache-Control": "no-store"})
+        response = Response(render_template("login.html", error=None, next=target),
                             status=401, mimetype="text/html")
     else:
         response = error_response(401, "unauthorized", message)

@@ -3,12 +3,14 @@ JavaScript (polling the JSON API and the job's event stream). No build step."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, Response, g, redirect, render_template, request, send_from_directory
 from werkzeug.wrappers import Response as WResponse
 
 from api.auth import SESSION_COOKIE, owner_scope, require_admin
+from api.display import output_links, stage_label, time_tag
 from api.errors import Forbidden
 from api.serialize import job_json
 from api.services import services
@@ -20,11 +22,20 @@ bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder
                static_url_path="/static")
 
 CHART_WIDTH, CHART_HEIGHT = 720, 180
+STATIC = Path(__file__).parent / "static"
+#: The icon never changes within a release; browsers may keep it a day.
+FAVICON_MAX_AGE = 86400
+
+bp.add_app_template_filter(time_tag, "time_tag")
+bp.add_app_template_filter(stage_label, "stage_label")
 
 
 @bp.context_processor
-def _signed_in() -> dict[str, bool]:
-    return {"signed_in": bool(request.cookies.get(SESSION_COOKIE))}
+def _session() -> dict[str, bool]:
+    # No principal on the public pages of a locked API: nobody is signed in there.
+    who = g.get("principal")
+    return {"signed_in": bool(request.cookies.get(SESSION_COOKIE)),
+            "admin": who is not None and who.admin}
 
 
 def _safe_next(target: str | None) -> str:
@@ -39,8 +50,25 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+@bp.get("/favicon.svg")
+def favicon() -> Response:
+    """The dashboard's icon: public (it holds no data) and cacheable."""
+    return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml",
+                               max_age=FAVICON_MAX_AGE)
+
+
+@bp.get("/favicon.ico")
+def favicon_ico() -> WResponse:
+    """Where browsers look for an icon on pages that name none (the API's
+    JSON, a video opened in a tab)."""
+    response = redirect("/favicon.svg", code=301)
+    response.headers["Cache-Control"] = f"public, max-age={FAVICON_MAX_AGE}"
+    return response
+
+
 @bp.get("/login")
 def login() -> str:
+    """The sign-in form."""
     return render_template("login.html", error=None, next=_safe_next(request.args.get("next")))
 
 
@@ -72,6 +100,7 @@ def login_submit() -> WResponse | tuple[str, int]:
 
 @bp.post("/logout")
 def logout() -> WResponse:
+    """End the session and forget its cookie."""
     if _cross_site():
         raise Forbidden("sign out from this site's own page")
     token = request.cookies.get(SESSION_COOKIE)
@@ -84,6 +113,7 @@ def logout() -> WResponse:
 
 @bp.get("/")
 def jobs_page() -> str:
+    """The job list, newest first (every tenant's, with a tenant column, for an admin)."""
     status = request.args.get("status") or ""
     search = request.args.get("q") or ""
     page = services().store.list_jobs(
@@ -96,20 +126,24 @@ def jobs_page() -> str:
 
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str) -> str:
+    """One job, followed live through its event stream."""
     store = services().store
     job = store.get(job_id, owner=owner_scope())
     return render_template("job.html", job=job_json(job), active="jobs",
-                           stale_after=services().settings.stale_after)
+                           stale_after=services().settings.stale_after,
+                           outputs=output_links(job))
 
 
 @bp.get("/workers")
 def workers_page() -> str:
+    """The workers, alive, stale and stopped (admins only)."""
     require_admin()
     return render_template("workers.html", active="workers")
 
 
 @bp.get("/overview")
 def overview_page() -> str:
+    """Counts, queue depth, throughput and recent failures (admins only)."""
     require_admin()
     svc = services()
     inspector = Inspector(svc.store)

@@ -15,8 +15,9 @@ from api.schemas import Submission
 from storage import Settings
 from tests.conftest import small_deck
 
-#: The dashboard's HTML pages and its sign-in, not part of the JSON API.
-UNDOCUMENTED = re.compile(r"^/(static/.*|jobs/.*|workers|overview.*|login|logout|)$")
+#: The dashboard's HTML pages, its icon and its sign-in, not part of the JSON API.
+UNDOCUMENTED = re.compile(
+    r"^/(static/.*|jobs/.*|workers|overview.*|login|logout|favicon\.(svg|ico)|)$")
 
 
 @pytest.fixture

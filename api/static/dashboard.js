@@ -23,6 +23,40 @@ const slidefarm = (() => {
   };
   const since = (iso) => (iso ? (Date.now() - Date.parse(iso)) / 1000 : null);
   const between = (a, b) => (a && b ? (Date.parse(b) - Date.parse(a)) / 1000 : null);
+  // Times in the browser's own language and zone ("29 Nov 2026, 14:03:12"),
+  // the ISO value on hover. api/display.py writes the same <time> elements
+  // (in UTC, for a page without script) and this file rewrites them.
+  const absolute = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short",
+    year: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const ago = (iso) => {
+    const s = Math.max(since(iso), 0);
+    if (s < 60) return `${Math.floor(s)} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  };
+  const showTime = (node) => {
+    const iso = node.getAttribute("datetime");
+    const local = absolute.format(new Date(iso));
+    if (node.dataset.relative) {
+      node.textContent = ago(iso);
+      node.title = `${local} (${iso})`;
+    } else {
+      node.textContent = local;
+      node.title = iso;
+    }
+    return node;
+  };
+  const when = (iso, relative = false) => (iso
+    ? showTime(el("time", relative ? { datetime: iso, "data-relative": "1" } : { datetime: iso }))
+    : document.createTextNode("–"));
+  // The stage as a person reads it, never at odds with the status (as api/display.py).
+  const stageLabel = (job) => {
+    const stage = job.stage.replaceAll("_", " ");
+    if (job.status === "completed") return "done";
+    if (job.status === "failed" || job.status === "cancelled") return `${job.status} while ${stage}`;
+    return stage;
+  };
   const bytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB`
     : `${(n / 1048576).toFixed(1)} MiB`);
 
@@ -46,7 +80,7 @@ const slidefarm = (() => {
   };
 
   // -- jobs -----------------------------------------------------------------
-  function jobsPage(firstCursor) {
+  function jobsPage(firstCursor, showTenant) {
     const tbody = document.querySelector("#jobs tbody");
     const status = document.getElementById("status");
     const search = document.getElementById("q");
@@ -55,13 +89,14 @@ const slidefarm = (() => {
 
     const row = (job) => el("tr", { "data-job-id": job.job_id, "data-status": job.status }, [
       el("td", {}, [el("a", { href: `/jobs/${job.job_id}` }, [el("code", { text: job.job_id.slice(0, 8) })])]),
+      ...(showTenant ? [el("td", { text: job.owner })] : []),
       el("td", { text: job.title }),
       el("td", {}, [badge(job.status)]),
       el("td", {}, [bar(job.progress)]),
-      el("td", { text: job.stage }),
+      el("td", { text: stageLabel(job) }),
       el("td", { text: String(job.attempts) }),
       el("td", { text: job.worker || "" }),
-      el("td", { text: seconds(since(job.created_at)) }),
+      el("td", {}, [when(job.created_at, true)]),
       el("td", { text: seconds(between(job.started_at, job.completed_at || (job.started_at ? new Date().toISOString() : null))) }),
     ]);
 
@@ -96,28 +131,35 @@ const slidefarm = (() => {
   }
 
   // -- one job ------------------------------------------------------------
-  function jobPage(jobId, staleAfter) {
+  function jobPage(jobId, staleAfter, showTenant, outputs) {
     let job = null;
     const fields = document.getElementById("fields");
     const timings = document.getElementById("timings");
 
-    const dl = (node, pairs) => node.replaceChildren(...pairs.flatMap(([key, value]) =>
-      [el("dt", { text: key }), el("dd", { text: value === null || value === undefined ? "–" : String(value) })]));
+    const dl = (node, pairs) => node.replaceChildren(...pairs.flatMap(([key, value]) => [
+      el("dt", { text: key }),
+      value instanceof Node ? el("dd", {}, [value])
+        : el("dd", { text: value === null || value === undefined ? "–" : String(value) })]));
+    // A produced file links to the route that serves it, once the job completed
+    // (only then does the API serve its files).
+    const fileName = (job, path) => (job.status === "completed" && outputs[path]
+      ? el("a", { href: outputs[path] }, [el("code", { text: path })]) : el("code", { text: path }));
 
     const render = (data) => {
       job = data;
       document.getElementById("title").textContent = job.title;
       document.getElementById("status").replaceWith(Object.assign(badge(job.status), { id: "status" }));
       document.getElementById("progress").textContent = `${(job.progress * 100).toFixed(1)}%`;
-      document.getElementById("stage").textContent = job.stage;
+      document.getElementById("stage").textContent = stageLabel(job);
       dl(fields, [
-        ["job id", job.job_id], ["status", job.status], ["stage", job.stage],
+        ["job id", job.job_id], ...(showTenant ? [["tenant", job.owner]] : []),
+        ["status", job.status], ["stage", stageLabel(job)],
         ["attempts", `${job.attempts} of ${job.max_attempts}`], ["worker", job.worker],
         ["error", job.error], ["cancel requested", job.cancel_requested ? "yes" : "no"],
         ["slides", job.slide_count],
         ["options", `${job.options.resolution}, ${job.options.theme}, ${job.options.fps} fps, ${job.options.transition}`],
-        ["created", job.created_at], ["started", job.started_at], ["completed", job.completed_at],
-        ["last heartbeat", job.last_heartbeat],
+        ["created", when(job.created_at)], ["started", when(job.started_at)],
+        ["completed", when(job.completed_at)], ["last heartbeat", when(job.last_heartbeat)],
       ]);
       dl(timings, [
         ["waiting in the queue", seconds(job.timings.queue_wait_seconds)],
@@ -126,16 +168,23 @@ const slidefarm = (() => {
         ["total", seconds(between(job.started_at, job.completed_at))],
       ]);
       document.querySelector("#files tbody").replaceChildren(...(job.files || []).map((f) =>
-        el("tr", {}, [el("td", {}, [el("code", { text: f.path })]), el("td", { text: bytes(f.size_bytes) })])));
-      const thumbnail = document.getElementById("thumbnail");
-      const video = document.getElementById("video");
-      if (job.status === "completed") {
-        if (thumbnail.hidden) { thumbnail.src = job.thumbnail_url; thumbnail.hidden = false; }
-        if (video.hidden) { video.src = job.video_url; video.hidden = false; }
-      } else {
-        thumbnail.hidden = true;
-        video.hidden = true;
+        el("tr", {}, [el("td", {}, [fileName(job, f.path)]), el("td", { text: bytes(f.size_bytes) })])));
+      const thumbnail = document.getElementById("thumbnail-figure");
+      const video = document.getElementById("video-figure");
+      const completed = job.status === "completed";
+      if (completed && thumbnail.hidden) {
+        document.getElementById("thumbnail").src = job.thumbnail_url;
+        thumbnail.hidden = false;
       }
+      if (completed && video.hidden) {
+        const player = document.getElementById("video");
+        player.poster = job.thumbnail_url; // the first slide, not a black frame, until it plays
+        player.src = job.video_url;
+        document.getElementById("video-download").href = job.video_url;
+        video.hidden = false;
+      }
+      if (!completed) { thumbnail.hidden = true; video.hidden = true; }
+      document.getElementById("output-pending").hidden = completed;
       document.getElementById("cancel").disabled = !["queued", "processing"].includes(job.status);
       document.getElementById("retry").disabled = !["failed", "cancelled"].includes(job.status);
     };
@@ -144,7 +193,7 @@ const slidefarm = (() => {
       const data = await getJSON(`/v1/jobs/${jobId}?include=history`);
       render(data);
       document.querySelector("#history tbody").replaceChildren(...data.history.map((e) =>
-        el("tr", {}, [el("td", { text: e.at }), el("td", { text: e.from || "–" }), el("td", {}, [badge(e.to)]),
+        el("tr", {}, [el("td", {}, [when(e.at)]), el("td", { text: e.from || "–" }), el("td", {}, [badge(e.to)]),
           el("td", { text: String(e.attempt) }), el("td", { text: e.worker || "–" }), el("td", { text: e.reason || "" })])));
     };
 
@@ -189,12 +238,15 @@ const slidefarm = (() => {
   // -- workers --------------------------------------------------------------
   function workersPage() {
     const tbody = document.querySelector("#workers tbody");
+    // The server's count of seconds, not this browser's clock, which may be off.
+    const lastSeen = (w) => Object.assign(when(w.last_seen, true),
+      { textContent: `${seconds(w.last_seen_seconds_ago)} ago` });
     const refresh = async () => {
       try {
         const data = await getJSON("/v1/workers");
         tbody.replaceChildren(...data.workers.map((w) => el("tr", { "data-worker": w.name, "data-state": w.state }, [
           el("td", { text: w.name }), el("td", { text: w.host }), el("td", { text: String(w.pid) }),
-          el("td", {}, [badge(w.state)]), el("td", { text: `${seconds(w.last_seen_seconds_ago)} ago` }),
+          el("td", {}, [badge(w.state)]), el("td", {}, [lastSeen(w)]),
           el("td", {}, w.current_job ? [el("a", { href: `/jobs/${w.current_job}` }, [el("code", { text: w.current_job.slice(0, 8) })])] : []),
           el("td", { text: String(w.jobs_done) }), el("td", { text: String(w.jobs_failed) }),
           el("td", { text: seconds(w.uptime_seconds) }),
@@ -225,6 +277,8 @@ const slidefarm = (() => {
     setInterval(refresh, 2000);
     setInterval(() => { document.getElementById("chart").src = `/overview/throughput.svg?t=${Date.now()}`; }, 15000);
   }
+
+  for (const node of document.querySelectorAll("time[datetime]")) showTime(node);
 
   return { jobsPage, jobPage, workersPage, overviewPage };
 })();
