@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     #: Unset: no signed links.
     secret_key: SecretStr | None = Field(default=None, validation_alias="SLIDEFARM_SECRET_KEY")
     #: Seconds a signed output link works.
-    signed_url_ttl: float = Field(default=3600.0, gt=0, le=MAX_SIGNED_URL_TTL,
+    signed_url_ttl: float = Field(default=3600.0, ge=1, le=MAX_SIGNED_URL_TTL,
                                   validation_alias="SLIDEFARM_SIGNED_URL_TTL")
     #: Reverse proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port
     #: are believed; 0 believes none, so a client cannot forge them.
