@@ -6,9 +6,12 @@ import logging
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.auth import init_auth
 from api.body import guard_request_body
+from api.compression import init_compression
+from api.cors import init_cors
 from api.dispatch import Dispatcher
 from api.errors import register_error_handlers
 from api.services import Services
@@ -52,6 +55,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)
+    init_compression(app)
+    init_cors(app, settings.cors_origin_set)  # before auth: a preflight carries no key
     init_auth(app)
     app.wsgi_app = guard_request_body(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    if settings.trusted_proxies:
+        # Only then are X-Forwarded-* believed (scheme, so the session cookie
+        # is Secure behind a TLS proxy; host and client address), and only
+        # as many hops as there are proxies: a client cannot forge them.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
     return app

@@ -7,7 +7,9 @@ dashboard's browser signs in once with a key and then carries a session
 cookie (HttpOnly, SameSite=Strict) that stands for that key, because an
 ``EventSource`` cannot send headers; a write made with the cookie must also
 carry ``X-Slidefarm-Request`` (a header no other site can make a browser
-send), so the cookie cannot be used for cross-site request forgery.
+send), so the cookie cannot be used for cross-site request forgery. A
+request for an output that carries a signed link's token is judged by that
+token alone (api/signing.py) and then speaks for the key that made the link.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flask import Flask, Response, current_app, g, render_template, request, url
 
 from api.errors import Forbidden, error_response
 from api.services import services
+from api.signing import OPEN_KEY_ID, TOKEN_PARAM, UrlSigner, signed_output
 from storage.access import AccessStore, Principal
 from storage.models import DEFAULT_TENANT
 
@@ -109,8 +112,42 @@ def _challenge(message: str, error: str | None) -> Response:
     return response
 
 
+def _signed_link_refused() -> Response:
+    response = error_response(403, "invalid_link",
+                              "the signed link is not valid: it has expired, was revoked, "
+                              "or is for another file")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _authenticate_link(token: str, relative: str) -> Response | None:
+    """A request carrying a signed link's token: it speaks for the key that
+    made the link while that key is live, for this one file."""
+    signer: UrlSigner | None = current_app.extensions["slidefarm_signer"]
+    job_id = str((request.view_args or {}).get("job_id", ""))
+    key_id = signer.verify(token, job_id, relative) if signer is not None else None
+    if key_id is None:
+        return _signed_link_refused()
+    if key_id == OPEN_KEY_ID:
+        if services().settings.auth_required:
+            return _signed_link_refused()
+        g.principal = OPEN_PRINCIPAL
+        return None
+    cache: KeyCache = current_app.extensions["slidefarm_key_ids"]
+    who = cache.get(key_id, AccessStore(services().store).live_key)
+    if who is None:
+        return _signed_link_refused()
+    g.principal = who
+    return None
+
+
 def _authenticate() -> Response | None:
     settings = services().settings
+    token = request.args.get(TOKEN_PARAM)
+    if token is not None:
+        relative = signed_output(request.endpoint, request.view_args)
+        if relative is not None:
+            return _authenticate_link(token, relative)
     if not settings.auth_required:
         g.principal = OPEN_PRINCIPAL
         return None
@@ -147,6 +184,11 @@ def init_auth(app: Flask) -> None:
     """Check every request's key before its view runs."""
     settings = app.extensions["slidefarm"].settings
     app.extensions["slidefarm_keys"] = KeyCache(settings.key_cache_ttl)
+    # Key ids that signed links stand for, trusted as long as keys are.
+    app.extensions["slidefarm_key_ids"] = KeyCache(settings.key_cache_ttl)
+    secret = settings.secret_key
+    app.extensions["slidefarm_signer"] = (
+        None if secret is None else UrlSigner(secret.get_secret_value(), settings.signed_url_ttl))
     app.before_request(_authenticate)
     if not settings.auth_required:
         log.warning("authentication is OFF (SLIDEFARM_AUTH=%s): anyone who can reach this "

@@ -7,24 +7,34 @@ file is served only if its real path, every symlink resolved, is exactly the
 path the layout of :mod:`storage.files` gives it: a symlink planted anywhere
 below the output folder (the job folder, ``slides/``, the file itself), to
 ``/etc/passwd`` or to another job's folder, answers 404 like a missing file.
+
+Every output answers one ``bytes`` range (``206``), ``HEAD`` and conditional
+requests, with or without a signed link's token.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import re
 from pathlib import Path
 
-from flask import Response, send_from_directory
+from flask import Response, request, send_from_directory
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.http import parse_range_header
 
 from api.auth import owner_scope
+from api.downloads import attachment
 from api.errors import NotFound
 from api.services import services
 from storage import Job, Status
 from storage.files import job_dir
 
 log = logging.getLogger(__name__)
+
+#: ``bytes=-0``: well-formed (RFC 9110 14.1.1) but asks for the last zero
+#: bytes, which no representation has (Werkzeug's parser rejects it as malformed).
+_EMPTY_SUFFIX = re.compile(r"bytes=\s*-0+\s*", re.IGNORECASE)
 
 
 def confined_path(output_dir: Path, job_id: str, relative: str) -> Path | None:
@@ -57,11 +67,33 @@ def scoped_job(job_id: str) -> Job:
     return services().store.get(job_id, owner=owner_scope())
 
 
-def serve_output(job: Job, relative: str, what: str, mimetype: str,
-                 download_name: str | None = None,
-                 check: Callable[[int], None] | None = None) -> Response:
+def check_range(size: int) -> None:
+    """Honour one ``bytes`` range; ignore any other Range header (RFC 9110
+    14.2 allows it, and requires it for unknown units) rather than answer 416
+    to what is not a range at all. An unsatisfiable range (past the end, or
+    the last 0 bytes) is refused here, before a file is opened for a
+    response that would never be sent."""
+    raw = request.environ.get("HTTP_RANGE")
+    if raw is None:
+        return
+    # With If-Range, Werkzeug decides: 416 if the validator matches, else the whole file.
+    if_range = "HTTP_IF_RANGE" in request.environ
+    if _EMPTY_SUFFIX.fullmatch(raw.strip()):
+        if not if_range:
+            raise RequestedRangeNotSatisfiable(length=size)
+        return
+    parsed = parse_range_header(raw)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        del request.environ["HTTP_RANGE"]
+    elif not if_range and parsed.range_for_length(size) is None:
+        raise RequestedRangeNotSatisfiable(length=size)
+
+
+def serve_output(job: Job, relative: str, what: str, mimetype: str, *,
+                 inline_name: str | None = None, download: str | None = None) -> Response:
     """Send output ``relative`` of ``job`` (from :func:`scoped_job`) if it
-    completed; 404 in every other case."""
+    completed; 404 in every other case. ``download``: offer it as an
+    attachment named after the deck's title with this suffix (``.mp4``)."""
     svc = services()
     if job.status is not Status.COMPLETED:
         raise NotFound(f"the {what} is not available: the job is {job.status.value}",
@@ -70,9 +102,12 @@ def serve_output(job: Job, relative: str, what: str, mimetype: str,
     if path is None:
         raise NotFound(f"the {what} file is missing from the output storage",
                        code="file_missing")
-    if check is not None:
-        check(path.stat().st_size)  # e.g. refuse a Range past the end before opening
+    check_range(path.stat().st_size)
     folder = path.parent
     # send_from_directory joins safely once more (werkzeug's safe_join).
-    return send_from_directory(os.fspath(folder), path.name, mimetype=mimetype,
-                               conditional=True, etag=True, download_name=download_name)
+    response = send_from_directory(os.fspath(folder), path.name, mimetype=mimetype,
+                                   conditional=True, etag=True,
+                                   download_name=None if download else inline_name)
+    if download is not None:
+        response.headers["Content-Disposition"] = attachment(job.title, download, job.id)
+    return response

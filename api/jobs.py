@@ -3,18 +3,20 @@ shape the answer."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import RequestedRangeNotSatisfiable, RequestEntityTooLarge
-from werkzeug.http import parse_range_header
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_etags
 
 from api.auth import owner_scope, principal
 from api.errors import (
     BadRequest,
     NotFound,
+    ServiceUnavailable,
     TooManyRequests,
     UnsupportedMediaType,
     ValidationFailed,
@@ -23,6 +25,7 @@ from api.files import scoped_job, serve_output
 from api.schemas import Submission
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
+from api.signing import OPEN_KEY_ID, UrlSigner, signed_links
 from api.submission import submit_deck
 from storage import Job, Status
 from storage.deliveries import WebhookDeliveries
@@ -155,15 +158,45 @@ def _include_arg() -> set[str]:
     return include
 
 
+def _flag_arg(name: str) -> bool:
+    """``?name=1`` (true) or ``?name=0`` (false, as absent); anything else is a 400."""
+    raw = request.args.get(name)
+    if raw is None or raw == "0":
+        return False
+    if raw == "1":
+        return True
+    raise BadRequest(f"{name} must be 1 or 0",
+                     [{"field": name, "message": f"got {raw[:100]!r}"}],
+                     code="invalid_parameter")
+
+
+def _job_answer(raw: bytes) -> Response:
+    """The job's JSON with an ETag made from its bytes, so the tag changes
+    whenever any field does; ``304`` (no body) when the client's
+    ``If-None-Match`` already holds it. Weak, because the same JSON gzipped
+    is other bytes."""
+    tag = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    etag = f'W/"{tag}"'
+    match = request.environ.get("HTTP_IF_NONE_MATCH")
+    if match is not None and parse_etags(match).contains_weak(tag):
+        return Response(status=304, headers={"ETag": etag})
+    response = Response(raw, mimetype="application/json")
+    response.headers["ETag"] = etag
+    return response
+
+
 @bp.get("/<job_id>")
 def show(job_id: str) -> Response:
     """The job; ``?include=history`` adds every transition with its reason,
-    ``?include=deliveries`` every webhook delivery attempt."""
+    ``?include=deliveries`` every webhook delivery attempt, ``?signed=1``
+    output links that work without a key until ``urls_expire_at``."""
     store = services().store
     scope = owner_scope()
     include = _include_arg()
+    signed = _flag_arg("signed")
     feed = store.feed
-    if not include and feed is not None:
+    dumps = current_app.json.dumps
+    if not include and not signed and feed is not None:
         # The hot path: one cache hit, or one read filled into the cache
         # unless a change raced it (storage/feed.py states the bound).
         cached, seen = feed.lookup(job_id)
@@ -171,18 +204,25 @@ def show(job_id: str) -> Response:
             owner, raw = cached
             if scope is not None and owner != scope:
                 raise NotFound("no such job", code="job_not_found")
-            return Response(raw, mimetype="application/json")
+            return _job_answer(raw)
         job = store.get(job_id, owner=scope)
-        raw = current_app.json.dumps(job_json(job)).encode()
+        raw = dumps(job_json(job)).encode()
         feed.fill(job_id, seen, raw, job.owner)
-        return Response(raw, mimetype="application/json")
-    body = job_json(store.get(job_id, owner=scope))
+        return _job_answer(raw)
+    job = store.get(job_id, owner=scope)
+    body = job_json(job)
+    if signed:
+        signer: UrlSigner | None = current_app.extensions["slidefarm_signer"]
+        if signer is None:
+            raise ServiceUnavailable("signed links are off: this server has no "
+                                     "SLIDEFARM_SECRET_KEY", code="signing_unavailable")
+        body.update(signed_links(signer, job, principal().key_id or OPEN_KEY_ID))
     if "history" in include:
         body["history"] = [event_json(e) for e in store.history(job_id)]
     if "deliveries" in include:
         body["deliveries"] = [delivery_json(d)
                               for d in WebhookDeliveries(store).deliveries(job_id)]
-    return jsonify(body)
+    return _job_answer(dumps(body).encode())
 
 
 @bp.post("/<job_id>/cancel")
@@ -256,27 +296,14 @@ def index() -> Response:
 @bp.get("/<job_id>/video")
 def video(job_id: str) -> Response:
     return serve_output(scoped_job(job_id), VIDEO_FILE, "video", "video/mp4",
-                        download_name=f"{job_id}.mp4", check=_check_range)
-
-
-def _check_range(size: int) -> None:
-    """Honour one ``bytes`` range; ignore any other Range header (RFC 9110
-    14.2 allows it, and requires it for unknown units) rather than answer 416
-    to what is not a range at all. A range past the end is refused here,
-    before a file is opened for a response that would never be sent."""
-    raw = request.environ.get("HTTP_RANGE")
-    if raw is None:
-        return
-    parsed = parse_range_header(raw)
-    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
-        del request.environ["HTTP_RANGE"]
-    elif "HTTP_IF_RANGE" not in request.environ and parsed.range_for_length(size) is None:
-        raise RequestedRangeNotSatisfiable(length=size)
+                        inline_name=f"{job_id}.mp4",
+                        download=".mp4" if _flag_arg("download") else None)
 
 
 @bp.get("/<job_id>/thumbnail")
 def thumbnail(job_id: str) -> Response:
-    return serve_output(scoped_job(job_id), THUMBNAIL_FILE, "thumbnail", "image/jpeg")
+    return serve_output(scoped_job(job_id), THUMBNAIL_FILE, "thumbnail", "image/jpeg",
+                        download=" - thumbnail.jpg" if _flag_arg("download") else None)
 
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
@@ -286,4 +313,5 @@ def slide(job_id: str, n: int) -> Response:
     if not 1 <= n <= count:
         raise NotFound(f"slide {n} does not exist: slides are numbered 1 to {count}",
                        code="slide_not_found")
-    return serve_output(job, slide_file(n), f"slide {n}", "image/png")
+    return serve_output(job, slide_file(n), f"slide {n}", "image/png",
+                        download=f" - slide {n}.png" if _flag_arg("download") else None)

@@ -28,6 +28,9 @@ JSON = "application/json"
 
 #: Routes anyone may call, whatever SLIDEFARM_AUTH says.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+#: Routes a signed link's token opens as well as a key.
+SIGNED_PATHS = frozenset({"/v1/jobs/{job_id}/video", "/v1/jobs/{job_id}/thumbnail",
+                          "/v1/jobs/{job_id}/slides/{n}"})
 
 Doc = dict[str, Any]
 
@@ -53,13 +56,17 @@ WWW_AUTHENTICATE: Doc = {"description": "Always `Bearer`", "required": True,
                          "schema": {"type": "string"}}
 LOCATION: Doc = {"description": "The job's URL, `/v1/jobs/{job_id}`", "required": True,
                  "schema": {"type": "string"}}
+ETAG: Doc = {"description": "Changes whenever any field of the answer does; send it back in "
+                            "If-None-Match to get 304 while nothing has",
+             "required": True, "schema": {"type": "string"}}
 
 ERRORS: dict[str, Doc] = {
     "400": _error("Malformed request: invalid JSON, parameter or header"),
     "401": _error("No, a malformed, an unknown or a revoked API key",
                   **{"WWW-Authenticate": WWW_AUTHENTICATE}),
-    "403": _error("An admin route called with a tenant's key, or a dashboard-session "
-                  "write without the X-Slidefarm-Request header"),
+    "403": _error("An admin route called with a tenant's key, a dashboard-session "
+                  "write without the X-Slidefarm-Request header, or a signed link that "
+                  "is not valid (expired, another file's, its key revoked)"),
     "404": _error("No such job (or not yours), or the output is not available"),
     "409": _error("Conflicts with the job's state, or an Idempotency-Key reused with "
                   "another body"),
@@ -68,7 +75,8 @@ ERRORS: dict[str, Doc] = {
     "422": _error("The deck breaks the schema; `details` names each field"),
     "429": _error("Over a quota: submission rate or active jobs",
                   **{"Retry-After": RETRY_AFTER}),
-    "503": _error("A dependency (database, broker) is unavailable",
+    "503": _error("A dependency (database, broker) is unavailable, or signed links were "
+                  "asked for and the server has no SLIDEFARM_SECRET_KEY",
                   **{"Retry-After": {**RETRY_AFTER, "required": False}}),
 }
 
@@ -81,6 +89,13 @@ RANGE: Doc = {"name": "Range", "in": "header", "required": False,
               "description": "One byte range (RFC 9110), e.g. `bytes=0-1023`; anything "
                              "else (other units, several ranges, bad syntax) is ignored",
               "schema": {"type": "string"}}
+DOWNLOAD: Doc = {"name": "download", "in": "query", "required": False,
+                 "description": "`1`: `Content-Disposition: attachment` with a file name made "
+                                "from the deck's title",
+                 "schema": {"type": "string", "enum": ["0", "1"]}}
+IF_NONE_MATCH: Doc = {"name": "If-None-Match", "in": "header", "required": False,
+                      "description": "An ETag of an earlier answer: 304 while it still holds",
+                      "schema": {"type": "string"}}
 
 
 def _sse(event: str, data: Doc) -> Doc:
@@ -109,17 +124,19 @@ def _job_answer(status: str, description: str, *, location: bool = False) -> dic
     return {status: response}
 
 
-def _file(media_type: str, what: str, *, ranges: bool = False) -> dict[str, Doc]:
+def _file(media_type: str, what: str) -> dict[str, Doc]:
     content = {media_type: {"schema": {"type": "string", "contentMediaType": media_type}}}
-    answers: dict[str, Doc] = {
-        "200": {"description": what, "content": content},
+    return {
+        "200": {"description": what, "content": content, "headers": {
+            "Content-Disposition": {"description": "With ?download=1: `attachment; "
+                                                   "filename=...; filename*=UTF-8''...`",
+                                    "schema": {"type": "string"}}}},
+        "206": {"description": f"Part of the {what.lower()} (a Range request)",
+                "content": content},
         "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+        "416": _error("The range starts past the end of the file, or asks for its last "
+                      "0 bytes"),
     }
-    if ranges:
-        answers["206"] = {"description": f"Part of the {what.lower()} (a Range request)",
-                          "content": content}
-        answers["416"] = _error("The range starts past the end of the file")
-    return answers
 
 
 def _operations() -> dict[str, Doc]:
@@ -171,13 +188,27 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "getJob",
                 "summary": "The job; `?include=history` adds every transition, "
-                           "`?include=deliveries` every webhook delivery attempt",
-                "parameters": [{"name": "include", "in": "query", "required": False,
-                                "schema": {"type": "string",
-                                           "enum": ["history", "deliveries",
-                                                    "history,deliveries",
-                                                    "deliveries,history"]}}],
-                "responses": {**_job_answer("200", "The job"), **_errors(400, 401, 404, 503)},
+                           "`?include=deliveries` every webhook delivery attempt, "
+                           "`?signed=1` output links that need no key until "
+                           "`urls_expire_at`",
+                "parameters": [
+                    {"name": "include", "in": "query", "required": False,
+                     "schema": {"type": "string",
+                                "enum": ["history", "deliveries", "history,deliveries",
+                                         "deliveries,history"]}},
+                    {"name": "signed", "in": "query", "required": False,
+                     "description": "`1`: `video_url`, `thumbnail_url` and `slide_urls` are "
+                                    "absolute links carrying a token (SLIDEFARM_SIGNED_URL_TTL)",
+                     "schema": {"type": "string", "enum": ["0", "1"]}},
+                    IF_NONE_MATCH,
+                ],
+                "responses": {
+                    "200": {"description": "The job", "content": _json("Job"),
+                            "headers": {"ETag": ETAG}},
+                    "304": {"description": "Not modified: If-None-Match holds its ETag",
+                            "headers": {"ETag": ETAG}},
+                    **_errors(400, 401, 404, 503),
+                },
             },
             "delete": {
                 "operationId": "deleteJob",
@@ -209,9 +240,9 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "getVideo",
                 "summary": "The MP4, with Range support; 404 until completed",
-                "parameters": [RANGE],
-                "responses": {**_file("video/mp4", "The video", ranges=True),
-                              **_errors(401, 404, 503)},
+                "parameters": [RANGE, DOWNLOAD],
+                "responses": {**_file("video/mp4", "The video"),
+                              **_errors(400, 401, 403, 404, 503)},
             },
         },
         "/v1/jobs/{job_id}/thumbnail": {
@@ -219,8 +250,9 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "getThumbnail",
                 "summary": "The thumbnail; 404 until completed",
+                "parameters": [RANGE, DOWNLOAD],
                 "responses": {**_file("image/jpeg", "The thumbnail"),
-                              **_errors(401, 404, 503)},
+                              **_errors(400, 401, 403, 404, 503)},
             },
         },
         "/v1/jobs/{job_id}/slides/{n}": {
@@ -228,8 +260,9 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "getSlide",
                 "summary": "One slide's image; 404 until completed",
+                "parameters": [RANGE, DOWNLOAD],
                 "responses": {**_file("image/png", "The slide image"),
-                              **_errors(401, 404, 503)},
+                              **_errors(400, 401, 403, 404, 503)},
             },
         },
         "/v1/jobs/{job_id}/events": {
@@ -311,10 +344,18 @@ def _components() -> Doc:
     _, defs = models_json_schema(models, ref_template=REF)
     return {
         "schemas": defs["$defs"],
-        "securitySchemes": {"bearerAuth": {
-            "type": "http", "scheme": "bearer",
-            "description": "An API key, `sf_<id>_<secret>`, in `Authorization: Bearer ...`",
-        }},
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key, `sf_<id>_<secret>`, in `Authorization: Bearer ...`",
+            },
+            "signedLink": {
+                "type": "apiKey", "in": "query", "name": "token",
+                "description": "The token of a link from `GET /v1/jobs/{job_id}?signed=1`: "
+                               "it opens that one file until it expires, while the key "
+                               "that asked for it is live",
+            },
+        },
     }
 
 
@@ -328,6 +369,8 @@ def build_document(*, auth_required: bool) -> Doc:
                 continue
             if path in PUBLIC_PATHS or not auth_required:
                 operation["security"] = []
+            elif path in SIGNED_PATHS:
+                operation["security"] = [{"bearerAuth": []}, {"signedLink": []}]
             else:
                 operation["security"] = [{"bearerAuth": []}]
     paths["/v1/jobs"]["post"]["responses"]["202"]["links"] = _JOB_LINKS
@@ -338,7 +381,10 @@ def build_document(*, auth_required: bool) -> Doc:
             "version": "1",
             "description": "Render slide decks (JSON) into slide images, a thumbnail and an "
                            "MP4, as tracked jobs. Every error is "
-                           "`{\"error\": {\"code\", \"message\", \"details\"}}`.",
+                           "`{\"error\": {\"code\", \"message\", \"details\"}}`. "
+                           "Text answers of 1 KiB or more are gzipped for clients that "
+                           "send `Accept-Encoding: gzip`; the origins of "
+                           "SLIDEFARM_CORS_ORIGINS may call the API from a browser.",
         },
         "paths": paths,
         "components": _components(),

@@ -159,6 +159,11 @@ class Job(_Body):
                                            description="Only with ?include=history")
     deliveries: list[WebhookDelivery] | None = Field(
         default=None, description="Only with ?include=deliveries")
+    slide_urls: list[str] | None = Field(
+        default=None, description="Only with ?signed=1: each slide's signed link, slide 1 "
+                                  "first; null until the job has completed")
+    urls_expire_at: datetime | None = Field(
+        default=None, description="Only with ?signed=1: when its links stop working")
 
 
 class JobList(_Body):

@@ -219,6 +219,19 @@ class AccessStore:
             return None
         return Principal(row.tenant, bool(row.admin), row.id)
 
+    def live_key(self, key_id: str) -> Principal | None:
+        """The principal of key ``key_id`` while it is unrevoked (for what a
+        key signed earlier, e.g. an output link); ``None`` for anything else."""
+        if not re.fullmatch(r"[0-9a-f]{12}", key_id):
+            return None
+        with self.store.transaction(single=True) as conn:
+            row = conn.execute(select(keys_table.c.id, keys_table.c.tenant, keys_table.c.admin,
+                                      keys_table.c.revoked_at)
+                               .where(keys_table.c.id == key_id)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(row.tenant, bool(row.admin), row.id)
+
     # -- dashboard sessions ------------------------------------------------
 
     def create_session(self, principal: Principal) -> str:

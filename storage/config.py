@@ -9,14 +9,21 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where the embedded mode keeps its SQLite file and its broker folder.
 EMBEDDED_DB_FILE = "slidefarm.db"
 EMBEDDED_BROKER_DIR = ".slidefarm/broker"
+#: The longest life a signed output link may be given (a leaked link is
+#: someone else's copy of the file for this long at most).
+MAX_SIGNED_URL_TTL = 86400.0
+#: Signing secrets shorter than this are refused: they would be guessable.
+MIN_SECRET_KEY_LENGTH = 32
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Settings(BaseSettings):
@@ -103,6 +110,47 @@ class Settings(BaseSettings):
     webhook_rotation_grace: float = Field(default=86400.0, ge=0,
                                           validation_alias="SLIDEFARM_WEBHOOK_ROTATION_GRACE")
 
+    # --- HTTP: other sites, signed links and proxies ---
+    #: Comma-separated origins (``https://app.example``) whose pages may call
+    #: the API from a browser (CORS). Empty: none.
+    cors_origins: str = Field(default="", validation_alias="SLIDEFARM_CORS_ORIGINS")
+    #: Signs the output links of ``?signed=1``; the same on every API host.
+    #: Unset: no signed links.
+    secret_key: SecretStr | None = Field(default=None, validation_alias="SLIDEFARM_SECRET_KEY")
+    #: Seconds a signed output link works.
+    signed_url_ttl: float = Field(default=3600.0, ge=1, le=MAX_SIGNED_URL_TTL,
+                                  validation_alias="SLIDEFARM_SIGNED_URL_TTL")
+    #: Reverse proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port
+    #: are believed; 0 believes none, so a client cannot forge them.
+    trusted_proxies: int = Field(default=0, ge=0, le=10,
+                                 validation_alias="SLIDEFARM_TRUSTED_PROXIES")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                normalize_origin(part)  # raises on anything but scheme://host[:port]
+        return value
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        """The origins of :attr:`cors_origins`, as browsers write them."""
+        return frozenset(normalize_origin(part) for part in self.cors_origins.split(",")
+                         if part.strip())
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if isinstance(raw, str) and len(raw) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(f"SLIDEFARM_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} "
+                             "characters (e.g. `python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'`)")
+        return value
+
     @field_validator("webhook_allow")
     @classmethod
     def _cidrs(cls, value: str) -> str:
@@ -158,6 +206,28 @@ class Settings(BaseSettings):
     def embedded_broker(self) -> bool:
         """True when the broker is kombu's serverless filesystem transport."""
         return self.celery_broker_url.startswith("filesystem://")
+
+
+def normalize_origin(value: str) -> str:
+    """``value`` as a browser writes it in ``Origin`` (lowercase, no default
+    port, no trailing slash); ``ValueError`` unless it is ``scheme://host[:port]``."""
+    text = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"SLIDEFARM_CORS_ORIGINS: {value!r}: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path or parts.query \
+            or parts.fragment or parts.username is not None or "*" in text:
+        raise ValueError(f"SLIDEFARM_CORS_ORIGINS: {value!r} is not an origin such as "
+                         "https://app.example or http://localhost:3000")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        host += f":{port}"
+    return f"{scheme}://{host}"
 
 
 @lru_cache(maxsize=1)

@@ -54,7 +54,13 @@ def fuzz_config(operations: tuple[dict[str, Any], ...] = (), **extra: Any) -> An
             # docs/design.md: the outputs answer 404 until the job is completed, and no
             # worker runs here, so "just created, yet 404" is the contract.
             "include-path-regex": r"/(video|thumbnail|slides/\{n\})$",
-            "checks": {"ensure_resource_availability": {"enabled": False}},
+            "checks": {
+                "ensure_resource_availability": {"enabled": False},
+                # A well-formed Range past the end of a file (the fixture's
+                # thumbnail is 8 bytes) is rightly 416, as documented.
+                "positive_data_acceptance": {"expected-statuses": [
+                    "2xx", "3xx", "401", "403", "404", "409", "416", "429", "5xx"]},
+            },
         }, *operations],
     })
 
@@ -131,6 +137,8 @@ def fuzz_app(tmp_path: Path, sqlite_template: Path) -> Iterator[Any]:
         # Callback URLs that are IP literals pass the address guard; its
         # refusals of private addresses are tested in tests/test_webhooks.py.
         SLIDEFARM_WEBHOOK_ALLOW="0.0.0.0/0,::/0",
+        # Signed links on, as a deployment that embeds outputs runs.
+        SLIDEFARM_SECRET_KEY="fuzz-" + "k" * 40,
     )
     app = create_app({"TESTING": True, "SETTINGS": settings})
     from storage.access import AccessStore
@@ -228,6 +236,7 @@ def test_a_completed_job_reads_as_documented(fuzz_app: Any) -> None:
         etag = client.get(f"/v1/jobs/{job_id}/video", headers=AUTH_HEADERS)
         etag.close()
         expected = (({"Range": "bytes=0-9"}, 206), ({"Range": "bytes=999999-"}, 416),
+                    ({"Range": "bytes=-0"}, 416),
                     ({"Range": "items=0-1"}, 200), ({"Range": "bytes=0-1,4-5"}, 200),
                     ({"Range": "nonsense"}, 200), ({"If-None-Match": etag.headers["ETag"]}, 304))
         for headers, status in expected:
