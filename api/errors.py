@@ -84,6 +84,13 @@ class TooManyRequests(ApiError):
         self.retry_after = retry_after
 
 
+class ServiceUnavailable(ApiError):
+    """A dependency is down; try again shortly."""
+
+    status = 503
+    code = "service_unavailable"
+
+
 def error_response(status: int, code: str, message: str,
                    details: list[dict[str, Any]] | None = None) -> Response:
     """The JSON error body every failure answers with."""
