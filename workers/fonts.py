@@ -43,6 +43,8 @@ REGULAR_WEIGHT = 400.0
 #: Face names of a CJK collection by the language whose glyph forms they draw.
 CJK_FACES = {"ja": "JP", "ko": "KR", "zh": "SC"}
 NOTDEF = ".notdef"
+STYLE_WORDS = ("Bold", "Italic", "Oblique", "Light", "Thin", "Black", "Medium", "Semi",
+               "Extra", "Condensed", "Narrow", "Heavy")
 
 # Keeps files of a zipped install extracted for as long as the process lives.
 _extracted = ExitStack()
@@ -176,6 +178,13 @@ def shipped_faces() -> tuple[FontFace, ...]:
     return tuple(faces)
 
 
+def _is_regular_style(path: Path) -> bool:
+    # Bold, italic, light... files of a family add no character to its
+    # regular one; skipping them keeps a full scan of Debian's Noto short.
+    style = path.stem.rsplit("-", 1)[-1] if "-" in path.stem else ""
+    return not any(word in style for word in STYLE_WORDS)
+
+
 def _system_files() -> list[Path]:
     found: list[Path] = []
     for folder in SYSTEM_FONT_DIRS:
@@ -202,21 +211,20 @@ class FontChain:
                 first_emoji = next((i for i, f in enumerate(core) if f.emoji), len(core))
                 core.insert(first_emoji, face)
         self.core = tuple(core)
-        self._extra: tuple[FontFace, ...] | None = None
         self._faces: dict[tuple[str, str, bool], FontFace | None] = {}
         self._alternates: dict[tuple[FontFace, str], FontFace] = {}
 
-    def extra(self) -> tuple[FontFace, ...]:
-        """The other system fonts, read on the first character the core lacks."""
-        if self._extra is None:
-            known = {f.path for f in self.core}
-            faces = []
-            for path in self._system_files:
-                face = FontFace(path.stem, path)
-                if path not in known and (info := face_info(face)).drawable:
-                    faces.append(FontFace(path.stem, path, strike=info.strike))
-            self._extra = tuple(faces)
-        return self._extra
+    def extra(self) -> Iterator[FontFace]:
+        """The other system fonts in upright regular styles, each read only
+        when a character that no earlier font has reaches it."""
+        known = {f.path for f in self.core}
+        for path in self._system_files:
+            if path in known or not _is_regular_style(path):
+                continue
+            face = FontFace(path.stem, path)
+            info = face_info(face)
+            if info.drawable:
+                yield FontFace(path.stem, path, strike=info.strike)
 
     def _candidates(self, prefer_emoji: bool) -> Iterator[FontFace]:
         # Fonts are read lazily, in order: Latin text never opens the CJK font.
