@@ -1,7 +1,9 @@
 # One image for every role (api, worker, migrate); the command picks the role.
 FROM python:3.11-slim
+# Optional: the package brings the fonts for every script it accepts (CJK
+# included). Debian's adds colour emoji and the rarer scripts on top.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends fonts-noto-core fonts-noto-cjk \
+ && apt-get install -y --no-install-recommends fonts-noto-core fonts-noto-color-emoji \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     #: ffmpeg x264 preset: ``ultrafast`` encodes still slides about twice as fast as
     #: ``veryfast`` for somewhat larger files (bench: render).
     x264_preset: str = Field(default="ultrafast", validation_alias="SLIDEFARM_X264_PRESET")
+    #: Whether the renderer may use fonts installed on the machine (colour
+    #: emoji, and characters the shipped fonts lack). Off: only the fonts that
+    #: ship with the package, exactly what a fresh machine has.
+    system_fonts: bool = Field(default=True, validation_alias="SLIDEFARM_SYSTEM_FONTS")
     #: Max seconds an API process waits for the broker when sending a task.
     broker_send_timeout: float = Field(
         default=2.0, gt=0, validation_alias="SLIDEFARM_BROKER_SEND_TIMEOUT"

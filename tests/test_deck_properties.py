@@ -1,7 +1,9 @@
 """Property tests of deck validation (docs/design.md, "The deck").
 
 (a) any JSON value either validates or raises pydantic's ValidationError;
-(b) decks within the limits always validate and round-trip through JSON;
+(b) decks within the limits always validate and round-trip through JSON, and
+    a valid slide either draws inside its margins or fails naming exactly the
+    characters no shipped font has;
 (c) values just outside each limit are rejected, naming the field;
 (d) through the API (SQLite, in-process): any JSON body gets 202, 400, 413,
     415, 422 (or 429 from a quota), never a 5xx, and every error has the one
@@ -13,17 +15,24 @@ from __future__ import annotations
 import copy
 import json
 import math
+from importlib import resources
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from fontTools.ttLib import TTFont
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from storage.deck import Deck
+from tests.test_render import margins_are_background
+from workers.fonts import font_chain
+from workers.slides import render_slide
+from workers.text import MissingGlyphs, needs_glyph
 
 FAST = settings(max_examples=150, deadline=None)
+RENDER = settings(max_examples=60, deadline=None)
 API = settings(max_examples=200, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture,
                                       HealthCheck.too_slow])
@@ -108,6 +117,47 @@ def test_decks_within_the_limits_validate_and_round_trip(raw: dict[str, Any]) ->
     assert deck.title == raw["title"] and len(deck.slides) == len(raw["slides"])
     assert math.isclose(deck.total_seconds, sum(float(s.get("duration", 3.0))
                                                 for s in raw["slides"]))
+
+
+def _shipped_coverage() -> frozenset[int]:
+    """Every code point some shipped font maps to a real glyph, read straight
+    from the files' cmaps (not through the renderer's chain)."""
+    codes: set[int] = set()
+    for package in ("manimgx_fonts", "manimgx_fonts_cjk"):
+        for entry in resources.files(package).iterdir():
+            if entry.name.endswith((".ttf", ".ttc")) and "Italic" not in entry.name:
+                with resources.as_file(entry) as path:
+                    font = TTFont(str(path), lazy=True, fontNumber=0)
+                    notdef = font.getGlyphOrder()[0]
+                    codes |= {c for c, g in font.getBestCmap().items() if g != notdef}
+                    font.close()
+    return frozenset(codes)
+
+
+SHIPPED = _shipped_coverage()
+#: Text a slide can draw: scripts, emoji sequences, marks, joiners, bidi.
+DRAWABLE = st.text(st.sampled_from(list(
+    "Aa Zz éß ΩЖ مرحبا שלום नमस्ते বাং ไทย 中文 かな 한국 🙂👍🏽❤️🇫🇷 \u200d\u0301\n\t.,!…")),
+    max_size=300)
+
+
+@RENDER
+@given(st.fixed_dictionaries({}, optional={
+    "title": text(200) | DRAWABLE, "body": text(600) | DRAWABLE,
+    "bullets": st.lists(text(100) | DRAWABLE, max_size=4)}))
+def test_a_valid_slide_renders_inside_its_margins_or_names_what_no_font_has(
+        slide: dict[str, Any]) -> None:
+    deck = Deck.model_validate({"title": "t", "slides": [slide],
+                                "options": {"resolution": "480p", "theme": "dark"}})
+    shown = "".join([slide.get("title", ""), slide.get("body", ""), *slide.get("bullets", [])])
+    expected = {c for c in shown if needs_glyph(c) and ord(c) not in SHIPPED}
+    try:
+        image = render_slide(deck, 0, font_chain(system=False))
+    except MissingGlyphs as missing:
+        assert set(missing.characters) == expected and expected
+    else:
+        assert not expected
+        assert margins_are_background(image, "dark")
 
 
 def test_the_largest_deck_the_limits_allow_validates() -> None:

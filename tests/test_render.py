@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from storage.deck import RESOLUTIONS, Deck
+from workers.fonts import font_chain
 from workers.slides import THEMES, render_slide, save_png, save_thumbnail
-from workers.text import MISSING_GLYPH, Typesetter, base_direction, clean, runs, visual_runs
+from workers.text import MissingGlyphs, Typesetter, base_direction, clean, runs, visual_runs
 from workers.video import EncodeError, encode, frame_counts
 
 
@@ -72,7 +73,7 @@ def test_long_text_is_cut_with_an_ellipsis() -> None:
     "日本語のテキスト、中文，한국어",
     "Emoji 🙂🎉👩‍👩‍👧 and flags 🇫🇷",
     "Combining e\u0301 and zero\u200bwidth\u200d joiners",
-    "Unassigned \U000e0fff and private \ue000 and controls \x07\x1b\x7f",
+    "Ignorable \U000e0fff \ufe0f\u2066 and controls \x07\x1b\x7f",
     "Mixed English العربية עברית 日本 Ελληνικά",
 ])
 def test_any_unicode_renders_without_crashing(text: str) -> None:
@@ -81,9 +82,22 @@ def test_any_unicode_renders_without_crashing(text: str) -> None:
     assert margins_are_background(image, "dark")
 
 
-def test_characters_no_font_has_become_boxes() -> None:
-    cleaned = clean("a\U000e0fffb\x07")
-    assert cleaned == f"a{MISSING_GLYPH}b"
+def test_controls_are_dropped_and_separators_break_lines() -> None:
+    assert clean("a\U000e0fffb\x07\tc\u2028d") == "a\U000e0fffb c\nd"
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("Hieroglyph \U00013000 here", "U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001)"),
+    ("private \ue000 use", "U+E000 ''"),
+    ("unassigned \u0378", "U+0378 ''"),
+])
+def test_a_character_no_font_has_stops_the_slide_naming_it(text: str, named: str) -> None:
+    d = deck([{"title": "fine"}, {"title": "ok", "bullets": ["x", text]}])
+    fonts = font_chain(system=False)
+    with pytest.raises(MissingGlyphs) as raised:
+        render_slide(d, 1, fonts)
+    assert str(raised.value) == f"no font covers {named} on slide 2"
+    render_slide(d, 0, fonts)  # the other slide draws
 
 
 def test_right_to_left_lines_are_detected_and_runs_split_by_font() -> None:
@@ -92,6 +106,7 @@ def test_right_to_left_lines_are_detected_and_runs_split_by_font() -> None:
     assert base_direction("123") == "ltr"
     parts = runs("Hello 日本")
     assert "".join(p for _, p in parts) == "Hello 日本"
+    assert len({face for face, _ in parts}) == 2
 
 
 def test_wrapping_breaks_between_cjk_characters() -> None:

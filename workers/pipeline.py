@@ -48,6 +48,7 @@ from storage.files import (
     remove_job_files,
     slide_file,
 )
+from workers.fonts import font_chain
 from workers.heartbeat import (
     AttemptLost,
     CancelRequested,
@@ -55,7 +56,8 @@ from workers.heartbeat import (
     RenderTimedOut,
     StoreUnavailable,
 )
-from workers.slides import THEMES, render_slide, save_png, save_thumbnail
+from workers.slides import THEMES, missing_glyphs, render_slide, save_png, save_thumbnail
+from workers.text import MissingGlyphs
 from workers.video import EncodeError, EncodeStopped, encode
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,10 @@ def _publish(settings: Settings, job_id: str, attempt: int, scratch: Path) -> No
 
 def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
             timings: _Timings) -> None:
+    fonts = font_chain(settings.system_fonts)
+    if not settings.noop_render and (problem := missing_glyphs(deck, fonts)) is not None:
+        # Before any slide is drawn: the deck cannot render, so retrying is useless.
+        raise RenderError(problem)
     started = time.monotonic()
     count = len(deck.slides)
     images: list[Path] = []
@@ -136,7 +142,7 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
     for i in range(count):
         lease.check()
         if not settings.noop_render:
-            image = render_slide(deck, i)
+            image = render_slide(deck, i, fonts)
             rel = slide_file(i + 1)
             pending.append((rel, save_png(image, scratch / rel)))
             if i == 0:
@@ -223,7 +229,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.CANCELLED)
     except RenderTimedOut as timed_out:
         result = AttemptResult(Outcome.FAILED, str(timed_out))
-    except RenderError as failure:
+    except (RenderError, MissingGlyphs) as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
     except (StoreUnavailable, DatabaseUnavailable) as failure:
         result = AttemptResult(Outcome.RETRYING, f"database unavailable: {failure}")

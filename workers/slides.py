@@ -1,21 +1,36 @@
 """Slide images with Pillow: title, wrapped body, bullets, inside the margins.
 
 Text that does not fit shrinks (down to a floor) and is then cut with an
-ellipsis, so nothing ever runs off the slide.
+ellipsis, so nothing ever runs off the slide. A slide with a character that
+no font has is not drawn at all (:class:`~workers.text.MissingGlyphs`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from storage.deck import Deck, Slide
-from workers.text import Typesetter, clean, fit_lines
+from workers.fonts import FontChain, default_chain
+from workers.text import (
+    MissingGlyphs,
+    Typesetter,
+    cjk_language,
+    clean,
+    describe,
+    fit_lines,
+    uncovered,
+)
 
 THUMBNAIL_WIDTH = 320
 BULLET = "\u2022"
+MAX_LISTED = 10  # distinct characters an error names before "and N more"
+
+#: A typesetter at a size, with the slide's fonts and language.
+Setter = Callable[[int], Typesetter]
 
 
 @dataclass(frozen=True)
@@ -49,10 +64,11 @@ class Box:
         return self.bottom - self.top
 
 
-def _layout_title(text: str, box: Box, base: int) -> tuple[Typesetter, list[str]]:
+def _layout_title(text: str, box: Box, base: int,
+                  setter: Setter) -> tuple[Typesetter, list[str]]:
     """The title at the largest size (down to 70%) that fits two lines."""
     for scale in (1.0, 0.9, 0.8, 0.7):
-        ts = Typesetter(int(base * scale))
+        ts = setter(int(base * scale))
         lines = ts.wrap(text, box.width)
         if len(lines) <= 2:
             return ts, lines
@@ -66,7 +82,8 @@ class _Block:
     bullet: bool
 
 
-def _layout_body(slide: Slide, box: Box, base: int) -> tuple[Typesetter, list[_Block], int]:
+def _layout_body(slide: Slide, box: Box, base: int,
+                 setter: Setter) -> tuple[Typesetter, list[_Block], int]:
     """Body paragraphs and bullets at the largest size that fits ``box``; at
     the floor size the overflow is cut with an ellipsis."""
     body = clean(slide.body) if slide.body else ""
@@ -74,7 +91,7 @@ def _layout_body(slide: Slide, box: Box, base: int) -> tuple[Typesetter, list[_B
     floor = max(int(base * 0.5), 10)
     size = base
     while True:
-        ts = Typesetter(size)
+        ts = setter(size)
         indent = int(ts.size * 1.2)
         blocks: list[_Block] = []
         if body.strip():
@@ -107,11 +124,45 @@ def _cut_blocks(ts: Typesetter, blocks: list[_Block], box: Box, gap: int) -> lis
     return kept
 
 
-def render_slide(deck: Deck, index: int) -> Image.Image:
-    """Slide ``index`` (from 0) of ``deck`` as an RGB image at the deck's resolution."""
+def _drawn_text(slide: Slide) -> str:
+    """Every character the slide shows (notes are not drawn)."""
+    return "\n".join([clean(slide.title), clean(slide.body), *map(clean, slide.bullets)])
+
+
+def missing_glyphs(deck: Deck, fonts: FontChain | None = None) -> str | None:
+    """Why ``deck`` cannot be drawn, naming each character no font has and
+    the slides it is on; None when every character has a font."""
+    chain = fonts or default_chain()
+    slides_of: dict[str, list[int]] = {}
+    for number, slide in enumerate(deck.slides, start=1):
+        for ch in uncovered(_drawn_text(slide), chain):
+            slides_of.setdefault(ch, []).append(number)
+    if not slides_of:
+        return None
+    parts = []
+    for ch, numbers in list(slides_of.items())[:MAX_LISTED]:
+        where = "slide" if len(numbers) == 1 else "slides"
+        parts.append(f"{describe(ch)} on {where} {', '.join(map(str, numbers))}")
+    more = len(slides_of) - MAX_LISTED
+    return "no font covers " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Image.Image:
+    """Slide ``index`` (from 0) of ``deck`` as an RGB image at the deck's
+    resolution. Raises :class:`~workers.text.MissingGlyphs` for a character
+    that no font has."""
     width, height = deck.options.size
     theme = THEMES[deck.options.theme]
     slide = deck.slides[index]
+    chain = fonts or default_chain()
+    text = _drawn_text(slide)
+    missing = uncovered(text, chain)
+    if missing:
+        raise MissingGlyphs(missing, where=f"slide {index + 1}")
+    lang = cjk_language(text)
+
+    def setter(size: int) -> Typesetter:
+        return Typesetter(size, chain, lang)
     image = Image.new("RGB", (width, height), theme.background)
     draw = ImageDraw.Draw(image)
 
@@ -126,9 +177,9 @@ def render_slide(deck: Deck, index: int) -> Image.Image:
     top = content.top
     title = clean(slide.title) if slide.title else ""
     if title.strip():
-        ts, lines = _layout_title(title, content, int(height * 0.085))
+        ts, lines = _layout_title(title, content, int(height * 0.085), setter)
         for line in lines:
-            ts.draw_line(draw, content.left, content.right, top, line, theme.title)
+            ts.draw_line(image, content.left, content.right, top, line, theme.title)
             top += ts.line_height
         rule_y = top + int(height * 0.015)
         draw.rectangle((content.left, rule_y, content.left + int(width * 0.08),
@@ -137,23 +188,23 @@ def render_slide(deck: Deck, index: int) -> Image.Image:
 
     body_box = Box(content.left, top, content.right, content.bottom)
     if body_box.height > 0:
-        ts, blocks, gap = _layout_body(slide, body_box, int(height * 0.045))
+        ts, blocks, gap = _layout_body(slide, body_box, int(height * 0.045), setter)
         y = body_box.top
         for block in blocks:
             for n, line in enumerate(block.lines):
                 if block.bullet and n == 0:
-                    ts.draw_line(draw, content.left, content.left + block.indent, y, BULLET,
+                    ts.draw_line(image, content.left, content.left + block.indent, y, BULLET,
                                  theme.accent)
-                ts.draw_line(draw, content.left + block.indent, content.right, y, line,
+                ts.draw_line(image, content.left + block.indent, content.right, y, line,
                              theme.text)
                 y += ts.line_height
             y += gap
 
-    footer = Typesetter(int(height * 0.028))
+    footer = setter(int(height * 0.028))
     number = f"{index + 1} / {len(deck.slides)}"
     footer_top = height - margin_y // 2 - footer_h
     number_left = content.right - int(footer.width(number))
-    footer.draw_line(draw, number_left, content.right, footer_top, number, theme.muted)
+    footer.draw_line(image, number_left, content.right, footer_top, number, theme.muted)
     return image
 
 

@@ -1,219 +1,201 @@
-"""Typography for slides: a per-character font fallback chain, bidi-aware line
-drawing and wrapping that never lets text run off the slide.
+"""Typography for slides: which font draws each character, bidi-aware line
+drawing, and wrapping that never lets text run off the slide.
 
-Pillow's raqm layout shapes each run (Arabic joins, Hebrew runs right to left,
-Devanagari clusters). The chain starts with Pillow's bundled scalable Latin
-font, which needs no system package, and adds wide-coverage fonts where they
-are installed (Noto, DejaVu). A character that no font has is drawn as a box.
+Every character that shows is drawn with a font that has a real glyph for it
+(see :mod:`workers.fonts`); text with a character that no font has cannot be
+drawn and raises :class:`MissingGlyphs`, never a silent box. Pillow's raqm
+layout shapes each run of one font (Arabic joins, Hebrew runs right to left,
+Devanagari clusters, emoji sequences).
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from io import BytesIO
-from pathlib import Path
+from itertools import accumulate
 
-from fontTools.ttLib import TTFont
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-log = logging.getLogger(__name__)
+from workers.fonts import FontChain, FontFace, default_chain
 
-FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))
-
-#: Wide-coverage fonts tried first, in order; the rest of the Noto family is
-#: only scanned when a character is missing from all of these.
-PREFERRED_FONTS = (
-    "NotoSans-Regular.ttf",
-    "DejaVuSans.ttf",
-    "NotoSansArabic-Regular.ttf",
-    "NotoSansHebrew-Regular.ttf",
-    "NotoSansDevanagari-Regular.ttf",
-    "NotoSansBengali-Regular.ttf",
-    "NotoSansThai-Regular.ttf",
-    "NotoSansTamil-Regular.ttf",
-    "NotoSansArmenian-Regular.ttf",
-    "NotoSansGeorgian-Regular.ttf",
-    "NotoSansEthiopic-Regular.ttf",
-    "NotoSansCJK-Regular.ttc",
-    "NotoSansSymbols-Regular.ttf",
-    "NotoSansSymbols2-Regular.ttf",
-    "NotoSansMath-Regular.ttf",
-)
-
-MISSING_GLYPH = "\u25a1"  # WHITE SQUARE: what a character no font has becomes
 ELLIPSIS = "\u2026"
 MAX_COMBINING = 3  # combining marks kept per base character
 RTL_CLASSES = frozenset({"R", "AL"})
 STRONG_LTR = "L"
+ZWJ = "\u200d"
+ZWNJ = "\u200c"
+EMOJI_STYLE = "\ufe0f"
+KEYCAP = "\u20e3"
+#: Unicode's Default_Ignorable_Code_Point ranges: invisible by definition
+#: (joiners, variation selectors, bidi controls, tags), so no glyph is needed.
+DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
+REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+OGHAM_SPACE_MARK = "\u1680"  # the one space separator that is a visible mark
 
 
-@dataclass(frozen=True)
-class FontSource:
-    """Where one font of the chain comes from and which code points it has."""
+class MissingGlyphs(ValueError):
+    """Text has characters that no font of the chain can draw."""
 
-    name: str
-    data: bytes | None
-    path: Path | None
-    coverage: frozenset[int]
-
-    def at(self, size: int) -> ImageFont.FreeTypeFont:
-        source: str | BytesIO = str(self.path) if self.path else BytesIO(self.data or b"")
-        return ImageFont.truetype(source, size=size, layout_engine=ImageFont.Layout.RAQM)
+    def __init__(self, characters: Iterable[str], where: str = "") -> None:
+        self.characters = sorted(set(characters))
+        listed = ", ".join(describe(c) for c in self.characters)
+        super().__init__(f"no font covers {listed}" + (f" on {where}" if where else ""))
 
 
-def _coverage(source: str | BytesIO) -> frozenset[int]:
-    font = TTFont(source, lazy=True, fontNumber=0)
-    try:
-        cmap = font.getBestCmap() or {}
-        return frozenset(cmap)
-    finally:
-        font.close()
+def describe(ch: str) -> str:
+    """``U+13000 '𓀀' (EGYPTIAN HIEROGLYPH A001)``: a character, readably."""
+    name = unicodedata.name(ch, "")
+    shown = ch if ch.isprintable() else ""
+    return f"U+{ord(ch):04X} '{shown}'" + (f" ({name})" if name else "")
 
 
-def _find_font(name: str) -> Path | None:
-    for folder in FONT_DIRS:
-        if folder.is_dir():
-            for match in folder.rglob(name):
-                return match
-    return None
-
-
-def _load(name: str, path: Path) -> FontSource | None:
-    try:
-        return FontSource(name, None, path, _coverage(str(path)))
-    except Exception:  # a broken font file must never stop a render
-        log.warning("ignoring unreadable font %s", path, exc_info=True)
-        return None
-
-
-@lru_cache(maxsize=1)
-def base_chain() -> tuple[FontSource, ...]:
-    """The floor font and the preferred installed fonts, loaded once per process."""
-    floor = ImageFont.load_default(size=16)
-    floor_bytes: bytes = getattr(floor, "font_bytes")  # noqa: B009 (not in the stubs)
-    chain = [FontSource("pillow-default", floor_bytes, None, _coverage(BytesIO(floor_bytes)))]
-    for name in PREFERRED_FONTS:
-        path = _find_font(name)
-        if path is not None and (source := _load(name, path)) is not None:
-            chain.append(source)
-    return tuple(chain)
-
-
-@lru_cache(maxsize=1)
-def extended_chain() -> tuple[FontSource, ...]:
-    """Every other installed Noto Sans face, for rare scripts; loaded on first need."""
-    known = {s.name for s in base_chain()}
-    extra: list[FontSource] = []
-    for folder in FONT_DIRS:
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("NotoSans*-Regular.tt[fc]")):
-            if path.name not in known and (source := _load(path.name, path)) is not None:
-                known.add(path.name)
-                extra.append(source)
-    return tuple(extra)
-
-
-def _needs_font(ch: str) -> bool:
-    return unicodedata.category(ch) not in ("Zs", "Cc", "Cf", "Zl", "Zp")
-
-
-@lru_cache(maxsize=4096)
-def font_index_for(ch: str) -> int:
-    """Index into the chain (base, then extended) of the first font that has ``ch``, or -1."""
+@lru_cache(maxsize=65536)
+def is_ignorable(ch: str) -> bool:
+    """Whether ``ch`` is a default-ignorable code point (never drawn)."""
     code = ord(ch)
-    for i, source in enumerate(base_chain()):
-        if code in source.coverage:
-            return i
-    offset = len(base_chain())
-    for i, source in enumerate(extended_chain()):
-        if code in source.coverage:
-            return offset + i
-    return -1
+    return any(low <= code <= high for low, high in DEFAULT_IGNORABLE)
 
 
-@lru_cache(maxsize=256)
-def _font(index: int, size: int) -> ImageFont.FreeTypeFont:
-    chain = base_chain() + (extended_chain() if index >= len(base_chain()) else ())
-    return chain[index].at(size)
+@lru_cache(maxsize=65536)
+def needs_glyph(ch: str) -> bool:
+    """Whether ``ch`` shows as a glyph: not a control, line break, space
+    (shaping substitutes a missing space) or default-ignorable character."""
+    category = unicodedata.category(ch)
+    if category in ("Cc", "Zl", "Zp") or is_ignorable(ch):
+        return False
+    return category != "Zs" or ch == OGHAM_SPACE_MARK
 
 
 def clean(text: str) -> str:
-    """Drop control characters and replace characters no font has with a box."""
+    """Drop control characters, turn line and paragraph separators into line
+    breaks, and cap stacks of combining marks."""
     out = []
     marks = 0
     for ch in text:
-        if unicodedata.category(ch) in ("Mn", "Me"):
+        category = unicodedata.category(ch)
+        if category in ("Mn", "Me"):
             marks += 1
             if marks > MAX_COMBINING:
                 continue  # stacked marks would climb out of the slide
         else:
             marks = 0
-        if ch == "\n" or ch == " ":
-            out.append(ch)
-        elif unicodedata.category(ch) == "Cc":
+        if ch == "\n" or category in ("Zl", "Zp"):
+            out.append("\n")
+        elif category == "Cc":
             out.append(" " if ch == "\t" else "")
-        elif _needs_font(ch) and font_index_for(ch) < 0:
-            out.append(MISSING_GLYPH)
         else:
             out.append(ch)
     return "".join(out)
 
 
-def _clusters(text: str) -> list[str]:
-    """Base characters with the combining marks that follow them."""
-    clusters: list[str] = []
+def uncovered(text: str, fonts: FontChain | None = None) -> list[str]:
+    """The characters of ``text`` that show but that no font has, each once."""
+    chain = fonts or default_chain()
+    seen: dict[str, None] = {}
     for ch in text:
-        if clusters and unicodedata.category(ch) in ("Mn", "Me", "Mc"):
-            clusters[-1] += ch
+        if ch not in seen and needs_glyph(ch) and not chain.covers(ch):
+            seen[ch] = None
+    return list(seen)
+
+
+def cjk_language(text: str) -> str:
+    """Which glyph forms Han characters take: Japanese beside kana, Korean
+    beside Hangul, else Simplified Chinese."""
+    if any("\u3040" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff" for ch in text):
+        return "ja"
+    if any("\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f"
+           for ch in text):
+        return "ko"
+    return "zh"
+
+
+def clusters(text: str) -> list[str]:
+    """Text cut where a font may change: a base character with its combining
+    marks, joiners and variation selectors, and whole emoji sequences (ZWJ,
+    skin tones, flags, keycaps, tags)."""
+    result: list[str] = []
+    join_next = False
+    for ch in text:
+        code = ord(ch)
+        attach = bool(result) and (
+            join_next
+            or unicodedata.category(ch) in ("Mn", "Me", "Mc")
+            or ch in (ZWJ, ZWNJ)
+            or code in EMOJI_MODIFIERS
+            or 0xE0020 <= code <= 0xE007F  # tag sequences (subdivision flags)
+            or (code in REGIONAL_INDICATORS and len(result[-1]) == 1
+                and ord(result[-1]) in REGIONAL_INDICATORS)
+        )
+        if join_next and not needs_glyph(ch) and ch not in (ZWJ, ZWNJ):
+            attach = False  # a joiner before a space joins nothing
+        if attach:
+            result[-1] += ch
         else:
-            clusters.append(ch)
-    return clusters
-
-
-def _font_for_cluster(cluster: str) -> int:
-    """The first font that has every character of ``cluster`` (else its base's)."""
-    if len(cluster) == 1:
-        return font_index_for(cluster)
-    codes = [ord(c) for c in cluster]
-    for i in range(len(base_chain()) + len(extended_chain())):
-        coverage = _coverage_of(i)
-        if all(code in coverage for code in codes):
-            return i
-    return font_index_for(cluster[0])
-
-
-def runs(text: str) -> list[tuple[int, str]]:
-    """Split ``text`` into runs drawn with one font each; spaces join the run
-    around them and a combining mark stays with its base."""
-    result: list[tuple[int, str]] = []
-    current = -1
-    buf: list[str] = []
-    for cluster in _clusters(text):
-        first = cluster[0]
-        if current >= 0 and not _needs_font(first) and ord(first) in _coverage_of(current):
-            index = current  # spaces stay with the run around them
-        else:
-            index = max(_font_for_cluster(cluster), 0)
-        if index != current and buf:
-            result.append((max(current, 0), "".join(buf)))
-            buf = []
-        current = index
-        buf.append(cluster)
-    if buf:
-        result.append((max(current, 0), "".join(buf)))
+            result.append(ch)
+        join_next = ch == ZWJ
     return result
 
 
-def _coverage_of(index: int) -> frozenset[int]:
-    chain = base_chain()
-    if index < len(chain):
-        return chain[index].coverage
-    return extended_chain()[index - len(chain)].coverage
+def _prefers_emoji(cluster: str) -> bool:
+    return (EMOJI_STYLE in cluster or KEYCAP in cluster or ZWJ in cluster
+            or any(ord(c) in EMOJI_MODIFIERS or ord(c) in REGIONAL_INDICATORS
+                   for c in cluster))
+
+
+def runs(text: str, fonts: FontChain | None = None, lang: str = "zh") -> list[tuple[FontFace, str]]:
+    """Split ``text`` into runs drawn with one font each; spaces and other
+    invisible characters join the run around them and a cluster stays whole
+    when one font has all of it. Raises :class:`MissingGlyphs`."""
+    return list(_runs(text, fonts or default_chain(), lang))
+
+
+# Wrapping measures the same prefixes again at each size it tries.
+@lru_cache(maxsize=8192)
+def _runs(text: str, chain: FontChain, lang: str) -> tuple[tuple[FontFace, str], ...]:
+    pieces: list[tuple[FontFace | None, str]] = []
+    missing: list[str] = []
+    for cluster in clusters(text):
+        required = "".join(c for c in cluster if needs_glyph(c))
+        if not required:
+            pieces.append((None, cluster))  # decided by its neighbours below
+            continue
+        face = chain.face_for(required, lang, _prefers_emoji(cluster))
+        if face is not None:
+            pieces.append((face, cluster))
+            continue
+        # No one font has the whole cluster: each character on its own.
+        for ch in cluster:
+            single = chain.face_for(ch, lang) if needs_glyph(ch) else None
+            if needs_glyph(ch) and single is None:
+                missing.append(ch)
+            pieces.append((single, ch))
+    if missing:
+        raise MissingGlyphs(missing)
+    # Spaces take the text font before them: an emoji font's space is an em wide.
+    text_face = next((face for face, _ in pieces if face is not None and not face.emoji),
+                     chain.core[0])
+    result: list[tuple[FontFace, str]] = []
+    current = text_face
+    for face, part in pieces:
+        if face is None:
+            current = text_face if current.emoji else current
+        else:
+            current = face
+            text_face = current if not current.emoji else text_face
+        if result and result[-1][0] == current:
+            result[-1] = (current, result[-1][1] + part)
+        else:
+            result.append((current, part))
+    return tuple(result)
 
 
 def _strong(klass: str) -> str | None:
@@ -295,38 +277,76 @@ def base_direction(text: str) -> str:
     return "ltr"
 
 
+@lru_cache(maxsize=256)
+def _bitmap_run(face: FontFace, text: str, direction: str,
+                size: int) -> tuple[Image.Image, float, float]:
+    """A run of a bitmap-only (colour emoji) font, drawn at its strike size
+    and scaled to ``size``: the RGBA image and its offset from the pen
+    position on the baseline."""
+    strike = face.strike or size
+    font = face.at(strike)
+    box = font.getbbox(text, anchor="ls", direction=direction)
+    left, top = math.floor(box[0]), math.floor(box[1])
+    right, bottom = math.ceil(box[2]), math.ceil(box[3])
+    canvas = Image.new("RGBA", (max(right - left, 1), max(bottom - top, 1)), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((-left, -top), text, font=font, anchor="ls",
+                                direction=direction, embedded_color=True)
+    scale = size / strike
+    scaled = canvas.resize((max(round(canvas.width * scale), 1),
+                            max(round(canvas.height * scale), 1)), Image.Resampling.LANCZOS)
+    return scaled, left * scale, top * scale
+
+
 class Typesetter:
-    """Measures, wraps and draws text at one size with the fallback chain."""
+    """Measures, wraps and draws text at one size with the font chain.
 
-    def __init__(self, size: int) -> None:
+    ``lang`` picks the glyph forms of Han characters (see :func:`cjk_language`).
+    """
+
+    def __init__(self, size: int, fonts: FontChain | None = None, lang: str = "zh") -> None:
         self.size = max(int(size), 6)
+        self.fonts = fonts or default_chain()
+        self.lang = lang
 
-    def font(self, index: int) -> ImageFont.FreeTypeFont:
-        return _font(index, self.size)
+    def runs(self, text: str) -> list[tuple[FontFace, str]]:
+        """``text`` in runs of one font each (see :func:`runs`)."""
+        return runs(text, self.fonts, self.lang)
 
     @property
     def line_height(self) -> int:
         return int(round(self.size * 1.3))
 
-    def width(self, text: str) -> float:
-        return sum(self.font(i).getlength(part) for i, part in runs(text))
+    def length(self, face: FontFace, text: str, direction: str | None = None) -> float:
+        """The advance of ``text`` drawn with ``face`` at this size."""
+        advance = face.at(self.size).getlength(text, direction=direction)
+        if face.strike:
+            advance *= self.size / face.strike
+        return advance
 
-    def draw_line(self, draw: ImageDraw.ImageDraw, left: int, right: int, top: int,
+    def width(self, text: str) -> float:
+        return sum(self.length(face, part) for face, part in self.runs(text))
+
+    def draw_line(self, image: Image.Image, left: int, right: int, top: int,
                   text: str, fill: tuple[int, int, int]) -> None:
         """Draw one line between ``left`` and ``right`` in visual (bidi) order;
         lines whose paragraph direction is right-to-left align right."""
+        draw = ImageDraw.Draw(image)
         baseline = top + int(round(self.size * 1.0))
-        pieces: list[tuple[int, str, str]] = []  # font, text, direction; visual order
+        pieces: list[tuple[FontFace, str, str]] = []  # font, text, direction; visual order
         for direction, segment in visual_runs(text):
-            parts = runs(segment)
+            parts = self.runs(segment)
             if direction == "rtl":
                 parts.reverse()
-            pieces += [(index, part, direction) for index, part in parts]
-        widths = [self.font(i).getlength(p, direction=d) for i, p, d in pieces]
+            pieces += [(face, part, direction) for face, part in parts]
+        widths = [self.length(face, part, d) for face, part, d in pieces]
         x = right - sum(widths) if base_direction(text) == "rtl" else left
-        for (index, part, direction), w in zip(pieces, widths, strict=True):
-            draw.text((x, baseline), part, font=self.font(index), fill=fill, anchor="ls",
-                      direction=direction)
+        for (face, part, direction), w in zip(pieces, widths, strict=True):
+            if face.strike:
+                bitmap, dx, dy = _bitmap_run(face, part, direction, self.size)
+                image.paste(bitmap, (round(x + dx), round(baseline + dy)), bitmap)
+            else:
+                draw.text((x, baseline), part, font=face.at(self.size), fill=fill,
+                          anchor="ls", direction=direction)
             x += w
 
     def wrap(self, text: str, max_width: float) -> list[str]:
@@ -357,14 +377,16 @@ class Typesetter:
         return lines
 
     def _longest_prefix(self, text: str, max_width: float) -> str:
-        lo, hi = 1, len(text)
+        # Cut between clusters only: a mark or an emoji sequence stays whole.
+        ends = list(accumulate(len(cluster) for cluster in clusters(text)))
+        lo, hi = 1, len(ends)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.width(text[:mid]) <= max_width:
+            if self.width(text[:ends[mid - 1]]) <= max_width:
                 lo = mid
             else:
                 hi = mid - 1
-        return text[:lo]
+        return text[:ends[lo - 1]] if ends else text
 
     def ellipsize(self, text: str, max_width: float) -> str:
         """``text`` cut so that it and an ellipsis fit in ``max_width``."""
