@@ -234,10 +234,12 @@ def _feed(url: str, ttl: float) -> ChangeFeed:
     return ChangeFeed(url, ttl)
 
 
-def _is_job_id(value: str) -> bool:
-    """Job ids are UUIDs; anything else names no job (and never reaches SQL)."""
+def is_job_id(value: str) -> bool:
+    """Job ids are UUIDs (lower case, hyphenated); anything else names no job,
+    and is refused before it reaches SQL or a cache key."""
     try:
-        return str(uuid.UUID(value)) == value.lower() and len(value) == 36
+        # Exactly the form ids are stored in: any other spelling would miss.
+        return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False
 
@@ -725,7 +727,7 @@ class JobStore:
         """The job ``job_id``; :class:`JobNotFound` if there is none, or if
         ``owner`` is given and the job is someone else's (not found, not
         forbidden: ids reveal nothing)."""
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             raise JobNotFound()
         with self.transaction(single=True) as conn:
             job = self._snapshot(conn, job_id)
@@ -994,7 +996,7 @@ class JobStore:
         :class:`InvalidTransition` if the job is already finished;
         :class:`JobNotFound` if it is not ``owner``'s (when given).
         """
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             raise JobNotFound()
         now = utcnow()
         mine = _owned(owner)
@@ -1037,7 +1039,7 @@ class JobStore:
         :class:`QuotaExceeded` if its owner already has ``max_active`` jobs
         queued or processing (a retry counts like a submission).
         """
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             raise JobNotFound()
         now = utcnow()
         with self.transaction() as conn:
@@ -1084,7 +1086,7 @@ class JobStore:
 
         A worker still rendering it finds its next write refused and stops.
         """
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             return False
         with self.transaction() as conn:
             if owner is not None and conn.execute(
