@@ -778,7 +778,8 @@ class JobStore:
 
         ``None`` means the job is gone, someone else holds or finished it, or
         its retry is not due yet: a second delivery of the same task does
-        nothing.
+        nothing. A queued job whose cancel was asked for is never claimed: it
+        ends ``cancelled`` here (and ``None`` comes back).
         """
         def build() -> Any:
             now = bindparam("q_now", type_=UTCDateTime())
@@ -788,6 +789,7 @@ class JobStore:
                     jobs_table.c.id == bindparam("q_id"),
                     jobs_table.c.status == Status.QUEUED.value,
                     or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+                    jobs_table.c.cancel_requested.is_(False),
                 )
                 .values(
                     status=Status.PROCESSING.value,
@@ -802,7 +804,6 @@ class JobStore:
                     video_url=None,
                     thumbnail_url=None,
                     slide_image_path=None,
-                    cancel_requested=False,
                     not_before=None,
                     render_seconds=None,
                     encode_seconds=None,
@@ -817,9 +818,37 @@ class JobStore:
                                    job_id, Status.QUEUED, Status.PROCESSING, "claimed",
                                    key="claim", worker_values=note_worker)
         if row is None:
+            # Off the hot path: only a claim that found nothing to claim.
+            self._cancel_flagged(job_id)
             return None
         self._changed(job_id)
         return Job.from_row(row)
+
+    def _cancel_flagged(self, job_id: str) -> bool:
+        """``queued -> cancelled`` for a queued job whose cancel was asked for
+        while it was processing (its worker's retry or a recovery raced the
+        cancel): the cancel the API acknowledged wins over any later attempt."""
+        def build() -> Any:
+            return (
+                update(jobs_table)
+                .where(jobs_table.c.id == bindparam("x_id"),
+                       jobs_table.c.status == Status.QUEUED.value,
+                       jobs_table.c.cancel_requested.is_(True))
+                .values(status=Status.CANCELLED.value, stage=Stage.QUEUED.value,
+                        cancel_requested=False,
+                        completed_at=bindparam("arm_now", type_=UTCDateTime()),
+                        **self._arm_webhook())
+                .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
+            )
+
+        row = self._write_recorded(build, {"x_id": job_id, "arm_now": utcnow()}, job_id,
+                                   Status.QUEUED, Status.CANCELLED,
+                                   "cancelled by request before the next attempt",
+                                   key="cancel_flagged")
+        if row is None:
+            return False
+        self._changed(job_id)
+        return True
 
     def heartbeat(self, job_id: str, attempt: int) -> LeaseState:
         """Renew the lease of ``attempt``: held, cancel requested, or lost."""
@@ -897,8 +926,11 @@ class JobStore:
 
     def complete(self, job_id: str, attempt: int, *, video_url: str, thumbnail_url: str,
                  slide_image_path: str, render_seconds: float | None = None,
-                 encode_seconds: float | None = None) -> bool:
-        """``processing -> completed`` for ``attempt``, outputs already in place."""
+                 encode_seconds: float | None = None) -> LeaseState:
+        """``processing -> completed`` for ``attempt``, outputs already in place:
+        ``HELD`` if it completed, ``CANCEL_REQUESTED`` if a cancel came in
+        first (the job is still the attempt's, to end cancelled), ``LOST`` if
+        another attempt holds the job or it is gone."""
         now = utcnow()
 
         def counted() -> dict[str, Any]:
@@ -906,7 +938,7 @@ class JobStore:
             return worker_finished(bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()),
                                    failed=False)
 
-        return self._transition(
+        if self._transition(
             job_id, attempt, Status.PROCESSING,
             {
                 "status": Status.COMPLETED.value,
@@ -923,11 +955,17 @@ class JobStore:
                 "encode_seconds": bindparam("c_encode", type_=Float()),
             },
             to_status=Status.COMPLETED, reason="rendered", worker_values=counted,
-            key="complete",
+            key="complete", where=[jobs_table.c.cancel_requested.is_(False)],
             params={"c_id": job_id, "c_video": video_url, "c_thumbnail": thumbnail_url,
                     "c_slides": slide_image_path, "c_now": now, "c_render": render_seconds,
                     "c_encode": encode_seconds},
-        )
+        ):
+            return LeaseState.HELD
+        # Refused (off the hot path): a cancel acknowledged by the API wins
+        # over a completion that had not landed yet.
+        state = self.heartbeat(job_id, attempt)
+        return LeaseState.CANCEL_REQUESTED if state is LeaseState.CANCEL_REQUESTED \
+            else LeaseState.LOST
 
     def fail(self, job_id: str, attempt: int, error: str, *,
              render_seconds: float | None = None, encode_seconds: float | None = None) -> bool:
@@ -1140,16 +1178,15 @@ class JobStore:
                 .limit(limit)
             ).all()
         still_stale = [jobs_table.c.last_heartbeat < cutoff]
+        # The flag read above may be old by now: a requeue or a failure lands
+        # only while no cancel is asked for, and one refused for that reason
+        # ends the job cancelled instead (never queued with the flag set).
+        no_cancel = [*still_stale, jobs_table.c.cancel_requested.is_(False)]
         done: list[Recovery] = []
         for job in stale:
             lost = f"worker lost: {job.worker} stopped heartbeating"
+            ok = False
             if job.cancel_requested:
-                ok = self._transition(
-                    job.id, job.attempts, Status.PROCESSING,
-                    {"status": Status.CANCELLED.value, "completed_at": now,
-                     "cancel_requested": False},
-                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}", where=still_stale,
-                    drop_files=True)
                 action = Status.CANCELLED
             elif job.attempts < job.attempt_limit:
                 ok = self._transition(
@@ -1157,15 +1194,24 @@ class JobStore:
                     {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value,
                      "progress": 0.0, "queued_at": now, "dispatched_at": now,
                      "not_before": None, "error": lost},
-                    to_status=Status.QUEUED, reason=lost, where=still_stale)
+                    to_status=Status.QUEUED, reason=lost, where=no_cancel)
                 action = Status.QUEUED
             else:
                 message = f"{lost} (after {job.attempts} attempts)"
                 ok = self._transition(
                     job.id, job.attempts, Status.PROCESSING,
                     {"status": Status.FAILED.value, "completed_at": now, "error": message},
-                    to_status=Status.FAILED, reason=message, where=still_stale, drop_files=True)
+                    to_status=Status.FAILED, reason=message, where=no_cancel, drop_files=True)
                 action = Status.FAILED
+            if not ok:
+                ok = self._transition(
+                    job.id, job.attempts, Status.PROCESSING,
+                    {"status": Status.CANCELLED.value, "completed_at": now,
+                     "cancel_requested": False},
+                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}",
+                    where=[*still_stale, jobs_table.c.cancel_requested.is_(True)],
+                    drop_files=True)
+                action = Status.CANCELLED
             if ok:
                 done.append(Recovery(job.id, action, job.worker))
         return done

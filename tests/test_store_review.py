@@ -6,15 +6,19 @@ Races are made deterministic by holding one side at a chosen statement
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import Engine, event, update
 
 from api import create_app
-from storage import JobStore, Settings
+from storage import JobStore, LeaseState, Settings, Status, utcnow
 from storage.config import database_backend
-from storage.db import normalize_url
+from storage.db import create_db_engine, normalize_url
+from storage.jobs import jobs_table
 from tests.conftest import NO_LIMITS, small_deck
 
 # -- keys on every database that is not SQLite ----------------------------------
@@ -119,3 +123,122 @@ def test_a_status_read_of_a_malformed_id_touches_neither_redis_nor_the_database(
         # (A path the router does not match is its generic 404.)
         assert answer.get_json()["error"]["code"] in ("job_not_found", "not_found"), bad
         assert counted.redis == [] and counted.sql == [], bad
+
+
+# -- a cancel is never lost to a racing write ------------------------------------
+
+
+class Hold:
+    """Stops the thread that runs a matching statement on ``engine``, right
+    after that statement, until :meth:`release` (once)."""
+
+    def __init__(self, engine: Engine, matches: Callable[[str], bool],
+                 when: str = "after_cursor_execute") -> None:
+        self.reached = threading.Event()
+        self._go = threading.Event()
+        self._done = False
+        self.engine, self.when = engine, when
+
+        def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if not self._done and matches(statement):
+                self._done = True
+                self.reached.set()
+                assert self._go.wait(30), "never released"
+
+        self._hook = hook
+        event.listen(engine, when, hook)
+
+    def release(self) -> None:
+        self._go.set()
+
+    def remove(self) -> None:
+        self._go.set()
+        event.remove(self.engine, self.when, self._hook)
+
+
+def in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``fn`` in a thread now; the returned call joins it and gives its result."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as error:  # re-raised in the caller
+            result["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def join() -> Any:
+        thread.join(60)
+        assert not thread.is_alive(), "the other side never finished"
+        if "error" in result:
+            raise result["error"]
+        return result.get("value")
+
+    return join
+
+
+@pytest.fixture
+def second_store(db_url: str) -> Iterator[JobStore]:
+    """Another process's view of the same database: an engine of its own."""
+    other = JobStore(create_db_engine(db_url))
+    yield other
+    other.engine.dispose()
+
+
+def _is_stale_select(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("SELECT") and "last_heartbeat <" in statement
+
+
+@pytest.mark.parametrize("attempts", [3, 1], ids=["requeue", "fail"])
+def test_a_cancel_between_the_sweepers_select_and_its_write_wins(
+        store: JobStore, second_store: JobStore, attempts: int) -> None:
+    job, _ = store.create(small_deck(), title="deck", attempt_limit=attempts)
+    assert store.claim(job.id, "a@host1") is not None
+    hold = Hold(second_store.engine, _is_stale_select)
+    try:
+        later = utcnow() + timedelta(minutes=5)  # the heartbeat is stale by then
+        sweep = in_thread(lambda: second_store.recover_stale(30, now=later))
+        assert hold.reached.wait(30)
+        assert store.request_cancel(job.id).cancel_requested  # the API answers 202
+        hold.release()
+        recoveries = sweep()
+    finally:
+        hold.remove()
+    assert [(r.job_id, r.action) for r in recoveries] == [(job.id, Status.CANCELLED)]
+    ended = store.get(job.id)
+    assert ended.status is Status.CANCELLED and not ended.cancel_requested
+    assert store.claim(job.id, "b@host2") is None  # the redelivered task renders nothing
+    assert store.get(job.id).status is Status.CANCELLED
+    assert [e.to_status for e in store.history(job.id)][-1] is Status.CANCELLED
+
+
+def test_a_claim_of_a_job_whose_cancel_was_asked_for_ends_it_cancelled(
+        store: JobStore) -> None:
+    job, _ = store.create(small_deck(), title="deck")
+    # Queued with the flag set: what a requeue that raced a cancel left
+    # behind before writes were conditional on the flag.
+    with store.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.id == job.id)
+                     .values(cancel_requested=True))
+    assert store.claim(job.id, "a@host1") is None
+    ended = store.get(job.id)
+    assert ended.status is Status.CANCELLED and ended.attempts == 0
+    assert not ended.cancel_requested and ended.completed_at is not None
+    assert [(e.from_status, e.to_status) for e in store.history(job.id)][-1] == (
+        Status.QUEUED, Status.CANCELLED)
+
+
+def test_a_completion_after_a_cancel_ends_the_job_cancelled(store: JobStore) -> None:
+    job, _ = store.create(small_deck(), title="deck")
+    assert store.claim(job.id, "a@host1") is not None
+    assert store.request_cancel(job.id).cancel_requested
+    state = store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
+                           slide_image_path="slides")
+    assert state is LeaseState.CANCEL_REQUESTED
+    assert store.get(job.id).status is Status.PROCESSING  # the worker ends it
+    assert store.finish_cancelled(job.id, 1)
+    assert store.get(job.id).status is Status.CANCELLED
+    assert not store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
+                              slide_image_path="slides")
