@@ -285,10 +285,15 @@ def parse_age(text: str) -> timedelta:
 def cleanup(ctx: Context, older_than: str | None) -> None:
     """Delete finished jobs (and their files) older than the given age."""
     age = parse_age(older_than) if older_than else timedelta(days=ctx.settings.retention_days)
-    deleted = ctx.store.delete_older_than(age.total_seconds() / 86400)
-    for job_id in deleted:
-        remove_job_files(ctx.settings.output_dir, job_id)
-    click.echo(f"deleted {len(deleted)} job(s) older than {age}")
+    count = 0
+    while True:  # a bounded batch per transaction, until none is left
+        deleted = ctx.store.delete_older_than(age.total_seconds() / 86400)
+        for job_id in deleted:
+            remove_job_files(ctx.settings.output_dir, job_id)
+        count += len(deleted)
+        if not deleted:
+            break
+    click.echo(f"deleted {count} job(s) older than {age}")
 
 
 # -- keys --------------------------------------------------------------------------

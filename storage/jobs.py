@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import RowMapping
 
+from storage.counters import retire
 from storage.db import get_engine
 from storage.errors import (
     DatabaseUnavailable,
@@ -686,10 +687,9 @@ class JobStore:
             conn.execute(select(func.pg_advisory_xact_lock(
                 literal(ADVISORY_QUOTA), func.hashtext(owner))))
         else:
-            # SQLite: a write that changes nothing takes the database's write
-            # lock now, so the count below cannot be overtaken by another
-            # writer before this transaction's insert.
-            conn.execute(update(jobs_table).where(literal(False)).values(id=jobs_table.c.id))
+            # The count below cannot be overtaken by another writer before
+            # this transaction's insert.
+            _take_write_lock(conn)
         # Counting stops at the cap: the cost stays bounded however many
         # jobs an owner (the open mode's, an admin's bulk load) has active.
         active = conn.execute(
@@ -1127,14 +1127,10 @@ class JobStore:
         if not is_job_id(job_id):
             return False
         with self.transaction() as conn:
-            if owner is not None and conn.execute(
-                select(jobs_table.c.id).where(jobs_table.c.id == job_id, *_owned(owner))
-                .with_for_update()
-            ).first() is None:
+            if not _lock_rows(conn, [jobs_table.c.id == job_id, *_owned(owner)]):
                 return False
-            conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
-            conn.execute(delete(events_table).where(events_table.c.job_id == job_id))
-            conn.execute(delete(deliveries_table).where(deliveries_table.c.job_id == job_id))
+            retire(conn, [job_id])  # the metrics keep what it counted
+            # Its files, history and deliveries go with it (ON DELETE CASCADE).
             deleted = conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount
         if deleted:
             log.info("transition job=%s from=- to=deleted attempt=- worker=- reason=%s",
@@ -1251,11 +1247,15 @@ class JobStore:
 
     # -- retention ---------------------------------------------------------
 
-    def delete_older_than(self, days: float, *, now: datetime | None = None) -> list[str]:
-        """Delete finished jobs that ended more than ``days`` ago; return their ids.
+    def delete_older_than(self, days: float, *, now: datetime | None = None,
+                          limit: int = 500) -> list[str]:
+        """Delete up to ``limit`` finished jobs that ended more than ``days``
+        ago; return the ids of those really deleted.
 
         Only final jobs go: a queued or processing job is never lost to
-        retention. The caller removes the returned jobs' output folders.
+        retention, nor is one retried meanwhile (the rows are locked, and the
+        delete is conditional on them still being old and final). The caller
+        removes the returned jobs' output folders, and only those.
         """
         cutoff = (now or utcnow()) - timedelta(days=days)
         final = [s.value for s in FINAL_STATUSES]
@@ -1265,13 +1265,29 @@ class JobStore:
             or_(ended < cutoff, and_(ended.is_(None), jobs_table.c.created_at < cutoff)),
         )
         with self.transaction() as conn:
-            ids = [r.id for r in conn.execute(select(jobs_table.c.id).where(condition))]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                conn.execute(delete(files_table).where(files_table.c.job_id.in_(chunk)))
-                conn.execute(delete(events_table).where(events_table.c.job_id.in_(chunk)))
-                conn.execute(delete(deliveries_table)
-                             .where(deliveries_table.c.job_id.in_(chunk)))
-                conn.execute(delete(jobs_table).where(jobs_table.c.id.in_(chunk), condition))
-        return ids
+            ids = _lock_rows(conn, [condition], limit=limit)
+            if not ids:
+                return []
+            retire(conn, ids)  # the metrics keep what they counted
+            # Their files, history and deliveries go with them (ON DELETE CASCADE).
+            return list(conn.execute(
+                delete(jobs_table).where(jobs_table.c.id.in_(ids), condition)
+                .returning(jobs_table.c.id)).scalars())
 
+
+def _lock_rows(conn: Connection, where: Sequence[Any], limit: int | None = None) -> list[str]:
+    """The ids of the jobs matching ``where``, locked against any other write
+    until ``conn``'s transaction ends (the rows on PostgreSQL, re-checked
+    after any wait; the whole database on SQLite, which has one writer)."""
+    if conn.dialect.name != "postgresql":
+        _take_write_lock(conn)
+    query = select(jobs_table.c.id).where(*where).order_by(jobs_table.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return list(conn.execute(query).scalars())
+
+
+def _take_write_lock(conn: Connection) -> None:
+    """SQLite: a write that changes nothing takes the database's write lock
+    now, so nothing this transaction reads next can change before it commits."""
+    conn.execute(update(jobs_table).where(literal(False)).values(id=jobs_table.c.id))

@@ -7,18 +7,20 @@ Races are made deterministic by holding one side at a chosen statement
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, update
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, event, insert, select, update
 
 from api import create_app
-from storage import JobStore, LeaseState, Settings, Status, utcnow
+from storage import JobNotFound, JobStore, LeaseState, Settings, Status, utcnow
 from storage.config import database_backend
 from storage.db import create_db_engine, normalize_url
-from storage.jobs import jobs_table
+from storage.jobs import deliveries_table, events_table, files_table, jobs_table
 from tests.conftest import NO_LIMITS, small_deck
 
 # -- keys on every database that is not SQLite ----------------------------------
@@ -242,3 +244,126 @@ def test_a_completion_after_a_cancel_ends_the_job_cancelled(store: JobStore) -> 
     assert store.get(job.id).status is Status.CANCELLED
     assert not store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
                               slide_image_path="slides")
+
+
+# -- retention never half-deletes a job retried at that moment -------------------
+
+
+def _failed_job(store: JobStore) -> str:
+    job, _ = store.create(small_deck(), title="deck")
+    assert store.claim(job.id, "a@host1") is not None
+    assert store.add_files(job.id, 1, [("slides/001.png", 10)])
+    assert store.fail(job.id, 1, "the deck cannot be rendered")
+    return job.id
+
+
+def test_a_retry_racing_retention_keeps_its_whole_job(store: JobStore,
+                                                      second_store: JobStore) -> None:
+    old = _failed_job(store)
+    raced = _failed_job(store)
+    history = [(e.from_status, e.to_status) for e in store.history(raced)]
+    # The retry is held inside its transaction, its write made but not
+    # committed, while retention runs; then it commits.
+    hold = Hold(store.engine, lambda sql: sql.lstrip().upper().startswith("UPDATE JOBS")
+                and "attempt_limit" in sql)
+    started = threading.Event()
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        started.set()
+
+    try:
+        retried = in_thread(lambda: store.retry(raced))
+        assert hold.reached.wait(30)
+        event.listen(second_store.engine, "before_cursor_execute", note)
+        far = utcnow() + timedelta(days=30)
+        retention = in_thread(lambda: second_store.delete_older_than(7, now=far))
+        assert started.wait(30)
+        time.sleep(0.5)  # retention is now waiting on the retry (or past its reads)
+        hold.release()
+        assert retried().status is Status.QUEUED
+        deleted = retention()
+    finally:
+        hold.remove()
+    assert deleted == [old]  # only what was really deleted: its folder alone goes
+    kept = store.get(raced)
+    assert kept.status is Status.QUEUED
+    assert [(e.from_status, e.to_status) for e in store.history(raced)] == [
+        *history, (Status.FAILED, Status.QUEUED)]
+    with pytest.raises(JobNotFound):
+        store.get(old)
+    assert store.history(old) == []
+
+
+def test_deleting_a_job_removes_every_row_of_it(store: JobStore) -> None:
+    job_id = _failed_job(store)
+    with store.engine.begin() as conn:
+        conn.execute(insert(deliveries_table).values(job_id=job_id, attempt=1, at=utcnow(),
+                                                     status_code=500, duration_ms=1.0))
+    assert store.delete(job_id)
+    with store.engine.connect() as conn:
+        for table in (files_table, events_table, deliveries_table, jobs_table):
+            column = table.c.id if table is jobs_table else table.c.job_id
+            assert conn.execute(select(column).where(column == job_id)).first() is None, table
+
+
+# -- metrics never go down --------------------------------------------------------
+
+
+def _monotonic_samples(text_body: str) -> dict[tuple[str, tuple[Any, ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text_body):
+        for sample in family.samples:
+            if sample.name.endswith(("_total", "_count", "_sum", "_bucket")):
+                found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def _completed_job(store: JobStore, render: float, encode: float) -> str:
+    job, _ = store.create(small_deck(), title="deck")
+    assert store.claim(job.id, "a@host1") is not None
+    assert store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
+                          slide_image_path="slides", render_seconds=render,
+                          encode_seconds=encode)
+    return job.id
+
+
+def test_metrics_never_decrease_when_jobs_are_deleted(settings: Settings,
+                                                      store: JobStore) -> None:
+    from tests.conftest import admin_client
+
+    client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
+    done = [_completed_job(store, 0.3 * n, 1.5 * n) for n in range(1, 5)]
+    failed = _failed_job(store)
+    lost, _ = store.create(small_deck(), title="deck")
+    assert store.claim(lost.id, "a@host1") is not None
+    assert store.recover_stale(1, now=utcnow() + timedelta(minutes=1))  # recovered
+    store.create(small_deck(), title="still queued")
+
+    def scrape() -> dict[tuple[str, tuple[Any, ...]], float]:
+        answer = client.get("/metrics")
+        assert answer.status_code == 200
+        return _monotonic_samples(answer.get_data(as_text=True))
+
+    first = scrape()
+    assert first[("slidefarm_jobs_submitted_total", ())] == 7
+    assert first[("slidefarm_jobs_completed_total", ())] == 4
+    assert first[("slidefarm_encode_seconds_count", ())] == 4
+    assert first[("slidefarm_jobs_recovered_total", ())] == 1
+    steps = [lambda: client.delete(f"/v1/jobs/{done[0]}").status_code == 204,
+             lambda: client.delete(f"/v1/jobs/{lost.id}").status_code == 204,
+             lambda: len(store.delete_older_than(7, now=utcnow() + timedelta(days=30))) == 4]
+    before = first
+    for step in steps:
+        assert step()
+        after = scrape()
+        fell = {k: (v, after.get(k)) for k, v in before.items() if after.get(k, -1) < v}
+        assert not fell, fell
+        before = after
+    assert before == first  # nothing new happened: every figure is as it was
+    assert failed not in [j.id for j in store.list_jobs().jobs]
+
+
+def test_metrics_content_type_names_its_charset_once(client: Any) -> None:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
