@@ -82,6 +82,9 @@ MAX_LIST_LIMIT = 500
 ADVISORY_QUOTA = 0x5F1D
 IDEMPOTENCY_TTL = timedelta(hours=24)
 DEFAULT_ATTEMPT_LIMIT = 3
+#: Tries of a submission whose Idempotency-Key is held by a job that is gone
+#: when looked up (deleted in between); past them, a clear error.
+CREATE_TRIES = 3
 
 
 class LeaseState(enum.Enum):
@@ -648,36 +651,43 @@ class JobStore:
         }
         if idempotency_key is not None:
             self._expire_idempotency_key(owner, idempotency_key, now)
-        try:
-            with self.transaction() as conn:
-                if max_active is not None:
-                    self._check_quota(conn, owner, max_active)
-                if conn.dialect.name == "postgresql":  # the row and its history: one statement
-                    row = conn.execute(
-                        _cached(("postgresql", "create"), lambda: self._recorded(_insert_job())),
-                        {**values, **_event_params(None, Status.QUEUED, "submitted")},
-                    ).mappings().one()
-                    _log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
-                else:
-                    row = conn.execute(_cached(("sqlite", "create"), _insert_job),
-                                       values).mappings().one()
-                    self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
-                created = Job.from_row(row)
-        except exc.IntegrityError as error:
-            if idempotency_key is None:
-                raise StorageError(f"could not record the job: {error.orig}") from error
-            existing = self.find_by_idempotency_key(idempotency_key, owner=owner)
-            if existing is None:  # deleted in between: a fresh start is right
-                return self.create(deck, title=title, idempotency_key=idempotency_key,
-                                   request_hash=request_hash, attempt_limit=attempt_limit,
-                                   owner=owner, callback_url=callback_url,
-                                   max_active=max_active)
-            if existing.request_hash != request_hash:
-                raise IdempotencyConflict() from error
-            return existing, False
-        assert created is not None
-        self._changed(job_id)
-        return created, True
+        for _ in range(CREATE_TRIES):
+            try:
+                created = self._insert(values, max_active)
+            except exc.IntegrityError as error:
+                if idempotency_key is None:
+                    raise StorageError(f"could not record the job: {error.orig}") from error
+                existing = self.find_by_idempotency_key(idempotency_key, owner=owner)
+                if existing is None:  # deleted in between: a fresh start is right
+                    continue
+                if existing.request_hash != request_hash:
+                    raise IdempotencyConflict() from error
+                return existing, False
+            self._changed(job_id)
+            return created, True
+        # Each try met a job holding the key that was gone when looked up: a
+        # client deleting and resubmitting in a loop. Bounded, and said so.
+        raise StorageError(
+            f"could not record the job: its Idempotency-Key was taken and freed again "
+            f"{CREATE_TRIES} times in a row; try again")
+
+    def _insert(self, values: dict[str, Any], max_active: int | None) -> Job:
+        """One try of :meth:`create`: the row and its history, in one transaction."""
+        job_id, owner = values["id"], values["owner"]
+        with self.transaction() as conn:
+            if max_active is not None:
+                self._check_quota(conn, owner, max_active)
+            if conn.dialect.name == "postgresql":  # the row and its history: one statement
+                row = conn.execute(
+                    _cached(("postgresql", "create"), lambda: self._recorded(_insert_job())),
+                    {**values, **_event_params(None, Status.QUEUED, "submitted")},
+                ).mappings().one()
+                _log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
+            else:
+                row = conn.execute(_cached(("sqlite", "create"), _insert_job),
+                                   values).mappings().one()
+                self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
+            return Job.from_row(row)
 
     @staticmethod
     def _check_quota(conn: Connection, owner: str, max_active: int) -> None:

@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, event, insert, select, update
 
 from api import create_app
-from storage import JobNotFound, JobStore, LeaseState, Settings, Status, utcnow
+from storage import JobNotFound, JobStore, LeaseState, Settings, Status, StorageError, utcnow
 from storage.config import database_backend
 from storage.db import create_db_engine, normalize_url
-from storage.jobs import deliveries_table, events_table, files_table, jobs_table
+from storage.jobs import CREATE_TRIES, deliveries_table, events_table, files_table, jobs_table
 from tests.conftest import NO_LIMITS, small_deck
 
 # -- keys on every database that is not SQLite ----------------------------------
@@ -367,3 +367,33 @@ def test_metrics_content_type_names_its_charset_once(client: Any) -> None:
     answer = client.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
+
+
+# -- a submission retries a bounded number of times --------------------------------
+
+
+def test_a_key_taken_and_freed_forever_ends_in_a_clear_error(store: JobStore,
+                                                             second_store: JobStore) -> None:
+    """Another client holds the key at each insert and deletes its job before
+    each lookup: the submission gives up after a few tries, with a message."""
+    holders: list[str] = []
+    inserts: list[str] = []
+
+    def interfere(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sql = statement.upper()
+        if "INSERT INTO JOBS" in sql and len(inserts) < 50:
+            inserts.append(statement)
+            job, _ = second_store.create(small_deck(), title="other", idempotency_key="k",
+                                         request_hash="h")
+            holders.append(job.id)
+        elif sql.lstrip().startswith("SELECT JOBS.ID") and "IDEMPOTENCY_KEY =" in sql \
+                and holders:
+            assert second_store.delete(holders.pop())
+
+    event.listen(store.engine, "before_cursor_execute", interfere)
+    try:
+        with pytest.raises(StorageError, match="Idempotency-Key was taken and freed"):
+            store.create(small_deck(), title="deck", idempotency_key="k", request_hash="h")
+    finally:
+        event.remove(store.engine, "before_cursor_execute", interfere)
+    assert len(inserts) == CREATE_TRIES
