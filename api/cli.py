@@ -247,9 +247,10 @@ def workers(ctx: Context, as_json: bool) -> None:
         return
     click.echo(table([(w["name"], w["host"], w["pid"], w["state"],
                        f"{w['last_seen_seconds_ago']}s ago", w["current_job"] or "",
-                       w["jobs_done"], w["jobs_failed"]) for w in found],
+                       w["jobs_done"], w["jobs_failed"], w["jobs_retried"], w["jobs_cancelled"])
+                      for w in found],
                      ["NAME", "HOST", "PID", "STATE", "LAST SEEN", "CURRENT JOB", "DONE",
-                      "FAILED"]))
+                      "FAILED", "RETRIED", "CANCELLED"]))
 
 
 @main.command()

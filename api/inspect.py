@@ -51,6 +51,8 @@ def worker_json(worker: WorkerInfo, stale_after: float) -> dict[str, Any]:
         "current_job": worker.current_job,
         "jobs_done": worker.jobs_done,
         "jobs_failed": worker.jobs_failed,
+        "jobs_retried": worker.jobs_retried,
+        "jobs_cancelled": worker.jobs_cancelled,
     }
 
 

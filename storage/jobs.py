@@ -290,10 +290,16 @@ def worker_started(job_id: Any, now: Any) -> dict[str, Any]:
     return {"current_job": job_id, "last_seen": now}
 
 
-def worker_finished(job_id: Any, now: Any, *, failed: bool) -> dict[str, Any]:
-    """The ``workers`` row's values when it ends ``job_id``: the outcome
-    counted, ``current_job`` cleared if it is still this job."""
-    counter = workers_table.c.jobs_failed if failed else workers_table.c.jobs_done
+#: The ``workers`` column that counts each way an attempt can end.
+OUTCOME_COUNTERS = {"completed": "jobs_done", "failed": "jobs_failed",
+                    "retrying": "jobs_retried", "cancelled": "jobs_cancelled"}
+
+
+def worker_finished(job_id: Any, now: Any, *, outcome: str) -> dict[str, Any]:
+    """The ``workers`` row's values when it ends ``job_id`` with ``outcome``
+    (a key of :data:`OUTCOME_COUNTERS`): that outcome counted, ``current_job``
+    cleared if it is still this job."""
+    counter = workers_table.c[OUTCOME_COUNTERS[outcome]]
     return {counter.key: counter + 1,
             "current_job": case((workers_table.c.current_job == job_id, None),
                                 else_=workers_table.c.current_job),
@@ -946,7 +952,7 @@ class JobStore:
         def counted() -> dict[str, Any]:
             # The worker's registry row counts it, in the same write.
             return worker_finished(bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()),
-                                   failed=False)
+                                   outcome="completed")
 
         if self._transition(
             job_id, attempt, Status.PROCESSING,

@@ -22,7 +22,7 @@ from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import LeaseManager
 from storage.registry import WorkerRegistry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("slidefarm.sweeper")
 
 LEASE_NAME = "sweeper"
 
