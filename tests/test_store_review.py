@@ -21,7 +21,9 @@ from storage import JobNotFound, JobStore, LeaseState, Settings, Status, Storage
 from storage.config import database_backend
 from storage.db import create_db_engine, normalize_url
 from storage.jobs import CREATE_TRIES, deliveries_table, events_table, files_table, jobs_table
+from storage.leases import KeptLease, LeaseLost, LeaseManager, leases_table
 from tests.conftest import NO_LIMITS, small_deck
+from workers.sweeper import Sweeper
 
 # -- keys on every database that is not SQLite ----------------------------------
 
@@ -158,27 +160,31 @@ class Hold:
         event.remove(self.engine, self.when, self._hook)
 
 
-def in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``fn`` in a thread now; the returned call joins it and gives its result."""
-    result: dict[str, Any] = {}
+class in_thread:  # noqa: N801 (used like a function)
+    """Run ``fn`` in a thread now; calling the result joins it and gives
+    ``fn``'s result (or raises its error)."""
 
-    def run() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as error:  # re-raised in the caller
-            result["error"] = error
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._result: dict[str, Any] = {}
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+        def run() -> None:
+            try:
+                self._result["value"] = fn()
+            except BaseException as error:  # re-raised in the caller
+                self._result["error"] = error
 
-    def join() -> Any:
-        thread.join(60)
-        assert not thread.is_alive(), "the other side never finished"
-        if "error" in result:
-            raise result["error"]
-        return result.get("value")
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
 
-    return join
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __call__(self) -> Any:
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the other side never finished"
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result.get("value")
 
 
 @pytest.fixture
@@ -397,3 +403,53 @@ def test_a_key_taken_and_freed_forever_ends_in_a_clear_error(store: JobStore,
     finally:
         event.remove(store.engine, "before_cursor_execute", interfere)
     assert len(inserts) == CREATE_TRIES
+
+
+# -- one sweep at a time, however long a sweep takes -------------------------------
+
+
+def test_a_sweep_slower_than_its_lease_never_runs_beside_another(
+        db_url: str, tmp_path: Any, store: JobStore, second_store: JobStore) -> None:
+    settings = Settings(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+                        SLIDEFARM_SWEEP_INTERVAL="0.1")  # a lease of 1 s
+    job, _ = store.create(small_deck(), title="deck")
+    assert store.claim(job.id, "gone@host9") is not None
+    with store.engine.begin() as conn:  # its worker stopped heartbeating long ago
+        conn.execute(update(jobs_table).where(jobs_table.c.id == job.id)
+                     .values(last_heartbeat=utcnow() - timedelta(hours=1)))
+    sweeping = threading.Event()
+
+    def slow_dispatch(_job_id: str, _countdown: float) -> None:
+        sweeping.set()
+        time.sleep(3.0)  # three times the lease
+
+    first = Sweeper(store, settings, "a@host1", slow_dispatch)
+    second = Sweeper(second_store, settings, "b@host2", lambda _j, _c: None)
+    swept = in_thread(lambda: first.sweep_once())
+    assert sweeping.wait(30)
+    overlaps = []
+    while swept.alive():  # until the first sweep ends
+        if second.sweep_once():
+            overlaps.append(time.monotonic())
+        time.sleep(0.1)
+    assert swept() is True
+    assert overlaps == [], "the second sweeper ran while the first was still sweeping"
+    # Once the first is done its lease lapses, and the second takes over.
+    deadline = time.monotonic() + 5
+    while not second.sweep_once():
+        assert time.monotonic() < deadline, "the lease was never given up"
+        time.sleep(0.1)
+
+
+def test_a_kept_lease_taken_by_another_stops_its_holder(store: JobStore) -> None:
+    manager = LeaseManager(store)
+    assert manager.acquire("sweeper", "a@host1", 0.6)
+    with KeptLease(manager, "sweeper", "a@host1", 0.6) as lease:
+        time.sleep(0.5)  # renewed meanwhile, past its first ttl/3
+        assert lease.held
+        with store.engine.begin() as conn:  # as if it had lapsed and b took it
+            conn.execute(update(leases_table).values(holder="b@host2"))
+        time.sleep(0.5)
+        assert not lease.held
+        with pytest.raises(LeaseLost):
+            lease.check()
