@@ -72,7 +72,7 @@ def test_an_api_on_a_postgres_alias_url_requires_keys(pg_url: str, tmp_path: Any
         assert answer.status_code == 401, (method, path, answer.get_data(as_text=True))
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     # The same URL reaches the real server (the engine reads it the same way).
-    assert JobStore.from_url(url).list_jobs().jobs == []
+    JobStore.from_url(url).ping()
 
 
 # -- the status cache is asked only about real job ids -------------------------
