@@ -247,9 +247,10 @@ def workers(ctx: Context, as_json: bool) -> None:
         return
     click.echo(table([(w["name"], w["host"], w["pid"], w["state"],
                        f"{w['last_seen_seconds_ago']}s ago", w["current_job"] or "",
-                       w["jobs_done"], w["jobs_failed"]) for w in found],
+                       w["jobs_done"], w["jobs_failed"], w["jobs_retried"], w["jobs_cancelled"])
+                      for w in found],
                      ["NAME", "HOST", "PID", "STATE", "LAST SEEN", "CURRENT JOB", "DONE",
-                      "FAILED"]))
+                      "FAILED", "RETRIED", "CANCELLED"]))
 
 
 @main.command()
@@ -285,10 +286,15 @@ def parse_age(text: str) -> timedelta:
 def cleanup(ctx: Context, older_than: str | None) -> None:
     """Delete finished jobs (and their files) older than the given age."""
     age = parse_age(older_than) if older_than else timedelta(days=ctx.settings.retention_days)
-    deleted = ctx.store.delete_older_than(age.total_seconds() / 86400)
-    for job_id in deleted:
-        remove_job_files(ctx.settings.output_dir, job_id)
-    click.echo(f"deleted {len(deleted)} job(s) older than {age}")
+    count = 0
+    while True:  # a bounded batch per transaction, until none is left
+        deleted = ctx.store.delete_older_than(age.total_seconds() / 86400)
+        for job_id in deleted:
+            remove_job_files(ctx.settings.output_dir, job_id)
+        count += len(deleted)
+        if not deleted:
+            break
+    click.echo(f"deleted {count} job(s) older than {age}")
 
 
 # -- keys --------------------------------------------------------------------------

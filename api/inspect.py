@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from api.auth import owner_scope, require_admin
 from api.serialize import iso, job_json
 from api.services import Services, services
-from storage import Job, JobNotFound, Status, StorageError
+from storage import Job, JobNotFound, StorageError
 from storage.registry import WorkerInfo, WorkerRegistry
 from storage.stats import Inspector, Stats
 
@@ -51,6 +51,8 @@ def worker_json(worker: WorkerInfo, stale_after: float) -> dict[str, Any]:
         "current_job": worker.current_job,
         "jobs_done": worker.jobs_done,
         "jobs_failed": worker.jobs_failed,
+        "jobs_retried": worker.jobs_retried,
+        "jobs_cancelled": worker.jobs_cancelled,
     }
 
 
@@ -163,19 +165,21 @@ class StoreCollector:
         for status, count in stats.counts.items():
             jobs.add_metric([status.value], count)
         yield jobs
-        yield CounterMetricFamily("slidefarm_jobs_submitted", "Jobs ever submitted "
-                                  "(still in the store)", value=stats.submitted_total)
-        yield CounterMetricFamily("slidefarm_jobs_completed", "Jobs completed (in the store)",
-                                  value=stats.counts[Status.COMPLETED])
-        yield CounterMetricFamily("slidefarm_jobs_failed", "Jobs failed (in the store)",
-                                  value=stats.counts[Status.FAILED])
+        # Counters and histograms count deleted jobs too: they never go down.
+        yield CounterMetricFamily("slidefarm_jobs_submitted", "Jobs ever submitted",
+                                  value=stats.submitted_total)
+        yield CounterMetricFamily("slidefarm_jobs_completed", "Jobs ever completed",
+                                  value=stats.completed_total)
+        yield CounterMetricFamily("slidefarm_jobs_failed", "Transitions to failed (a job "
+                                  "retried and failed again counts twice)",
+                                  value=stats.failed_total)
         yield CounterMetricFamily("slidefarm_jobs_recovered", "Attempts recovered from a "
                                   "worker that stopped heartbeating", value=stats.recovered_total)
         for name, column, help_text in (
             ("slidefarm_queue_wait_seconds", "queue_wait_seconds",
-             "Time from queued to claimed, last attempt"),
-            ("slidefarm_render_seconds", "render_seconds", "Slide drawing time, last attempt"),
-            ("slidefarm_encode_seconds", "encode_seconds", "Video encoding time, last attempt"),
+             "Time from queued to claimed of completed jobs, last attempt"),
+            ("slidefarm_render_seconds", "render_seconds", "Slide drawing time of completed jobs"),
+            ("slidefarm_encode_seconds", "encode_seconds", "Video encoding time of completed jobs"),
         ):
             histogram = inspector.histogram(column)
             family = HistogramMetricFamily(name, help_text)
@@ -205,4 +209,5 @@ def metrics() -> Response:
     require_admin()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(services()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would append a second charset.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -30,7 +30,7 @@ from api.submission import submit_deck
 from storage import Job, Status
 from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
-from storage.jobs import MAX_LIST_LIMIT
+from storage.jobs import MAX_LIST_LIMIT, is_job_id
 from storage.limits import retry_after
 from storage.webhooks import check_callback_url
 
@@ -190,6 +190,9 @@ def show(job_id: str) -> Response:
     """The job; ``?include=history`` adds every transition with its reason,
     ``?include=deliveries`` every webhook delivery attempt, ``?signed=1``
     output links that work without a key until ``urls_expire_at``."""
+    if not is_job_id(job_id):
+        # Before the cache: a path string never becomes a Redis key lookup.
+        raise NotFound("no such job", code="job_not_found")
     store = services().store
     scope = owner_scope()
     include = _include_arg()

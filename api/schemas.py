@@ -185,6 +185,8 @@ class Worker(_Body):
     current_job: str | None
     jobs_done: int = Field(ge=0)
     jobs_failed: int = Field(ge=0)
+    jobs_retried: int = Field(ge=0, description="Attempts that ended in an automatic retry")
+    jobs_cancelled: int = Field(ge=0, description="Jobs it stopped because of a cancel")
 
 
 class WorkerList(_Body):

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import exc
+from sqlalchemy.engine import URL, make_url
 
 #: Where the embedded mode keeps its SQLite file and its broker folder.
 EMBEDDED_DB_FILE = "slidefarm.db"
@@ -24,6 +26,27 @@ MAX_SIGNED_URL_TTL = 86400.0
 #: Signing secrets shorter than this are refused: they would be guessable.
 MIN_SECRET_KEY_LENGTH = 32
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_database_url(url: str) -> URL:
+    """``url`` parsed, its scheme in canonical form: lower case, and the
+    ``postgres`` alias (what Heroku, Render and other hosts hand out) spelled
+    ``postgresql``. The engine factory and the access mode both decide the
+    backend through this one function, so they cannot disagree about it.
+
+    :class:`sqlalchemy.exc.ArgumentError` if ``url`` is not a database URL.
+    """
+    parsed = make_url(url)
+    backend, plus, driver = parsed.drivername.lower().partition("+")
+    if backend == "postgres":
+        backend = "postgresql"
+    return parsed.set(drivername=backend + plus + driver)
+
+
+def database_backend(url: str) -> str:
+    """The backend ``url`` names (``sqlite``, ``postgresql``, ...), whatever
+    its spelling and driver."""
+    return parse_database_url(url).get_backend_name()
 
 
 class Settings(BaseSettings):
@@ -80,7 +103,7 @@ class Settings(BaseSettings):
     # --- Access and limits (who may do what, and how much) ---
     #: ``required``: every /v1 route, the event streams, /metrics and the
     #: dashboard need an API key. ``off``: the open single-user mode. Unset:
-    #: required on PostgreSQL, off on the embedded SQLite default.
+    #: off on SQLite (the embedded default), required on every other database.
     auth: Literal["required", "off"] | None = Field(default=None,
                                                     validation_alias="SLIDEFARM_AUTH")
     #: Seconds an API process may trust a key it has already checked (a
@@ -182,7 +205,12 @@ class Settings(BaseSettings):
         """Whether requests need an API key (see :attr:`auth`)."""
         if self.auth is not None:
             return self.auth == "required"
-        return self.database_url.startswith("postgresql")
+        # Open mode is for the embedded single-user SQLite file only; any
+        # other URL (or one that does not parse) is a shared server.
+        try:
+            return database_backend(self.database_url) != "sqlite"
+        except exc.ArgumentError:
+            return True
 
     @field_validator("output_dir", "broker_dir")
     @classmethod

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
+from storage.config import parse_database_url
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 #: A host cut off from the database fails its queries within seconds instead
@@ -34,13 +36,15 @@ _lock = threading.Lock()
 
 
 def normalize_url(url: str) -> str:
-    """Pick the driver slidefarm ships for a plain ``postgresql://`` URL.
+    """``url`` with its scheme in canonical form (see
+    :func:`~storage.config.parse_database_url`) and the driver slidefarm
+    ships for a plain ``postgresql://`` (or ``postgres://``) URL.
 
     SQLAlchemy 2.1 maps the bare scheme to psycopg 3; the project ships
     psycopg2, so the scheme is made explicit.
     """
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
+    parsed = parse_database_url(url)
+    if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return parsed.render_as_string(hide_password=False)
 

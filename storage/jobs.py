@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import RowMapping
 
+from storage.counters import retire
 from storage.db import get_engine
 from storage.errors import (
     DatabaseUnavailable,
@@ -81,6 +82,9 @@ MAX_LIST_LIMIT = 500
 ADVISORY_QUOTA = 0x5F1D
 IDEMPOTENCY_TTL = timedelta(hours=24)
 DEFAULT_ATTEMPT_LIMIT = 3
+#: Tries of a submission whose Idempotency-Key is held by a job that is gone
+#: when looked up (deleted in between); past them, a clear error.
+CREATE_TRIES = 3
 
 
 class LeaseState(enum.Enum):
@@ -234,10 +238,12 @@ def _feed(url: str, ttl: float) -> ChangeFeed:
     return ChangeFeed(url, ttl)
 
 
-def _is_job_id(value: str) -> bool:
-    """Job ids are UUIDs; anything else names no job (and never reaches SQL)."""
+def is_job_id(value: str) -> bool:
+    """Job ids are UUIDs (lower case, hyphenated); anything else names no job,
+    and is refused before it reaches SQL or a cache key."""
     try:
-        return str(uuid.UUID(value)) == value.lower() and len(value) == 36
+        # Exactly the form ids are stored in: any other spelling would miss.
+        return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False
 
@@ -284,10 +290,16 @@ def worker_started(job_id: Any, now: Any) -> dict[str, Any]:
     return {"current_job": job_id, "last_seen": now}
 
 
-def worker_finished(job_id: Any, now: Any, *, failed: bool) -> dict[str, Any]:
-    """The ``workers`` row's values when it ends ``job_id``: the outcome
-    counted, ``current_job`` cleared if it is still this job."""
-    counter = workers_table.c.jobs_failed if failed else workers_table.c.jobs_done
+#: The ``workers`` column that counts each way an attempt can end.
+OUTCOME_COUNTERS = {"completed": "jobs_done", "failed": "jobs_failed",
+                    "retrying": "jobs_retried", "cancelled": "jobs_cancelled"}
+
+
+def worker_finished(job_id: Any, now: Any, *, outcome: str) -> dict[str, Any]:
+    """The ``workers`` row's values when it ends ``job_id`` with ``outcome``
+    (a key of :data:`OUTCOME_COUNTERS`): that outcome counted, ``current_job``
+    cleared if it is still this job."""
+    counter = workers_table.c[OUTCOME_COUNTERS[outcome]]
     return {counter.key: counter + 1,
             "current_job": case((workers_table.c.current_job == job_id, None),
                                 else_=workers_table.c.current_job),
@@ -645,36 +657,43 @@ class JobStore:
         }
         if idempotency_key is not None:
             self._expire_idempotency_key(owner, idempotency_key, now)
-        try:
-            with self.transaction() as conn:
-                if max_active is not None:
-                    self._check_quota(conn, owner, max_active)
-                if conn.dialect.name == "postgresql":  # the row and its history: one statement
-                    row = conn.execute(
-                        _cached(("postgresql", "create"), lambda: self._recorded(_insert_job())),
-                        {**values, **_event_params(None, Status.QUEUED, "submitted")},
-                    ).mappings().one()
-                    _log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
-                else:
-                    row = conn.execute(_cached(("sqlite", "create"), _insert_job),
-                                       values).mappings().one()
-                    self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
-                created = Job.from_row(row)
-        except exc.IntegrityError as error:
-            if idempotency_key is None:
-                raise StorageError(f"could not record the job: {error.orig}") from error
-            existing = self.find_by_idempotency_key(idempotency_key, owner=owner)
-            if existing is None:  # deleted in between: a fresh start is right
-                return self.create(deck, title=title, idempotency_key=idempotency_key,
-                                   request_hash=request_hash, attempt_limit=attempt_limit,
-                                   owner=owner, callback_url=callback_url,
-                                   max_active=max_active)
-            if existing.request_hash != request_hash:
-                raise IdempotencyConflict() from error
-            return existing, False
-        assert created is not None
-        self._changed(job_id)
-        return created, True
+        for _ in range(CREATE_TRIES):
+            try:
+                created = self._insert(values, max_active)
+            except exc.IntegrityError as error:
+                if idempotency_key is None:
+                    raise StorageError(f"could not record the job: {error.orig}") from error
+                existing = self.find_by_idempotency_key(idempotency_key, owner=owner)
+                if existing is None:  # deleted in between: a fresh start is right
+                    continue
+                if existing.request_hash != request_hash:
+                    raise IdempotencyConflict() from error
+                return existing, False
+            self._changed(job_id)
+            return created, True
+        # Each try met a job holding the key that was gone when looked up: a
+        # client deleting and resubmitting in a loop. Bounded, and said so.
+        raise StorageError(
+            f"could not record the job: its Idempotency-Key was taken and freed again "
+            f"{CREATE_TRIES} times in a row; try again")
+
+    def _insert(self, values: dict[str, Any], max_active: int | None) -> Job:
+        """One try of :meth:`create`: the row and its history, in one transaction."""
+        job_id, owner = values["id"], values["owner"]
+        with self.transaction() as conn:
+            if max_active is not None:
+                self._check_quota(conn, owner, max_active)
+            if conn.dialect.name == "postgresql":  # the row and its history: one statement
+                row = conn.execute(
+                    _cached(("postgresql", "create"), lambda: self._recorded(_insert_job())),
+                    {**values, **_event_params(None, Status.QUEUED, "submitted")},
+                ).mappings().one()
+                _log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
+            else:
+                row = conn.execute(_cached(("sqlite", "create"), _insert_job),
+                                   values).mappings().one()
+                self._record(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
+            return Job.from_row(row)
 
     @staticmethod
     def _check_quota(conn: Connection, owner: str, max_active: int) -> None:
@@ -684,10 +703,9 @@ class JobStore:
             conn.execute(select(func.pg_advisory_xact_lock(
                 literal(ADVISORY_QUOTA), func.hashtext(owner))))
         else:
-            # SQLite: a write that changes nothing takes the database's write
-            # lock now, so the count below cannot be overtaken by another
-            # writer before this transaction's insert.
-            conn.execute(update(jobs_table).where(literal(False)).values(id=jobs_table.c.id))
+            # The count below cannot be overtaken by another writer before
+            # this transaction's insert.
+            _take_write_lock(conn)
         # Counting stops at the cap: the cost stays bounded however many
         # jobs an owner (the open mode's, an admin's bulk load) has active.
         active = conn.execute(
@@ -725,7 +743,7 @@ class JobStore:
         """The job ``job_id``; :class:`JobNotFound` if there is none, or if
         ``owner`` is given and the job is someone else's (not found, not
         forbidden: ids reveal nothing)."""
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             raise JobNotFound()
         with self.transaction(single=True) as conn:
             job = self._snapshot(conn, job_id)
@@ -776,7 +794,8 @@ class JobStore:
 
         ``None`` means the job is gone, someone else holds or finished it, or
         its retry is not due yet: a second delivery of the same task does
-        nothing.
+        nothing. A queued job whose cancel was asked for is never claimed: it
+        ends ``cancelled`` here (and ``None`` comes back).
         """
         def build() -> Any:
             now = bindparam("q_now", type_=UTCDateTime())
@@ -786,6 +805,7 @@ class JobStore:
                     jobs_table.c.id == bindparam("q_id"),
                     jobs_table.c.status == Status.QUEUED.value,
                     or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+                    jobs_table.c.cancel_requested.is_(False),
                 )
                 .values(
                     status=Status.PROCESSING.value,
@@ -800,7 +820,6 @@ class JobStore:
                     video_url=None,
                     thumbnail_url=None,
                     slide_image_path=None,
-                    cancel_requested=False,
                     not_before=None,
                     render_seconds=None,
                     encode_seconds=None,
@@ -815,9 +834,37 @@ class JobStore:
                                    job_id, Status.QUEUED, Status.PROCESSING, "claimed",
                                    key="claim", worker_values=note_worker)
         if row is None:
+            # Off the hot path: only a claim that found nothing to claim.
+            self._cancel_flagged(job_id)
             return None
         self._changed(job_id)
         return Job.from_row(row)
+
+    def _cancel_flagged(self, job_id: str) -> bool:
+        """``queued -> cancelled`` for a queued job whose cancel was asked for
+        while it was processing (its worker's retry or a recovery raced the
+        cancel): the cancel the API acknowledged wins over any later attempt."""
+        def build() -> Any:
+            return (
+                update(jobs_table)
+                .where(jobs_table.c.id == bindparam("x_id"),
+                       jobs_table.c.status == Status.QUEUED.value,
+                       jobs_table.c.cancel_requested.is_(True))
+                .values(status=Status.CANCELLED.value, stage=Stage.QUEUED.value,
+                        cancel_requested=False,
+                        completed_at=bindparam("arm_now", type_=UTCDateTime()),
+                        **self._arm_webhook())
+                .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
+            )
+
+        row = self._write_recorded(build, {"x_id": job_id, "arm_now": utcnow()}, job_id,
+                                   Status.QUEUED, Status.CANCELLED,
+                                   "cancelled by request before the next attempt",
+                                   key="cancel_flagged")
+        if row is None:
+            return False
+        self._changed(job_id)
+        return True
 
     def heartbeat(self, job_id: str, attempt: int) -> LeaseState:
         """Renew the lease of ``attempt``: held, cancel requested, or lost."""
@@ -895,16 +942,19 @@ class JobStore:
 
     def complete(self, job_id: str, attempt: int, *, video_url: str, thumbnail_url: str,
                  slide_image_path: str, render_seconds: float | None = None,
-                 encode_seconds: float | None = None) -> bool:
-        """``processing -> completed`` for ``attempt``, outputs already in place."""
+                 encode_seconds: float | None = None) -> LeaseState:
+        """``processing -> completed`` for ``attempt``, outputs already in place:
+        ``HELD`` if it completed, ``CANCEL_REQUESTED`` if a cancel came in
+        first (the job is still the attempt's, to end cancelled), ``LOST`` if
+        another attempt holds the job or it is gone."""
         now = utcnow()
 
         def counted() -> dict[str, Any]:
             # The worker's registry row counts it, in the same write.
             return worker_finished(bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()),
-                                   failed=False)
+                                   outcome="completed")
 
-        return self._transition(
+        if self._transition(
             job_id, attempt, Status.PROCESSING,
             {
                 "status": Status.COMPLETED.value,
@@ -921,11 +971,17 @@ class JobStore:
                 "encode_seconds": bindparam("c_encode", type_=Float()),
             },
             to_status=Status.COMPLETED, reason="rendered", worker_values=counted,
-            key="complete",
+            key="complete", where=[jobs_table.c.cancel_requested.is_(False)],
             params={"c_id": job_id, "c_video": video_url, "c_thumbnail": thumbnail_url,
                     "c_slides": slide_image_path, "c_now": now, "c_render": render_seconds,
                     "c_encode": encode_seconds},
-        )
+        ):
+            return LeaseState.HELD
+        # Refused (off the hot path): a cancel acknowledged by the API wins
+        # over a completion that had not landed yet.
+        state = self.heartbeat(job_id, attempt)
+        return LeaseState.CANCEL_REQUESTED if state is LeaseState.CANCEL_REQUESTED \
+            else LeaseState.LOST
 
     def fail(self, job_id: str, attempt: int, error: str, *,
              render_seconds: float | None = None, encode_seconds: float | None = None) -> bool:
@@ -994,7 +1050,7 @@ class JobStore:
         :class:`InvalidTransition` if the job is already finished;
         :class:`JobNotFound` if it is not ``owner``'s (when given).
         """
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             raise JobNotFound()
         now = utcnow()
         mine = _owned(owner)
@@ -1037,7 +1093,7 @@ class JobStore:
         :class:`QuotaExceeded` if its owner already has ``max_active`` jobs
         queued or processing (a retry counts like a submission).
         """
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             raise JobNotFound()
         now = utcnow()
         with self.transaction() as conn:
@@ -1084,17 +1140,13 @@ class JobStore:
 
         A worker still rendering it finds its next write refused and stops.
         """
-        if not _is_job_id(job_id):
+        if not is_job_id(job_id):
             return False
         with self.transaction() as conn:
-            if owner is not None and conn.execute(
-                select(jobs_table.c.id).where(jobs_table.c.id == job_id, *_owned(owner))
-                .with_for_update()
-            ).first() is None:
+            if not _lock_rows(conn, [jobs_table.c.id == job_id, *_owned(owner)]):
                 return False
-            conn.execute(delete(files_table).where(files_table.c.job_id == job_id))
-            conn.execute(delete(events_table).where(events_table.c.job_id == job_id))
-            conn.execute(delete(deliveries_table).where(deliveries_table.c.job_id == job_id))
+            retire(conn, [job_id])  # the metrics keep what it counted
+            # Its files, history and deliveries go with it (ON DELETE CASCADE).
             deleted = conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id)).rowcount
         if deleted:
             log.info("transition job=%s from=- to=deleted attempt=- worker=- reason=%s",
@@ -1138,16 +1190,15 @@ class JobStore:
                 .limit(limit)
             ).all()
         still_stale = [jobs_table.c.last_heartbeat < cutoff]
+        # The flag read above may be old by now: a requeue or a failure lands
+        # only while no cancel is asked for, and one refused for that reason
+        # ends the job cancelled instead (never queued with the flag set).
+        no_cancel = [*still_stale, jobs_table.c.cancel_requested.is_(False)]
         done: list[Recovery] = []
         for job in stale:
             lost = f"worker lost: {job.worker} stopped heartbeating"
+            ok = False
             if job.cancel_requested:
-                ok = self._transition(
-                    job.id, job.attempts, Status.PROCESSING,
-                    {"status": Status.CANCELLED.value, "completed_at": now,
-                     "cancel_requested": False},
-                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}", where=still_stale,
-                    drop_files=True)
                 action = Status.CANCELLED
             elif job.attempts < job.attempt_limit:
                 ok = self._transition(
@@ -1155,15 +1206,24 @@ class JobStore:
                     {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value,
                      "progress": 0.0, "queued_at": now, "dispatched_at": now,
                      "not_before": None, "error": lost},
-                    to_status=Status.QUEUED, reason=lost, where=still_stale)
+                    to_status=Status.QUEUED, reason=lost, where=no_cancel)
                 action = Status.QUEUED
             else:
                 message = f"{lost} (after {job.attempts} attempts)"
                 ok = self._transition(
                     job.id, job.attempts, Status.PROCESSING,
                     {"status": Status.FAILED.value, "completed_at": now, "error": message},
-                    to_status=Status.FAILED, reason=message, where=still_stale, drop_files=True)
+                    to_status=Status.FAILED, reason=message, where=no_cancel, drop_files=True)
                 action = Status.FAILED
+            if not ok:
+                ok = self._transition(
+                    job.id, job.attempts, Status.PROCESSING,
+                    {"status": Status.CANCELLED.value, "completed_at": now,
+                     "cancel_requested": False},
+                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}",
+                    where=[*still_stale, jobs_table.c.cancel_requested.is_(True)],
+                    drop_files=True)
+                action = Status.CANCELLED
             if ok:
                 done.append(Recovery(job.id, action, job.worker))
         return done
@@ -1203,11 +1263,15 @@ class JobStore:
 
     # -- retention ---------------------------------------------------------
 
-    def delete_older_than(self, days: float, *, now: datetime | None = None) -> list[str]:
-        """Delete finished jobs that ended more than ``days`` ago; return their ids.
+    def delete_older_than(self, days: float, *, now: datetime | None = None,
+                          limit: int = 500) -> list[str]:
+        """Delete up to ``limit`` finished jobs that ended more than ``days``
+        ago; return the ids of those really deleted.
 
         Only final jobs go: a queued or processing job is never lost to
-        retention. The caller removes the returned jobs' output folders.
+        retention, nor is one retried meanwhile (the rows are locked, and the
+        delete is conditional on them still being old and final). The caller
+        removes the returned jobs' output folders, and only those.
         """
         cutoff = (now or utcnow()) - timedelta(days=days)
         final = [s.value for s in FINAL_STATUSES]
@@ -1217,13 +1281,29 @@ class JobStore:
             or_(ended < cutoff, and_(ended.is_(None), jobs_table.c.created_at < cutoff)),
         )
         with self.transaction() as conn:
-            ids = [r.id for r in conn.execute(select(jobs_table.c.id).where(condition))]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                conn.execute(delete(files_table).where(files_table.c.job_id.in_(chunk)))
-                conn.execute(delete(events_table).where(events_table.c.job_id.in_(chunk)))
-                conn.execute(delete(deliveries_table)
-                             .where(deliveries_table.c.job_id.in_(chunk)))
-                conn.execute(delete(jobs_table).where(jobs_table.c.id.in_(chunk), condition))
-        return ids
+            ids = _lock_rows(conn, [condition], limit=limit)
+            if not ids:
+                return []
+            retire(conn, ids)  # the metrics keep what they counted
+            # Their files, history and deliveries go with them (ON DELETE CASCADE).
+            return list(conn.execute(
+                delete(jobs_table).where(jobs_table.c.id.in_(ids), condition)
+                .returning(jobs_table.c.id)).scalars())
 
+
+def _lock_rows(conn: Connection, where: Sequence[Any], limit: int | None = None) -> list[str]:
+    """The ids of the jobs matching ``where``, locked against any other write
+    until ``conn``'s transaction ends (the rows on PostgreSQL, re-checked
+    after any wait; the whole database on SQLite, which has one writer)."""
+    if conn.dialect.name != "postgresql":
+        _take_write_lock(conn)
+    query = select(jobs_table.c.id).where(*where).order_by(jobs_table.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return list(conn.execute(query).scalars())
+
+
+def _take_write_lock(conn: Connection) -> None:
+    """SQLite: a write that changes nothing takes the database's write lock
+    now, so nothing this transaction reads next can change before it commits."""
+    conn.execute(update(jobs_table).where(literal(False)).values(id=jobs_table.c.id))

@@ -6,13 +6,19 @@ holder that dies simply lets its lease expire.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from datetime import timedelta
 from typing import cast
 
 from sqlalchemy import Table, delete, exc, insert, or_, update
 
+from storage.errors import StorageError
 from storage.jobs import JobStore, utcnow
 from storage.models import LeaseRow
+
+log = logging.getLogger("slidefarm.leases")
 
 leases_table = cast(Table, LeaseRow.__table__)
 
@@ -49,3 +55,55 @@ class LeaseManager:
         with self.store.transaction() as conn:
             conn.execute(delete(leases_table).where(leases_table.c.name == name,
                                                     leases_table.c.holder == holder))
+
+
+class LeaseLost(Exception):
+    """The holder could not renew its lease in time: another may hold it now."""
+
+
+class KeptLease:
+    """A lease just acquired, renewed by a background thread every third of
+    its ``ttl`` for as long as the holder works (``with``), so work longer
+    than the lease never lets a second holder in. :meth:`check` between units
+    of work stops the holder once a renewal was refused or none succeeded
+    within the ``ttl`` (the database unreachable): past that moment another
+    holder may have taken it."""
+
+    def __init__(self, manager: LeaseManager, name: str, holder: str, ttl: float) -> None:
+        self.manager, self.name, self.holder, self.ttl = manager, name, holder, ttl
+        # Counted from before the acquire that the caller has just made.
+        self._valid_until = time.monotonic() + ttl
+        self._refused = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True)
+
+    def __enter__(self) -> KeptLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(self.ttl, 5.0))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            started = time.monotonic()
+            try:
+                renewed = self.manager.acquire(self.name, self.holder, self.ttl)
+            except StorageError as error:
+                log.warning("lease %s: renewal failed (%s); retrying", self.name, error)
+                continue
+            if not renewed:
+                self._refused = True
+                return
+            self._valid_until = started + self.ttl
+
+    @property
+    def held(self) -> bool:
+        """Whether the lease is still this holder's for sure."""
+        return not self._refused and time.monotonic() < self._valid_until
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless :attr:`held`."""
+        if not self.held:
+            raise LeaseLost(f"lease {self.name} lost by {self.holder}")

@@ -232,6 +232,19 @@ class WorkerRow(Base):
     current_job: Mapped[str | None] = mapped_column(String(36))
     jobs_done: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     jobs_failed: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    #: Attempts that ended in an automatic retry, and jobs it stopped on request.
+    jobs_retried: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    jobs_cancelled: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+
+class CounterRow(Base):
+    """What deleted jobs had added to a metric (storage/counters.py): metrics
+    add it to what the remaining rows count, so they never go down."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
 
 
 class LeaseRow(Base):

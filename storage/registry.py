@@ -32,6 +32,8 @@ class WorkerInfo:
     current_job: str | None
     jobs_done: int
     jobs_failed: int
+    jobs_retried: int
+    jobs_cancelled: int
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> WorkerInfo:
@@ -60,6 +62,7 @@ class WorkerRegistry:
             ).rowcount
             if not updated:
                 conn.execute(insert(workers_table).values(name=name, jobs_done=0, jobs_failed=0,
+                                                          jobs_retried=0, jobs_cancelled=0,
                                                           **values))
 
     def seen(self, name: str) -> None:
@@ -73,11 +76,12 @@ class WorkerRegistry:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(worker_started(job_id, utcnow())))
 
-    def job_finished(self, name: str, job_id: str, *, failed: bool) -> None:
-        """Count the outcome; clear ``current_job`` if it is still this job."""
+    def job_finished(self, name: str, job_id: str, *, outcome: str) -> None:
+        """Count ``outcome`` (``completed``, ``failed``, ``retrying`` or
+        ``cancelled``); clear ``current_job`` if it is still this job."""
         with self.store.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
-                         .values(worker_finished(job_id, utcnow(), failed=failed)))
+                         .values(worker_finished(job_id, utcnow(), outcome=outcome)))
 
     def stopped(self, name: str) -> None:
         """A warm shutdown finished."""

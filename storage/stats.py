@@ -6,17 +6,16 @@ every scrape sees the same figures, and nothing is lost on restart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import func, select
 
-from storage.jobs import Job, JobStore, events_table, jobs_table, utcnow
+from storage.counters import DURATION_BUCKETS, histogram, totals
+from storage.jobs import Job, JobStore, jobs_table, utcnow
 from storage.models import Status
 
-#: Histogram buckets (seconds) for queue wait and render durations.
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+__all__ = ["DURATION_BUCKETS", "Histogram", "Inspector", "Stats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +32,11 @@ class Stats:
     """The overview of the whole farm."""
 
     counts: dict[Status, int]
+    #: Since the database was created, deleted jobs included (never decrease).
     submitted_total: int
     recovered_total: int
+    completed_total: int
+    failed_total: int
     oldest_queued_age: float | None
     oldest_heartbeat_age: float | None
     completed_last_hour: int
@@ -76,17 +78,7 @@ class Inspector:
                     jobs_table.c.completed_at >= hour_ago,
                 )
             ).scalars().all()
-            submitted = conn.execute(
-                select(func.count()).select_from(events_table)
-                .where(events_table.c.from_status.is_(None))
-            ).scalar() or 0
-            recovered = conn.execute(
-                select(func.count()).select_from(events_table).where(
-                    events_table.c.from_status == Status.PROCESSING.value,
-                    events_table.c.to_status == Status.QUEUED.value,
-                    events_table.c.reason.like("worker lost:%"),
-                )
-            ).scalar() or 0
+            counted = totals(conn)
         per_minute = [0] * 60
         for at in completed:
             minute = int((now - _aware(at)).total_seconds() // 60)
@@ -94,8 +86,10 @@ class Inspector:
                 per_minute[59 - minute] += 1
         return Stats(
             counts=self.counts_by_status(),
-            submitted_total=int(submitted),
-            recovered_total=int(recovered),
+            submitted_total=counted["submitted"],
+            recovered_total=counted["recovered"],
+            completed_total=counted["completed"],
+            failed_total=counted["failed"],
             oldest_queued_age=_age(now, oldest_queued),
             oldest_heartbeat_age=_age(now, oldest_beat),
             completed_last_hour=len(completed),
@@ -107,31 +101,13 @@ class Inspector:
         page = self.store.list_jobs(status=Status.FAILED, limit=limit)
         return page.jobs
 
-    def histogram(self, column: str, buckets: Sequence[float] = DURATION_BUCKETS) -> Histogram:
+    def histogram(self, column: str) -> Histogram:
         """Distribution of ``render_seconds``, ``encode_seconds`` or
-        ``queue_wait_seconds`` over the jobs in the store."""
-        table = jobs_table
-        if column == "queue_wait_seconds":
-            # Only jobs that were claimed have waited; computed in Python to
-            # stay portable across SQLite and PostgreSQL date arithmetic.
-            with self.store.transaction(single=True) as conn:
-                pairs = conn.execute(
-                    select(table.c.queued_at, table.c.started_at)
-                    .where(table.c.started_at.is_not(None), table.c.queued_at.is_not(None))
-                ).all()
-            values = [max((_aware(s) - _aware(q)).total_seconds(), 0.0) for q, s in pairs]
-            return Histogram([(b, sum(1 for v in values if v <= b)) for b in buckets],
-                             len(values), sum(values))
-        value = table.c[column]
+        ``queue_wait_seconds`` over completed jobs, deleted ones included (a
+        completed job's durations never change, so it never decreases)."""
         with self.store.transaction(single=True) as conn:
-            row = conn.execute(select(
-                func.count(value), func.coalesce(func.sum(value), 0.0),
-                *[func.coalesce(func.sum(case((and_(value.is_not(None), value <= b), 1),
-                                              else_=0)), 0) for b in buckets],
-            )).one()
-        total, total_sum, *counts = row
-        return Histogram(list(zip(buckets, (int(c) for c in counts), strict=True)),
-                         int(total), float(total_sum))
+            counts, total, total_sum = histogram(conn, column)
+        return Histogram(list(zip(DURATION_BUCKETS, counts, strict=True)), total, total_sum)
 
 
 def _aware(value: datetime) -> datetime:

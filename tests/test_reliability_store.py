@@ -438,11 +438,11 @@ def test_worker_registry_tracks_workers_and_their_jobs(store: JobStore) -> None:
 
     registry.job_started("a@host1", "job-1")
     assert registry.list_workers()[0].current_job == "job-1"
-    registry.job_finished("a@host1", "job-1", failed=False)
+    registry.job_finished("a@host1", "job-1", outcome="completed")
     registry.job_started("a@host1", "job-2")
-    registry.job_finished("a@host1", "job-2", failed=True)
+    registry.job_finished("a@host1", "job-2", outcome="failed")
     registry.job_started("a@host1", "job-3")
-    registry.job_finished("a@host1", "job-old", failed=False)  # not its current job
+    registry.job_finished("a@host1", "job-old", outcome="completed")  # not its current job
     a = {w.name: w for w in registry.list_workers()}["a@host1"]
     assert (a.jobs_done, a.jobs_failed, a.current_job) == (2, 1, "job-3")
 

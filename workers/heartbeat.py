@@ -19,7 +19,7 @@ from types import TracebackType
 
 from storage import DatabaseUnavailable, JobStore, LeaseState, Stage, StorageError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("slidefarm.heartbeat")
 
 
 class AttemptLost(Exception):
@@ -96,7 +96,8 @@ class Lease:
     def _note(self, state: LeaseState) -> LeaseState:
         if state is LeaseState.LOST:
             if not self._lost.is_set():
-                log.warning("job %s attempt %s: lease lost", self.job_id, self.attempt)
+                # INFO: the pipeline then says why (deleted, or overtaken).
+                log.info("job %s attempt %s: lease lost", self.job_id, self.attempt)
             self._lost.set()
         elif state is LeaseState.CANCEL_REQUESTED:
             self._cancel.set()

@@ -34,7 +34,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from storage import DatabaseUnavailable, Job, JobStore, Settings, Stage, Status, StorageError
+from storage import (
+    DatabaseUnavailable,
+    Job,
+    JobNotFound,
+    JobStore,
+    Settings,
+    Stage,
+    Status,
+    StorageError,
+)
 from storage.deck import Deck
 from storage.files import (
     ATTEMPT_MARKER,
@@ -60,7 +69,7 @@ from workers.slides import THEMES, missing_glyphs, render_slide, save_png, save_
 from workers.text import MissingGlyphs
 from workers.video import EncodeError, EncodeStopped, encode
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("slidefarm.pipeline")
 
 # Progress budget of an attempt: slides, then the encode, then publishing.
 SLIDES_SHARE = 0.45
@@ -224,6 +233,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
             ))
             result = AttemptResult(Outcome.COMPLETED)
     except AttemptLost:
+        _log_lost(store, job)
         result = AttemptResult(Outcome.LOST)
     except CancelRequested:
         result = AttemptResult(Outcome.CANCELLED)
@@ -236,9 +246,15 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
     except EncodeError as failure:
         result = AttemptResult(Outcome.RETRYING, str(failure))
     except Exception as failure:  # decided and recorded below, never swallowed silently
-        log.exception("job %s attempt %s crashed", job.id, attempt)
-        result = AttemptResult(Outcome.RETRYING,
-                               f"render crashed: {type(failure).__name__}: {failure}")
+        if _deleted(store, job.id):
+            # Deleting a job removes its files, scratch folder included: the
+            # render trips over that before its next write would be refused.
+            _log_lost(store, job, deleted=True)
+            result = AttemptResult(Outcome.LOST)
+        else:
+            log.exception("job %s attempt %s crashed", job.id, attempt)
+            result = AttemptResult(Outcome.RETRYING,
+                                   f"render crashed: {type(failure).__name__}: {failure}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -272,7 +288,6 @@ def _write_outcome(store: JobStore, job: Job, settings: Settings, result: Attemp
 def _record_outcome(store: JobStore, job: Job, settings: Settings, result: AttemptResult,
                     timings: _Timings) -> AttemptResult:
     """Write a non-completed outcome (fenced); files go with every one of them."""
-    attempt = job.attempts
     if result.outcome in (Outcome.COMPLETED, Outcome.LOST):
         return result
     # A worker cut off from the database keeps trying to record its outcome
@@ -296,9 +311,33 @@ def _record_outcome(store: JobStore, job: Job, settings: Settings, result: Attem
                         result.outcome)
             return AttemptResult(Outcome.LOST, result.error)
     if not recorded:
-        log.warning("job %s attempt %s: late write refused (fenced): another attempt holds "
-                    "the job", job.id, attempt)
+        _log_lost(store, job)
         return AttemptResult(Outcome.LOST, result.error)
     if result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
         remove_job_files(settings.output_dir, job.id)
     return result
+
+
+def _deleted(store: JobStore, job_id: str) -> bool:
+    """Whether ``job_id`` is gone (``False`` when the database cannot say)."""
+    try:
+        store.get(job_id)
+    except JobNotFound:
+        return True
+    except StorageError:
+        return False
+    return False
+
+
+def _log_lost(store: JobStore, job: Job, *, deleted: bool | None = None) -> None:
+    """Say why this attempt stopped without a write of its own: a deletion is
+    a user's request (INFO); another attempt holding the job is a recovery
+    that overtook this one (WARNING)."""
+    if deleted is None:
+        deleted = _deleted(store, job.id)
+    if deleted:
+        log.info("job %s attempt %s: job deleted while rendering; stopped", job.id,
+                 job.attempts)
+    else:
+        log.warning("job %s attempt %s: late write refused (fenced): the job is no longer "
+                    "this attempt's (recovered elsewhere); stopped", job.id, job.attempts)

@@ -19,10 +19,10 @@ from pathlib import Path
 from storage import JobStore, Settings, Status, StorageError
 from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
-from storage.leases import LeaseManager
+from storage.leases import KeptLease, LeaseLost, LeaseManager
 from storage.registry import WorkerRegistry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("slidefarm.sweeper")
 
 LEASE_NAME = "sweeper"
 
@@ -73,10 +73,24 @@ class Sweeper:
     # -- one sweep ---------------------------------------------------------
 
     def sweep_once(self, *, force_orphan_scan: bool = False) -> bool:
-        """Sweep if this worker holds the lease; ``True`` if it did."""
+        """Sweep if this worker holds the lease; ``True`` if it did.
+
+        The lease is renewed while the sweep runs, however long it takes, and
+        the sweep stops between two units of work if a renewal failed (the
+        lease may be another worker's by then): never two sweeps at once.
+        """
         ttl = max(self.settings.sweep_every * 3, 1.0)
         if not self.leases.acquire(LEASE_NAME, self.name, ttl):
             return False
+        with KeptLease(self.leases, LEASE_NAME, self.name, ttl) as lease:
+            try:
+                self._sweep(lease, force_orphan_scan)
+            except LeaseLost:
+                log.warning("sweeper: lease not renewed in time; sweep stopped")
+        return True
+
+    def _sweep(self, lease: KeptLease, force_orphan_scan: bool) -> None:
+        lease.check()
         for recovery in self.store.recover_stale(self.settings.stale_after):
             log.warning("sweeper: job %s %s (%s stopped heartbeating)", recovery.job_id,
                         "requeued" if recovery.action is Status.QUEUED else recovery.action,
@@ -85,10 +99,12 @@ class Sweeper:
                 self.dispatch(recovery.job_id, 0.0)
             else:
                 remove_job_files(self.settings.output_dir, recovery.job_id)
+        lease.check()
         for job_id in self.store.due_for_dispatch(self.settings.dispatch_timeout):
             log.warning("sweeper: job %s still queued after %.1fs; sent again", job_id,
                         self.settings.dispatch_timeout)
             self.dispatch(job_id, 0.0)
+        lease.check()
         if self.send_webhook is not None:
             # Webhooks of jobs finalized by the API or by recovery, retries
             # after their backoff, and tasks the broker lost.
@@ -98,12 +114,14 @@ class Sweeper:
         now = time.monotonic()
         if force_orphan_scan or now - self._last_orphan_scan >= self.settings.orphan_scan_interval:
             self._last_orphan_scan = now
+            lease.check()
+            # One bounded batch per sweep; the next sweeps take the rest.
             for job_id in self.store.delete_older_than(self.settings.retention_days):
                 remove_job_files(self.settings.output_dir, job_id)
-            self.remove_orphans()
-        return True
+            lease.check()
+            self.remove_orphans(lease)
 
-    def remove_orphans(self) -> int:
+    def remove_orphans(self, lease: KeptLease | None = None) -> int:
         """Remove files that belong to no live attempt: scratch folders of
         attempts that are over, and output folders of jobs that are not
         completed or no longer exist. Young entries are left for a grace
@@ -128,6 +146,8 @@ class Sweeper:
             sorted({j for _, j, _ in partials} | {e.name for e in finals})
         )
         for entry, job_id, attempt in partials:
+            if lease is not None:
+                lease.check()
             owner = owners.get(job_id)
             live = (owner is not None and attempt is not None
                     and owner == (Status.PROCESSING, attempt))
@@ -135,6 +155,8 @@ class Sweeper:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         for entry in finals:
+            if lease is not None:
+                lease.check()
             owner = owners.get(entry.name)
             if (owner is None or owner[0] is not Status.COMPLETED) and _mtime(entry) < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)

@@ -25,7 +25,7 @@ from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
 from workers.webhooks import deliver_due
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("slidefarm.tasks")
 
 _sweeper: Sweeper | None = None
 
@@ -112,7 +112,8 @@ def render_presentation(self: Task, job_id: str) -> str:
     elif result.outcome is not Outcome.LOST and job.callback_url is not None:
         send_webhook(job.id)  # the final transition armed it
     if result.outcome not in (Outcome.LOST, Outcome.COMPLETED):  # a completion counted itself
-        _registry_call(WorkerRegistry(store).job_finished, worker, job.id, failed=True)
+        _registry_call(WorkerRegistry(store).job_finished, worker, job.id,
+                       outcome=result.outcome.value)
     return result.outcome.value
 
 

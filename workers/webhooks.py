@@ -17,7 +17,7 @@ from storage.models import WebhookStatus
 from storage.serialize import webhook_body
 from storage.webhooks import SIGNATURE_HEADER, USER_AGENT, DeliveryResult, deliver, sign
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("slidefarm.webhooks")
 
 #: Time past the delivery timeout that a claimed attempt stays this worker's
 #: (recording the outcome, a slow receiver trickling its headers).
