@@ -70,3 +70,38 @@ def test_alembic_cli_reads_database_url(empty_db: str) -> None:
         assert {"jobs", "job_files"} <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_upgrading_keeps_every_row_of_an_older_schema(empty_db: str) -> None:
+    """A job's history and files survive every later migration on both backends
+    (on SQLite a batch rebuild of ``jobs`` with foreign keys on used to cascade
+    and delete them)."""
+    cfg = _config(empty_db)
+    command.upgrade(cfg, "0002")
+    engine = create_db_engine(empty_db)
+    now = "2026-01-01 00:00:00"
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO jobs (id, status, stage, progress, attempts, title, deck,"
+                " created_at) VALUES ('00000000-0000-4000-8000-000000000001', 'completed',"
+                f" 'done', 1.0, 1, 'old', '{{}}', '{now}')")
+            conn.exec_driver_sql(
+                "INSERT INTO job_events (job_id, from_status, to_status, attempt, at)"
+                " VALUES ('00000000-0000-4000-8000-000000000001', NULL, 'queued', 0,"
+                f" '{now}')")
+            conn.exec_driver_sql(
+                "INSERT INTO job_files (job_id, attempt, path, size_bytes, created_at)"
+                " VALUES ('00000000-0000-4000-8000-000000000001', 1, 'video.mp4', 10,"
+                f" '{now}')")
+    finally:
+        engine.dispose()
+    command.upgrade(cfg, "head")
+    engine = create_db_engine(empty_db)
+    try:
+        with engine.connect() as conn:
+            counts = [conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+                      for table in ("jobs", "job_events", "job_files")]
+    finally:
+        engine.dispose()
+    assert counts == [1, 1, 1]
