@@ -9,6 +9,7 @@ from alembic.config import Config
 from sqlalchemy import insert, select
 
 from storage.access import keys_table, tenants_table
+from storage.counters import counters_table
 from storage.db import create_db_engine
 from storage.jobs import deliveries_table, events_table, files_table, jobs_table
 
@@ -30,17 +31,21 @@ def upgrade(url: str) -> None:
 
 
 def copy_database(source: str, target: str) -> dict[str, int]:
-    """Copy every tenant and API key, and every job with its file records,
-    history and webhook deliveries, from ``source`` to
-    ``target`` (both migrated). Jobs already in ``target`` are left alone, so
-    a copy can be run again after an interruption. Returns rows copied."""
+    """Copy every tenant and API key, the metric counters of deleted jobs, and
+    every job with its file records, history and webhook deliveries, from
+    ``source`` to ``target`` (both migrated). Rows already in ``target`` are
+    left alone, so a copy can be run again after an interruption. Returns
+    rows copied."""
     src, dst = create_db_engine(source), create_db_engine(target)
-    copied = {"tenants": 0, "keys": 0, "jobs": 0, "files": 0, "events": 0, "deliveries": 0}
+    copied = {"tenants": 0, "keys": 0, "counters": 0, "jobs": 0, "files": 0, "events": 0,
+              "deliveries": 0}
     try:
         with src.connect() as read:
-            # Tenants and keys first (keys refer to tenants; jobs name owners).
+            # Tenants and keys first (keys refer to tenants; jobs name owners);
+            # the counters keep /metrics monotonic across the move.
             for name, table, key in (("tenants", tenants_table, tenants_table.c.name),
-                                     ("keys", keys_table, keys_table.c.id)):
+                                     ("keys", keys_table, keys_table.c.id),
+                                     ("counters", counters_table, counters_table.c.name)):
                 rows = read.execute(select(table)).mappings().all()
                 with dst.begin() as write:
                     present = set(write.execute(select(key)).scalars())

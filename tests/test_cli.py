@@ -14,6 +14,8 @@ import pytest
 
 from storage import JobStore
 from storage.access import AccessStore
+from storage.counters import totals
+from storage.db import create_db_engine
 from tests.conftest import (
     ROOT,
     Stack,
@@ -91,6 +93,16 @@ def test_cli_against_a_running_stack(pg_redis_stack: Stack, tmp_path: Path) -> N
     assert refused.returncode == 1 and "invalid deck" in refused.stderr
 
 
+def moved_metrics(url: str) -> dict[str, int]:
+    """Every transition count /metrics would show for the database at ``url``."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            return totals(conn)
+    finally:
+        engine.dispose()
+
+
 def test_db_upgrade_and_copy_from_sqlite_to_postgres(pg_server: Any, tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'small.db'}"
     env = stack_env(DATABASE_URL=source)
@@ -104,6 +116,8 @@ def test_db_upgrade_and_copy_from_sqlite_to_postgres(pg_server: Any, tmp_path: P
     store.add_file(ids[0], 1, "video.mp4", 10)
     store.complete(ids[0], 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
     key = AccessStore(store).create_key("acme").token
+    gone, _ = store.create(small_deck(), title="deleted before the move")
+    assert store.delete(gone.id)  # its submission lives on in a counter row
 
     target = create_pg_database(pg_server, prefix="slidefarm_copy")
     try:
@@ -111,7 +125,9 @@ def test_db_upgrade_and_copy_from_sqlite_to_postgres(pg_server: Any, tmp_path: P
         assert copied.returncode == 0, copied.stderr
         assert "3 jobs" in copied.stdout and "1 files" in copied.stdout
         assert "1 tenants" in copied.stdout and "1 keys" in copied.stdout
+        assert "counters" in copied.stdout
         moved = JobStore.from_url(target)
+        assert moved_metrics(target) == moved_metrics(source)
         assert AccessStore(moved).verify(key) is not None  # the key works on the new store
         for job_id in ids:
             before, after = store.get(job_id), moved.get(job_id)
