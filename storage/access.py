@@ -15,17 +15,17 @@ import secrets
 import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, exc, insert, select, update
+from sqlalchemy import delete, exc, insert, select, update
 
 from storage.errors import StorageError
 from storage.jobs import JobStore, utcnow
-from storage.models import ApiKeyRow, SessionRow, TenantRow
-
-tenants_table = cast(Table, TenantRow.__table__)
-keys_table = cast(Table, ApiKeyRow.__table__)
-sessions_table = cast(Table, SessionRow.__table__)
+from storage.models import (
+    keys_table,
+    sessions_table,
+    tenants_table,
+)
 
 KEY_PREFIX = "sf"
 _ALPHABET = string.ascii_letters + string.digits

@@ -14,17 +14,18 @@ statement for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, and_, case, func, select
+from sqlalchemy import Connection, and_, case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from storage.models import CounterRow, JobEventRow, JobRow, Status
-
-counters_table = cast(Table, CounterRow.__table__)
-_jobs = cast(Table, JobRow.__table__)
-_events = cast(Table, JobEventRow.__table__)
+from storage.models import (
+    Status,
+    counters_table,
+    events_table,
+    jobs_table,
+)
 
 #: Histogram buckets (seconds) for queue wait and render durations.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -50,12 +51,12 @@ def _count(condition: Any) -> Any:
 
 def _event_columns() -> list[Any]:
     return [
-        _count(_events.c.from_status.is_(None)),
-        _count(_events.c.to_status == Status.COMPLETED.value),
-        _count(_events.c.to_status == Status.FAILED.value),
-        _count(and_(_events.c.from_status == Status.PROCESSING.value,
-                    _events.c.to_status == Status.QUEUED.value,
-                    _events.c.reason.like("worker lost:%"))),
+        _count(events_table.c.from_status.is_(None)),
+        _count(events_table.c.to_status == Status.COMPLETED.value),
+        _count(events_table.c.to_status == Status.FAILED.value),
+        _count(and_(events_table.c.from_status == Status.PROCESSING.value,
+                    events_table.c.to_status == Status.QUEUED.value,
+                    events_table.c.reason.like("worker lost:%"))),
     ]
 
 
@@ -65,11 +66,12 @@ def _labelled(columns: list[Any]) -> list[Any]:
 
 def _duration(conn: Connection, column: str) -> Any:
     if column != "queue_wait_seconds":
-        return _jobs.c[column]
+        return jobs_table.c[column]
     # From queued to claimed, in seconds, in each backend's date arithmetic.
     if conn.dialect.name == "postgresql":
-        return func.extract("epoch", _jobs.c.started_at - _jobs.c.queued_at)
-    return (func.julianday(_jobs.c.started_at) - func.julianday(_jobs.c.queued_at)) * 86400.0
+        return func.extract("epoch", jobs_table.c.started_at - jobs_table.c.queued_at)
+    started, queued = jobs_table.c.started_at, jobs_table.c.queued_at
+    return (func.julianday(started) - func.julianday(queued)) * 86400.0
 
 
 def _histogram_columns(conn: Connection, column: str) -> list[Any]:
@@ -101,7 +103,7 @@ def histogram(conn: Connection, column: str) -> tuple[list[int], int, float]:
     statement (one snapshot)."""
     names = _histogram_names(column)
     live = (select(*_labelled(_histogram_columns(conn, column)))
-            .where(_jobs.c.status == Status.COMPLETED.value).subquery())
+            .where(jobs_table.c.status == Status.COMPLETED.value).subquery())
     row = conn.execute(select(*live.c).add_columns(*[_counter(n) for n in names])).one()
     merged = [float(a) + float(b)
               for a, b in zip(row[:len(names)], row[len(names):], strict=True)]
@@ -119,11 +121,11 @@ def retire(conn: Connection, job_ids: Sequence[str]) -> None:
     if not job_ids:
         return
     row = conn.execute(select(*_event_columns())
-                       .where(*_only(_events.c.job_id, job_ids))).one()
+                       .where(*_only(events_table.c.job_id, job_ids))).one()
     deltas: dict[str, float] = dict(zip(EVENT_COUNTS, map(float, row), strict=True))
     for column in DURATIONS:
         parts = conn.execute(select(*_histogram_columns(conn, column)).where(
-            _jobs.c.status == Status.COMPLETED.value, *_only(_jobs.c.id, job_ids))).one()
+            jobs_table.c.status == Status.COMPLETED.value, *_only(jobs_table.c.id, job_ids))).one()
         deltas.update(zip(_histogram_names(column), map(float, parts), strict=True))
     deltas = {name: value for name, value in deltas.items() if value}
     if not deltas:

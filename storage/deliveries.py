@@ -23,15 +23,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 
-from storage.jobs import Job, JobStore, jobs_table, utcnow
-from storage.models import WebhookDeliveryRow, WebhookStatus
+from storage.jobs import Job, JobStore, utcnow
+from storage.models import WebhookStatus, deliveries_table, jobs_table
 from storage.webhooks import DeliveryResult
-
-deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
 
 #: Jitter of a retry delay: the step times a factor in this range.
 JITTER = (0.8, 1.2)

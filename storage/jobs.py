@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
     Float,
     String,
-    Table,
     Text,
     and_,
     bindparam,
@@ -57,25 +56,19 @@ from storage.feed import ChangeFeed
 from storage.models import (
     DEFAULT_TENANT,
     FINAL_STATUSES,
-    JobEventRow,
-    JobFileRow,
-    JobRow,
     Stage,
     Status,
     UTCDateTime,
-    WebhookDeliveryRow,
     WebhookStatus,
-    WorkerRow,
+    events_table,
+    files_table,
+    jobs_table,
+    workers_table,
 )
 from storage.redact import redact_secrets
 
 log = logging.getLogger("slidefarm.jobs")
 
-jobs_table = cast(Table, JobRow.__table__)
-files_table = cast(Table, JobFileRow.__table__)
-events_table = cast(Table, JobEventRow.__table__)
-deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
-workers_table = cast(Table, WorkerRow.__table__)
 
 MAX_LIST_LIMIT = 500
 #: First key of the advisory lock that serializes one owner's submissions.

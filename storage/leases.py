@@ -10,17 +10,15 @@ import logging
 import threading
 import time
 from datetime import timedelta
-from typing import cast
 
-from sqlalchemy import Table, delete, exc, insert, or_, update
+from sqlalchemy import delete, exc, insert, or_, update
 
 from storage.errors import StorageError
 from storage.jobs import JobStore, utcnow
-from storage.models import LeaseRow
+from storage.models import leases_table
 
 log = logging.getLogger("slidefarm.leases")
 
-leases_table = cast(Table, LeaseRow.__table__)
 
 
 class LeaseManager:

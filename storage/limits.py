@@ -8,17 +8,16 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import redis
-from sqlalchemy import Table, exc, insert, select, update
+from sqlalchemy import exc, insert, select, update
 
 from storage.jobs import JobStore, utcnow
-from storage.models import RateBucketRow
+from storage.models import buckets_table
 
 log = logging.getLogger(__name__)
 
-buckets_table = cast(Table, RateBucketRow.__table__)
 BUCKET_PREFIX = "slidefarm:bucket:"
 
 # KEYS[1]: the bucket; ARGV: rate (tokens/s), burst. Returns the seconds to

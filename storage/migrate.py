@@ -8,10 +8,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import insert, select
 
-from storage.access import keys_table, tenants_table
-from storage.counters import counters_table
 from storage.db import create_db_engine
-from storage.jobs import deliveries_table, events_table, files_table, jobs_table
+from storage.models import (
+    counters_table,
+    deliveries_table,
+    events_table,
+    files_table,
+    jobs_table,
+    keys_table,
+    tenants_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 500

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -328,3 +329,17 @@ class WebhookDeliveryRow(Base):
     duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
 
     __table_args__ = (Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),)
+
+
+# Table handles for Core statements, one definition each.
+jobs_table = cast(Table, JobRow.__table__)
+files_table = cast(Table, JobFileRow.__table__)
+events_table = cast(Table, JobEventRow.__table__)
+deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
+workers_table = cast(Table, WorkerRow.__table__)
+counters_table = cast(Table, CounterRow.__table__)
+leases_table = cast(Table, LeaseRow.__table__)
+buckets_table = cast(Table, RateBucketRow.__table__)
+tenants_table = cast(Table, TenantRow.__table__)
+keys_table = cast(Table, ApiKeyRow.__table__)
+sessions_table = cast(Table, SessionRow.__table__)

@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import insert, select, update
 
-from storage.jobs import JobStore, utcnow, worker_finished, worker_started
-from storage.models import WorkerRow
-
-workers_table = cast(Table, WorkerRow.__table__)
+from storage.jobs import JobStore, utcnow, worker_finished
+from storage.models import workers_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +68,6 @@ class WorkerRegistry:
         with self.store.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(last_seen=utcnow(), stopped_at=None))
-
-    def job_started(self, name: str, job_id: str) -> None:
-        with self.store.transaction(single=True) as conn:
-            conn.execute(update(workers_table).where(workers_table.c.name == name)
-                         .values(worker_started(job_id, utcnow())))
 
     def job_finished(self, name: str, job_id: str, *, outcome: str) -> None:
         """Count ``outcome`` (``completed``, ``failed``, ``retrying`` or

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from storage.counters import DURATION_BUCKETS, histogram, totals
-from storage.jobs import Job, JobStore, jobs_table, utcnow
-from storage.models import Status
+from storage.jobs import Job, JobStore, utcnow
+from storage.models import Status, jobs_table
 
 __all__ = ["DURATION_BUCKETS", "Histogram", "Inspector", "Stats"]
 

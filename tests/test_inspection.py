@@ -29,11 +29,12 @@ def test_workers_show_who_is_alive(client: FlaskClient, store: JobStore) -> None
     registry = WorkerRegistry(store)
     registry.register("a@host1", "host1", 101)
     registry.register("b@host2", "host2", 202)
-    registry.job_started("a@host1", "job-1")
+    job_id = client.post("/v1/jobs", json=small_deck()).get_json()["job_id"]
+    store.claim(job_id, "a@host1")
     registry.stopped("b@host2")
     body = client.get("/v1/workers").get_json()
     by_name = {w["name"]: w for w in body["workers"]}
-    assert by_name["a@host1"]["state"] == "alive" and by_name["a@host1"]["current_job"] == "job-1"
+    assert by_name["a@host1"]["state"] == "alive" and by_name["a@host1"]["current_job"] == job_id
     assert by_name["a@host1"]["host"] == "host1" and by_name["a@host1"]["pid"] == 101
     assert by_name["b@host2"]["state"] == "stopped" and not by_name["b@host2"]["alive"]
 

@@ -23,8 +23,9 @@ from storage import (
     StorageError,
     utcnow,
 )
-from storage.jobs import IDEMPOTENCY_TTL, jobs_table
-from storage.leases import LeaseManager, leases_table
+from storage.jobs import IDEMPOTENCY_TTL
+from storage.leases import LeaseManager
+from storage.models import jobs_table, leases_table
 from storage.registry import WorkerRegistry
 from tests.conftest import create_pg_database, drop_pg_database, small_deck
 
@@ -436,15 +437,17 @@ def test_worker_registry_tracks_workers_and_their_jobs(store: JobStore) -> None:
         "host1", 101, None, 0, 0, None)
     assert a.alive(30)
 
-    registry.job_started("a@host1", "job-1")
-    assert registry.list_workers()[0].current_job == "job-1"
-    registry.job_finished("a@host1", "job-1", outcome="completed")
-    registry.job_started("a@host1", "job-2")
-    registry.job_finished("a@host1", "job-2", outcome="failed")
-    registry.job_started("a@host1", "job-3")
+    # A claim names the worker's current job in the same statement.
+    jobs = [store.create(small_deck(), title=f"deck {n}")[0].id for n in range(3)]
+    store.claim(jobs[0], "a@host1")
+    assert registry.list_workers()[0].current_job == jobs[0]
+    registry.job_finished("a@host1", jobs[0], outcome="completed")
+    store.claim(jobs[1], "a@host1")
+    registry.job_finished("a@host1", jobs[1], outcome="failed")
+    store.claim(jobs[2], "a@host1")
     registry.job_finished("a@host1", "job-old", outcome="completed")  # not its current job
     a = {w.name: w for w in registry.list_workers()}["a@host1"]
-    assert (a.jobs_done, a.jobs_failed, a.current_job) == (2, 1, "job-3")
+    assert (a.jobs_done, a.jobs_failed, a.current_job) == (2, 1, jobs[2])
 
     registry.stopped("a@host1")
     by_name = {w.name: w for w in registry.list_workers()}

@@ -20,8 +20,15 @@ from api import create_app
 from storage import JobNotFound, JobStore, LeaseState, Settings, Status, StorageError, utcnow
 from storage.config import database_backend
 from storage.db import create_db_engine, normalize_url
-from storage.jobs import CREATE_TRIES, deliveries_table, events_table, files_table, jobs_table
-from storage.leases import KeptLease, LeaseLost, LeaseManager, leases_table
+from storage.jobs import CREATE_TRIES
+from storage.leases import KeptLease, LeaseLost, LeaseManager
+from storage.models import (
+    deliveries_table,
+    events_table,
+    files_table,
+    jobs_table,
+    leases_table,
+)
 from tests.conftest import NO_LIMITS, small_deck
 from workers.sweeper import Sweeper
 

@@ -26,8 +26,8 @@ from api.dispatch import Dispatcher
 from storage import JobStore, Settings, Status
 from storage.access import AccessStore
 from storage.deliveries import WebhookDeliveries, retry_delay
-from storage.jobs import jobs_table, utcnow
-from storage.models import WebhookStatus
+from storage.jobs import utcnow
+from storage.models import WebhookStatus, jobs_table
 from storage.serialize import job_json, webhook_body
 from storage.webhooks import (
     DeliveryResult,
