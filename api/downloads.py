@@ -36,6 +36,9 @@ def safe_filename(title: str) -> str:
 
 def _ascii_fallback(name: str) -> str:
     folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    # Folding brings back what safe_filename removed: a fullwidth solidus
+    # becomes '/', a fullwidth colon ':'. So the folded name is made safe again.
+    folded = safe_filename(folded)
     folded = " ".join(_ASCII_UNSAFE.sub("_", folded).split()).strip(" .")
     return folded if folded.strip("_ ") else ""
 

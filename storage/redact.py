@@ -2,13 +2,14 @@
 
 :func:`redact_secrets` masks what must never be written down: API keys
 (``sf_<id>_<secret>``: the id stays, the secret goes), webhook signing
-secrets (``whsec_...``), ``Bearer`` tokens and
-``Authorization`` header values, passwords in URLs (``scheme://user:password@host`` becomes
-``scheme://user:***@host``) and ``password=...`` pairs of libpq-style
-connection strings. :func:`install_log_redaction` makes every log record of
-the process pass through it (the API's ``create_app`` and the worker's
-start-up call it), and the job store applies it to the error texts it
-records and the messages of its exceptions.
+secrets (``whsec_...``), ``Bearer`` tokens and ``Authorization`` header
+values, the signatures of signed output links (``?token=``), passwords in
+URLs (``scheme://user:password@host`` becomes ``scheme://user:***@host``)
+and ``password=...`` pairs of libpq-style connection strings.
+:func:`install_log_redaction` makes every log record of the process pass
+through it (the API's ``create_app`` and the worker's start-up call it), and
+the job store applies it to the error texts it records and the messages of
+its exceptions.
 
 Part of ``storage`` so that the API and the workers share it; like the rest
 of ``storage`` it imports nothing else of slidefarm.
@@ -36,6 +37,10 @@ _AUTH_HEADER = re.compile(
 # user (possibly empty) ':' password '@': the password runs to the last '@'
 # before the path, so one that itself holds an unescaped '@' is masked whole.
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/?#@]*):[^\s/]+@")
+# A signed output link's token, ``<expires>.<key id>.<signature>``: the
+# signature opens a file without a key, and access logs write the URL that
+# carries it. Which link, and whose, stays readable.
+_SIGNED_LINK = re.compile(r"\b(\d{1,12}\.[A-Za-z0-9]{1,40}\.)[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 _KEYWORD_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)")
 
 
@@ -48,6 +53,7 @@ def redact_secrets(text: str) -> str:
     text = _BEARER.sub(rf"\1\2{MASK}", text)
     text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    text = _SIGNED_LINK.sub(rf"\1{MASK}", text)
     return _KEYWORD_PASSWORD.sub(rf"\1\2{MASK}", text)
 
 
