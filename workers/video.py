@@ -4,6 +4,8 @@ Still slides are cheap to encode when ffmpeg is told so: each image enters
 once (the concat demuxer) with its duration, pixel-format conversion runs
 before the frame-rate filter (so 10 images are converted, not 900 frames) and
 x264 is tuned for still images.
+
+Every video is BT.709 and says so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ class EncodeStopped(Exception):
 def frame_counts(durations: Sequence[float], fps: int) -> list[int]:
     """Frames per slide: each duration rounded to a whole frame (at least one)."""
     return [max(1, round(d * fps)) for d in durations]
+
+
+#: RGB slides to the encoder's YUV. Browsers read untagged HD video as BT.709
+#: and ffmpeg converts with BT.601 unless told otherwise, which shifted colours;
+#: so the matrix is BT.709, and the frames are tagged with all four colour
+#: properties because ffmpeg hands the encoder the frames' properties (the
+#: ``-color_primaries``/``-color_trc`` options alone leave those unset), which
+#: the H.264 stream and the MP4's ``colr`` atom then carry.
+TO_YUV = ("scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+          "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv")
 
 
 def _concat_list(images: Sequence[Path], frames: Sequence[int], fps: int) -> str:
@@ -64,14 +76,18 @@ def still_command(images: Sequence[Path], frames: Sequence[int], fps: int, outpu
     """Each image once through the concat demuxer, converted, then repeated."""
     concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
     return [*_base(), "-f", "concat", "-safe", "0", "-i", str(concat_file),
-            "-vf", f"format=yuv420p,fps={fps}", *_x264(preset, fps, sum(frames)),
+            "-vf", f"{TO_YUV},fps={fps}", *_x264(preset, fps, sum(frames)),
             "-movflags", "+faststart", str(output)]
 
 
 def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
                  preset: str, color: str) -> list[str]:
     """Each slide fades in from and out to ``color`` within its own duration,
-    so the total length stays exact."""
+    so the total length stays exact.
+
+    The fades run on the RGB images (ffmpeg's colour fade works in RGB only),
+    each frame then converted to YUV once.
+    """
     cmd = _base()
     parts = []
     for i, (image, count) in enumerate(zip(images, frames, strict=True)):
@@ -79,9 +95,9 @@ def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output
         cmd += ["-loop", "1", "-framerate", str(fps), "-t", f"{seconds:.6f}", "-i", str(image)]
         fade = min(0.4, seconds / 4)
         parts.append(
-            f"[{i}:v]format=yuv420p,fade=t=in:st=0:d={fade:.3f}:color={color},"
+            f"[{i}:v]fade=t=in:st=0:d={fade:.3f}:color={color},"
             f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f}:color={color},"
-            f"setpts=PTS-STARTPTS[v{i}]"
+            f"{TO_YUV},setpts=PTS-STARTPTS[v{i}]"
         )
     chain = "".join(f"[v{i}]" for i in range(len(images)))
     graph = ";".join(parts) + f";{chain}concat=n={len(images)}:v=1:a=0,fps={fps}[out]"
