@@ -1,5 +1,5 @@
 """The MP4s as real clients see them: Debian's ffprobe reads the colour tags,
-ffmpeg and Chromium decode the colours.
+chapters and keyframes, ffmpeg and Chromium decode the colours.
 
 The encodes use the ffmpeg that imageio-ffmpeg ships (no ffprobe); ffprobe is
 Debian's (package ``ffmpeg``, which ``make test`` installs), Chromium is
@@ -8,12 +8,14 @@ Debian's, driven by Playwright.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,11 @@ from flask import Flask, send_file
 from PIL import Image
 from werkzeug.serving import make_server
 
-from tests.conftest import REQUIRE_SERVICES
+from storage import JobStore, Settings
+from storage.files import VIDEO_FILE
+from tests.conftest import REQUIRE_SERVICES, small_deck
 from tests.test_dashboard import CHROMIUM, CHROMIUM_FLAGS
+from workers.pipeline import Outcome, run_attempt
 from workers.slides import THEMES, save_png
 from workers.video import FADE_BATCH, encode, frame_counts
 
@@ -35,6 +40,30 @@ HD = (1280, 720)  # Chromium reads untagged video this size as BT.709, smaller a
 COLOURS = sorted({c for theme in THEMES.values() for c in vars(theme).values()}
                  | {(255, 0, 0), (0, 255, 0), (0, 0, 255)})
 
+TITLES = [
+    "Revenue = up; #1 again",
+    "line one\nline two",
+    "Ünïcödé 日本語 مرحبا 🙂",
+    "",
+    "C:\\",
+    "   ",
+    "  padded  ",
+    "a\\b # c; d=e",
+    "日本語" * 66,
+    "\\=;#\r\nend",
+]
+NAMES = [
+    "Revenue = up; #1 again",
+    "line one\nline two",
+    "Ünïcödé 日本語 مرحبا 🙂",
+    "Slide 4",
+    "C:\\",
+    "Slide 6",
+    "padded",
+    "a\\b # c; d=e",
+    "日本語" * 66,
+    "\\=;#\r\nend",
+]
 DURATIONS = [0.5, 1.3, 2.04, 0.7, 1.0, 0.9, 0.6, 1.1, 0.5, 0.8]
 
 
@@ -67,6 +96,11 @@ def solid_slides(folder: Path, colours: list[tuple[int, int, int]],
     return paths
 
 
+def slide_starts(frames: list[int]) -> list[int]:
+    """The first frame of each slide."""
+    return list(itertools.accumulate(frames[:-1], initial=0))
+
+
 def png_colour(path: Path) -> tuple[int, int, int]:
     with Image.open(path) as image:
         r, g, b = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
@@ -79,7 +113,7 @@ def assert_close(seen: list[float], expected: tuple[int, ...], channels: str, wh
         assert abs(seen[i] - expected[i]) <= 2, f"{what}: {channel} {seen} vs {expected}"
 
 
-# -- the stream's colour tags -----------------------------------------------------
+# -- the stream: colour tags, keyframes, chapters -------------------------------
 
 #: (transition, fps, slides): the three ways ``encode`` runs ffmpeg.
 PATHS = {
@@ -98,8 +132,8 @@ def encoded(request: pytest.FixtureRequest,
     colours = [COLOURS[n % len(COLOURS)] for n in range(count)]
     images = solid_slides(folder, colours, size=(854, 480))
     video = folder / "video.mp4"
-    encode(images, DURATIONS[:count], fps, video, transition=transition, preset="ultrafast",
-           fade_color="0x111827")
+    encode(images, DURATIONS[:count], fps, video, titles=TITLES[:count], transition=transition,
+           preset="ultrafast", fade_color="0x111827")
     return video, fps, frame_counts(DURATIONS[:count], fps)
 
 
@@ -118,6 +152,50 @@ def test_video_is_tagged_bt709_limited_range(ffprobe: str,
     assert at >= 4, "no colr atom"
     assert int.from_bytes(data[at - 4:at], "big") == 19
     assert data[at + 8:at + 15] == bytes([0, 1, 0, 1, 0, 1, 0])
+
+
+def test_every_slide_starts_on_a_keyframe(ffprobe: str,
+                                          encoded: tuple[Path, int, list[int]]) -> None:
+    video, fps, frames = encoded
+    answer = probe(ffprobe, video, "-select_streams", "v", "-skip_frame", "nokey",
+                   "-show_frames", "-show_entries", "stream=time_base:frame=pts,key_frame")
+    time_base = Fraction(answer["streams"][0]["time_base"])
+    keyframes = [Fraction(f["pts"]) * time_base * fps for f in answer["frames"]]
+    assert all(f["key_frame"] == 1 for f in answer["frames"])
+    assert all(k.denominator == 1 for k in keyframes), keyframes
+    assert set(slide_starts(frames)) <= set(keyframes), (slide_starts(frames), keyframes)
+    counted = probe(ffprobe, video, "-select_streams", "v", "-count_frames",
+                    "-show_entries", "stream=nb_read_frames")
+    assert int(counted["streams"][0]["nb_read_frames"]) == sum(frames)
+
+
+def test_each_slide_is_a_chapter_named_by_its_title(ffprobe: str,
+                                                    encoded: tuple[Path, int, list[int]]) -> None:
+    video, fps, frames = encoded
+    chapters = probe(ffprobe, video, "-show_chapters")["chapters"]
+    assert len(chapters) == len(frames)
+    starts = slide_starts(frames)
+    ends = [*starts[1:], sum(frames)]
+    for n, chapter in enumerate(chapters):
+        time_base = Fraction(chapter["time_base"])
+        assert chapter["start"] * time_base == Fraction(starts[n], fps), chapter
+        assert chapter["end"] * time_base == Fraction(ends[n], fps), chapter
+        assert chapter["tags"]["title"] == NAMES[n]
+
+
+def test_a_rendered_job_has_a_chapter_per_slide_title(ffprobe: str, store: JobStore,
+                                                      settings: Settings) -> None:
+    deck = small_deck(slides=3, duration=0.5)
+    deck["slides"][1]["title"] = ""
+    deck["slides"][2]["title"] = "Q&A = 10; #2"
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    assert run_attempt(store, claimed, settings).outcome is Outcome.COMPLETED
+    video = settings.output_dir / job.id / VIDEO_FILE
+    chapters = probe(ffprobe, video, "-show_chapters")["chapters"]
+    assert [c["tags"]["title"] for c in chapters] == ["Slide 1", "Slide 2", "Q&A = 10; #2"]
+    assert [float(c["start_time"]) for c in chapters] == [0.0, 0.5, 1.0]
 
 
 # -- the colours as decoders show them ------------------------------------------
