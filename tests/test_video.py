@@ -115,11 +115,13 @@ def assert_close(seen: list[float], expected: tuple[int, ...], channels: str, wh
 
 # -- the stream: colour tags, keyframes, chapters -------------------------------
 
-#: (transition, fps, slides): the three ways ``encode`` runs ffmpeg.
+#: (transition, fps, slides, preset): the three ways ``encode`` runs ffmpeg,
+#: and x264 with B-frames (``veryfast``; ``ultrafast`` has none).
 PATHS = {
-    "still": ("none", 24, len(DURATIONS)),
-    "fade": ("fade", 25, FADE_BATCH),
-    "fade-batched": ("fade", 30, len(DURATIONS)),
+    "still": ("none", 24, len(DURATIONS), "ultrafast"),
+    "still-veryfast": ("none", 30, len(DURATIONS), "veryfast"),
+    "fade": ("fade", 25, FADE_BATCH, "ultrafast"),
+    "fade-batched": ("fade", 30, len(DURATIONS), "ultrafast"),
 }
 
 
@@ -127,13 +129,13 @@ PATHS = {
 def encoded(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, list[int]]:
     """A video of a deck of irregular durations: its path, fps and frames per slide."""
-    transition, fps, count = PATHS[request.param]
+    transition, fps, count, preset = PATHS[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     colours = [COLOURS[n % len(COLOURS)] for n in range(count)]
     images = solid_slides(folder, colours, size=(854, 480))
     video = folder / "video.mp4"
     encode(images, DURATIONS[:count], fps, video, titles=TITLES[:count], transition=transition,
-           preset="ultrafast", fade_color="0x111827")
+           preset=preset, fade_color="0x111827")
     return video, fps, frame_counts(DURATIONS[:count], fps)
 
 
