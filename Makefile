@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint fonts browser screenshots setup clean
+.PHONY: demo test test-quick bench lint fonts browser ffprobe screenshots setup clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,15 @@ browser:
 	    >/dev/null) || echo "browser: install failed, continuing"; \
 	else echo "browser: not root or no apt-get; the browser tests will skip"; fi
 
+# Debian's ffprobe (package ffmpeg), which the video tests read colour tags,
+# chapters and keyframes with: imageio-ffmpeg ships ffmpeg without ffprobe.
+ffprobe:
+	@if [ -x /usr/bin/ffprobe ]; then echo "ffprobe: already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg \
+	    >/dev/null) || echo "ffprobe: install failed, continuing"; \
+	else echo "ffprobe: not root or no apt-get; the video tests will skip"; fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
@@ -48,7 +57,7 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
-test: $(STAMP) fonts browser
+test: $(STAMP) fonts browser ffprobe
 	$(PY) -m pytest
 
 # The quick loop: no processes, no browser, no chaos run.

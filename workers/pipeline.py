@@ -189,6 +189,7 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
     try:
         background = THEMES[deck.options.theme].background
         encode(images, [s.duration for s in deck.slides], deck.options.fps, video,
+               titles=[s.title for s in deck.slides],
                transition=deck.options.transition, preset=settings.x264_preset,
                fade_color="0x{:02x}{:02x}{:02x}".format(*background),
                on_progress=on_progress, should_stop=lambda: lease.should_stop)

@@ -4,10 +4,14 @@ Still slides are cheap to encode when ffmpeg is told so: each image enters
 once (the concat demuxer) with its duration, pixel-format conversion runs
 before the frame-rate filter (so 10 images are converted, not 900 frames) and
 x264 is tuned for still images.
+
+Every video is BT.709 and says so, every slide starts on a keyframe, and
+every slide is a chapter named by its title, so players can jump to it.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import tempfile
 import threading
@@ -30,6 +34,59 @@ def frame_counts(durations: Sequence[float], fps: int) -> list[int]:
     return [max(1, round(d * fps)) for d in durations]
 
 
+#: RGB slides to the encoder's YUV. Browsers read untagged HD video as BT.709
+#: and ffmpeg converts with BT.601 unless told otherwise, which shifted colours;
+#: so the matrix is BT.709, and the frames are tagged with all four colour
+#: properties because ffmpeg hands the encoder the frames' properties (the
+#: ``-color_primaries``/``-color_trc`` options alone leave those unset), which
+#: the H.264 stream and the MP4's ``colr`` atom then carry.
+TO_YUV = ("scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+          "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv")
+
+
+def chapter_titles(titles: Sequence[str]) -> list[str]:
+    """Each slide's chapter name: its title, or "Slide N" (from 1) when it has none."""
+    return [title.strip() or f"Slide {n}" for n, title in enumerate(titles, 1)]
+
+
+def slide_starts(frames: Sequence[int]) -> list[int]:
+    """The first frame of each slide, given each slide's frame count."""
+    return list(itertools.accumulate(frames[:-1], initial=0))
+
+
+def keyframe_times(frames: Sequence[int], fps: int) -> str:
+    """``-force_key_frames`` times of each slide's first frame (with fades, the
+    first of its fade-in: a slide fades within its own frames).
+
+    ffmpeg forces a keyframe on the first frame at or after each time, so a
+    time rounded down to the microsecond picks the slide's first frame, never
+    the one after it (which ``f"{t:.6f}"`` would when it rounds up).
+    """
+    times = []
+    for start in slide_starts(frames):
+        micros = start * 1_000_000 // fps
+        times.append(f"{micros // 1_000_000}.{micros % 1_000_000:06d}")
+    return ",".join(times)
+
+
+def _metadata_value(text: str) -> str:
+    escaped = "".join("\\" + c if c in "=;#\\\r\n" else c for c in text)
+    # ffmpeg's reader takes a backslash just before a line break as escaping
+    # the break, even when that backslash is itself escaped, and would swallow
+    # the next line; a NUL ends such a line instead (a reader without that
+    # flaw reads the NUL as the end and then an empty line, which it skips).
+    return escaped + "\0" if escaped.endswith("\\") else escaped
+
+
+def chapters_metadata(names: Sequence[str], frames: Sequence[int], fps: int) -> str:
+    """An ffmetadata document with one chapter per slide, timed in frames."""
+    lines = [";FFMETADATA1"]
+    for name, start, count in zip(names, slide_starts(frames), frames, strict=True):
+        lines += ["[CHAPTER]", f"TIMEBASE=1/{fps}", f"START={start}",
+                  f"END={start + count}", f"title={_metadata_value(name)}"]
+    return "\n".join(lines) + "\n"
+
+
 def _concat_list(images: Sequence[Path], frames: Sequence[int], fps: int) -> str:
     lines = ["ffconcat version 1.0"]
     for image, count in zip(images, frames, strict=True):
@@ -49,9 +106,21 @@ def _concat_list(images: Sequence[Path], frames: Sequence[int], fps: int) -> str
 FADE_BATCH = 8
 
 
-def _x264(preset: str, fps: int, frames: int) -> list[str]:
-    return ["-frames:v", str(frames), "-c:v", "libx264", "-preset", preset,
-            "-tune", "stillimage", "-pix_fmt", "yuv420p", "-r", str(fps)]
+def _x264(preset: str, fps: int, frames: Sequence[int]) -> list[str]:
+    return ["-frames:v", str(sum(frames)), "-c:v", "libx264", "-preset", preset,
+            "-tune", "stillimage", "-pix_fmt", "yuv420p", "-r", str(fps),
+            "-force_key_frames", keyframe_times(frames, fps)]
+
+
+def _chapters_input(chapters: Path) -> list[str]:
+    return ["-f", "ffmetadata", "-i", str(chapters)]
+
+
+def _mp4(fps: int) -> list[str]:
+    # The chapter track is timed in the movie's timescale (1000 by default,
+    # where a slide starting at 43/24 s would read 1.792 s): a multiple of the
+    # frame rate times every chapter exactly.
+    return ["-movie_timescale", str(fps * 1000), "-movflags", "+faststart"]
 
 
 def _base() -> list[str]:
@@ -60,18 +129,24 @@ def _base() -> list[str]:
 
 
 def still_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
-                  concat_file: Path, preset: str) -> list[str]:
-    """Each image once through the concat demuxer, converted, then repeated."""
+                  concat_file: Path, preset: str, chapters: Path) -> list[str]:
+    """Each image once through the concat demuxer, converted, then repeated;
+    the chapters from the ffmetadata file ``chapters``."""
     concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
     return [*_base(), "-f", "concat", "-safe", "0", "-i", str(concat_file),
-            "-vf", f"format=yuv420p,fps={fps}", *_x264(preset, fps, sum(frames)),
-            "-movflags", "+faststart", str(output)]
+            *_chapters_input(chapters), "-map", "0:v", "-map_chapters", "1",
+            "-vf", f"{TO_YUV},fps={fps}", *_x264(preset, fps, frames), *_mp4(fps),
+            str(output)]
 
 
 def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
-                 preset: str, color: str) -> list[str]:
+                 preset: str, color: str, chapters: Path | None = None) -> list[str]:
     """Each slide fades in from and out to ``color`` within its own duration,
-    so the total length stays exact."""
+    so the total length stays exact; chapters from ``chapters`` if given.
+
+    The fades run on the RGB images (ffmpeg's colour fade works in RGB only),
+    each frame then converted to YUV once.
+    """
     cmd = _base()
     parts = []
     for i, (image, count) in enumerate(zip(images, frames, strict=True)):
@@ -79,23 +154,29 @@ def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output
         cmd += ["-loop", "1", "-framerate", str(fps), "-t", f"{seconds:.6f}", "-i", str(image)]
         fade = min(0.4, seconds / 4)
         parts.append(
-            f"[{i}:v]format=yuv420p,fade=t=in:st=0:d={fade:.3f}:color={color},"
+            f"[{i}:v]fade=t=in:st=0:d={fade:.3f}:color={color},"
             f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f}:color={color},"
-            f"setpts=PTS-STARTPTS[v{i}]"
+            f"{TO_YUV},setpts=PTS-STARTPTS[v{i}]"
         )
     chain = "".join(f"[v{i}]" for i in range(len(images)))
     graph = ";".join(parts) + f";{chain}concat=n={len(images)}:v=1:a=0,fps={fps}[out]"
-    return [*cmd, "-filter_complex", graph, "-map", "[out]",
-            *_x264(preset, fps, sum(frames)), "-movflags", "+faststart", str(output)]
+    mapping = ["-map", "[out]"]
+    if chapters is not None:
+        cmd += _chapters_input(chapters)
+        mapping += ["-map_chapters", str(len(images))]
+    return [*cmd, "-filter_complex", graph, *mapping, *_x264(preset, fps, frames),
+            *_mp4(fps), str(output)]
 
 
-def join_command(segments: Sequence[Path], list_file: Path, output: Path) -> list[str]:
-    """Concatenate encoded segments without re-encoding them."""
+def join_command(segments: Sequence[Path], list_file: Path, output: Path, fps: int,
+                 chapters: Path) -> list[str]:
+    """Concatenate encoded segments without re-encoding them, adding the chapters."""
     lines = ["ffconcat version 1.0"]
     lines += ["file '" + str(p.resolve()).replace("'", "'\\''") + "'" for p in segments]
     list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [*_base(), "-f", "concat", "-safe", "0", "-i", str(list_file), "-c", "copy",
-            "-movflags", "+faststart", str(output)]
+    return [*_base(), "-f", "concat", "-safe", "0", "-i", str(list_file),
+            *_chapters_input(chapters), "-map", "0:v", "-map_chapters", "1", "-c", "copy",
+            *_mp4(fps), str(output)]
 
 
 #: Seconds between two looks at ``should_stop`` while ffmpeg runs.
@@ -153,11 +234,14 @@ def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
 
 
 def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output: Path, *,
-           transition: str = "none", preset: str = "veryfast", fade_color: str = "black",
+           titles: Sequence[str] | None = None, transition: str = "none",
+           preset: str = "veryfast", fade_color: str = "black",
            on_progress: Callable[[float], None] | None = None,
            should_stop: Callable[[], bool] | None = None) -> None:
     """Encode ``images``, each shown for its duration, into an H.264 MP4 at ``output``.
 
+    Each slide starts on a keyframe and is a chapter named by its entry in
+    ``titles`` (see :func:`chapter_titles`; "Slide N" for all without them).
     ``on_progress`` gets the fraction encoded (0..1) as ffmpeg reports it;
     when ``should_stop`` answers true, ffmpeg is killed and
     :class:`EncodeStopped` raised. Raises :class:`EncodeError` with ffmpeg's
@@ -168,14 +252,18 @@ def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output:
     frames = frame_counts(durations, fps)
     total = sum(frames) / fps
     report = on_progress or (lambda _fraction: None)
+    names = chapter_titles(titles if titles is not None else [""] * len(images))
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
         scratch = Path(folder)
+        chapters = scratch / "chapters.ffmetadata"
+        chapters.write_text(chapters_metadata(names, frames, fps), encoding="utf-8")
         if transition != "fade":
-            cmd = still_command(images, frames, fps, output, scratch / "slides.ffconcat", preset)
+            cmd = still_command(images, frames, fps, output, scratch / "slides.ffconcat", preset,
+                                chapters)
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         elif len(images) <= FADE_BATCH:
-            cmd = fade_command(images, frames, fps, output, preset, fade_color)
+            cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters)
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         else:
             segments: list[Path] = []
@@ -191,7 +279,7 @@ def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output:
                 _run(cmd, scratch, at, should_stop)
                 done += sum(frames[batch]) / fps
                 segments.append(segment)
-            _run(join_command(segments, scratch / "segments.ffconcat", output), scratch,
-                 lambda _t: None, should_stop)
+            _run(join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
+                 scratch, lambda _t: None, should_stop)
     if not output.exists() or output.stat().st_size == 0:
         raise EncodeError("ffmpeg produced no video")
