@@ -225,7 +225,12 @@ def show(job_id: str) -> Response:
     if "deliveries" in include:
         body["deliveries"] = [delivery_json(d)
                               for d in WebhookDeliveries(store).deliveries(job_id)]
-    return _job_answer(dumps(body).encode())
+    answer = _job_answer(dumps(body).encode())
+    if signed:
+        # The body carries working links: no cache (a browser's included)
+        # may keep it past the request.
+        answer.headers["Cache-Control"] = "private, no-store"
+    return answer
 
 
 @bp.post("/<job_id>/cancel")

@@ -132,7 +132,9 @@ def test_cors_origins_must_be_origins() -> None:
 
 def test_signed_links_open_each_output_without_a_key(app: Any, alice: Tenant) -> None:
     job_id = completed(app, alice)
-    job = alice.client.get(f"/v1/jobs/{job_id}?signed=1").get_json()
+    answer = alice.client.get(f"/v1/jobs/{job_id}?signed=1")
+    assert answer.headers["Cache-Control"] == "private, no-store"  # it holds working links
+    job = answer.get_json()
     assert job["video_url"].startswith(f"http://localhost/v1/jobs/{job_id}/video?token=")
     assert len(job["slide_urls"]) == 2 and job["urls_expire_at"].endswith("Z")
     assert alice.token.split("_")[2] not in str(job)  # the key's secret is in no link
