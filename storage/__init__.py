@@ -1,9 +1,8 @@
-"""slidefarm's storage layer: settings, models, engines and the job store.
+"""slidefarm's persistence: the database, its tables and every store on it.
 
-It imports nothing else of slidefarm; the API and the workers import it.
+It imports nothing of the API or the workers (only :mod:`core`); they import it.
 """
 
-from storage.config import Settings, get_settings
 from storage.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -31,10 +30,8 @@ __all__ = [
     "Page",
     "QuotaExceeded",
     "Recovery",
-    "Settings",
     "Stage",
     "Status",
     "StorageError",
-    "get_settings",
     "utcnow",
 ]

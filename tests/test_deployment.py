@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from storage.config import Settings
+from core.config import Settings
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
