@@ -3,6 +3,7 @@
 It imports nothing of the API or the workers (only :mod:`core`); they import it.
 """
 
+from storage.db import Database
 from storage.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -17,6 +18,7 @@ from storage.models import FINAL_STATUSES, Stage, Status
 
 __all__ = [
     "FINAL_STATUSES",
+    "Database",
     "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidCursor",
