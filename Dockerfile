@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY workers ./workers
 COPY storage ./storage
+COPY core ./core
 COPY celeryconfig.py alembic.ini ./
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . && useradd --create-home slidefarm \

@@ -3,14 +3,14 @@
 The API and the workers load the same settings, so both sides agree on the
 broker, the queue and the wire format. Values come from slidefarm's settings
 (environment), never from literals scattered elsewhere; :func:`from_settings`
-builds them for any :class:`~storage.config.Settings` (tests use their own).
+builds them for any :class:`~core.config.Settings` (tests use their own).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from storage.config import Settings, get_settings
+from core.config import Settings, get_settings
 
 QUEUE = "slidefarm"
 

@@ -15,9 +15,10 @@ from api.cors import init_cors
 from api.dispatch import Dispatcher
 from api.errors import register_error_handlers
 from api.services import Services
-from storage import JobStore, Settings, get_settings
+from core.config import Settings, get_settings
+from core.redact import install_log_redaction
+from storage import JobStore
 from storage.limits import RateLimiter
-from storage.redact import install_log_redaction
 
 MAX_BODY_BYTES = 1024 * 1024
 

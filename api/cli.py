@@ -23,9 +23,10 @@ from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, iso, job_json
 from api.submission import submit_deck
-from storage import JobStore, Settings, Status, StorageError, get_settings
+from core.config import Settings, get_settings
+from core.deck import Deck
+from storage import JobStore, Status, StorageError
 from storage.access import AccessStore, InvalidTenantName, UnknownTenant
-from storage.deck import Deck
 from storage.files import remove_job_files
 from storage.models import DEFAULT_TENANT
 from storage.registry import WorkerRegistry

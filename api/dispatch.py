@@ -8,7 +8,7 @@ from celery import Celery
 
 import celeryconfig
 from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
-from storage import Settings
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 

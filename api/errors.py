@@ -7,12 +7,14 @@ Every error, whatever its status, is
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from core.urls import UnsafeCallback
 from storage import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -21,7 +23,6 @@ from storage import (
     JobNotFound,
     QuotaExceeded,
 )
-from storage.webhooks import UnsafeCallback
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ class NotFound(ApiError):
 
     status = 404
     code = "not_found"
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 class TooManyRequests(ApiError):

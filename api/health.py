@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify
 
 from api.errors import error_response
 from api.services import services
+from core.redact import redact_secrets
 from storage import StorageError
-from storage.redact import redact_secrets
 
 bp = Blueprint("health", __name__)
 

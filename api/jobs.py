@@ -20,6 +20,7 @@ from api.errors import (
     TooManyRequests,
     UnsupportedMediaType,
     ValidationFailed,
+    retry_after,
 )
 from api.files import scoped_job, serve_output
 from api.schemas import Submission
@@ -27,12 +28,11 @@ from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.signing import OPEN_KEY_ID, UrlSigner, signed_links
 from api.submission import submit_deck
+from core.urls import check_callback_url
 from storage import Job, Status
 from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
-from storage.limits import retry_after
-from storage.webhooks import check_callback_url
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 

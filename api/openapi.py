@@ -17,7 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from api.jobs import MAX_IDEMPOTENCY_KEY
 from api.schemas import RESPONSE_MODELS, Submission
 from api.services import services
-from storage.deck import NO_NUL_PATTERN
+from core.deck import NO_NUL_PATTERN
 from storage.jobs import CURSOR_PATTERN, MAX_LIST_LIMIT
 from storage.models import Status
 

@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.deck import Deck, Options
+from core.deck import Deck, Options
+from core.urls import MAX_URL_LENGTH
 from storage.models import Stage, Status
-from storage.webhooks import MAX_URL_LENGTH
 
 #: http or https; a host name whose last label starts with a letter (so no
 #: numeric spellings of addresses such as ``http://2130706433/``) or a

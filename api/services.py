@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from flask import current_app
 
 from api.dispatch import Dispatcher
-from storage import JobStore, Settings
+from core.config import Settings
+from storage import JobStore
 from storage.limits import RateLimiter
 
 

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from api.dispatch import Dispatcher
+from core.deck import Deck
 from storage import Job, JobStore
-from storage.deck import Deck
 from storage.models import DEFAULT_TENANT
 
 

@@ -18,7 +18,8 @@ from sqlalchemy import create_engine, text
 
 import celeryconfig
 from bench.harness import AUTH, Environment, Result, Series, post, rss_kib, wrk
-from storage import JobStore, Settings, Stage, Status
+from core.config import Settings
+from storage import JobStore, Stage, Status
 
 HELLO = "/healthz"  # a hello-world JSON endpoint of the same app and server
 
@@ -158,7 +159,7 @@ def dispatch(env: Environment, args: argparse.Namespace, count: int = 600) -> Re
 def render(env: Environment, args: argparse.Namespace) -> Result:
     """Drawing 10 slides and one encode by hand, against the same 10-slide 720p
     deck through a worker, claim to completed."""
-    from storage.deck import Deck
+    from core.deck import Deck
     from workers.slides import render_slide, save_png
     from workers.video import encode
 

@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from storage.config import get_settings
+from core.config import get_settings
 from storage.db import create_db_engine, normalize_url
 from storage.models import Base
 

@@ -1,9 +1,9 @@
-"""slidefarm's storage layer: settings, models, engines and the job store.
+"""slidefarm's persistence: the database, its tables and every store on it.
 
-It imports nothing else of slidefarm; the API and the workers import it.
+It imports nothing of the API or the workers (only :mod:`core`); they import it.
 """
 
-from storage.config import Settings, get_settings
+from storage.db import Database
 from storage.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -18,6 +18,7 @@ from storage.models import FINAL_STATUSES, Stage, Status
 
 __all__ = [
     "FINAL_STATUSES",
+    "Database",
     "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidCursor",
@@ -31,10 +32,8 @@ __all__ = [
     "Page",
     "QuotaExceeded",
     "Recovery",
-    "Settings",
     "Stage",
     "Status",
     "StorageError",
-    "get_settings",
     "utcnow",
 ]

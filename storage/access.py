@@ -19,8 +19,9 @@ from typing import Any
 
 from sqlalchemy import delete, exc, insert, select, update
 
+from storage.db import Database, HasDatabase, database_of
 from storage.errors import StorageError
-from storage.jobs import JobStore, utcnow
+from storage.jobs.values import utcnow
 from storage.models import (
     keys_table,
     sessions_table,
@@ -107,10 +108,11 @@ def _key(row: Any) -> ApiKey:
 
 
 class AccessStore:
-    """Tenants, keys and sessions, in the job store's database."""
+    """Tenants, keys and sessions."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, db: Database | HasDatabase) -> None:
+        """On ``db`` (or the database of a store such as the job store)."""
+        self.db = database_of(db)
 
     # -- tenants -----------------------------------------------------------
 
@@ -119,13 +121,13 @@ class AccessStore:
         if it was created now (the one time it is shown), else ``None``."""
         if not TENANT_RE.match(name):
             raise InvalidTenantName()
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             if conn.execute(select(tenants_table.c.name)
                             .where(tenants_table.c.name == name)).first():
                 return None
         secret = new_webhook_secret()
         try:
-            with self.store.transaction() as conn:
+            with self.db.transaction() as conn:
                 conn.execute(insert(tenants_table).values(
                     name=name, webhook_secret=secret, created_at=utcnow()))
         except exc.IntegrityError:
@@ -133,7 +135,7 @@ class AccessStore:
         return secret
 
     def tenants(self) -> list[str]:
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             return [r.name for r in conn.execute(
                 select(tenants_table.c.name).order_by(tenants_table.c.name))]
 
@@ -143,11 +145,11 @@ class AccessStore:
         with no row yet (the open mode's) gets one."""
         now = now or utcnow()
         query = select(tenants_table).where(tenants_table.c.name == tenant)
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             row = conn.execute(query).first()
         if row is None:
             self.ensure_tenant(tenant)
-            with self.store.transaction(single=True) as conn:
+            with self.db.transaction(single=True) as conn:
                 row = conn.execute(query).first()
         if row is None:
             raise UnknownTenant()
@@ -161,7 +163,7 @@ class AccessStore:
         """A new current secret for ``tenant``; the old one keeps signing for
         ``grace`` seconds, so receivers can switch without losing a delivery."""
         secret = new_webhook_secret()
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             row = conn.execute(update(tenants_table).where(tenants_table.c.name == tenant)
                                .values(webhook_secret_previous=tenants_table.c.webhook_secret,
                                        previous_expires_at=utcnow() + timedelta(seconds=grace),
@@ -179,7 +181,7 @@ class AccessStore:
         key_id = secrets.token_hex(6)
         secret = _random(_SECRET_LENGTH)
         now = utcnow()
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(insert(keys_table).values(
                 id=key_id, tenant=tenant, secret_hash=_digest(key_id, secret), admin=admin,
                 created_at=now))
@@ -190,14 +192,14 @@ class AccessStore:
         query = select(keys_table).order_by(keys_table.c.tenant, keys_table.c.created_at)
         if tenant is not None:
             query = query.where(keys_table.c.tenant == tenant)
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             return [_key(r) for r in conn.execute(query)]
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key (and end its dashboard sessions); ``False`` if unknown
         or already revoked."""
         key_id = key_id.removeprefix(f"{KEY_PREFIX}_").split("_")[0]
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             done = conn.execute(update(keys_table)
                                 .where(keys_table.c.id == key_id,
                                        keys_table.c.revoked_at.is_(None))
@@ -211,7 +213,7 @@ class AccessStore:
         if parsed is None:
             return None
         key_id, secret = parsed
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             row = conn.execute(select(keys_table).where(keys_table.c.id == key_id)).first()
         expected = row.secret_hash if row is not None else "0" * 64
         matches = hmac.compare_digest(expected, _digest(key_id, secret))
@@ -224,7 +226,7 @@ class AccessStore:
         key signed earlier, e.g. an output link); ``None`` for anything else."""
         if not re.fullmatch(r"[0-9a-f]{12}", key_id):
             return None
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             row = conn.execute(select(keys_table.c.id, keys_table.c.tenant, keys_table.c.admin,
                                       keys_table.c.revoked_at)
                                .where(keys_table.c.id == key_id)).first()
@@ -240,7 +242,7 @@ class AccessStore:
             raise ValueError("only a key can sign in")
         token = secrets.token_urlsafe(32)
         now = utcnow()
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(delete(sessions_table).where(sessions_table.c.expires_at < now))
             conn.execute(insert(sessions_table).values(
                 token_hash=_token_digest(token), key_id=principal.key_id, created_at=now,
@@ -258,13 +260,13 @@ class AccessStore:
                                              keys_table.c.id == sessions_table.c.key_id))
             .where(sessions_table.c.token_hash == _token_digest(token))
         )
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             row = conn.execute(query).first()
         if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
             return None
         return Principal(row.tenant, bool(row.admin), row.id)
 
     def end_session(self, token: str) -> None:
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             conn.execute(delete(sessions_table)
                          .where(sessions_table.c.token_hash == _token_digest(token)))

@@ -1,8 +1,11 @@
-"""Engines built from ``DATABASE_URL`` (the job store runs Core statements on them).
+"""The database every store works on: engines built from ``DATABASE_URL``,
+and :class:`Database`, their units of work.
 
-PostgreSQL gets a pre-pinged connection pool; SQLite gets WAL and a busy
-timeout so that API and worker processes can share one file. Engines are
-cached per process: a forked Celery child never reuses its parent's sockets.
+PostgreSQL gets a pool whose idle connections are pinged before use; SQLite
+gets WAL and a busy timeout so that API and worker processes can share one
+file. Engines are cached per process: a forked Celery child never reuses its
+parent's sockets. :class:`Database` turns driver errors into
+:mod:`storage.errors` and announces committed job changes on the change feed.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
-from storage.config import parse_database_url
+from core.config import Settings, parse_database_url
+from core.redact import redact_secrets
+from storage.errors import DatabaseUnavailable, StorageError
+from storage.feed import ChangeFeed
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -37,7 +46,7 @@ _lock = threading.Lock()
 
 def normalize_url(url: str) -> str:
     """``url`` with its scheme in canonical form (see
-    :func:`~storage.config.parse_database_url`) and the driver slidefarm
+    :func:`~core.config.parse_database_url`) and the driver slidefarm
     ships for a plain ``postgresql://`` (or ``postgres://``) URL.
 
     SQLAlchemy 2.1 maps the bare scheme to psycopg 3; the project ships
@@ -131,3 +140,102 @@ def dispose_engines() -> None:
             if pid == os.getpid():
                 engine.dispose()
             del _engines[(pid, _url)]
+
+
+@lru_cache(maxsize=8)
+def _feed(url: str, ttl: float) -> ChangeFeed:
+    return ChangeFeed(url, ttl)
+
+
+def _unreachable(error: exc.DBAPIError) -> str:
+    # The driver's message may quote the connection string: never its password.
+    return redact_secrets(f"the database is not reachable: {error.orig}")
+
+
+def _is_missing_schema(error: exc.DBAPIError) -> bool:
+    message = str(error.orig).lower()
+    return "no such table" in message or ("relation" in message and "does not exist" in message)
+
+
+_NO_SCHEMA = "the database has no slidefarm schema: run `alembic upgrade head`"
+
+
+class Database:
+    """One database as every store uses it: its engine, units of work whose
+    driver errors are :class:`~storage.errors.StorageError`, and the change
+    feed that hears of each committed change to a job."""
+
+    def __init__(self, engine: Engine, feed: ChangeFeed | None = None) -> None:
+        self.engine = engine
+        self.feed = feed
+
+    @classmethod
+    def from_url(cls, url: str, redis_url: str | None = None,
+                 cache_ttl: float = 5.0) -> Database:
+        """The process-wide engine for ``url``; with ``redis_url``, every
+        change also invalidates the status cache and is announced on Redis
+        pub/sub."""
+        return cls(get_engine(url), _feed(redis_url, cache_ttl) if redis_url else None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The database as ``settings`` describe it."""
+        return cls.from_url(settings.database_url, settings.redis_url, settings.cache_ttl)
+
+    @property
+    def dialect(self) -> str:
+        """The backend's name: ``postgresql`` or ``sqlite``."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self, *, single: bool = False) -> Iterator[Connection]:
+        """One unit of work; driver errors become :class:`StorageError` here
+        (:class:`DatabaseUnavailable` when the database cannot be reached or
+        the connection was lost).
+
+        ``single``: the work is one statement (a read, or one conditional
+        write), atomic by itself, so it runs in autocommit and skips the
+        BEGIN and COMMIT round trips.
+        """
+        try:
+            if single:
+                with self.engine.connect() as conn:
+                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                return
+            with self.engine.begin() as conn:
+                yield conn
+        except exc.OperationalError as error:
+            if _is_missing_schema(error):
+                raise StorageError(_NO_SCHEMA) from error
+            raise DatabaseUnavailable(_unreachable(error)) from error
+        except exc.InterfaceError as error:
+            raise DatabaseUnavailable(_unreachable(error)) from error
+        except exc.DBAPIError as error:
+            if _is_missing_schema(error):
+                raise StorageError(_NO_SCHEMA) from error
+            if error.connection_invalidated:
+                raise DatabaseUnavailable(
+                    redact_secrets(f"the database connection was lost: {error.orig}")
+                ) from error
+            raise
+
+    def changed(self, job_id: str) -> None:
+        """Announce that ``job_id`` changed (after the commit): its cached
+        status is dropped and its event streams wake up."""
+        if self.feed is not None:
+            self.feed.changed(job_id)
+
+
+class HasDatabase(Protocol):
+    """A store that works on a :class:`Database` (the job store does)."""
+
+    @property
+    def db(self) -> Database:
+        """The database it works on."""
+        ...
+
+
+def database_of(source: Database | HasDatabase) -> Database:
+    """``source`` itself, or the database a store such as the job store works
+    on: every store can be built from either."""
+    return source if isinstance(source, Database) else source.db

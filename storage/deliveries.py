@@ -2,7 +2,7 @@
 attempt, and what became of it.
 
 Every transition of a job's ``webhook_status`` after the arming (done by the
-job's final transition itself, :meth:`JobStore._arm_webhook`) lives here, and
+job's final transition itself, :func:`storage.jobs.statements.arm_webhook`) lives here, and
 each is one conditional write:
 
 - :meth:`WebhookDeliveries.due_webhooks` (the sweeper): pending deliveries
@@ -27,12 +27,27 @@ from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
 
-from storage.jobs import Job, JobStore, utcnow
+from storage.db import Database, HasDatabase, database_of
+from storage.jobs.queries import snapshot
+from storage.jobs.values import Job, utcnow
 from storage.models import WebhookStatus, deliveries_table, jobs_table
-from storage.webhooks import DeliveryResult
 
 #: Jitter of a retry delay: the step times a factor in this range.
 JITTER = (0.8, 1.2)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one delivery attempt went: never the receiver's answer itself."""
+
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status_code is not None \
+            and 200 <= self.status_code < 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +77,11 @@ def retry_delay(backoff: float, attempt: int) -> float:
 
 
 class WebhookDeliveries:
-    """The webhook half of a job's record, in the job store's database."""
+    """The webhook half of a job's record."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, db: Database | HasDatabase) -> None:
+        """On ``db`` (or the database of a store such as the job store)."""
+        self.db = database_of(db)
 
     def due_webhooks(self, *, resend_after: float, now: datetime | None = None,
                      limit: int = 200) -> list[str]:
@@ -82,7 +98,7 @@ class WebhookDeliveries:
                 jobs.dispatched_at < jobs.webhook_next_at,
                 jobs.dispatched_at < now - timedelta(seconds=resend_after)),
         )
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             ids = [r.id for r in conn.execute(
                 select(jobs.id).where(due).order_by(jobs.webhook_next_at).limit(limit))]
             if not ids:
@@ -98,7 +114,7 @@ class WebhookDeliveries:
         Nobody else can claim for ``lease`` seconds."""
         now = now or utcnow()
         jobs = jobs_table.c
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             row = conn.execute(
                 update(jobs_table)
                 .where(jobs.id == job_id,
@@ -110,10 +126,10 @@ class WebhookDeliveries:
             ).first()
             if row is None:
                 return None
-            job = self.store._snapshot(conn, job_id)
+            job = snapshot(conn, job_id)
         if job is None:
             return None
-        self.store._changed(job_id)
+        self.db.changed(job_id)
         return WebhookClaim(job, int(row.webhook_attempts))
 
     def record_delivery(self, job_id: str, attempt_no: int, result: DeliveryResult, *,
@@ -129,7 +145,7 @@ class WebhookDeliveries:
         """
         now = now or utcnow()
         jobs = jobs_table.c
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             current = conn.execute(
                 select(jobs.webhook_status, jobs.webhook_attempts, jobs.webhook_first_at)
                 .where(jobs.id == job_id)
@@ -166,12 +182,12 @@ class WebhookDeliveries:
             conn.execute(insert(deliveries_table).values(
                 job_id=job_id, attempt=attempt_no, at=now, status_code=result.status_code,
                 error=values["webhook_last_error"], duration_ms=result.duration_ms))
-        self.store._changed(job_id)
+        self.db.changed(job_id)
         return status
 
     def deliveries(self, job_id: str) -> list[WebhookDelivery]:
         """Every recorded delivery attempt of ``job_id``, oldest first."""
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             rows = conn.execute(
                 select(deliveries_table).where(deliveries_table.c.job_id == job_id)
                 .order_by(deliveries_table.c.id)

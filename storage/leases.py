@@ -13,25 +13,26 @@ from datetime import timedelta
 
 from sqlalchemy import delete, exc, insert, or_, update
 
+from storage.db import Database, HasDatabase, database_of
 from storage.errors import StorageError
-from storage.jobs import JobStore, utcnow
+from storage.jobs.values import utcnow
 from storage.models import leases_table
 
 log = logging.getLogger("slidefarm.leases")
 
 
-
 class LeaseManager:
     """Acquire, renew and release named leases."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, db: Database | HasDatabase) -> None:
+        """On ``db`` (or the database of a store such as the job store)."""
+        self.db = database_of(db)
 
     def acquire(self, name: str, holder: str, ttl: float) -> bool:
         """Take or renew ``name`` for ``ttl`` seconds; ``False`` if another holder has it."""
         now = utcnow()
         expires = now + timedelta(seconds=ttl)
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             taken = conn.execute(
                 update(leases_table)
                 .where(leases_table.c.name == name,
@@ -41,7 +42,7 @@ class LeaseManager:
         if taken:
             return True
         try:
-            with self.store.transaction() as conn:
+            with self.db.transaction() as conn:
                 conn.execute(insert(leases_table).values(name=name, holder=holder,
                                                          expires_at=expires))
             return True
@@ -50,7 +51,7 @@ class LeaseManager:
 
     def release(self, name: str, holder: str) -> None:
         """Give ``name`` up if ``holder`` has it."""
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(delete(leases_table).where(leases_table.c.name == name,
                                                     leases_table.c.holder == holder))
 

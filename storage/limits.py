@@ -6,14 +6,14 @@ limit never turns into an outage or into no limit at all."""
 from __future__ import annotations
 
 import logging
-import math
 from datetime import datetime
 from typing import Any
 
 import redis
 from sqlalchemy import exc, insert, select, update
 
-from storage.jobs import JobStore, utcnow
+from storage.db import Database, HasDatabase, database_of
+from storage.jobs.values import utcnow
 from storage.models import buckets_table
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ def _refill(tokens: float, since: datetime, now: datetime, rate: float, burst: i
 class RateLimiter:
     """``take(name)`` one token from bucket ``name``, or learn how long to wait."""
 
-    def __init__(self, store: JobStore, redis_url: str | None) -> None:
-        self.store = store
+    def __init__(self, db: Database | HasDatabase, redis_url: str | None) -> None:
+        """Buckets in Redis at ``redis_url`` if given, else (and whenever Redis
+        fails) in ``db`` (or the database of a store such as the job store)."""
+        self.db = database_of(db)
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=1.0,
                                            socket_connect_timeout=1.0) if redis_url else None
         self._script: Any = self._redis.register_script(_TAKE) if self._redis else None
@@ -65,7 +67,7 @@ class RateLimiter:
 
     def _take_in_database(self, name: str, rate: float, burst: int) -> float:
         now = utcnow()
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             row = conn.execute(select(buckets_table).where(buckets_table.c.name == name)
                                .with_for_update()).first()
             if row is None:
@@ -87,8 +89,3 @@ class RateLimiter:
             conn.execute(update(buckets_table).where(buckets_table.c.name == name)
                          .values(tokens=tokens, updated_at=now))
         return wait
-
-
-def retry_after(seconds: float) -> str:
-    """A Retry-After value: whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds)))

@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from storage.jobs import JobStore, utcnow, worker_finished
+from storage.db import Database, HasDatabase, database_of
+from storage.jobs.statements import worker_finished
+from storage.jobs.values import utcnow
 from storage.models import workers_table
 
 
@@ -44,17 +46,18 @@ class WorkerInfo:
 
 
 class WorkerRegistry:
-    """Reads and writes of the ``workers`` table (same engine as the job store)."""
+    """Reads and writes of the ``workers`` table."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, db: Database | HasDatabase) -> None:
+        """On ``db`` (or the database of a store such as the job store)."""
+        self.db = database_of(db)
 
     def register(self, name: str, host: str, pid: int) -> None:
         """A worker started (or restarted under the same name): a fresh row."""
         now = utcnow()
         values = {"host": host, "pid": pid, "started_at": now, "last_seen": now,
                   "stopped_at": None, "current_job": None}
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             updated = conn.execute(
                 update(workers_table).where(workers_table.c.name == name).values(**values)
             ).rowcount
@@ -65,26 +68,26 @@ class WorkerRegistry:
 
     def seen(self, name: str) -> None:
         """Renew ``last_seen``."""
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(last_seen=utcnow(), stopped_at=None))
 
     def job_finished(self, name: str, job_id: str, *, outcome: str) -> None:
         """Count ``outcome`` (``completed``, ``failed``, ``retrying`` or
         ``cancelled``); clear ``current_job`` if it is still this job."""
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(worker_finished(job_id, utcnow(), outcome=outcome)))
 
     def stopped(self, name: str) -> None:
         """A warm shutdown finished."""
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             conn.execute(update(workers_table).where(workers_table.c.name == name)
                          .values(stopped_at=utcnow(), current_job=None))
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker, most recently seen first."""
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             rows = conn.execute(
                 select(workers_table).order_by(workers_table.c.last_seen.desc())
             ).mappings().all()

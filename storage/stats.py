@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from storage.counters import DURATION_BUCKETS, histogram, totals
+from storage.db import Database, HasDatabase, database_of
 from storage.jobs import Job, JobStore, utcnow
 from storage.models import Status, jobs_table
 
@@ -46,11 +47,12 @@ class Stats:
 class Inspector:
     """Aggregate queries; never writes."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, db: Database | HasDatabase) -> None:
+        """On ``db`` (or the database of a store such as the job store)."""
+        self.db = database_of(db)
 
     def counts_by_status(self) -> dict[Status, int]:
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             rows = conn.execute(
                 select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
             ).all()
@@ -63,7 +65,7 @@ class Inspector:
         """Counts, ages and the completions of the last hour, per minute."""
         now = now or utcnow()
         hour_ago = now - timedelta(hours=1)
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             oldest_queued = conn.execute(
                 select(func.min(jobs_table.c.queued_at))
                 .where(jobs_table.c.status == Status.QUEUED.value)
@@ -98,14 +100,14 @@ class Inspector:
 
     def recent_failures(self, limit: int = 10) -> list[Job]:
         """The latest failed jobs, newest first."""
-        page = self.store.list_jobs(status=Status.FAILED, limit=limit)
+        page = JobStore(self.db).list_jobs(status=Status.FAILED, limit=limit)
         return page.jobs
 
     def histogram(self, column: str) -> Histogram:
         """Distribution of ``render_seconds``, ``encode_seconds`` or
         ``queue_wait_seconds`` over completed jobs, deleted ones included (a
         completed job's durations never change, so it never decreases)."""
-        with self.store.transaction(single=True) as conn:
+        with self.db.transaction(single=True) as conn:
             counts, total, total_sum = histogram(conn, column)
         return Histogram(list(zip(DURATION_BUCKETS, counts, strict=True)), total, total_sum)
 

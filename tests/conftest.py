@@ -29,7 +29,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from storage import JobStore, Settings
+from core.config import Settings
+from storage import JobStore
 from storage.db import create_db_engine, dispose_engines
 from storage.models import Base
 

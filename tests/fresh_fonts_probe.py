@@ -18,7 +18,7 @@ from fontTools.pens.boundsPen import BoundsPen
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageChops, ImageDraw
 
-from storage.deck import Deck
+from core.deck import Deck
 from workers.fonts import FontFace, default_chain
 from workers.slides import render_slide
 from workers.text import Typesetter, cjk_language, needs_glyph

@@ -14,7 +14,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
-from storage import JobStore, Settings, Status
+from core.config import Settings
+from storage import JobStore, Status
 from storage.access import AccessStore
 from tests.conftest import small_deck
 from tests.test_api import _complete_with_files, assert_error, fetch

@@ -13,7 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api import create_app
-from storage import JobStore, Settings, Status
+from core.config import Settings
+from storage import JobStore, Status
 from tests.conftest import admin_client, admin_token, sample_deck, small_deck
 
 

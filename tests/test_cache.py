@@ -13,7 +13,8 @@ import redis
 from flask.testing import FlaskClient
 
 from api import create_app
-from storage import JobStore, Settings, Stage
+from core.config import Settings
+from storage import JobStore, Stage
 from storage.feed import CACHE_PREFIX
 from tests.conftest import admin_client, small_deck
 

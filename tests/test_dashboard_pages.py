@@ -17,7 +17,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
-from storage import JobStore, Settings
+from core.config import Settings
+from storage import JobStore
 from storage.access import AccessStore
 from tests.test_access import Tenant, locked
 from tests.test_api import _complete_with_files, fetch

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from storage.deck import Deck
+from core.deck import Deck
 from tests.test_render import margins_are_background
 from workers.fonts import font_chain
 from workers.slides import render_slide

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from storage.config import Settings
+from core.config import Settings
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -78,9 +78,12 @@ def test_the_deployment_has_the_shape_the_design_needs() -> None:
 def test_the_dockerfile_installs_from_pyproject() -> None:
     text = DOCKERFILE.read_text()
     assert "COPY pyproject.toml" in text and "pip install" in text
-    for path in ("api", "workers", "storage", "migrations", "alembic.ini", "celeryconfig.py"):
+    for path in ("api", "workers", "storage", "core", "migrations", "alembic.ini",
+                 "celeryconfig.py"):
         assert path in text, path
-    assert all((ROOT / p).exists() for p in ("api", "workers", "storage", "migrations"))
+    for package in ("api", "workers", "storage", "core", "migrations"):
+        assert f"COPY {package} ./{package}" in text, package
+    assert all((ROOT / p).exists() for p in ("api", "workers", "storage", "core", "migrations"))
     assert Path(ROOT / "README.md").exists()
 
 

@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import text
 
 from api.dispatch import Dispatcher
-from storage import Settings
+from core.config import Settings
 from storage.db import create_db_engine
 from tests.conftest import (
     ROOT,

@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from api.dispatch import Dispatcher
-from storage import JobStore, Settings
+from core.config import Settings
+from storage import JobStore
 from storage.db import create_db_engine
 from storage.files import ATTEMPT_MARKER, published_attempt
 from tests.conftest import (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
-from storage.deck import Deck
+from core.deck import Deck
 from tests.conftest import REQUIRE_SERVICES, ROOT, Stack, small_deck, stack_env
 from tests.fresh_fonts_probe import SAMPLES
 from workers.fonts import SYSTEM_FONT_DIRS, font_chain

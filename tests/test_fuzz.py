@@ -28,7 +28,7 @@ from schemathesis.engine import Status, events
 from schemathesis.engine import from_schema as engine_for
 from werkzeug.serving import make_server
 
-from storage import Settings
+from core.config import Settings
 from storage.db import dispose_engines
 
 #: Added to every request: a tenant's key, made by the ``fuzz_app`` fixture

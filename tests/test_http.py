@@ -13,7 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from api import create_app
-from storage import Settings, Stage
+from core.config import Settings
+from storage import Stage
 from storage.access import AccessStore
 from tests.conftest import small_deck
 from tests.test_access import Tenant, locked

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from storage import Settings
-from storage.redact import redact_secrets
+from core.config import Settings
+from core.redact import redact_secrets
 from tests.conftest import Proc, Stack, stack_env
 from tests.test_access import Tenant
 from tests.test_api import fetch

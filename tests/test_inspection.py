@@ -13,7 +13,8 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from storage import JobStore, Settings, Stage
+from core.config import Settings
+from storage import JobStore, Stage
 from storage.registry import WorkerRegistry
 from tests.conftest import admin_client, small_deck
 

@@ -13,7 +13,7 @@ from celery.contrib.testing.worker import start_worker
 
 import celeryconfig
 from api.dispatch import Dispatcher
-from storage import Settings
+from core.config import Settings
 
 
 def embedded(tmp_path: Path) -> Settings:

@@ -12,7 +12,7 @@ import schemathesis
 
 from api.openapi import PUBLIC_PATHS, SIGNED_PATHS, build_document
 from api.schemas import Submission
-from storage import Settings
+from core.config import Settings
 from tests.conftest import small_deck
 
 #: The dashboard's HTML pages, its icon and its sign-in, not part of the JSON API.

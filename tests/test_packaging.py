@@ -14,7 +14,8 @@ from pathlib import Path
 from tests.conftest import ROOT, stack_env
 
 #: What a build needs from the tree (copied, so no build folder lands in it).
-SOURCES = ("pyproject.toml", "README.md", "celeryconfig.py", "api", "workers", "storage")
+SOURCES = ("pyproject.toml", "README.md", "celeryconfig.py", "api", "workers", "storage",
+           "core")
 
 
 def _copy_tree(target: Path) -> Path:
@@ -70,8 +71,9 @@ def test_an_installed_wheel_serves_templates_and_static_files(tmp_path: Path,
     # From another folder, with the installed copy first on the path: the
     # working tree (editable install) must not be what answers.
     code = (
-        "import api, sys\n"
-        f"assert api.__file__.startswith({str(site)!r}), api.__file__\n"
+        "import api, core, storage, workers, sys\n"
+        "for package in (api, core, storage, workers):\n"
+        f"    assert package.__file__.startswith({str(site)!r}), package.__file__\n"
         "client = api.create_app().test_client()\n"
         "page = client.get('/')\n"
         "script = client.get('/static/dashboard.js')\n"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import JobStore, Settings, Stage, Status
+from core.config import Settings
+from storage import JobStore, Stage, Status
 from storage.files import published_attempt
 from tests.conftest import small_deck
 from workers.heartbeat import AttemptLost, Lease

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 from flask.testing import FlaskClient
 
-from storage import JobStore, Settings, Status
+from core.config import Settings
+from storage import JobStore, Status
 from storage.files import partial_dir
 from tests.conftest import small_deck
 from tests.test_api import assert_error, queued_messages

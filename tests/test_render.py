@@ -12,7 +12,7 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from storage.deck import RESOLUTIONS, Deck
+from core.deck import RESOLUTIONS, Deck
 from workers.fonts import font_chain
 from workers.slides import THEMES, render_slide, save_png, save_thumbnail
 from workers.text import MissingGlyphs, Typesetter, base_direction, clean, runs, visual_runs

@@ -20,7 +20,7 @@ import pytest
 from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkSize, NoMoreData
 
 from api import create_app
-from storage import Settings
+from core.config import Settings
 from tests.conftest import small_deck
 from tests.test_access import Tenant, locked
 from tests.test_api import assert_error

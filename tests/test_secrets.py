@@ -1,7 +1,7 @@
 """Secrets never reach logs, error bodies or recorded job errors.
 
 API keys (``sf_<id>_<secret>``), ``Authorization``/``Bearer`` values and
-passwords in URLs are masked by ``storage.redact``: in every log record once
+passwords in URLs are masked by ``core.redact``: in every log record once
 the API or a worker has started, in the store's ``DatabaseUnavailable``
 messages (which /readyz shows), and in the errors and history reasons the
 store records (which the API and the dashboard show).
@@ -21,9 +21,10 @@ import pytest
 from sqlalchemy import exc
 
 from api import create_app
-from storage import DatabaseUnavailable, JobStore, Settings
+from core.config import Settings
+from core.redact import RedactingFilter, install_log_redaction, redact_secrets
+from storage import DatabaseUnavailable, JobStore
 from storage.db import dispose_engines
-from storage.redact import RedactingFilter, install_log_redaction, redact_secrets
 from tests.conftest import ROOT, admin_client, small_deck
 
 PASSWORD = "s3cr3tpw"

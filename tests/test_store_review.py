@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, event, insert, select, update
 
 from api import create_app
-from storage import JobNotFound, JobStore, LeaseState, Settings, Status, StorageError, utcnow
-from storage.config import database_backend
+from core.config import Settings, database_backend
+from storage import JobNotFound, JobStore, LeaseState, Status, StorageError, utcnow
 from storage.db import create_db_engine, normalize_url
 from storage.jobs import CREATE_TRIES
 from storage.leases import KeptLease, LeaseLost, LeaseManager

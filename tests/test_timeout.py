@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from storage import JobStore, Settings, Stage, Status
+from core.config import Settings
+from storage import JobStore, Stage, Status
 from tests.conftest import small_deck
 from workers.pipeline import Outcome, run_attempt
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from storage import JobStore, Settings
+from core.config import Settings
+from storage import JobStore
 from tests.conftest import small_deck
 
 PASSWD = Path("/etc/passwd")

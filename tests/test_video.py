@@ -25,7 +25,8 @@ from flask import Flask, send_file
 from PIL import Image
 from werkzeug.serving import make_server
 
-from storage import JobStore, Settings
+from core.config import Settings
+from storage import JobStore
 from storage.files import VIDEO_FILE
 from tests.conftest import REQUIRE_SERVICES, small_deck
 from tests.test_dashboard import CHROMIUM, CHROMIUM_FLAGS

@@ -23,20 +23,15 @@ import pytest
 from sqlalchemy import update
 
 from api.dispatch import Dispatcher
-from storage import JobStore, Settings, Status
+from core.config import Settings
+from core.signing import sign, verify
+from core.urls import UnsafeCallback, check_callback_url
+from storage import JobStore, Status
 from storage.access import AccessStore
-from storage.deliveries import WebhookDeliveries, retry_delay
+from storage.deliveries import DeliveryResult, WebhookDeliveries, retry_delay
 from storage.jobs import utcnow
 from storage.models import WebhookStatus, jobs_table
 from storage.serialize import job_json, webhook_body
-from storage.webhooks import (
-    DeliveryResult,
-    UnsafeCallback,
-    check_callback_url,
-    deliver,
-    sign,
-    verify,
-)
 from tests.conftest import (
     REQUIRE_SERVICES,
     Stack,
@@ -46,6 +41,7 @@ from tests.conftest import (
     make_stack,
     small_deck,
 )
+from workers.delivery import deliver
 
 LOCAL = [ipaddress.ip_network("127.0.0.1/32")]
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from api import create_app
-from storage import JobStore, Settings, Status
+from core.config import Settings
+from storage import JobStore, Status
 from storage.registry import WorkerRegistry
 from tests.conftest import (
     FAST_RECOVERY,

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger
 
-from storage.redact import install_log_redaction
+from core.redact import install_log_redaction
 
 # Before Celery or a task logs anything: no key or password reaches a log
 # (the record factory is inherited by forked pool processes).

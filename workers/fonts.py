@@ -28,7 +28,7 @@ from pathlib import Path
 from fontTools.ttLib import TTCollection, TTFont
 from PIL import ImageFont
 
-from storage import get_settings
+from core.config import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -34,17 +34,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from storage import (
-    DatabaseUnavailable,
-    Job,
-    JobNotFound,
-    JobStore,
-    Settings,
-    Stage,
-    Status,
-    StorageError,
-)
-from storage.deck import Deck
+from core.config import Settings
+from core.deck import Deck
+from storage import DatabaseUnavailable, Job, JobNotFound, JobStore, Stage, Status, StorageError
 from storage.files import (
     ATTEMPT_MARKER,
     SLIDES_DIR,

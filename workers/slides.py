@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from storage.deck import Deck, Slide
+from core.deck import Deck, Slide
 from workers.fonts import FontChain, default_chain
 from workers.text import (
     MissingGlyphs,

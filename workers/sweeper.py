@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from storage import JobStore, Settings, Status, StorageError
+from core.config import Settings
+from storage import JobStore, Status, StorageError
 from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager

@@ -17,7 +17,8 @@ from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
-from storage import DatabaseUnavailable, JobStore, StorageError, get_settings
+from core.config import get_settings
+from storage import DatabaseUnavailable, JobStore, StorageError
 from storage.db import dispose_engines
 from storage.registry import WorkerRegistry
 from workers.celery_app import app

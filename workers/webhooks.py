@@ -10,12 +10,14 @@ import json
 import logging
 from dataclasses import dataclass
 
-from storage import JobStore, Settings
+from core.config import Settings
+from core.signing import SIGNATURE_HEADER, sign
+from storage import JobStore
 from storage.access import AccessStore
-from storage.deliveries import WebhookDeliveries
+from storage.deliveries import DeliveryResult, WebhookDeliveries
 from storage.models import WebhookStatus
 from storage.serialize import webhook_body
-from storage.webhooks import SIGNATURE_HEADER, USER_AGENT, DeliveryResult, deliver, sign
+from workers.delivery import USER_AGENT, deliver
 
 log = logging.getLogger("slidefarm.webhooks")
 

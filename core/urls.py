@@ -1,50 +1,24 @@
-"""Completion webhooks on the wire: signing, the SSRF guard and one delivery.
-
-Signatures follow Stripe's scheme: ``Slidefarm-Signature: t=<unix>,v1=<hex>``
-where the hex is HMAC-SHA256 of ``"<t>." + raw body`` under the tenant's
-webhook secret; during a secret rotation there is one ``v1=`` per secret.
+"""Which callback URLs slidefarm will call: the SSRF guard.
 
 A callback URL must never reach the farm's own network: every address its
-host resolves to is checked, at submission and again at each delivery (a DNS
-answer can change), and the connection goes to an address that was checked
-(pinned), never to a second resolution. Redirects are not followed and the
-receiver's answer is never echoed back: only its status code is kept.
+host resolves to is checked, at submission (the API) and again at each
+delivery (the workers: a DNS answer can change), and the connection goes to
+an address that was checked (pinned), never to a second resolution.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import re
 import socket
-import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
-
-from storage.errors import StorageError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SIGNATURE_HEADER = "Slidefarm-Signature"
-USER_AGENT = "slidefarm-webhooks"
 MAX_URL_LENGTH = 2048
-#: Receivers should refuse signatures older than this (seconds).
-DEFAULT_TOLERANCE = 300.0
-#: At most this much of a receiver's answer is read, then thrown away.
-READ_LIMIT = 1024
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -56,57 +30,13 @@ _METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 
 
-class UnsafeCallback(StorageError):
+class UnsafeCallback(Exception):
     """The callback URL is not one slidefarm will call."""
 
-
-# -- signatures ------------------------------------------------------------
-
-
-def _digest(secret: str, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
 
 
-def sign(body: bytes, secrets: Sequence[str], timestamp: int | None = None) -> str:
-    """The ``Slidefarm-Signature`` value of ``body``: ``t=<unix>`` and one
-    ``v1=<hex>`` per secret (two while a rotation's grace period runs)."""
-    if not secrets:
-        raise ValueError("at least one secret is needed to sign")
-    t = int(time.time()) if timestamp is None else int(timestamp)
-    return ",".join([f"t={t}", *(f"v1={_digest(s, t, body)}" for s in secrets)])
-
-
-def verify(header: str, body: bytes, secret: str, *, tolerance: float = DEFAULT_TOLERANCE,
-           now: float | None = None) -> bool:
-    """The receiver's check: the header parses, its timestamp is within
-    ``tolerance`` seconds of ``now``, and one of its ``v1`` signatures is
-    HMAC-SHA256 of ``"<t>." + body`` under ``secret`` (compared in constant time)."""
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        key, sep, value = part.strip().partition("=")
-        if not sep:
-            return False
-        if key == "t":
-            if not value.isdigit() or timestamp is not None:
-                return False
-            timestamp = int(value)
-        elif key == "v1":
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        return False
-    expected = _digest(secret, timestamp, body)
-    # Every candidate is compared, so timing says nothing about which matched.
-    matched = False
-    for candidate in candidates:
-        matched |= hmac.compare_digest(expected.encode(), candidate.encode())
-    return matched
-
-
-# -- the SSRF guard --------------------------------------------------------
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -280,101 +210,3 @@ def check_callback_url(url: str, allow: Sequence[Network], *,
     addresses): at submission a DNS failure may be passing, and every delivery
     checks again, refusing it then if it still does not resolve."""
     return list(parse_callback_url(url, allow, unresolvable_ok=unresolvable_ok).addresses)
-
-
-# -- one delivery ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    """How one delivery attempt went: never the receiver's answer itself."""
-
-    status_code: int | None
-    error: str | None
-    duration_ms: float
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.status_code is not None \
-            and 200 <= self.status_code < 300
-
-
-def _describe(error: Exception, timeout: float) -> str:
-    # NewConnectionError is a ConnectTimeoutError in urllib3: look at it first.
-    if isinstance(error, NewConnectionError):
-        cause = error.__cause__ or error.__context__
-        if isinstance(cause, ConnectionRefusedError) or "refused" in str(error).lower():
-            return "connection refused"
-        if isinstance(cause, TimeoutError) or "timed out" in str(error).lower():
-            return f"timed out after {timeout:g} s"
-        return "connection failed"
-    if isinstance(error, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
-        return f"timed out after {timeout:g} s"
-    if isinstance(error, SSLError):
-        return f"TLS error: {str(error)[:120]}"
-    if isinstance(error, ProtocolError):
-        return "connection closed before an answer"
-    return f"delivery failed: {type(error).__name__}"
-
-
-def _post(target: Target, address: Address, body: bytes, headers: Mapping[str, str],
-          timeout: float) -> int:
-    """POST to ``address`` itself, naming ``target.host``; the status code."""
-    pool: urllib3.HTTPConnectionPool
-    limit = urllib3.Timeout(total=timeout)
-    if target.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            str(address), target.port, timeout=limit, retries=False, maxsize=1,
-            server_hostname=target.host, assert_hostname=target.host, cert_reqs="CERT_REQUIRED")
-    else:
-        pool = urllib3.HTTPConnectionPool(str(address), target.port, timeout=limit,
-                                          retries=False, maxsize=1)
-    try:
-        response = pool.urlopen(
-            "POST", target.path, body=body,
-            headers={**headers, "Host": target.host_header, "Content-Length": str(len(body))},
-            redirect=False, retries=False, preload_content=False, assert_same_host=False,
-            release_conn=False,
-        )
-        try:
-            # A little is read so a receiver that answers before reading
-            # everything sees a clean close; the rest is never looked at.
-            response.read(READ_LIMIT, decode_content=False)
-        except HTTPError:
-            pass
-        finally:
-            response.close()
-        return int(response.status)
-    finally:
-        pool.close()
-
-
-def deliver(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
-            allow: Sequence[Network]) -> DeliveryResult:
-    """POST ``body`` to ``url`` once: the URL is checked again, the connection
-    pinned to a checked address, redirects never followed; the result holds
-    the status code or a short readable error, never the answer's body."""
-    started = time.monotonic()
-
-    def result(code: int | None, error: str | None) -> DeliveryResult:
-        return DeliveryResult(code, error, round((time.monotonic() - started) * 1000, 1))
-
-    try:
-        target = parse_callback_url(url, allow)
-    except UnsafeCallback as refused:
-        return result(None, f"refused: {refused}")
-    error = "no address to connect to"
-    for address in target.addresses:
-        try:
-            code = _post(target, address, body, headers, timeout)
-        except NewConnectionError as failed:
-            error = _describe(failed, timeout)
-            continue  # another address of the host may answer
-        except (HTTPError, OSError) as failed:
-            return result(None, _describe(failed, timeout))
-        if 200 <= code < 300:
-            return result(code, None)
-        if 300 <= code < 400:
-            return result(code, f"redirect not followed (HTTP {code})")
-        return result(code, f"HTTP {code}")
-    return result(None, error)

@@ -11,8 +11,8 @@ through it (the API's ``create_app`` and the worker's start-up call it), and
 the job store applies it to the error texts it records and the messages of
 its exceptions.
 
-Part of ``storage`` so that the API and the workers share it; like the rest
-of ``storage`` it imports nothing else of slidefarm.
+Part of ``core`` so that the API, the workers and the store share it; like
+the rest of ``core`` it imports nothing else of slidefarm.
 """
 
 from __future__ import annotations

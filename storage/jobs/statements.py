@@ -1,0 +1,313 @@
+"""The job store's statements, each built by one function named for what it does.
+
+The hot paths' statements take every value they need as a bind parameter, so
+each is built once per process (per dialect where the dialects differ) and
+cached by its own builder: building and caching-keying a statement of this
+size costs more CPU than running it. A builder takes no values, so no caller
+can bake its own into a statement another caller then runs.
+
+On PostgreSQL a transition's statement also inserts the job's history row
+(and, where a worker's registry row changes with it, that row) through
+data-modifying CTEs: one round trip instead of four. SQLite runs the plain
+UPDATE and the extra writes in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+
+from storage.models import (
+    Stage,
+    Status,
+    UTCDateTime,
+    WebhookStatus,
+    events_table,
+    files_table,
+    jobs_table,
+    workers_table,
+)
+
+POSTGRESQL = "postgresql"
+
+#: The columns a submission writes (the values of ``create``, as bind parameters).
+CREATE_COLUMNS = ("id", "status", "stage", "progress", "attempts", "title", "deck",
+                  "idempotency_key", "request_hash", "attempt_limit", "owner", "callback_url",
+                  "created_at", "queued_at", "dispatched_at")
+
+#: The ``workers`` column that counts each way an attempt can end.
+OUTCOME_COUNTERS = {"completed": "jobs_done", "failed": "jobs_failed",
+                    "retrying": "jobs_retried", "cancelled": "jobs_cancelled"}
+
+
+# -- values shared by several statements --------------------------------------
+
+
+def worker_started(job_id: Any, now: Any) -> dict[str, Any]:
+    """The ``workers`` row's values when it claims ``job_id`` (values or bind
+    parameters): the registry and the claim's own write share them."""
+    return {"current_job": job_id, "last_seen": now}
+
+
+def worker_finished(job_id: Any, now: Any, *, outcome: str) -> dict[str, Any]:
+    """The ``workers`` row's values when it ends ``job_id`` with ``outcome``
+    (a key of :data:`OUTCOME_COUNTERS`): that outcome counted, ``current_job``
+    cleared if it is still this job."""
+    counter = workers_table.c[OUTCOME_COUNTERS[outcome]]
+    return {counter.key: counter + 1,
+            "current_job": case((workers_table.c.current_job == job_id, None),
+                                else_=workers_table.c.current_job),
+            "last_seen": now}
+
+
+def arm_webhook() -> dict[str, Any]:
+    """Values that make a job's completion webhook due at ``arm_now`` (a
+    parameter), if it has a callback URL: set by every transition into a
+    final state, in the same write, so no final state can miss its webhook."""
+    has_callback = jobs_table.c.callback_url.is_not(None)
+    now = bindparam("arm_now", type_=UTCDateTime())
+    return {
+        "webhook_status": case((has_callback, literal(WebhookStatus.PENDING.value)),
+                               else_=None),
+        "webhook_next_at": case((has_callback, now), else_=None),
+        "webhook_first_at": case((has_callback, now), else_=None),
+        "webhook_attempts": 0,
+        "webhook_last_code": None,
+        "webhook_last_error": None,
+        "webhook_delivered_at": None,
+    }
+
+
+# -- shapes ------------------------------------------------------------------
+
+
+def with_history(stmt: Any, worker_values: dict[str, Any] | None = None) -> Any:
+    """PostgreSQL: ``stmt`` (an INSERT or UPDATE of one job RETURNING at
+    least ``id``, ``attempts`` and ``worker``) with its history row, and the
+    worker's registry row if ``worker_values``, as one statement of
+    data-modifying CTEs; it selects the job's row. The history row's fields
+    are the parameters ``ev_from``, ``ev_to``, ``ev_at`` and ``ev_reason``
+    (:func:`storage.jobs.history.event_params`)."""
+    changed = stmt.cte("changed")
+    history = insert(events_table).from_select(
+        ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
+        select(changed.c.id, bindparam("ev_from", type_=String()),
+               bindparam("ev_to", type_=String()), changed.c.attempts, changed.c.worker,
+               bindparam("ev_at", type_=UTCDateTime()),
+               bindparam("ev_reason", type_=Text())),
+    ).cte("history")
+    query = select(changed).add_cte(history)
+    if worker_values:
+        query = query.add_cte(
+            update(workers_table)
+            .where(workers_table.c.name == select(changed.c.worker).scalar_subquery())
+            .values(**worker_values).cte("worker_row"))
+    return query
+
+
+def fenced_update(values: dict[str, Any], *, final: bool, where: Sequence[Any] = ()) -> Any:
+    """The one shape of a fenced write: an UPDATE of job ``t_id`` that lands
+    only while it is in status ``t_from`` under attempt ``t_attempt`` (and
+    any extra ``where``), RETURNING ``id``, ``attempts`` and ``worker``.
+    ``final``: the job ends, so its webhook is armed in the same write."""
+    return (
+        update(jobs_table)
+        .where(
+            jobs_table.c.id == bindparam("t_id"),
+            jobs_table.c.status == bindparam("t_from"),
+            jobs_table.c.attempts == bindparam("t_attempt"),
+            *where,
+        )
+        .values(**values, **(arm_webhook() if final else {}))
+        .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
+    )
+
+
+def _worker_row(values: dict[str, Any]) -> Any:
+    """SQLite: the registry row of worker ``w_name`` set to ``values``."""
+    return update(workers_table).where(workers_table.c.name == bindparam("w_name")).values(
+        **values)
+
+
+# -- reads -------------------------------------------------------------------
+
+
+@cache
+def load_job() -> Any:
+    """One job and its current attempt's files (a row per file), by ``s_id``."""
+    return (
+        select(jobs_table, files_table.c.path.label("file_path"),
+               files_table.c.size_bytes.label("file_size"))
+        .select_from(jobs_table.outerjoin(files_table, and_(
+            files_table.c.job_id == jobs_table.c.id,
+            files_table.c.attempt == jobs_table.c.attempts)))
+        .where(jobs_table.c.id == bindparam("s_id"))
+        .order_by(files_table.c.path)
+    )
+
+
+# -- submission ----------------------------------------------------------------
+
+
+@cache
+def insert_job(dialect: str) -> Any:
+    """A new job from the parameters named by :data:`CREATE_COLUMNS`,
+    RETURNING its row (with its history row on PostgreSQL)."""
+    stmt = (insert(jobs_table)
+            .values({name: bindparam(name, type_=jobs_table.c[name].type)
+                     for name in CREATE_COLUMNS})
+            .returning(*jobs_table.c))
+    return with_history(stmt) if dialect == POSTGRESQL else stmt
+
+
+# -- a worker's transitions ------------------------------------------------------
+
+
+def _claimed_by_worker() -> dict[str, Any]:
+    return worker_started(bindparam("q_id"), bindparam("q_now", type_=UTCDateTime()))
+
+
+@cache
+def claim_job(dialect: str) -> Any:
+    """``queued -> processing`` of job ``q_id`` for worker ``q_worker`` at
+    ``q_now``, a new attempt, unless its retry is not due yet or a cancel was
+    asked for; RETURNING the job's row. On PostgreSQL the worker's registry
+    row notes the job in the same statement (SQLite: :func:`note_claim`)."""
+    now = bindparam("q_now", type_=UTCDateTime())
+    stmt = (
+        update(jobs_table)
+        .where(
+            jobs_table.c.id == bindparam("q_id"),
+            jobs_table.c.status == Status.QUEUED.value,
+            or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+            jobs_table.c.cancel_requested.is_(False),
+        )
+        .values(
+            status=Status.PROCESSING.value,
+            stage=Stage.RENDERING_SLIDES.value,
+            attempts=jobs_table.c.attempts + 1,
+            worker=bindparam("q_worker", type_=String()),
+            progress=0.0,
+            error=None,
+            started_at=now,
+            completed_at=None,
+            last_heartbeat=now,
+            video_url=None,
+            thumbnail_url=None,
+            slide_image_path=None,
+            not_before=None,
+            render_seconds=None,
+            encode_seconds=None,
+        )
+        .returning(*jobs_table.c)
+    )
+    return with_history(stmt, _claimed_by_worker()) if dialect == POSTGRESQL else stmt
+
+
+@cache
+def note_claim() -> Any:
+    """SQLite: worker ``w_name``'s registry row notes that it claimed ``q_id``."""
+    return _worker_row(_claimed_by_worker())
+
+
+@cache
+def cancel_flagged_job(dialect: str) -> Any:
+    """``queued -> cancelled`` of job ``x_id`` at ``arm_now`` if a cancel was
+    asked for while it was processing."""
+    stmt = (
+        update(jobs_table)
+        .where(jobs_table.c.id == bindparam("x_id"),
+               jobs_table.c.status == Status.QUEUED.value,
+               jobs_table.c.cancel_requested.is_(True))
+        .values(status=Status.CANCELLED.value, stage=Stage.QUEUED.value,
+                cancel_requested=False,
+                completed_at=bindparam("arm_now", type_=UTCDateTime()),
+                **arm_webhook())
+        .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
+    )
+    return with_history(stmt) if dialect == POSTGRESQL else stmt
+
+
+def _counted_completion() -> dict[str, Any]:
+    return worker_finished(bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()),
+                           outcome="completed")
+
+
+@cache
+def complete_job(dialect: str) -> Any:
+    """``processing -> completed`` of the fenced attempt (:func:`fenced_update`)
+    with its outputs (``c_video``, ``c_thumbnail``, ``c_slides``) and timings
+    (``c_render``, ``c_encode``) at ``c_now``, unless a cancel was asked for.
+    On PostgreSQL the worker's registry row counts it in the same statement
+    (SQLite: :func:`count_completion`)."""
+    now = bindparam("c_now", type_=UTCDateTime())
+    stmt = fenced_update(
+        {
+            "status": Status.COMPLETED.value,
+            "stage": Stage.DONE.value,
+            "progress": 1.0,
+            "error": None,
+            "video_url": bindparam("c_video", type_=String()),
+            "thumbnail_url": bindparam("c_thumbnail", type_=String()),
+            "slide_image_path": bindparam("c_slides", type_=String()),
+            "completed_at": now,
+            "last_heartbeat": now,
+            "cancel_requested": False,
+            "render_seconds": bindparam("c_render", type_=Float()),
+            "encode_seconds": bindparam("c_encode", type_=Float()),
+        },
+        final=True, where=[jobs_table.c.cancel_requested.is_(False)])
+    return with_history(stmt, _counted_completion()) if dialect == POSTGRESQL else stmt
+
+
+@cache
+def count_completion() -> Any:
+    """SQLite: worker ``w_name``'s registry row counts job ``c_id`` completed."""
+    return _worker_row(_counted_completion())
+
+
+def _lease_renewal(values: dict[str, Any]) -> Any:
+    return (
+        update(jobs_table)
+        .where(
+            jobs_table.c.id == bindparam("l_id"),
+            jobs_table.c.status == Status.PROCESSING.value,
+            jobs_table.c.attempts == bindparam("l_attempt"),
+        )
+        .values(last_heartbeat=bindparam("hb_now", type_=UTCDateTime()), **values)
+        .returning(jobs_table.c.cancel_requested)
+    )
+
+
+@cache
+def renew_lease() -> Any:
+    """A heartbeat: attempt ``l_attempt`` of processing job ``l_id`` renews
+    its lease at ``hb_now``; RETURNING whether a cancel was asked for."""
+    return _lease_renewal({})
+
+
+@cache
+def renew_lease_with_progress() -> Any:
+    """:func:`renew_lease`, also setting the stage ``p_stage`` and raising the
+    progress to ``p_progress`` (never lowering it)."""
+    progress = bindparam("p_progress", type_=Float())
+    return _lease_renewal({
+        "progress": case((jobs_table.c.progress < progress, progress),
+                         else_=jobs_table.c.progress),
+        "stage": bindparam("p_stage", type_=String()),
+    })

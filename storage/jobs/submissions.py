@@ -1,0 +1,150 @@
+"""New jobs: submission, idempotency keys and each tenant's quota."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, exc, func, literal, select, update
+
+from storage.errors import IdempotencyConflict, QuotaExceeded, StorageError
+from storage.jobs.history import event_params, log_transition, record_event
+from storage.jobs.locks import take_write_lock
+from storage.jobs.queries import Queries
+from storage.jobs.statements import POSTGRESQL, insert_job
+from storage.jobs.values import DEFAULT_ATTEMPT_LIMIT, Job, utcnow
+from storage.models import DEFAULT_TENANT, Stage, Status, jobs_table
+
+#: First key of the advisory lock that serializes one owner's submissions.
+ADVISORY_QUOTA = 0x5F1D
+IDEMPOTENCY_TTL = timedelta(hours=24)
+#: Tries of a submission whose Idempotency-Key is held by a job that is gone
+#: when looked up (deleted in between); past them, a clear error.
+CREATE_TRIES = 3
+
+
+def check_quota(conn: Connection, owner: str, max_active: int) -> None:
+    """:class:`QuotaExceeded` if ``owner`` has ``max_active`` jobs queued or
+    processing; until ``conn``'s transaction ends, no other submission of
+    ``owner`` can pass this check."""
+    if conn.dialect.name == POSTGRESQL:
+        # One submitter per owner at a time between the count and the
+        # insert (released at commit); other owners are not held up.
+        conn.execute(select(func.pg_advisory_xact_lock(
+            literal(ADVISORY_QUOTA), func.hashtext(owner))))
+    else:
+        # The count below cannot be overtaken by another writer before
+        # this transaction's insert.
+        take_write_lock(conn)
+    # Counting stops at the cap: the cost stays bounded however many
+    # jobs an owner (the open mode's, an admin's bulk load) has active.
+    active = conn.execute(
+        select(func.count()).select_from(
+            select(jobs_table.c.id).where(
+                jobs_table.c.owner == owner,
+                jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+            .limit(max_active).subquery())
+    ).scalar_one()
+    if active >= max_active:
+        raise QuotaExceeded(
+            f"the tenant already has {active} queued or processing jobs "
+            f"(SLIDEFARM_MAX_ACTIVE_JOBS = {max_active}); wait for some to finish")
+
+
+class Submissions(Queries):
+    """The job store's submissions."""
+
+    def create(
+        self,
+        deck: dict[str, Any],
+        *,
+        title: str,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        attempt_limit: int = DEFAULT_ATTEMPT_LIMIT,
+        owner: str = DEFAULT_TENANT,
+        callback_url: str | None = None,
+        max_active: int | None = None,
+    ) -> tuple[Job, bool]:
+        """Record a new queued job; return it and whether it is new.
+
+        With an ``idempotency_key`` used in the last 24 hours for the same
+        ``request_hash`` the existing job comes back (``False``); with another
+        hash, :class:`IdempotencyConflict`. Racing submissions of one key
+        meet at the unique index: one row, one winner. Keys are per ``owner``.
+
+        ``max_active``: :class:`QuotaExceeded` if ``owner`` already has that
+        many queued or processing jobs; the count and the insert are one
+        transaction, serialized per owner, so racing submissions from many API
+        processes cannot overshoot the cap.
+        """
+        job_id = str(uuid.uuid4())
+        now = utcnow()
+        values = {
+            "id": job_id,
+            "status": Status.QUEUED.value,
+            "stage": Stage.QUEUED.value,
+            "progress": 0.0,
+            "attempts": 0,
+            "title": title,
+            "deck": deck,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+            "attempt_limit": attempt_limit,
+            "owner": owner,
+            "callback_url": callback_url,
+            "created_at": now,
+            "queued_at": now,
+            # Optimistic: the caller sends the task right after the commit; if
+            # that send fails, the sweeper sends it again after the timeout.
+            "dispatched_at": now,
+        }
+        if idempotency_key is not None:
+            self._expire_idempotency_key(owner, idempotency_key, now)
+        for _ in range(CREATE_TRIES):
+            try:
+                created = self._insert(values, max_active)
+            except exc.IntegrityError as error:
+                if idempotency_key is None:
+                    raise StorageError(f"could not record the job: {error.orig}") from error
+                existing = self.find_by_idempotency_key(idempotency_key, owner=owner)
+                if existing is None:  # deleted in between: a fresh start is right
+                    continue
+                if existing.request_hash != request_hash:
+                    raise IdempotencyConflict() from error
+                return existing, False
+            self._changed(job_id)
+            return created, True
+        # Each try met a job holding the key that was gone when looked up: a
+        # client deleting and resubmitting in a loop. Bounded, and said so.
+        raise StorageError(
+            f"could not record the job: its Idempotency-Key was taken and freed again "
+            f"{CREATE_TRIES} times in a row; try again")
+
+    def _insert(self, values: dict[str, Any], max_active: int | None) -> Job:
+        """One try of :meth:`create`: the row and its history, in one transaction."""
+        job_id, owner = values["id"], values["owner"]
+        with self.transaction() as conn:
+            if max_active is not None:
+                check_quota(conn, owner, max_active)
+            if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
+                row = conn.execute(
+                    insert_job(POSTGRESQL),
+                    {**values, **event_params(None, Status.QUEUED, "submitted")},
+                ).mappings().one()
+                log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
+            else:
+                row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
+                record_event(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
+            return Job.from_row(row)
+
+    def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
+        """Free ``key`` if the job holding it was submitted over 24 hours ago."""
+        with self.transaction(single=True) as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.owner == owner, jobs_table.c.idempotency_key == key,
+                       jobs_table.c.created_at < now - IDEMPOTENCY_TTL)
+                .values(idempotency_key=None)
+            )
