@@ -74,16 +74,24 @@ def _duration(conn: Connection, column: str) -> Any:
     return (func.julianday(started) - func.julianday(queued)) * 86400.0
 
 
+#: Histogram sums are kept in whole microseconds: a sum of floats depends on
+#: the order of its terms, so moving a job's share from the live rows to its
+#: counter row could make a float sum fall by one ulp, which a scraper reads
+#: as a counter reset. Integers (exact in a double up to 2**53 us, 285 years)
+#: add up the same in any order.
+MICROS = 1_000_000
+
+
 def _histogram_columns(conn: Connection, column: str) -> list[Any]:
     value = _duration(conn, column)
     return [
-        func.count(value), func.coalesce(func.sum(value), 0.0),
+        func.count(value), func.coalesce(func.sum(func.round(value * MICROS)), 0.0),
         *[_count(and_(value.is_not(None), value <= b)) for b in DURATION_BUCKETS],
     ]
 
 
 def _histogram_names(column: str) -> list[str]:
-    return [f"{column}:count", f"{column}:sum",
+    return [f"{column}:count", f"{column}:sum_us",
             *[bucket_name(column, b) for b in DURATION_BUCKETS]]
 
 
@@ -107,7 +115,7 @@ def histogram(conn: Connection, column: str) -> tuple[list[int], int, float]:
     row = conn.execute(select(*live.c).add_columns(*[_counter(n) for n in names])).one()
     merged = [float(a) + float(b)
               for a, b in zip(row[:len(names)], row[len(names):], strict=True)]
-    return [int(c) for c in merged[2:]], int(merged[0]), float(merged[1])
+    return [int(c) for c in merged[2:]], int(merged[0]), merged[1] / MICROS
 
 
 def bucket_name(column: str, bound: float) -> str:
