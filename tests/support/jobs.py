@@ -1,0 +1,29 @@
+"""Jobs put in a state directly through the store, with files in place
+where a worker would leave them (no worker runs)."""
+
+from __future__ import annotations
+
+from storage import JobStore, Settings
+from tests.support.decks import small_deck
+
+
+def finish_with_files(settings: Settings, job_id: str, video: bytes) -> None:
+    """Complete ``job_id`` with a video of ``video``, a thumbnail and one slide."""
+    store = JobStore.from_url(settings.database_url)
+    store.claim(job_id, "w@h")
+    folder = settings.output_dir / job_id
+    (folder / "slides").mkdir(parents=True)
+    (folder / "video.mp4").write_bytes(video)
+    (folder / "thumbnail.jpg").write_bytes(b"\xff\xd8jpeg")
+    (folder / "slides" / "001.png").write_bytes(b"\x89PNGone")
+    store.complete(job_id, 1, video_url=f"/v1/jobs/{job_id}/video",
+                   thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+
+
+def failed_job(store: JobStore) -> str:
+    """A job that failed on its first attempt, with one file recorded."""
+    job, _ = store.create(small_deck(), title="deck")
+    assert store.claim(job.id, "a@host1") is not None
+    assert store.add_files(job.id, 1, [("slides/001.png", 10)])
+    assert store.fail(job.id, 1, "the deck cannot be rendered")
+    return job.id
