@@ -1,5 +1,6 @@
 """The fixtures every test folder sees. They are defined in ``tests/support``
-(services, processes, clients, the browser) and offered here by name."""
+(services, processes, clients, the browser, a webhook receiver) and offered
+here by name."""
 
 from tests.support.browser import browser
 from tests.support.clients import anonymous_client, app, app_settings, client
@@ -13,9 +14,10 @@ from tests.support.services import (
     store,
 )
 from tests.support.stack import fault_stack, pg_redis_stack, private_redis
+from tests.support.webhooks import receiver
 
 __all__ = [
     "anonymous_client", "app", "app_settings", "browser", "client", "db_url", "fault_stack",
-    "pg_redis_stack", "pg_server", "pg_url", "private_redis", "redis_url", "settings",
-    "sqlite_template", "store",
+    "pg_redis_stack", "pg_server", "pg_url", "private_redis", "receiver", "redis_url",
+    "settings", "sqlite_template", "store",
 ]

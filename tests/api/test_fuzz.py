@@ -135,7 +135,7 @@ def fuzz_app(tmp_path: Path, sqlite_template: Path) -> Iterator[Any]:
         SLIDEFARM_SUBMIT_BURST=1_000_000,
         SLIDEFARM_MAX_ACTIVE_JOBS=1_000_000,
         # Callback URLs that are IP literals pass the address guard; its
-        # refusals of private addresses are tested in tests/workers/test_webhooks.py.
+        # refusals of private addresses are tested in tests/unit/test_webhooks.py.
         SLIDEFARM_WEBHOOK_ALLOW="0.0.0.0/0,::/0",
         # Signed links on, as a deployment that embeds outputs runs.
         SLIDEFARM_SECRET_KEY="fuzz-" + "k" * 40,
