@@ -66,7 +66,7 @@ test-quick: $(STAMP) fonts
 
 # docs/screenshots/ again, from the dashboard's browser test.
 screenshots: $(STAMP) fonts browser
-	SLIDEFARM_TEST_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/test_dashboard.py \
+	SLIDEFARM_TEST_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/system/test_dashboard.py \
 	  -k worker_death
 
 lint: $(STAMP)

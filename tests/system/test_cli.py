@@ -1,0 +1,135 @@
+"""The ``slidefarm`` console script, run as a user would (a subprocess) against
+real PostgreSQL, Redis and a real worker, and for the SQLite-to-PostgreSQL move."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage import JobStore
+from storage.access import AccessStore
+from storage.counters import totals
+from storage.db import create_db_engine
+from tests.support import ROOT
+from tests.support.decks import small_deck
+from tests.support.services import create_pg_database, drop_pg_database
+from tests.support.stack import Stack, stack_env
+
+CLI = str(Path(sys.executable).parent / "slidefarm")
+pytestmark = pytest.mark.e2e
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_json(env: dict[str, str], *args: str) -> Any:
+    result = run(env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_cli_against_a_running_stack(pg_redis_stack: Stack, tmp_path: Path) -> None:
+    stack = pg_redis_stack
+    stack.start_worker("cli")
+    env = stack.env
+    deck_file = tmp_path / "deck.json"
+    deck_file.write_text(json.dumps(small_deck(slides=2, duration=0.5)))
+
+    waited = run(env, "submit", str(deck_file), "--wait")
+    assert waited.returncode == 0, waited.stderr
+    assert "completed" in waited.stdout and "video:" in waited.stdout
+    video = Path(waited.stdout.split("video:", 1)[1].strip().splitlines()[0])
+    assert video.is_file()
+
+    job_id = run(env, "submit", str(deck_file)).stdout.strip()
+    assert len(job_id) == 36
+    listed = run_json(env, "jobs", "list")
+    assert job_id in [j["job_id"] for j in listed["jobs"]] and len(listed["jobs"]) == 2
+    table = run(env, "jobs", "list", "--status", "completed")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("ID")
+    deadline = time.monotonic() + 60
+    while (shown := run_json(env, "jobs", "show", job_id))["status"] != "completed":
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.3)
+    assert shown["job_id"] == job_id and shown["history"][0]["to"] == "queued"
+    assert [e["to"] for e in shown["history"]] == ["queued", "processing", "completed"]
+    human = run(env, "jobs", "show", job_id)
+    assert human.returncode == 0 and "history:" in human.stdout
+
+    finished = run(env, "jobs", "cancel", job_id)
+    assert finished.returncode == 1
+    assert finished.stderr.strip().startswith("Error:")
+    assert len(finished.stderr.strip().splitlines()) == 1
+    missing = run(env, "jobs", "show", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode == 1 and "No such job" in missing.stderr
+
+    workers = run_json(env, "workers")
+    assert [w["name"].split("@")[0] for w in workers["workers"]] == ["cli"]
+    stats = run_json(env, "stats")
+    assert stats["total"] == 2 and stats["queue_depth"] is not None
+
+    assert run(env, "jobs", "delete", job_id).returncode == 0
+    assert run(env, "jobs", "delete", job_id).returncode == 1
+    cleaned = run(env, "cleanup", "--older-than", "0s")
+    assert cleaned.returncode == 0 and "deleted 1 job" in cleaned.stdout
+    assert run_json(env, "jobs", "list")["jobs"] == []
+    assert run(env, "cleanup", "--older-than", "soon").returncode == 2
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"title": "", "slides": []}))
+    refused = run(env, "submit", str(bad))
+    assert refused.returncode == 1 and "invalid deck" in refused.stderr
+
+
+def moved_metrics(url: str) -> dict[str, int]:
+    """Every transition count /metrics would show for the database at ``url``."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            return totals(conn)
+    finally:
+        engine.dispose()
+
+
+def test_db_upgrade_and_copy_from_sqlite_to_postgres(pg_server: Any, tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'small.db'}"
+    env = stack_env(DATABASE_URL=source)
+    assert run(env, "db", "upgrade").returncode == 0
+    store = JobStore.from_url(source)
+    ids = []
+    for n in range(3):
+        job, _ = store.create(small_deck(), title=f"deck {n}")
+        ids.append(job.id)
+    store.claim(ids[0], "w@h")
+    store.add_file(ids[0], 1, "video.mp4", 10)
+    store.complete(ids[0], 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
+    key = AccessStore(store).create_key("acme").token
+    gone, _ = store.create(small_deck(), title="deleted before the move")
+    assert store.delete(gone.id)  # its submission lives on in a counter row
+
+    target = create_pg_database(pg_server, prefix="slidefarm_copy")
+    try:
+        copied = run(env, "db", "copy", "--from", source, "--to", target)
+        assert copied.returncode == 0, copied.stderr
+        assert "3 jobs" in copied.stdout and "1 files" in copied.stdout
+        assert "1 tenants" in copied.stdout and "1 keys" in copied.stdout
+        assert "counters" in copied.stdout
+        moved = JobStore.from_url(target)
+        assert moved_metrics(target) == moved_metrics(source)
+        assert AccessStore(moved).verify(key) is not None  # the key works on the new store
+        for job_id in ids:
+            before, after = store.get(job_id), moved.get(job_id)
+            assert after == before
+            assert moved.history(job_id) == store.history(job_id)
+        again = run(env, "db", "copy", "--from", source, "--to", target)
+        assert again.returncode == 0 and "0 jobs" in again.stdout  # idempotent
+    finally:
+        drop_pg_database(pg_server, target)
