@@ -215,6 +215,24 @@ def test_metrics_never_decrease_when_jobs_are_deleted(settings: Settings,
     assert failed not in [j.id for j in store.list_jobs().jobs]
 
 
+def test_a_histogram_sum_never_falls_by_float_rounding(settings: Settings,
+                                                        store: JobStore) -> None:
+    # In float arithmetic (0.1 + 0.2) + 0.3 is 0.6000000000000001 but
+    # 0.1 + (0.2 + 0.3) is 0.6: moving the first job's share from the live
+    # rows to its counter row must not lower _sum by that ulp.
+    client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
+    done = [_completed_job(store, seconds, seconds) for seconds in (0.1, 0.2, 0.3)]
+
+    def render_sum() -> float:
+        samples = _monotonic_samples(client.get("/metrics").get_data(as_text=True))
+        return samples[("slidefarm_render_seconds_sum", ())]
+
+    before = render_sum()
+    assert before == pytest.approx(0.6)
+    assert client.delete(f"/v1/jobs/{done[0]}").status_code == 204
+    assert render_sum() >= before
+
+
 def test_metrics_content_type_names_its_charset_once(client: Any) -> None:
     answer = client.get("/metrics")
     assert answer.status_code == 200
