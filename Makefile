@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint fonts browser ffprobe screenshots setup clean
+.PHONY: demo test test-quick bench lint format fonts browser ffprobe screenshots setup clean
 
 setup: $(STAMP)
 
@@ -70,8 +70,14 @@ screenshots: $(STAMP) fonts browser
 	  -k worker_death
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Lay the whole tree out as ruff format decides (make lint checks it).
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) output .slidefarm slidefarm.db slidefarm.db-wal slidefarm.db-shm

@@ -34,11 +34,19 @@ SESSION_COOKIE = "slidefarm_session"
 CSRF_HEADER = "X-Slidefarm-Request"
 #: Endpoints anyone may reach: the probes, the API's description, the
 #: dashboard's sign-in, its icon and its static files (none of which holds data).
-PUBLIC_ENDPOINTS = frozenset({
-    "health.healthz", "health.readyz", "openapi.document", "dashboard.login",
-    "dashboard.login_submit", "dashboard.logout", "dashboard.static", "dashboard.favicon",
-    "dashboard.favicon_ico",
-})
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "health.healthz",
+        "health.readyz",
+        "openapi.document",
+        "dashboard.login",
+        "dashboard.login_submit",
+        "dashboard.logout",
+        "dashboard.static",
+        "dashboard.favicon",
+        "dashboard.favicon_ico",
+    }
+)
 OPEN_PRINCIPAL = Principal(DEFAULT_TENANT, admin=True, key_id=None)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -98,10 +106,16 @@ def _challenge(message: str, error: str | None) -> Response:
         if request.headers.get("Sec-Fetch-Mode") == "navigate":
             # A browser opening a page goes to the sign-in page: every browser
             # reports a page that answers 401 as an error in its console.
-            return Response(status=303, headers={
-                "Location": url_for("dashboard.login", next=target), "Cache-Control": "no-store"})
-        response = Response(render_template("login.html", error=None, next=target),
-                            status=401, mimetype="text/html")
+            return Response(
+                status=303,
+                headers={
+                    "Location": url_for("dashboard.login", next=target),
+                    "Cache-Control": "no-store",
+                },
+            )
+        response = Response(
+            render_template("login.html", error=None, next=target), status=401, mimetype="text/html"
+        )
     else:
         response = error_response(401, "unauthorized", message)
     value = 'Bearer realm="slidefarm"'
@@ -113,9 +127,11 @@ def _challenge(message: str, error: str | None) -> Response:
 
 
 def _signed_link_refused() -> Response:
-    response = error_response(403, "invalid_link",
-                              "the signed link is not valid: it has expired, was revoked, "
-                              "or is for another file")
+    response = error_response(
+        403,
+        "invalid_link",
+        "the signed link is not valid: it has expired, was revoked, or is for another file",
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -158,13 +174,15 @@ def _authenticate() -> Response | None:
     if header is not None:
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return _challenge("the Authorization header must read `Bearer <key>`",
-                              "invalid_request")
+            return _challenge(
+                "the Authorization header must read `Bearer <key>`", "invalid_request"
+            )
         cache: KeyCache = current_app.extensions["slidefarm_keys"]
         who = cache.get(token.strip(), access.verify)
         if who is None:
-            return _challenge("the API key is not valid (unknown, malformed or revoked)",
-                              "invalid_token")
+            return _challenge(
+                "the API key is not valid (unknown, malformed or revoked)", "invalid_token"
+            )
         g.principal = who
         return None
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -173,8 +191,10 @@ def _authenticate() -> Response | None:
         if who is not None:
             if request.method not in _SAFE_METHODS and not request.headers.get(CSRF_HEADER):
                 return error_response(
-                    403, "forbidden",
-                    f"a write with the dashboard's session needs the {CSRF_HEADER} header")
+                    403,
+                    "forbidden",
+                    f"a write with the dashboard's session needs the {CSRF_HEADER} header",
+                )
             g.principal = who
             return None
     return _challenge("a valid API key is required: send `Authorization: Bearer <key>`", None)
@@ -188,10 +208,13 @@ def init_auth(app: Flask) -> None:
     app.extensions["slidefarm_key_ids"] = KeyCache(settings.key_cache_ttl)
     secret = settings.secret_key
     app.extensions["slidefarm_signer"] = (
-        None if secret is None else UrlSigner(secret.get_secret_value(), settings.signed_url_ttl))
+        None if secret is None else UrlSigner(secret.get_secret_value(), settings.signed_url_ttl)
+    )
     app.before_request(_authenticate)
     if not settings.auth_required:
-        log.warning("authentication is OFF (SLIDEFARM_AUTH=%s): anyone who can reach this "
-                    "API can submit, read and delete every job; set SLIDEFARM_AUTH=required "
-                    "and create keys with `slidefarm keys create` before exposing it",
-                    settings.auth or "off, the embedded default")
+        log.warning(
+            "authentication is OFF (SLIDEFARM_AUTH=%s): anyone who can reach this "
+            "API can submit, read and delete every job; set SLIDEFARM_AUTH=required "
+            "and create keys with `slidefarm keys create` before exposing it",
+            settings.auth or "off, the embedded default",
+        )

@@ -28,8 +28,9 @@ class MalformedBody(BadRequest):
 
     code = 400
     name = "Malformed Body"  # the error code the API answers with: malformed_body
-    description = ("the request body could not be read: its chunked encoding is "
-                   "malformed or it ended early")
+    description = (
+        "the request body could not be read: its chunked encoding is malformed or it ended early"
+    )
 
 
 class GuardedInput:
@@ -44,8 +45,9 @@ class GuardedInput:
         except HTTPException:
             raise  # already an answer (e.g. Werkzeug's ClientDisconnected)
         except Exception as error:  # gunicorn's InvalidChunkSize, NoMoreData, ...
-            log.info("refused a request body that could not be read: %s: %s",
-                     type(error).__name__, error)
+            log.info(
+                "refused a request body that could not be read: %s: %s", type(error).__name__, error
+            )
             raise MalformedBody() from error
 
     def read(self, *args: Any) -> bytes:

@@ -94,7 +94,7 @@ def main() -> None:
 
 
 def _bar(progress: float, width: int = 30) -> str:
-    filled = int(round(progress * width))
+    filled = round(progress * width)
     return "[" + "#" * filled + "." * (width - filled) + f"] {progress * 100:5.1f}%"
 
 
@@ -102,26 +102,40 @@ def _bar(progress: float, width: int = 30) -> str:
 @click.argument("deck_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--idempotency-key", default=None)
-@click.option("--tenant", default=DEFAULT_TENANT, show_default=True,
-              help="The tenant that will own the job.")
+@click.option(
+    "--tenant", default=DEFAULT_TENANT, show_default=True, help="The tenant that will own the job."
+)
 @json_option
 @pass_ctx
-def submit(ctx: Context, deck_file: Path, wait: bool, idempotency_key: str | None,
-           tenant: str, as_json: bool) -> None:
+def submit(
+    ctx: Context,
+    deck_file: Path,
+    wait: bool,
+    idempotency_key: str | None,
+    tenant: str,
+    as_json: bool,
+) -> None:
     """Submit DECK_FILE (JSON) as a new job."""
     try:
         body = json.loads(deck_file.read_text(encoding="utf-8"))
         deck = Deck.model_validate(body)
     except (ValueError, RecursionError) as error:
         if isinstance(error, ValidationError):
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)"
-                               for e in error.errors())
+            fields = ", ".join(
+                ".".join(str(p) for p in e["loc"]) or "(body)" for e in error.errors()
+            )
             fail(f"{deck_file}: invalid deck ({fields})")
         fail(f"{deck_file}: not valid JSON: {error}")
         return
-    job, _ = submit_deck(ctx.store, ctx.dispatcher, deck, body,
-                         idempotency_key=idempotency_key,
-                         max_attempts=ctx.settings.max_attempts, owner=tenant)
+    job, _ = submit_deck(
+        ctx.store,
+        ctx.dispatcher,
+        deck,
+        body,
+        idempotency_key=idempotency_key,
+        max_attempts=ctx.settings.max_attempts,
+        owner=tenant,
+    )
     if not wait:
         emit(job_json(job)) if as_json else click.echo(job.id)
         return
@@ -163,18 +177,33 @@ def jobs() -> None:
 @click.option("--limit", type=click.IntRange(1, 500), default=50)
 @json_option
 @pass_ctx
-def jobs_list(ctx: Context, status: str | None, search: str | None, limit: int,
-              as_json: bool) -> None:
+def jobs_list(
+    ctx: Context, status: str | None, search: str | None, limit: int, as_json: bool
+) -> None:
     """Jobs, newest first."""
-    page = ctx.store.list_jobs(status=Status(status) if status else None, limit=limit,
-                               search=search)
+    page = ctx.store.list_jobs(
+        status=Status(status) if status else None, limit=limit, search=search
+    )
     if as_json:
         emit({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
         return
-    click.echo(table(
-        [(j.id, j.status.value, f"{j.progress * 100:.0f}%", j.stage.value, j.attempts,
-          j.worker or "", j.title[:40]) for j in page.jobs],
-        ["ID", "STATUS", "PROGRESS", "STAGE", "ATTEMPTS", "WORKER", "TITLE"]))
+    click.echo(
+        table(
+            [
+                (
+                    j.id,
+                    j.status.value,
+                    f"{j.progress * 100:.0f}%",
+                    j.stage.value,
+                    j.attempts,
+                    j.worker or "",
+                    j.title[:40],
+                )
+                for j in page.jobs
+            ],
+            ["ID", "STATUS", "PROGRESS", "STAGE", "ATTEMPTS", "WORKER", "TITLE"],
+        )
+    )
 
 
 @jobs.command("show")
@@ -195,9 +224,22 @@ def jobs_show(ctx: Context, job_id: str, as_json: bool) -> None:
         click.echo(f"{key:>18}: {'' if value is None else value}")
     click.echo(f"{'files':>18}: {len(body['files'])}")
     click.echo("history:")
-    click.echo(table([(e["at"], e["from"] or "-", e["to"], e["attempt"], e["worker"] or "-",
-                       e["reason"] or "") for e in body["history"]],
-                     ["AT", "FROM", "TO", "ATTEMPT", "WORKER", "REASON"]))
+    click.echo(
+        table(
+            [
+                (
+                    e["at"],
+                    e["from"] or "-",
+                    e["to"],
+                    e["attempt"],
+                    e["worker"] or "-",
+                    e["reason"] or "",
+                )
+                for e in body["history"]
+            ],
+            ["AT", "FROM", "TO", "ATTEMPT", "WORKER", "REASON"],
+        )
+    )
 
 
 @jobs.command("cancel")
@@ -208,7 +250,8 @@ def jobs_cancel(ctx: Context, job_id: str, as_json: bool) -> None:
     """Cancel a queued or processing job."""
     job = ctx.store.request_cancel(job_id)
     emit(job_json(job)) if as_json else click.echo(
-        f"{job.id}: {'cancel requested' if job.cancel_requested else job.status.value}")
+        f"{job.id}: {'cancel requested' if job.cancel_requested else job.status.value}"
+    )
 
 
 @jobs.command("retry")
@@ -241,17 +284,43 @@ def jobs_delete(ctx: Context, job_id: str) -> None:
 @pass_ctx
 def workers(ctx: Context, as_json: bool) -> None:
     """Every registered worker, alive or not."""
-    found = [worker_json(w, ctx.settings.stale_after)
-             for w in WorkerRegistry(ctx.store).list_workers()]
+    found = [
+        worker_json(w, ctx.settings.stale_after) for w in WorkerRegistry(ctx.store).list_workers()
+    ]
     if as_json:
         emit({"workers": found})
         return
-    click.echo(table([(w["name"], w["host"], w["pid"], w["state"],
-                       f"{w['last_seen_seconds_ago']}s ago", w["current_job"] or "",
-                       w["jobs_done"], w["jobs_failed"], w["jobs_retried"], w["jobs_cancelled"])
-                      for w in found],
-                     ["NAME", "HOST", "PID", "STATE", "LAST SEEN", "CURRENT JOB", "DONE",
-                      "FAILED", "RETRIED", "CANCELLED"]))
+    click.echo(
+        table(
+            [
+                (
+                    w["name"],
+                    w["host"],
+                    w["pid"],
+                    w["state"],
+                    f"{w['last_seen_seconds_ago']}s ago",
+                    w["current_job"] or "",
+                    w["jobs_done"],
+                    w["jobs_failed"],
+                    w["jobs_retried"],
+                    w["jobs_cancelled"],
+                )
+                for w in found
+            ],
+            [
+                "NAME",
+                "HOST",
+                "PID",
+                "STATE",
+                "LAST SEEN",
+                "CURRENT JOB",
+                "DONE",
+                "FAILED",
+                "RETRIED",
+                "CANCELLED",
+            ],
+        )
+    )
 
 
 @main.command()
@@ -265,8 +334,13 @@ def stats(ctx: Context, as_json: bool) -> None:
         return
     for status, count in data["counts"].items():
         click.echo(f"{status:>22}: {count}")
-    for key in ("queue_depth", "oldest_queued_seconds", "completed_last_hour",
-                "throughput_per_minute", "recovered_total"):
+    for key in (
+        "queue_depth",
+        "oldest_queued_seconds",
+        "completed_last_hour",
+        "throughput_per_minute",
+        "recovered_total",
+    ):
         value = data[key]
         click.echo(f"{key.replace('_', ' '):>22}: {'-' if value is None else value}")
 
@@ -281,8 +355,12 @@ def parse_age(text: str) -> timedelta:
 
 
 @main.command()
-@click.option("--older-than", "older_than", default=None,
-              help="Age like 7d or 12h (default: SLIDEFARM_RETENTION_DAYS).")
+@click.option(
+    "--older-than",
+    "older_than",
+    default=None,
+    help="Age like 7d or 12h (default: SLIDEFARM_RETENTION_DAYS).",
+)
 @pass_ctx
 def cleanup(ctx: Context, older_than: str | None) -> None:
     """Delete finished jobs (and their files) older than the given age."""
@@ -319,8 +397,15 @@ def keys_create(ctx: Context, tenant: str, admin: bool, as_json: bool) -> None:
         fail(str(error))
         return
     if as_json:
-        emit({"id": made.key.id, "tenant": tenant, "admin": admin, "key": made.token,
-              "webhook_secret": made.webhook_secret})
+        emit(
+            {
+                "id": made.key.id,
+                "tenant": tenant,
+                "admin": admin,
+                "key": made.token,
+                "webhook_secret": made.webhook_secret,
+            }
+        )
         return
     click.echo(f"key {made.key.id} for tenant {tenant}{' (admin)' if admin else ''}:")
     click.echo(made.token)
@@ -337,14 +422,35 @@ def keys_create(ctx: Context, tenant: str, admin: bool, as_json: bool) -> None:
 def keys_list(ctx: Context, tenant: str | None, as_json: bool) -> None:
     """Every key (id, tenant, admin, created, revoked): never a secret."""
     found = AccessStore(ctx.store).list_keys(tenant)
-    rows = [{"id": k.id, "prefix": k.prefix, "tenant": k.tenant, "admin": k.admin,
-             "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at)} for k in found]
+    rows = [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "tenant": k.tenant,
+            "admin": k.admin,
+            "created_at": iso(k.created_at),
+            "revoked_at": iso(k.revoked_at),
+        }
+        for k in found
+    ]
     if as_json:
         emit({"keys": rows})
         return
-    click.echo(table([(r["id"], r["tenant"], "yes" if r["admin"] else "", r["created_at"],
-                       r["revoked_at"] or "") for r in rows],
-                     ["ID", "TENANT", "ADMIN", "CREATED", "REVOKED"]))
+    click.echo(
+        table(
+            [
+                (
+                    r["id"],
+                    r["tenant"],
+                    "yes" if r["admin"] else "",
+                    r["created_at"],
+                    r["revoked_at"] or "",
+                )
+                for r in rows
+            ],
+            ["ID", "TENANT", "ADMIN", "CREATED", "REVOKED"],
+        )
+    )
 
 
 @keys.command("revoke")
@@ -364,13 +470,15 @@ def keys_rotate(ctx: Context, tenant: str) -> None:
     """A new webhook signing secret; the old one also signs for the grace period."""
     try:
         secret = AccessStore(ctx.store).rotate_webhook_secret(
-            tenant, grace=ctx.settings.webhook_rotation_grace)
+            tenant, grace=ctx.settings.webhook_rotation_grace
+        )
     except UnknownTenant:
         fail(f"no tenant {tenant}")
         return
     click.echo(secret)
-    click.echo(f"the previous secret also signs for {ctx.settings.webhook_rotation_grace:g} s",
-               err=True)
+    click.echo(
+        f"the previous secret also signs for {ctx.settings.webhook_rotation_grace:g} s", err=True
+    )
 
 
 # -- database --------------------------------------------------------------------

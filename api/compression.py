@@ -19,10 +19,18 @@ MIN_SIZE = 1024
 #: dashboard's script; outputs are never of a compressible type).
 MAX_FILE_SIZE = 4 * 1024 * 1024
 COMPRESS_LEVEL = 6
-COMPRESSIBLE = frozenset({
-    "application/json", "application/problem+json", "text/html", "text/javascript",
-    "application/javascript", "text/css", "text/plain", "image/svg+xml",
-})
+COMPRESSIBLE = frozenset(
+    {
+        "application/json",
+        "application/problem+json",
+        "text/html",
+        "text/javascript",
+        "application/javascript",
+        "text/css",
+        "text/plain",
+        "image/svg+xml",
+    }
+)
 _SKIPPED_STATUSES = frozenset({204, 206, 304})
 
 
@@ -37,8 +45,11 @@ def _compress(response: Response) -> Response:
     if not MIN_SIZE <= length <= MAX_FILE_SIZE or response.mimetype not in COMPRESSIBLE:
         return response
     response.vary.add("Accept-Encoding")
-    if "Content-Encoding" in response.headers or "Content-Range" in response.headers \
-            or request.accept_encodings["gzip"] <= 0:
+    if (
+        "Content-Encoding" in response.headers
+        or "Content-Range" in response.headers
+        or request.accept_encodings["gzip"] <= 0
+    ):
         return response
     if response.direct_passthrough:  # a static file: read it to compress it
         response.direct_passthrough = False

@@ -17,11 +17,22 @@ ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-None-Match, 
 #: Headers a page elsewhere may read besides the always-readable ones: what a
 #: client needs to poll (ETag), follow a submission (Location), back off
 #: (Retry-After and the rate-limit headers), download and seek.
-EXPOSED_HEADERS = ", ".join((
-    "ETag", "Location", "Retry-After", "Idempotent-Replayed", "Content-Disposition",
-    "Content-Range", "Accept-Ranges", "RateLimit", "RateLimit-Policy", "RateLimit-Limit",
-    "RateLimit-Remaining", "RateLimit-Reset",
-))
+EXPOSED_HEADERS = ", ".join(
+    (
+        "ETag",
+        "Location",
+        "Retry-After",
+        "Idempotent-Replayed",
+        "Content-Disposition",
+        "Content-Range",
+        "Accept-Ranges",
+        "RateLimit",
+        "RateLimit-Policy",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    )
+)
 #: Seconds a browser may reuse a preflight's answer.
 PREFLIGHT_MAX_AGE = "600"
 
@@ -32,8 +43,11 @@ def _origins() -> frozenset[str]:
 
 
 def _is_preflight() -> bool:
-    return (request.method == "OPTIONS" and "Origin" in request.headers
-            and "Access-Control-Request-Method" in request.headers)
+    return (
+        request.method == "OPTIONS"
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
 
 
 def _preflight() -> Response | None:

@@ -18,8 +18,13 @@ from storage import Status
 from storage.access import SESSION_TTL, AccessStore
 from storage.stats import Inspector
 
-bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/static")
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 CHART_WIDTH, CHART_HEIGHT = 720, 180
 STATIC = Path(__file__).parent / "static"
@@ -34,8 +39,10 @@ bp.add_app_template_filter(stage_label, "stage_label")
 def _session() -> dict[str, bool]:
     # No principal on the public pages of a locked API: nobody is signed in there.
     who = g.get("principal")
-    return {"signed_in": bool(request.cookies.get(SESSION_COOKIE)),
-            "admin": who is not None and who.admin}
+    return {
+        "signed_in": bool(request.cookies.get(SESSION_COOKIE)),
+        "admin": who is not None and who.admin,
+    }
 
 
 def _safe_next(target: str | None) -> str:
@@ -44,8 +51,13 @@ def _safe_next(target: str | None) -> str:
     Control characters are refused outright: browsers drop tabs and newlines
     from a URL, so ``/\t/evil.example`` would leave as ``//evil.example``,
     and a newline cannot go in a ``Location`` header at all."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target \
-            or any(ch < " " or ch == "\x7f" for ch in target):
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ch < " " or ch == "\x7f" for ch in target)
+    ):
         return "/"
     return target
 
@@ -53,8 +65,9 @@ def _safe_next(target: str | None) -> str:
 @bp.get("/favicon.svg")
 def favicon() -> Response:
     """The dashboard's icon: public (it holds no data) and cacheable."""
-    return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml",
-                               max_age=FAVICON_MAX_AGE)
+    return send_from_directory(
+        STATIC, "favicon.svg", mimetype="image/svg+xml", max_age=FAVICON_MAX_AGE
+    )
 
 
 @bp.get("/favicon.ico")
@@ -92,9 +105,15 @@ def login_submit() -> WResponse | tuple[str, int]:
     if who is None:
         return render_template("login.html", error="That key is not valid.", next=target), 401
     response = redirect(target, code=303)
-    response.set_cookie(SESSION_COOKIE, access.create_session(who),
-                        max_age=int(SESSION_TTL.total_seconds()), httponly=True,
-                        samesite="Strict", secure=request.is_secure, path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        access.create_session(who),
+        max_age=int(SESSION_TTL.total_seconds()),
+        httponly=True,
+        samesite="Strict",
+        secure=request.is_secure,
+        path="/",
+    )
     return response
 
 
@@ -118,10 +137,19 @@ def jobs_page() -> str:
     search = request.args.get("q") or ""
     page = services().store.list_jobs(
         status=Status(status) if status in {s.value for s in Status} else None,
-        search=search[:200].replace("\x00", "") or None, limit=50, owner=owner_scope())
-    return render_template("jobs.html", jobs=[job_json(j) for j in page.jobs],
-                           statuses=[s.value for s in Status], status=status, search=search,
-                           next_cursor=page.next_cursor, active="jobs")
+        search=search[:200].replace("\x00", "") or None,
+        limit=50,
+        owner=owner_scope(),
+    )
+    return render_template(
+        "jobs.html",
+        jobs=[job_json(j) for j in page.jobs],
+        statuses=[s.value for s in Status],
+        status=status,
+        search=search,
+        next_cursor=page.next_cursor,
+        active="jobs",
+    )
 
 
 @bp.get("/jobs/<job_id>")
@@ -129,9 +157,13 @@ def job_page(job_id: str) -> str:
     """One job, followed live through its event stream."""
     store = services().store
     job = store.get(job_id, owner=owner_scope())
-    return render_template("job.html", job=job_json(job), active="jobs",
-                           stale_after=services().settings.stale_after,
-                           outputs=output_links(job))
+    return render_template(
+        "job.html",
+        job=job_json(job),
+        active="jobs",
+        stale_after=services().settings.stale_after,
+        outputs=output_links(job),
+    )
 
 
 @bp.get("/workers")
@@ -149,8 +181,13 @@ def overview_page() -> str:
     inspector = Inspector(svc.store)
     stats = inspector.stats()
     failures = [job_json(j) for j in inspector.recent_failures(10)]
-    return render_template("overview.html", stats=stats, failures=failures,
-                           queue_depth=svc.dispatcher.queue_depth(), active="overview")
+    return render_template(
+        "overview.html",
+        stats=stats,
+        failures=failures,
+        queue_depth=svc.dispatcher.queue_depth(),
+        active="overview",
+    )
 
 
 @bp.get("/overview/throughput.svg")

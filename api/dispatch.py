@@ -13,7 +13,6 @@ from core.config import Settings
 log = logging.getLogger(__name__)
 
 
-
 class Dispatcher:
     """Puts render tasks on the broker; the job row must be committed first."""
 
@@ -35,8 +34,9 @@ class Dispatcher:
                 retry_policy=SEND_RETRY_POLICY,
             )
         except Exception:
-            log.warning("job %s: broker unavailable, left queued for re-dispatch", job_id,
-                        exc_info=True)
+            log.warning(
+                "job %s: broker unavailable, left queued for re-dispatch", job_id, exc_info=True
+            )
             return False
         return True
 
@@ -45,11 +45,13 @@ class Dispatcher:
         callback URL); ``False`` if the broker is down, and then the sweeper
         sends it, the delivery being due in the store."""
         try:
-            self.celery.send_task(WEBHOOK_TASK, args=[job_id], retry=True,
-                                  retry_policy=SEND_RETRY_POLICY)
+            self.celery.send_task(
+                WEBHOOK_TASK, args=[job_id], retry=True, retry_policy=SEND_RETRY_POLICY
+            )
         except Exception:
-            log.warning("job %s: broker unavailable, webhook left to the sweeper", job_id,
-                        exc_info=True)
+            log.warning(
+                "job %s: broker unavailable, webhook left to the sweeper", job_id, exc_info=True
+            )
             return False
         return True
 
@@ -59,7 +61,8 @@ class Dispatcher:
             with self.celery.connection_for_read() as conn:
                 conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
                 declared = conn.default_channel.queue_declare(
-                    queue=celeryconfig.QUEUE, passive=True)
+                    queue=celeryconfig.QUEUE, passive=True
+                )
                 return int(declared.message_count)
         except Exception:
             # A queue nobody declared yet is empty; a broker that is down has

@@ -46,8 +46,10 @@ def stage_label(job: Mapping[str, Any]) -> str:
 def output_links(job: Job) -> dict[str, str]:
     """Every file ``job`` can produce, by its path in the job's folder, and the
     API route that serves it (to whoever may read the job, once it completed)."""
-    links = {VIDEO_FILE: url_for("jobs.video", job_id=job.id),
-             THUMBNAIL_FILE: url_for("jobs.thumbnail", job_id=job.id)}
+    links = {
+        VIDEO_FILE: url_for("jobs.video", job_id=job.id),
+        THUMBNAIL_FILE: url_for("jobs.thumbnail", job_id=job.id),
+    }
     for n in range(1, len(job.deck.get("slides", [])) + 1):
         links[slide_file(n)] = url_for("jobs.slide", job_id=job.id, n=n)
     return links

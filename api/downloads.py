@@ -27,8 +27,7 @@ _ASCII_UNSAFE = re.compile(r'[^ -~]|[%\\";,]')
 def safe_filename(title: str) -> str:
     """``title`` made into a file name (no extension); ``""`` if nothing is left."""
     name = unicodedata.normalize("NFC", title)
-    name = "".join(" " if ch in "/\\" or unicodedata.category(ch)[0] == "C" else ch
-                   for ch in name)
+    name = "".join(" " if ch in "/\\" or unicodedata.category(ch)[0] == "C" else ch for ch in name)
     name = _RESERVED.sub("_", name)
     name = " ".join(name.split())[:MAX_NAME]
     return name.strip(" .")
@@ -48,5 +47,7 @@ def attachment(title: str, suffix: str, fallback: str) -> str:
     ``fallback`` (the job id) + ``suffix`` when the title leaves no name."""
     name = safe_filename(title) or fallback
     plain = _ascii_fallback(name) or fallback
-    return (f'attachment; filename="{plain}{suffix}"; '
-            f"filename*=UTF-8''{quote(name + suffix, safe='')}")
+    return (
+        f'attachment; filename="{plain}{suffix}"; '
+        f"filename*=UTF-8''{quote(name + suffix, safe='')}"
+    )

@@ -33,8 +33,13 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str | None = None, details: list[dict[str, Any]] | None = None,
-                 *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message or self.__doc__)
         self.message = message or (self.__doc__ or "").strip()
         self.details = details or []
@@ -97,8 +102,9 @@ class ServiceUnavailable(ApiError):
     code = "service_unavailable"
 
 
-def error_response(status: int, code: str, message: str,
-                   details: list[dict[str, Any]] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> Response:
     """The JSON error body every failure answers with."""
     response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
     response.status_code = status
@@ -140,19 +146,25 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InvalidCursor)
     def _cursor(exc: InvalidCursor) -> Response:
-        return error_response(400, "invalid_cursor", str(exc),
-                              [{"field": "cursor", "message": str(exc)}])
+        return error_response(
+            400, "invalid_cursor", str(exc), [{"field": "cursor", "message": str(exc)}]
+        )
 
     @app.errorhandler(UnsafeCallback)
     def _unsafe_callback(exc: UnsafeCallback) -> Response:
-        return error_response(422, "unsafe_callback_url", f"callback_url refused: {exc}",
-                              [{"field": "callback_url", "message": str(exc)}])
+        return error_response(
+            422,
+            "unsafe_callback_url",
+            f"callback_url refused: {exc}",
+            [{"field": "callback_url", "message": str(exc)}],
+        )
 
     @app.errorhandler(DatabaseUnavailable)
     def _db_down(exc: DatabaseUnavailable) -> Response:
         log.warning("database unavailable: %s", exc)
-        response = error_response(503, "database_unavailable",
-                                  "the job store is unavailable; try again shortly")
+        response = error_response(
+            503, "database_unavailable", "the job store is unavailable; try again shortly"
+        )
         response.headers["Retry-After"] = "2"
         return response
 
@@ -164,8 +176,9 @@ def register_error_handlers(app: Flask) -> None:
             405: "method not allowed for this endpoint",
             413: "the request body is larger than the limit",
         }
-        response = error_response(status, _code_of(exc), messages.get(status, exc.description
-                                                                       or exc.name))
+        response = error_response(
+            status, _code_of(exc), messages.get(status, exc.description or exc.name)
+        )
         for header, value in exc.get_headers():
             if header.lower() != "content-type":
                 response.headers[header] = value

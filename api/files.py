@@ -53,8 +53,12 @@ def confined_path(output_dir: Path, job_id: str, relative: str) -> Path | None:
     except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a NUL byte
         return None
     if real != expected:
-        log.warning("refused to serve %s of job %s: its path leaves the job folder (%s)",
-                    relative, job_id, real)
+        log.warning(
+            "refused to serve %s of job %s: its path leaves the job folder (%s)",
+            relative,
+            job_id,
+            real,
+        )
         return None
     if not real.is_file():
         return None
@@ -89,25 +93,37 @@ def check_range(size: int) -> None:
         raise RequestedRangeNotSatisfiable(length=size)
 
 
-def serve_output(job: Job, relative: str, what: str, mimetype: str, *,
-                 inline_name: str | None = None, download: str | None = None) -> Response:
+def serve_output(
+    job: Job,
+    relative: str,
+    what: str,
+    mimetype: str,
+    *,
+    inline_name: str | None = None,
+    download: str | None = None,
+) -> Response:
     """Send output ``relative`` of ``job`` (from :func:`scoped_job`) if it
     completed; 404 in every other case. ``download``: offer it as an
     attachment named after the deck's title with this suffix (``.mp4``)."""
     svc = services()
     if job.status is not Status.COMPLETED:
-        raise NotFound(f"the {what} is not available: the job is {job.status.value}",
-                       code="not_ready")
+        raise NotFound(
+            f"the {what} is not available: the job is {job.status.value}", code="not_ready"
+        )
     path = confined_path(svc.settings.output_dir, job.id, relative)
     if path is None:
-        raise NotFound(f"the {what} file is missing from the output storage",
-                       code="file_missing")
+        raise NotFound(f"the {what} file is missing from the output storage", code="file_missing")
     check_range(path.stat().st_size)
     folder = path.parent
     # send_from_directory joins safely once more (werkzeug's safe_join).
-    response = send_from_directory(os.fspath(folder), path.name, mimetype=mimetype,
-                                   conditional=True, etag=True,
-                                   download_name=None if download else inline_name)
+    response = send_from_directory(
+        os.fspath(folder),
+        path.name,
+        mimetype=mimetype,
+        conditional=True,
+        etag=True,
+        download_name=None if download else inline_name,
+    )
     if download is not None:
         response.headers["Content-Disposition"] = attachment(job.title, download, job.id)
     return response

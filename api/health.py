@@ -36,6 +36,8 @@ def readyz() -> Response:
     if not down:
         return jsonify({"status": "ready", "checks": checks})
     return error_response(
-        503, "not_ready", f"not ready: {', '.join(down)} unavailable",
+        503,
+        "not_ready",
+        f"not ready: {', '.join(down)} unavailable",
         [{"field": name, "message": checks[name]} for name in down],
     )

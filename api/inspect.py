@@ -97,8 +97,14 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 
 
 def _snapshot(job: Job) -> tuple[Any, ...]:
-    return (job.status, round(job.progress, 4), job.stage, job.attempts, job.worker,
-            job.cancel_requested)
+    return (
+        job.status,
+        round(job.progress, 4),
+        job.stage,
+        job.attempts,
+        job.worker,
+        job.cancel_requested,
+    )
 
 
 @bp.get("/v1/jobs/<job_id>/events")
@@ -119,7 +125,7 @@ def job_events(job_id: str) -> Response:
         last: tuple[Any, ...] | None = None
         started = last_sent = time.monotonic()
         feed = svc.store.feed
-        with (feed.subscribe(job_id) if feed else nullcontext()) as pubsub:
+        with feed.subscribe(job_id) if feed else nullcontext() as pubsub:
             while time.monotonic() - started < MAX_STREAM:
                 if job is not None:
                     if _snapshot(job) != last:
@@ -160,24 +166,33 @@ class StoreCollector:
     def collect(self) -> Iterator[Any]:
         inspector = Inspector(self.svc.store)
         stats = inspector.stats()
-        jobs = GaugeMetricFamily("slidefarm_jobs", "Jobs in the store by status",
-                                 labels=["status"])
+        jobs = GaugeMetricFamily("slidefarm_jobs", "Jobs in the store by status", labels=["status"])
         for status, count in stats.counts.items():
             jobs.add_metric([status.value], count)
         yield jobs
         # Counters and histograms count deleted jobs too: they never go down.
-        yield CounterMetricFamily("slidefarm_jobs_submitted", "Jobs ever submitted",
-                                  value=stats.submitted_total)
-        yield CounterMetricFamily("slidefarm_jobs_completed", "Jobs ever completed",
-                                  value=stats.completed_total)
-        yield CounterMetricFamily("slidefarm_jobs_failed", "Transitions to failed (a job "
-                                  "retried and failed again counts twice)",
-                                  value=stats.failed_total)
-        yield CounterMetricFamily("slidefarm_jobs_recovered", "Attempts recovered from a "
-                                  "worker that stopped heartbeating", value=stats.recovered_total)
+        yield CounterMetricFamily(
+            "slidefarm_jobs_submitted", "Jobs ever submitted", value=stats.submitted_total
+        )
+        yield CounterMetricFamily(
+            "slidefarm_jobs_completed", "Jobs ever completed", value=stats.completed_total
+        )
+        yield CounterMetricFamily(
+            "slidefarm_jobs_failed",
+            "Transitions to failed (a job retried and failed again counts twice)",
+            value=stats.failed_total,
+        )
+        yield CounterMetricFamily(
+            "slidefarm_jobs_recovered",
+            "Attempts recovered from a worker that stopped heartbeating",
+            value=stats.recovered_total,
+        )
         for name, column, help_text in (
-            ("slidefarm_queue_wait_seconds", "queue_wait_seconds",
-             "Time from queued to claimed of completed jobs, last attempt"),
+            (
+                "slidefarm_queue_wait_seconds",
+                "queue_wait_seconds",
+                "Time from queued to claimed of completed jobs, last attempt",
+            ),
             ("slidefarm_render_seconds", "render_seconds", "Slide drawing time of completed jobs"),
             ("slidefarm_encode_seconds", "encode_seconds", "Video encoding time of completed jobs"),
         ):
@@ -187,20 +202,27 @@ class StoreCollector:
             buckets.append(("+Inf", histogram.total))
             family.add_metric([], buckets, sum_value=histogram.sum)
             yield family
-        yield GaugeMetricFamily("slidefarm_oldest_heartbeat_age_seconds",
-                                "Heartbeat age of the oldest processing job",
-                                value=stats.oldest_heartbeat_age or 0.0)
-        yield GaugeMetricFamily("slidefarm_oldest_queued_age_seconds",
-                                "Age of the oldest queued job",
-                                value=stats.oldest_queued_age or 0.0)
+        yield GaugeMetricFamily(
+            "slidefarm_oldest_heartbeat_age_seconds",
+            "Heartbeat age of the oldest processing job",
+            value=stats.oldest_heartbeat_age or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "slidefarm_oldest_queued_age_seconds",
+            "Age of the oldest queued job",
+            value=stats.oldest_queued_age or 0.0,
+        )
         depth = self.svc.dispatcher.queue_depth()
         if depth is not None:
-            yield GaugeMetricFamily("slidefarm_queue_depth", "Messages on the render queue",
-                                    value=depth)
-        alive = sum(1 for w in WorkerRegistry(self.svc.store).list_workers()
-                    if w.alive(self.svc.settings.stale_after))
-        yield GaugeMetricFamily("slidefarm_workers_alive", "Workers seen recently",
-                                value=alive)
+            yield GaugeMetricFamily(
+                "slidefarm_queue_depth", "Messages on the render queue", value=depth
+            )
+        alive = sum(
+            1
+            for w in WorkerRegistry(self.svc.store).list_workers()
+            if w.alive(self.svc.settings.stale_after)
+        )
+        yield GaugeMetricFamily("slidefarm_workers_alive", "Workers seen recently", value=alive)
 
 
 @bp.get("/metrics")

@@ -38,12 +38,33 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 MAX_IDEMPOTENCY_KEY = 255
 #: Fields the server sets; a submission naming one is refused, not ignored.
-READ_ONLY_FIELDS = frozenset({
-    "job_id", "id", "status", "progress", "stage", "error", "owner", "tenant", "attempts",
-    "worker", "created_at", "started_at", "completed_at", "last_heartbeat", "video_url",
-    "thumbnail_url", "slide_image_path", "created_files", "files", "cancel_requested",
-    "max_attempts", "timings", "webhook",
-})
+READ_ONLY_FIELDS = frozenset(
+    {
+        "job_id",
+        "id",
+        "status",
+        "progress",
+        "stage",
+        "error",
+        "owner",
+        "tenant",
+        "attempts",
+        "worker",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "last_heartbeat",
+        "video_url",
+        "thumbnail_url",
+        "slide_image_path",
+        "created_files",
+        "files",
+        "cancel_requested",
+        "max_attempts",
+        "timings",
+        "webhook",
+    }
+)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -67,25 +88,30 @@ def _read_body() -> bytes:
 
 
 def _parse_submission() -> tuple[Submission, dict[str, Any]]:
-    if not request.mimetype or request.mimetype != "application/json" and not (
-        request.mimetype.startswith("application/") and request.mimetype.endswith("+json")
+    if not request.mimetype or (
+        request.mimetype != "application/json"
+        and not (request.mimetype.startswith("application/") and request.mimetype.endswith("+json"))
     ):
         raise UnsupportedMediaType()
     raw = _read_body()
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints
-        raise BadRequest(f"the body is not valid JSON: {exc}"[:300],
-                         code="malformed_json") from exc
+        raise BadRequest(f"the body is not valid JSON: {exc}"[:300], code="malformed_json") from exc
     if not isinstance(body, dict):
-        raise ValidationFailed("the body must be a JSON object describing a deck",
-                               [{"field": "(body)", "message": "expected an object"}])
+        raise ValidationFailed(
+            "the body must be a JSON object describing a deck",
+            [{"field": "(body)", "message": "expected an object"}],
+        )
     read_only = sorted(READ_ONLY_FIELDS & body.keys())
     if read_only:
         raise ValidationFailed(
             f"the server sets {', '.join(read_only)}; a submission may not",
-            [{"field": name, "message": "read-only: set by the server", "type": "read_only"}
-             for name in read_only])
+            [
+                {"field": name, "message": "read-only: set by the server", "type": "read_only"}
+                for name in read_only
+            ],
+        )
     try:
         submission = Submission.model_validate(body)
     except ValidationError as exc:
@@ -93,18 +119,27 @@ def _parse_submission() -> tuple[Submission, dict[str, Any]]:
             {"field": _field(err["loc"]), "message": err["msg"], "type": err["type"]}
             for err in exc.errors(include_url=False, include_input=False)
         ]
-        raise ValidationFailed(f"the deck has {len(details)} invalid field(s)",
-                               details) from exc
+        raise ValidationFailed(f"the deck has {len(details)} invalid field(s)", details) from exc
     if submission.callback_url is not None:
         # Refused here (422) and again at every delivery: DNS answers change.
-        check_callback_url(submission.callback_url, services().settings.webhook_allow_networks,
-                           unresolvable_ok=True)
+        check_callback_url(
+            submission.callback_url,
+            services().settings.webhook_allow_networks,
+            unresolvable_ok=True,
+        )
     total, limit = submission.total_seconds, services().settings.max_video_seconds
     if total > limit:
         raise ValidationFailed(
             f"the video would last {total:g} s; the limit is {limit:g} s",
-            [{"field": "slides", "message": f"the durations add up to {total:g} s, "
-              f"over SLIDEFARM_MAX_VIDEO_SECONDS ({limit:g})", "type": "too_long"}])
+            [
+                {
+                    "field": "slides",
+                    "message": f"the durations add up to {total:g} s, "
+                    f"over SLIDEFARM_MAX_VIDEO_SECONDS ({limit:g})",
+                    "type": "too_long",
+                }
+            ],
+        )
     return submission, body
 
 
@@ -120,12 +155,17 @@ def submit() -> Response:
     """Record the job, commit, then send its task (never the other way round)."""
     svc = services()
     who = principal()
-    wait = svc.limiter.take(f"submit:{who.key_id or who.tenant}",
-                            rate=svc.settings.submit_rate, burst=svc.settings.submit_burst)
+    wait = svc.limiter.take(
+        f"submit:{who.key_id or who.tenant}",
+        rate=svc.settings.submit_rate,
+        burst=svc.settings.submit_burst,
+    )
     if wait > 0:
         raise TooManyRequests(
             f"too many submissions: this key may submit {svc.settings.submit_rate:g} per "
-            f"second (bursts of {svc.settings.submit_burst})", retry_after(wait))
+            f"second (bursts of {svc.settings.submit_burst})",
+            retry_after(wait),
+        )
     submission, body = _parse_submission()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (
@@ -134,11 +174,19 @@ def submit() -> Response:
         raise BadRequest(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             [{"field": "Idempotency-Key", "message": "invalid key"}],
-            code="invalid_parameter")
-    job, created = submit_deck(svc.store, svc.dispatcher, submission.deck(), body,
-                               idempotency_key=key, max_attempts=svc.settings.max_attempts,
-                               owner=who.tenant, callback_url=submission.callback_url,
-                               max_active=svc.settings.active_job_cap)
+            code="invalid_parameter",
+        )
+    job, created = submit_deck(
+        svc.store,
+        svc.dispatcher,
+        submission.deck(),
+        body,
+        idempotency_key=key,
+        max_attempts=svc.settings.max_attempts,
+        owner=who.tenant,
+        callback_url=submission.callback_url,
+        max_active=svc.settings.active_job_cap,
+    )
     response = _accepted(job)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -152,9 +200,11 @@ def _include_arg() -> set[str]:
         return set()
     include = {part.strip() for part in raw.split(",")}
     if include - {"history", "deliveries"}:
-        raise BadRequest("include accepts: history, deliveries",
-                         [{"field": "include", "message": f"got {raw[:100]!r}"}],
-                         code="invalid_parameter")
+        raise BadRequest(
+            "include accepts: history, deliveries",
+            [{"field": "include", "message": f"got {raw[:100]!r}"}],
+            code="invalid_parameter",
+        )
     return include
 
 
@@ -165,9 +215,11 @@ def _flag_arg(name: str) -> bool:
         return False
     if raw == "1":
         return True
-    raise BadRequest(f"{name} must be 1 or 0",
-                     [{"field": name, "message": f"got {raw[:100]!r}"}],
-                     code="invalid_parameter")
+    raise BadRequest(
+        f"{name} must be 1 or 0",
+        [{"field": name, "message": f"got {raw[:100]!r}"}],
+        code="invalid_parameter",
+    )
 
 
 def _job_answer(raw: bytes) -> Response:
@@ -217,14 +269,15 @@ def show(job_id: str) -> Response:
     if signed:
         signer: UrlSigner | None = current_app.extensions["slidefarm_signer"]
         if signer is None:
-            raise ServiceUnavailable("signed links are off: this server has no "
-                                     "SLIDEFARM_SECRET_KEY", code="signing_unavailable")
+            raise ServiceUnavailable(
+                "signed links are off: this server has no SLIDEFARM_SECRET_KEY",
+                code="signing_unavailable",
+            )
         body.update(signed_links(signer, job, principal().key_id or OPEN_KEY_ID))
     if "history" in include:
         body["history"] = [event_json(e) for e in store.history(job_id)]
     if "deliveries" in include:
-        body["deliveries"] = [delivery_json(d)
-                              for d in WebhookDeliveries(store).deliveries(job_id)]
+        body["deliveries"] = [delivery_json(d) for d in WebhookDeliveries(store).deliveries(job_id)]
     answer = _job_answer(dumps(body).encode())
     if signed:
         # The body carries working links: no cache (a browser's included)
@@ -250,8 +303,12 @@ def cancel(job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     """A failed or cancelled job queued again, with a fresh attempt budget."""
     svc = services()
-    job = svc.store.retry(job_id, max_attempts=svc.settings.max_attempts, owner=owner_scope(),
-                          max_active=svc.settings.active_job_cap)
+    job = svc.store.retry(
+        job_id,
+        max_attempts=svc.settings.max_attempts,
+        owner=owner_scope(),
+        max_active=svc.settings.active_job_cap,
+    )
     svc.dispatcher.send_render(job.id)
     return _accepted(job)
 
@@ -273,8 +330,11 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     # ASCII digits only: int() would also take " 5", "5_0" and "٥".
     value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else low - 1
     if not low <= value <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}",
-                         [{"field": name, "message": f"got {raw!r}"}], code="invalid_parameter")
+        raise BadRequest(
+            f"{name} must be an integer from {low} to {high}",
+            [{"field": name, "message": f"got {raw!r}"}],
+            code="invalid_parameter",
+        )
     return value
 
 
@@ -287,31 +347,50 @@ def index() -> Response:
             status = Status(status_arg)
         except ValueError:
             allowed = ", ".join(s.value for s in Status)
-            raise BadRequest(f"status must be one of {allowed}",
-                             [{"field": "status", "message": f"got {status_arg!r}"}],
-                             code="invalid_parameter") from None
+            raise BadRequest(
+                f"status must be one of {allowed}",
+                [{"field": "status", "message": f"got {status_arg!r}"}],
+                code="invalid_parameter",
+            ) from None
     limit = _int_arg("limit", 50, 1, MAX_LIST_LIMIT)
     search = (request.args.get("q") or "").strip()[:200] or None
     if search and "\x00" in search:
-        raise BadRequest("q must not contain NUL characters",
-                         [{"field": "q", "message": "NUL character"}], code="invalid_parameter")
-    page = services().store.list_jobs(status=status, limit=limit, search=search,
-                                      cursor=request.args.get("cursor"),
-                                      owner=owner_scope())
+        raise BadRequest(
+            "q must not contain NUL characters",
+            [{"field": "q", "message": "NUL character"}],
+            code="invalid_parameter",
+        )
+    page = services().store.list_jobs(
+        status=status,
+        limit=limit,
+        search=search,
+        cursor=request.args.get("cursor"),
+        owner=owner_scope(),
+    )
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
 
 
 @bp.get("/<job_id>/video")
 def video(job_id: str) -> Response:
-    return serve_output(scoped_job(job_id), VIDEO_FILE, "video", "video/mp4",
-                        inline_name=f"{job_id}.mp4",
-                        download=".mp4" if _flag_arg("download") else None)
+    return serve_output(
+        scoped_job(job_id),
+        VIDEO_FILE,
+        "video",
+        "video/mp4",
+        inline_name=f"{job_id}.mp4",
+        download=".mp4" if _flag_arg("download") else None,
+    )
 
 
 @bp.get("/<job_id>/thumbnail")
 def thumbnail(job_id: str) -> Response:
-    return serve_output(scoped_job(job_id), THUMBNAIL_FILE, "thumbnail", "image/jpeg",
-                        download=" - thumbnail.jpg" if _flag_arg("download") else None)
+    return serve_output(
+        scoped_job(job_id),
+        THUMBNAIL_FILE,
+        "thumbnail",
+        "image/jpeg",
+        download=" - thumbnail.jpg" if _flag_arg("download") else None,
+    )
 
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
@@ -319,7 +398,13 @@ def slide(job_id: str, n: int) -> Response:
     job = scoped_job(job_id)
     count = len(job.deck.get("slides", []))
     if not 1 <= n <= count:
-        raise NotFound(f"slide {n} does not exist: slides are numbered 1 to {count}",
-                       code="slide_not_found")
-    return serve_output(job, slide_file(n), f"slide {n}", "image/png",
-                        download=f" - slide {n}.png" if _flag_arg("download") else None)
+        raise NotFound(
+            f"slide {n} does not exist: slides are numbered 1 to {count}", code="slide_not_found"
+        )
+    return serve_output(
+        job,
+        slide_file(n),
+        f"slide {n}",
+        "image/png",
+        download=f" - slide {n}.png" if _flag_arg("download") else None,
+    )

@@ -29,8 +29,9 @@ JSON = "application/json"
 #: Routes anyone may call, whatever SLIDEFARM_AUTH says.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 #: Routes a signed link's token opens as well as a key.
-SIGNED_PATHS = frozenset({"/v1/jobs/{job_id}/video", "/v1/jobs/{job_id}/thumbnail",
-                          "/v1/jobs/{job_id}/slides/{n}"})
+SIGNED_PATHS = frozenset(
+    {"/v1/jobs/{job_id}/video", "/v1/jobs/{job_id}/thumbnail", "/v1/jobs/{job_id}/slides/{n}"}
+)
 
 Doc = dict[str, Any]
 
@@ -50,67 +51,108 @@ def _error(description: str, **headers: Doc) -> Doc:
     return response
 
 
-RETRY_AFTER: Doc = {"description": "Seconds to wait before trying again", "required": True,
-                    "schema": {"type": "integer", "minimum": 0}}
-WWW_AUTHENTICATE: Doc = {"description": "Always `Bearer`", "required": True,
-                         "schema": {"type": "string"}}
-LOCATION: Doc = {"description": "The job's URL, `/v1/jobs/{job_id}`", "required": True,
-                 "schema": {"type": "string"}}
-ETAG: Doc = {"description": "Changes whenever any field of the answer does; send it back in "
-                            "If-None-Match to get 304 while nothing has",
-             "required": True, "schema": {"type": "string"}}
+RETRY_AFTER: Doc = {
+    "description": "Seconds to wait before trying again",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+WWW_AUTHENTICATE: Doc = {
+    "description": "Always `Bearer`",
+    "required": True,
+    "schema": {"type": "string"},
+}
+LOCATION: Doc = {
+    "description": "The job's URL, `/v1/jobs/{job_id}`",
+    "required": True,
+    "schema": {"type": "string"},
+}
+ETAG: Doc = {
+    "description": "Changes whenever any field of the answer does; send it back in "
+    "If-None-Match to get 304 while nothing has",
+    "required": True,
+    "schema": {"type": "string"},
+}
 
 ERRORS: dict[str, Doc] = {
     "400": _error("Malformed request: invalid JSON, parameter or header"),
-    "401": _error("No, a malformed, an unknown or a revoked API key",
-                  **{"WWW-Authenticate": WWW_AUTHENTICATE}),
-    "403": _error("An admin route called with a tenant's key, a dashboard-session "
-                  "write without the X-Slidefarm-Request header, or a signed link that "
-                  "is not valid (expired, another file's, its key revoked)"),
+    "401": _error(
+        "No, a malformed, an unknown or a revoked API key", **{"WWW-Authenticate": WWW_AUTHENTICATE}
+    ),
+    "403": _error(
+        "An admin route called with a tenant's key, a dashboard-session "
+        "write without the X-Slidefarm-Request header, or a signed link that "
+        "is not valid (expired, another file's, its key revoked)"
+    ),
     "404": _error("No such job (or not yours), or the output is not available"),
-    "409": _error("Conflicts with the job's state, or an Idempotency-Key reused with "
-                  "another body"),
+    "409": _error("Conflicts with the job's state, or an Idempotency-Key reused with another body"),
     "413": _error("The body is larger than 1 MiB"),
     "415": _error("The body is not JSON (Content-Type: application/json)"),
     "422": _error("The deck breaks the schema; `details` names each field"),
-    "429": _error("Over a quota: submission rate or active jobs",
-                  **{"Retry-After": RETRY_AFTER}),
-    "503": _error("A dependency (database, broker) is unavailable, or signed links were "
-                  "asked for and the server has no SLIDEFARM_SECRET_KEY",
-                  **{"Retry-After": {**RETRY_AFTER, "required": False}}),
+    "429": _error("Over a quota: submission rate or active jobs", **{"Retry-After": RETRY_AFTER}),
+    "503": _error(
+        "A dependency (database, broker) is unavailable, or signed links were "
+        "asked for and the server has no SLIDEFARM_SECRET_KEY",
+        **{"Retry-After": {**RETRY_AFTER, "required": False}},
+    ),
 }
 
-JOB_ID: Doc = {"name": "job_id", "in": "path", "required": True,
-               "schema": {"type": "string", "format": "uuid"}}
-SLIDE_N: Doc = {"name": "n", "in": "path", "required": True,
-                "description": "Slides are numbered from 1",
-                "schema": {"type": "integer"}}
-RANGE: Doc = {"name": "Range", "in": "header", "required": False,
-              "description": "One byte range (RFC 9110), e.g. `bytes=0-1023`; anything "
-                             "else (other units, several ranges, bad syntax) is ignored",
-              "schema": {"type": "string"}}
-DOWNLOAD: Doc = {"name": "download", "in": "query", "required": False,
-                 "description": "`1`: `Content-Disposition: attachment` with a file name made "
-                                "from the deck's title",
-                 "schema": {"type": "string", "enum": ["0", "1"]}}
-IF_NONE_MATCH: Doc = {"name": "If-None-Match", "in": "header", "required": False,
-                      "description": "An ETag of an earlier answer: 304 while it still holds",
-                      "schema": {"type": "string"}}
+JOB_ID: Doc = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+SLIDE_N: Doc = {
+    "name": "n",
+    "in": "path",
+    "required": True,
+    "description": "Slides are numbered from 1",
+    "schema": {"type": "integer"},
+}
+RANGE: Doc = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "description": "One byte range (RFC 9110), e.g. `bytes=0-1023`; anything "
+    "else (other units, several ranges, bad syntax) is ignored",
+    "schema": {"type": "string"},
+}
+DOWNLOAD: Doc = {
+    "name": "download",
+    "in": "query",
+    "required": False,
+    "description": "`1`: `Content-Disposition: attachment` with a file name made "
+    "from the deck's title",
+    "schema": {"type": "string", "enum": ["0", "1"]},
+}
+IF_NONE_MATCH: Doc = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "An ETag of an earlier answer: 304 while it still holds",
+    "schema": {"type": "string"},
+}
 
 
 def _sse(event: str, data: Doc) -> Doc:
-    return {"type": "object", "required": ["event", "data"], "properties": {
-        "event": {"const": event},
-        "data": {"type": "string", "contentMediaType": JSON, "contentSchema": data},
-    }}
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": event},
+            "data": {"type": "string", "contentMediaType": JSON, "contentSchema": data},
+        },
+    }
 
 
 #: One event of ``/v1/jobs/{job_id}/events``: ``job`` on every change, then
 #: ``end`` with the final job (or the id and ``deleted``), then the stream closes.
-SSE_EVENT: Doc = {"oneOf": [
-    _sse("job", _ref("Job")),
-    _sse("end", {"anyOf": [_ref("Job"), _ref("JobGone")]}),
-]}
+SSE_EVENT: Doc = {
+    "oneOf": [
+        _sse("job", _ref("Job")),
+        _sse("end", {"anyOf": [_ref("Job"), _ref("JobGone")]}),
+    ]
+}
 
 
 def _errors(*codes: int) -> dict[str, Doc]:
@@ -127,15 +169,20 @@ def _job_answer(status: str, description: str, *, location: bool = False) -> dic
 def _file(media_type: str, what: str) -> dict[str, Doc]:
     content = {media_type: {"schema": {"type": "string", "contentMediaType": media_type}}}
     return {
-        "200": {"description": what, "content": content, "headers": {
-            "Content-Disposition": {"description": "With ?download=1: `attachment; "
-                                                   "filename=...; filename*=UTF-8''...`",
-                                    "schema": {"type": "string"}}}},
-        "206": {"description": f"Part of the {what.lower()} (a Range request)",
-                "content": content},
+        "200": {
+            "description": what,
+            "content": content,
+            "headers": {
+                "Content-Disposition": {
+                    "description": "With ?download=1: `attachment; "
+                    "filename=...; filename*=UTF-8''...`",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        "206": {"description": f"Part of the {what.lower()} (a Range request)", "content": content},
         "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-        "416": _error("The range starts past the end of the file, or asks for its last "
-                      "0 bytes"),
+        "416": _error("The range starts past the end of the file, or asks for its last 0 bytes"),
     }
 
 
@@ -147,17 +194,26 @@ def _operations() -> dict[str, Doc]:
             "post": {
                 "operationId": "submitJob",
                 "summary": "Submit a deck: the job is recorded, then queued",
-                "parameters": [{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "description": "The same key with the same body returns the same job; "
-                                   "with another body, 409",
-                    "schema": {"type": "string", "minLength": 1,
-                               "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": "^[ -~]*$"},
-                }],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "The same key with the same body returns the same job; "
+                        "with another body, 409",
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_IDEMPOTENCY_KEY,
+                            "pattern": "^[ -~]*$",
+                        },
+                    }
+                ],
                 "requestBody": {"required": True, "content": _json("Submission")},
                 "responses": {
-                    **_job_answer("202", "Accepted (or replayed: `Idempotent-Replayed: true`)",
-                                  location=True),
+                    **_job_answer(
+                        "202", "Accepted (or replayed: `Idempotent-Replayed: true`)", location=True
+                    ),
                     **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
                 },
             },
@@ -165,17 +221,37 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "listJobs",
                 "summary": "Jobs, newest first, a page at a time",
                 "parameters": [
-                    {"name": "status", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": statuses}},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT,
-                                "default": 50}},
-                    {"name": "cursor", "in": "query", "required": False,
-                     "description": "`next_cursor` of the previous page",
-                     "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
-                    {"name": "q", "in": "query", "required": False,
-                     "description": "A title substring or a job id prefix",
-                     "schema": {"type": "string", "pattern": NO_NUL_PATTERN}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": statuses},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIST_LIMIT,
+                            "default": 50,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "`next_cursor` of the previous page",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "required": False,
+                        "description": "A title substring or a job id prefix",
+                        "schema": {"type": "string", "pattern": NO_NUL_PATTERN},
+                    },
                 ],
                 "responses": {
                     "200": {"description": "One page", "content": _json("JobList")},
@@ -188,33 +264,51 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "getJob",
                 "summary": "The job; `?include=history` adds every transition, "
-                           "`?include=deliveries` every webhook delivery attempt, "
-                           "`?signed=1` output links that need no key until "
-                           "`urls_expire_at`",
+                "`?include=deliveries` every webhook delivery attempt, "
+                "`?signed=1` output links that need no key until "
+                "`urls_expire_at`",
                 "parameters": [
-                    {"name": "include", "in": "query", "required": False,
-                     "schema": {"type": "string",
-                                "enum": ["history", "deliveries", "history,deliveries",
-                                         "deliveries,history"]}},
-                    {"name": "signed", "in": "query", "required": False,
-                     "description": "`1`: `video_url`, `thumbnail_url` and `slide_urls` are "
-                                    "absolute links carrying a token (SLIDEFARM_SIGNED_URL_TTL)",
-                     "schema": {"type": "string", "enum": ["0", "1"]}},
+                    {
+                        "name": "include",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": [
+                                "history",
+                                "deliveries",
+                                "history,deliveries",
+                                "deliveries,history",
+                            ],
+                        },
+                    },
+                    {
+                        "name": "signed",
+                        "in": "query",
+                        "required": False,
+                        "description": "`1`: `video_url`, `thumbnail_url` and `slide_urls` are "
+                        "absolute links carrying a token (SLIDEFARM_SIGNED_URL_TTL)",
+                        "schema": {"type": "string", "enum": ["0", "1"]},
+                    },
                     IF_NONE_MATCH,
                 ],
                 "responses": {
-                    "200": {"description": "The job", "content": _json("Job"),
-                            "headers": {"ETag": ETAG}},
-                    "304": {"description": "Not modified: If-None-Match holds its ETag",
-                            "headers": {"ETag": ETAG}},
+                    "200": {
+                        "description": "The job",
+                        "content": _json("Job"),
+                        "headers": {"ETag": ETAG},
+                    },
+                    "304": {
+                        "description": "Not modified: If-None-Match holds its ETag",
+                        "headers": {"ETag": ETAG},
+                    },
                     **_errors(400, 401, 404, 503),
                 },
             },
             "delete": {
                 "operationId": "deleteJob",
                 "summary": "The job, its history and its files are gone",
-                "responses": {"204": {"description": "Deleted"},
-                              **_errors(401, 403, 404, 503)},
+                "responses": {"204": {"description": "Deleted"}, **_errors(401, 403, 404, 503)},
             },
         },
         "/v1/jobs/{job_id}/cancel": {
@@ -222,8 +316,10 @@ def _operations() -> dict[str, Doc]:
             "post": {
                 "operationId": "cancelJob",
                 "summary": "Queued: cancelled at once; processing: stops within a heartbeat",
-                "responses": {**_job_answer("202", "Cancelled or cancelling"),
-                              **_errors(401, 403, 404, 409, 503)},
+                "responses": {
+                    **_job_answer("202", "Cancelled or cancelling"),
+                    **_errors(401, 403, 404, 409, 503),
+                },
             },
         },
         "/v1/jobs/{job_id}/retry": {
@@ -231,8 +327,10 @@ def _operations() -> dict[str, Doc]:
             "post": {
                 "operationId": "retryJob",
                 "summary": "A failed or cancelled job queued again",
-                "responses": {**_job_answer("202", "Queued again", location=True),
-                              **_errors(401, 403, 404, 409, 429, 503)},
+                "responses": {
+                    **_job_answer("202", "Queued again", location=True),
+                    **_errors(401, 403, 404, 409, 429, 503),
+                },
             },
         },
         "/v1/jobs/{job_id}/video": {
@@ -241,8 +339,10 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "getVideo",
                 "summary": "The MP4, with Range support; 404 until completed",
                 "parameters": [RANGE, DOWNLOAD],
-                "responses": {**_file("video/mp4", "The video"),
-                              **_errors(400, 401, 403, 404, 503)},
+                "responses": {
+                    **_file("video/mp4", "The video"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
             },
         },
         "/v1/jobs/{job_id}/thumbnail": {
@@ -251,8 +351,10 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "getThumbnail",
                 "summary": "The thumbnail; 404 until completed",
                 "parameters": [RANGE, DOWNLOAD],
-                "responses": {**_file("image/jpeg", "The thumbnail"),
-                              **_errors(400, 401, 403, 404, 503)},
+                "responses": {
+                    **_file("image/jpeg", "The thumbnail"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
             },
         },
         "/v1/jobs/{job_id}/slides/{n}": {
@@ -261,8 +363,10 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "getSlide",
                 "summary": "One slide's image; 404 until completed",
                 "parameters": [RANGE, DOWNLOAD],
-                "responses": {**_file("image/png", "The slide image"),
-                              **_errors(400, 401, 403, 404, 503)},
+                "responses": {
+                    **_file("image/png", "The slide image"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
             },
         },
         "/v1/jobs/{job_id}/events": {
@@ -271,8 +375,10 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "streamJobEvents",
                 "summary": "Server-Sent Events: `job` on every change, then `end`",
                 "responses": {
-                    "200": {"description": "The event stream; each event's `data` is JSON",
-                            "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                    "200": {
+                        "description": "The event stream; each event's `data` is JSON",
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+                    },
                     **_errors(401, 404, 503),
                 },
             },
@@ -281,26 +387,33 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "listWorkers",
                 "summary": "Every worker that ever registered",
-                "responses": {"200": {"description": "The workers",
-                                      "content": _json("WorkerList")},
-                              **_errors(401, 403, 503)},
+                "responses": {
+                    "200": {"description": "The workers", "content": _json("WorkerList")},
+                    **_errors(401, 403, 503),
+                },
             },
         },
         "/v1/stats": {
             "get": {
                 "operationId": "getStats",
                 "summary": "Counts by status, queue depth and throughput",
-                "responses": {"200": {"description": "The figures", "content": _json("Stats")},
-                              **_errors(401, 403, 503)},
+                "responses": {
+                    "200": {"description": "The figures", "content": _json("Stats")},
+                    **_errors(401, 403, 503),
+                },
             },
         },
         "/metrics": {
             "get": {
                 "operationId": "getMetrics",
                 "summary": "Prometheus metrics",
-                "responses": {"200": {"description": "Prometheus text format",
-                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
-                              **_errors(401, 403, 503)},
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 403, 503),
+                },
             },
         },
         "/healthz": {
@@ -314,16 +427,22 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "readyz",
                 "summary": "200 when the database and the broker answer",
-                "responses": {"200": {"description": "Ready", "content": _json("Ready")},
-                              "503": ERRORS["503"]},
+                "responses": {
+                    "200": {"description": "Ready", "content": _json("Ready")},
+                    "503": ERRORS["503"],
+                },
             },
         },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1",
-                                      "content": {JSON: {"schema": {"type": "object"}}}}},
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    }
+                },
             },
         },
     }
@@ -332,9 +451,14 @@ def _operations() -> dict[str, Doc]:
 #: Where a job id in a 202 answer leads: schemathesis (and readers) chain these.
 _JOB_LINKS: Doc = {
     name: {"operationId": op, "parameters": {"job_id": "$response.body#/job_id"}}
-    for name, op in (("GetJob", "getJob"), ("CancelJob", "cancelJob"),
-                     ("RetryJob", "retryJob"), ("DeleteJob", "deleteJob"),
-                     ("StreamJobEvents", "streamJobEvents"), ("GetVideo", "getVideo"))
+    for name, op in (
+        ("GetJob", "getJob"),
+        ("CancelJob", "cancelJob"),
+        ("RetryJob", "retryJob"),
+        ("DeleteJob", "deleteJob"),
+        ("StreamJobEvents", "streamJobEvents"),
+        ("GetVideo", "getVideo"),
+    )
 }
 
 
@@ -346,14 +470,17 @@ def _components() -> Doc:
         "schemas": defs["$defs"],
         "securitySchemes": {
             "bearerAuth": {
-                "type": "http", "scheme": "bearer",
+                "type": "http",
+                "scheme": "bearer",
                 "description": "An API key, `sf_<id>_<secret>`, in `Authorization: Bearer ...`",
             },
             "signedLink": {
-                "type": "apiKey", "in": "query", "name": "token",
+                "type": "apiKey",
+                "in": "query",
+                "name": "token",
                 "description": "The token of a link from `GET /v1/jobs/{job_id}?signed=1`: "
-                               "it opens that one file until it expires, while the key "
-                               "that asked for it is live",
+                "it opens that one file until it expires, while the key "
+                "that asked for it is live",
             },
         },
     }
@@ -380,11 +507,11 @@ def build_document(*, auth_required: bool) -> Doc:
             "title": "slidefarm",
             "version": "1",
             "description": "Render slide decks (JSON) into slide images, a thumbnail and an "
-                           "MP4, as tracked jobs. Every error is "
-                           "`{\"error\": {\"code\", \"message\", \"details\"}}`. "
-                           "Text answers of 1 KiB or more are gzipped for clients that "
-                           "send `Accept-Encoding: gzip`; the origins of "
-                           "SLIDEFARM_CORS_ORIGINS may call the API from a browser.",
+            "MP4, as tracked jobs. Every error is "
+            '`{"error": {"code", "message", "details"}}`. '
+            "Text answers of 1 KiB or more are gzipped for clients that "
+            "send `Accept-Encoding: gzip`; the origins of "
+            "SLIDEFARM_CORS_ORIGINS may call the API from a browser.",
         },
         "paths": paths,
         "components": _components(),

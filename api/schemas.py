@@ -31,23 +31,44 @@ CALLBACK_URL_PATTERN = (
     rf"|(?:{_OCTET}\.){{3}}{_OCTET})(?::{_PORT})?(?:[/?#][!-\[\]-~]*)?$"
 )
 
-CallbackUrl = Annotated[str, Field(max_length=MAX_URL_LENGTH, pattern=CALLBACK_URL_PATTERN,
-                                   description="Where the final job JSON is POSTed (signed)")]
+CallbackUrl = Annotated[
+    str,
+    Field(
+        max_length=MAX_URL_LENGTH,
+        pattern=CALLBACK_URL_PATTERN,
+        description="Where the final job JSON is POSTed (signed)",
+    ),
+]
 
 
 class Submission(Deck):
     """The body of ``POST /v1/jobs``: a deck, and where to report its end."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "title": "Quarterly review",
-        "slides": [
-            {"title": "Revenue", "body": "Up 12% on last quarter.",
-             "bullets": ["EMEA +20%", "APAC flat"], "duration": 4.0,
-             "notes": "speaker notes, not drawn"},
-            {"title": "Questions?"},
-        ],
-        "options": {"resolution": "720p", "theme": "light", "fps": 30, "transition": "none"},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Quarterly review",
+                    "slides": [
+                        {
+                            "title": "Revenue",
+                            "body": "Up 12% on last quarter.",
+                            "bullets": ["EMEA +20%", "APAC flat"],
+                            "duration": 4.0,
+                            "notes": "speaker notes, not drawn",
+                        },
+                        {"title": "Questions?"},
+                    ],
+                    "options": {
+                        "resolution": "720p",
+                        "theme": "light",
+                        "fps": 30,
+                        "transition": "none",
+                    },
+                }
+            ]
+        }
+    )
 
     callback_url: CallbackUrl | None = None
 
@@ -97,8 +118,9 @@ class Webhook(_Body):
     url: str
     status: Literal["pending", "delivered", "failed"] | None = Field(
         description="null until the job ends; then pending (due at next_attempt_at, or "
-                    "being delivered), delivered (a 2xx answer) or failed (no 2xx within "
-                    "SLIDEFARM_WEBHOOK_RETRY_FOR)")
+        "being delivered), delivered (a 2xx answer) or failed (no 2xx within "
+        "SLIDEFARM_WEBHOOK_RETRY_FOR)"
+    )
     attempts: int = Field(ge=0)
     last_status_code: int | None
     last_error: str | None
@@ -153,23 +175,28 @@ class Job(_Body):
     cancel_requested: bool
     max_attempts: int = Field(ge=1)
     timings: Timings
-    webhook: Webhook | None = Field(default=None,
-                                    description="Present when the job has a callback_url")
-    history: list[JobEvent] | None = Field(default=None,
-                                           description="Only with ?include=history")
+    webhook: Webhook | None = Field(
+        default=None, description="Present when the job has a callback_url"
+    )
+    history: list[JobEvent] | None = Field(default=None, description="Only with ?include=history")
     deliveries: list[WebhookDelivery] | None = Field(
-        default=None, description="Only with ?include=deliveries")
+        default=None, description="Only with ?include=deliveries"
+    )
     slide_urls: list[str] | None = Field(
-        default=None, description="Only with ?signed=1: each slide's signed link, slide 1 "
-                                  "first; null until the job has completed")
+        default=None,
+        description="Only with ?signed=1: each slide's signed link, slide 1 "
+        "first; null until the job has completed",
+    )
     urls_expire_at: datetime | None = Field(
-        default=None, description="Only with ?signed=1: when its links stop working")
+        default=None, description="Only with ?signed=1: when its links stop working"
+    )
 
 
 class JobList(_Body):
     jobs: list[Job]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; "
-                                                "null on the last page")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page"
+    )
 
 
 class Worker(_Body):
@@ -204,8 +231,9 @@ class StatusCounts(_Body):
 class Stats(_Body):
     counts: StatusCounts
     total: int = Field(ge=0)
-    queue_depth: int | None = Field(description="Messages on the render queue, if the "
-                                                "broker can tell")
+    queue_depth: int | None = Field(
+        description="Messages on the render queue, if the broker can tell"
+    )
     oldest_queued_seconds: float | None
     oldest_heartbeat_seconds: float | None
     completed_last_hour: int = Field(ge=0)
@@ -238,5 +266,13 @@ class Ready(_Body):
 
 #: Every model the document names, in ``components.schemas``.
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    Error, Job, JobGone, JobList, JobEvent, WorkerList, Stats, Health, Ready,
+    Error,
+    Job,
+    JobGone,
+    JobList,
+    JobEvent,
+    WorkerList,
+    Stats,
+    Health,
+    Ready,
 )

@@ -82,8 +82,9 @@ class UrlSigner:
         standing for key ``key_id``."""
         return f"{expires}.{key_id}.{self._signature(job_id, relative, expires, key_id)}"
 
-    def verify(self, token: str, job_id: str, relative: str,
-               now: float | None = None) -> str | None:
+    def verify(
+        self, token: str, job_id: str, relative: str, now: float | None = None
+    ) -> str | None:
         """The key id ``token`` stands for, if it opens ``relative`` of
         ``job_id`` and has not expired; ``None`` otherwise."""
         parts = token.split(".")
@@ -108,16 +109,25 @@ def signed_links(signer: UrlSigner, job: Job, key_id: str) -> dict[str, Any]:
     expires = signer.expiry()
 
     def link(endpoint: str, relative: str, **args: Any) -> str:
-        return url_for(endpoint, job_id=job.id, _external=True, **args,
-                       **{TOKEN_PARAM: signer.token(job.id, relative, key_id, expires)})
+        return url_for(
+            endpoint,
+            job_id=job.id,
+            _external=True,
+            **args,
+            **{TOKEN_PARAM: signer.token(job.id, relative, key_id, expires)},
+        )
 
     ready = job.status is Status.COMPLETED
     slides = len(job.deck.get("slides", []))
     return {
         "video_url": link("jobs.video", VIDEO_FILE) if ready and job.video_url else None,
-        "thumbnail_url": (link("jobs.thumbnail", THUMBNAIL_FILE)
-                          if ready and job.thumbnail_url else None),
-        "slide_urls": ([link("jobs.slide", slide_file(n), n=n) for n in range(1, slides + 1)]
-                       if ready else None),
+        "thumbnail_url": (
+            link("jobs.thumbnail", THUMBNAIL_FILE) if ready and job.thumbnail_url else None
+        ),
+        "slide_urls": (
+            [link("jobs.slide", slide_file(n), n=n) for n in range(1, slides + 1)]
+            if ready
+            else None
+        ),
         "urls_expire_at": iso(datetime.fromtimestamp(expires, UTC)),
     }

@@ -19,18 +19,30 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def submit_deck(store: JobStore, dispatcher: Dispatcher, deck: Deck, body: dict[str, Any], *,
-                idempotency_key: str | None, max_attempts: int, owner: str = DEFAULT_TENANT,
-                callback_url: str | None = None,
-                max_active: int | None = None) -> tuple[Job, bool]:
+def submit_deck(
+    store: JobStore,
+    dispatcher: Dispatcher,
+    deck: Deck,
+    body: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    max_attempts: int,
+    owner: str = DEFAULT_TENANT,
+    callback_url: str | None = None,
+    max_active: int | None = None,
+) -> tuple[Job, bool]:
     """Commit ``owner``'s job, then send its task (never the other way round);
     return the job and whether it is new (``False``: an idempotent replay).
     ``max_active``: refuse (:class:`~storage.QuotaExceeded`) past that many
     of ``owner``'s jobs queued or processing."""
     job, created = store.create(
-        deck.model_dump(mode="json"), title=deck.title, idempotency_key=idempotency_key,
+        deck.model_dump(mode="json"),
+        title=deck.title,
+        idempotency_key=idempotency_key,
         request_hash=request_hash(body) if idempotency_key else None,
-        attempt_limit=max_attempts, owner=owner, callback_url=callback_url,
+        attempt_limit=max_attempts,
+        owner=owner,
+        callback_url=callback_url,
         max_active=max_active,
     )
     if created:

@@ -21,20 +21,37 @@ from bench import cases
 from bench.harness import Environment, Result
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = ["status_read", "status_read_nocache", "submit", "dispatch", "render", "scale",
-       "worker_memory", "seed_reads"]
+ALL = [
+    "status_read",
+    "status_read_nocache",
+    "submit",
+    "dispatch",
+    "render",
+    "scale",
+    "worker_memory",
+    "seed_reads",
+]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=ALL,
-                        help=f"benchmarks to run ({', '.join(ALL)})")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "names", nargs="*", default=ALL, help=f"benchmarks to run ({', '.join(ALL)})"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side (default 3)")
-    parser.add_argument("--duration", type=int, default=4,
-                        help="seconds of load per HTTP run (default 4)")
-    parser.add_argument("--scale-rows", type=int, default=1_000_000,
-                        help="jobs in the large table of the scale benchmark")
+    parser.add_argument(
+        "--duration", type=int, default=4, help="seconds of load per HTTP run (default 4)"
+    )
+    parser.add_argument(
+        "--scale-rows",
+        type=int,
+        default=1_000_000,
+        help="jobs in the large table of the scale benchmark",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     unknown = set(args.names) - set(ALL)

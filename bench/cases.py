@@ -27,9 +27,15 @@ HELLO = "/healthz"  # a hello-world JSON endpoint of the same app and server
 def deck(slides: int, *, duration: float = 3.0, resolution: str = "720p") -> dict[str, Any]:
     return {
         "title": "Benchmark deck",
-        "slides": [{"title": f"Slide {n}", "body": "Revenue up 12% on last quarter, "
-                    "with every region but one growing.", "bullets": ["EMEA +20%", "APAC flat"],
-                    "duration": duration} for n in range(1, slides + 1)],
+        "slides": [
+            {
+                "title": f"Slide {n}",
+                "body": "Revenue up 12% on last quarter, with every region but one growing.",
+                "bullets": ["EMEA +20%", "APAC flat"],
+                "duration": duration,
+            }
+            for n in range(1, slides + 1)
+        ],
         "options": {"resolution": resolution},
     }
 
@@ -43,8 +49,9 @@ def _processing_job(url: str) -> str:
     return job.id
 
 
-def _http_pair(env: Environment, args: argparse.Namespace, base: str, path: str,
-               script: Path | None = None) -> tuple[Series, Series, Series, Series]:
+def _http_pair(
+    env: Environment, args: argparse.Namespace, base: str, path: str, script: Path | None = None
+) -> tuple[Series, Series, Series, Series]:
     """Alternate baseline and slidefarm runs; return (rps, p99) for each side."""
     b_rps, s_rps, b_p99, s_p99 = Series(), Series(), Series(), Series()
     wrk(base + HELLO, duration=1)  # warm both sides' connections and caches
@@ -71,14 +78,20 @@ def status_read(env: Environment, args: argparse.Namespace, *, cache: bool = Tru
     finally:
         env.stop(proc)
     name = "status_read" if cache else "status_read_nocache"
-    p99_ratio = statistics.median(s / b for b, s in zip(b_p99.values, s_p99.values,
-                                                        strict=True))
+    p99_ratio = statistics.median(s / b for b, s in zip(b_p99.values, s_p99.values, strict=True))
     return Result(
-        name, "req/s", b_rps, s_rps,
+        name,
+        "req/s",
+        b_rps,
+        s_rps,
         goal=">= 0.8, p99 <= 1.25x" if cache else "reported",
-        better="higher", threshold=0.8 if cache else None,
-        notes={"p99 ms (baseline, slidefarm)": f"{b_p99.median:.2f}, {s_p99.median:.2f}",
-               "p99 ratio": round(p99_ratio, 3), "cache": "on" if cache else "off"},
+        better="higher",
+        threshold=0.8 if cache else None,
+        notes={
+            "p99 ms (baseline, slidefarm)": f"{b_p99.median:.2f}, {s_p99.median:.2f}",
+            "p99 ratio": round(p99_ratio, 3),
+            "cache": "on" if cache else "off",
+        },
         extra_pass=p99_ratio <= 1.25,
     )
 
@@ -102,8 +115,16 @@ def submit(env: Environment, args: argparse.Namespace) -> Result:
     finally:
         env.stop(proc)
         script.unlink()
-    return Result("submit", "req/s", b_rps, s_rps, goal=">= 0.5", better="higher",
-                  threshold=0.5, notes={"p99 ms": round(s_p99.median, 2)})
+    return Result(
+        "submit",
+        "req/s",
+        b_rps,
+        s_rps,
+        goal=">= 0.5",
+        better="higher",
+        threshold=0.5,
+        notes={"p99 ms": round(s_p99.median, 2)},
+    )
 
 
 def _celery(env: Environment) -> Celery:
@@ -124,8 +145,9 @@ def dispatch(env: Environment, args: argparse.Namespace, count: int = 600) -> Re
     app = _celery(env)
     client = redis.Redis.from_url(env.redis_url)
     store = JobStore.from_url(env.db_url)
-    worker = env.worker("bench", concurrency=2, SLIDEFARM_NOOP_RENDER="1",
-                        SLIDEFARM_HEARTBEAT_INTERVAL="5")
+    worker = env.worker(
+        "bench", concurrency=2, SLIDEFARM_NOOP_RENDER="1", SLIDEFARM_HEARTBEAT_INTERVAL="5"
+    )
     time.sleep(4)  # the worker is up and idle
     base, farm = Series(), Series()
     try:
@@ -143,8 +165,11 @@ def dispatch(env: Environment, args: argparse.Namespace, count: int = 600) -> Re
                 app.send_task("slidefarm.render_presentation", args=[job_id])
             engine = store.engine
             with engine.connect() as conn:
-                while conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'queued' "
-                                        "OR status = 'processing'")).scalar():
+                while conn.execute(
+                    text(
+                        "SELECT count(*) FROM jobs WHERE status = 'queued' OR status = 'processing'"
+                    )
+                ).scalar():
                     time.sleep(0.005)
                     conn.rollback()
             farm.values.append(count / (time.perf_counter() - started))
@@ -152,8 +177,16 @@ def dispatch(env: Environment, args: argparse.Namespace, count: int = 600) -> Re
             assert done and all(j.status is Status.COMPLETED for j in done)
     finally:
         env.stop(worker)
-    return Result("dispatch", "per s", base, farm, goal=">= 0.7", better="higher",
-                  threshold=0.7, notes={"messages per run": count})
+    return Result(
+        "dispatch",
+        "per s",
+        base,
+        farm,
+        goal=">= 0.7",
+        better="higher",
+        threshold=0.7,
+        notes={"messages per run": count},
+    )
 
 
 def render(env: Environment, args: argparse.Namespace) -> Result:
@@ -181,8 +214,13 @@ def render(env: Environment, args: argparse.Namespace) -> Result:
                     path = Path(folder) / f"{i + 1:03d}.png"
                     save_png(render_slide(parsed, i), path)
                     images.append(path)
-                encode(images, [s.duration for s in parsed.slides], 30,
-                       Path(folder) / "v.mp4", preset="ultrafast")
+                encode(
+                    images,
+                    [s.duration for s in parsed.slides],
+                    30,
+                    Path(folder) / "v.mp4",
+                    preset="ultrafast",
+                )
                 hand.values.append(time.perf_counter() - started)
             job_id = post(base, "/v1/jobs", spec)["job_id"]
             job = _wait_completed(store, [job_id])[0]
@@ -215,19 +253,23 @@ def _bulk_insert(url: str, rows: int) -> None:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
     small = json.dumps(deck(1))
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO jobs (id, status, stage, progress, attempts, title, deck, "
-            "created_at, queued_at, dispatched_at, completed_at, attempt_limit) "
-            "SELECT gen_random_uuid()::text, "
-            "CASE WHEN g % 100 = 0 OR g <= 100 THEN 'queued' ELSE 'completed' END, "
-            "CASE WHEN g % 100 = 0 OR g <= 100 THEN 'queued' ELSE 'done' END, "
-            "CASE WHEN g % 100 = 0 OR g <= 100 THEN 0 ELSE 1 END, 1, 'bulk ' || g, "
-            "CAST(:deck AS jsonb), "
-            "now() - (g || ' seconds')::interval, now() - (g || ' seconds')::interval, "
-            "now() - (g || ' seconds')::interval, "
-            "CASE WHEN g % 100 = 0 OR g <= 100 THEN NULL "
-            "ELSE now() - (g || ' seconds')::interval END, 3 "
-            "FROM generate_series(1, :n) AS g"), {"deck": small, "n": rows})
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, status, stage, progress, attempts, title, deck, "
+                "created_at, queued_at, dispatched_at, completed_at, attempt_limit) "
+                "SELECT gen_random_uuid()::text, "
+                "CASE WHEN g % 100 = 0 OR g <= 100 THEN 'queued' ELSE 'completed' END, "
+                "CASE WHEN g % 100 = 0 OR g <= 100 THEN 'queued' ELSE 'done' END, "
+                "CASE WHEN g % 100 = 0 OR g <= 100 THEN 0 ELSE 1 END, 1, 'bulk ' || g, "
+                "CAST(:deck AS jsonb), "
+                "now() - (g || ' seconds')::interval, now() - (g || ' seconds')::interval, "
+                "now() - (g || ' seconds')::interval, "
+                "CASE WHEN g % 100 = 0 OR g <= 100 THEN NULL "
+                "ELSE now() - (g || ' seconds')::interval END, 3 "
+                "FROM generate_series(1, :n) AS g"
+            ),
+            {"deck": small, "n": rows},
+        )
     # As autovacuum leaves a table in production: statistics, and the
     # visibility map and hint bits set (else the first reads of every page
     # write it, and the large side pays for the bulk load, not for its size).
@@ -248,8 +290,11 @@ def scale(env: Environment, args: argparse.Namespace) -> Result:
 
     env.reset()
     small_url = env.db_url.rsplit("/", 1)[0] + f"/{env.db_name}_small"
-    admin = create_engine(env.db_url.replace("postgresql://", "postgresql+psycopg2://")
-                          .rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        env.db_url.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
+        + "/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{env.db_name}_small"'))
     details: dict[str, Any] = {}
@@ -258,8 +303,10 @@ def scale(env: Environment, args: argparse.Namespace) -> Result:
         upgrade(small_url)
         copy_database(env.db_url, small_url)  # the run's key works on both
         bases: dict[str, tuple[str, str]] = {}
-        for label, url, rows in (("small", small_url, 1_000), ("large", env.db_url,
-                                                               args.scale_rows)):
+        for label, url, rows in (
+            ("small", small_url, 1_000),
+            ("large", env.db_url, args.scale_rows),
+        ):
             started = time.perf_counter()
             _bulk_insert(url, rows - 1)
             job_id = _processing_job(url)
@@ -279,8 +326,9 @@ def scale(env: Environment, args: argparse.Namespace) -> Result:
                 if read.errors or page.errors:
                     raise SystemExit("scale: failed requests under load")
                 # ms per request of the two, added
-                sides[label].values.append(1000 / read.requests_per_second
-                                           + 1000 / page.requests_per_second)
+                sides[label].values.append(
+                    1000 / read.requests_per_second + 1000 / page.requests_per_second
+                )
     finally:
         for proc in procs:
             env.stop(proc)
@@ -290,12 +338,21 @@ def scale(env: Environment, args: argparse.Namespace) -> Result:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{env.db_name}_small" WITH (FORCE)'))
         admin.dispose()
-    return Result("scale", "ms/req", sides["small"], sides["large"], goal="<= 1.2",
-                  better="lower", threshold=1.2, notes=details)
+    return Result(
+        "scale",
+        "ms/req",
+        sides["small"],
+        sides["large"],
+        goal="<= 1.2",
+        better="lower",
+        threshold=1.2,
+        notes=details,
+    )
 
 
-def worker_memory(env: Environment, args: argparse.Namespace, early: int = 50,
-                  late: int = 1000) -> Result:
+def worker_memory(
+    env: Environment, args: argparse.Namespace, early: int = 50, late: int = 1000
+) -> Result:
     """RSS of a worker (and its pool) after 50 real renders and after 1,000."""
     env.reset()
     store = JobStore.from_url(env.db_url)
@@ -305,6 +362,7 @@ def worker_memory(env: Environment, args: argparse.Namespace, early: int = 50,
     tiny["options"]["fps"] = 24
     base, farm = Series(), Series()
     try:
+
         def run(count: int) -> None:
             ids = [store.create(tiny, title="tiny")[0].id for _ in range(count)]
             for job_id in ids:
@@ -317,8 +375,16 @@ def worker_memory(env: Environment, args: argparse.Namespace, early: int = 50,
         farm.values.append(rss_kib(worker.pid) / 1024)
     finally:
         env.stop(worker)
-    return Result("worker_memory", "MiB", base, farm, goal="<= 1.1", better="lower",
-                  threshold=1.1, notes={"jobs": f"{early} then {late}"})
+    return Result(
+        "worker_memory",
+        "MiB",
+        base,
+        farm,
+        goal="<= 1.1",
+        better="lower",
+        threshold=1.1,
+        notes={"jobs": f"{early} then {late}"},
+    )
 
 
 def seed_reads(env: Environment, args: argparse.Namespace) -> Result:
@@ -342,6 +408,13 @@ def seed_reads(env: Environment, args: argparse.Namespace) -> Result:
                 conn.close()
         finally:
             env.stop(proc)
-    return Result("seed_1000_reads", "s", results["nocache"], results["cache"],
-                  goal="reported", better="lower", threshold=None,
-                  notes={"baseline": "cache off", "slidefarm": "cache on"})
+    return Result(
+        "seed_1000_reads",
+        "s",
+        results["nocache"],
+        results["cache"],
+        goal="reported",
+        better="lower",
+        threshold=None,
+        notes={"baseline": "cache off", "slidefarm": "cache on"},
+    )

@@ -42,8 +42,10 @@ class Series:
         return statistics.median(self.values) if self.values else float("nan")
 
     def text(self, unit: str) -> str:
-        return (f"{self.median:.4g} {unit} (min {min(self.values):.4g}, "
-                f"max {max(self.values):.4g}, n={len(self.values)})")
+        return (
+            f"{self.median:.4g} {unit} (min {min(self.values):.4g}, "
+            f"max {max(self.values):.4g}, n={len(self.values)})"
+        )
 
 
 @dataclass
@@ -66,8 +68,9 @@ class Result:
         so a pair shares the machine's mood of the moment."""
         if len(self.baseline.values) != len(self.slidefarm.values):
             return []
-        return [s / b for b, s in zip(self.baseline.values, self.slidefarm.values,
-                                      strict=True) if b]
+        return [
+            s / b for b, s in zip(self.baseline.values, self.slidefarm.values, strict=True) if b
+        ]
 
     @property
     def ratio(self) -> float:
@@ -83,15 +86,20 @@ class Result:
     def passed(self) -> bool | None:
         if self.threshold is None:
             return None
-        ok = self.ratio >= self.threshold if self.better == "higher" else (
-            self.ratio <= self.threshold)
+        ok = (
+            self.ratio >= self.threshold
+            if self.better == "higher"
+            else (self.ratio <= self.threshold)
+        )
         return ok and self.extra_pass
 
     def line(self) -> str:
-        out = (f"  baseline  {self.baseline.text(self.unit)}\n"
-               f"  slidefarm {self.slidefarm.text(self.unit)}\n"
-               f"  ratio {self.ratio:.3f}{self._range()} (goal {self.goal}) -> "
-               f"{'reported' if self.passed is None else ('PASS' if self.passed else 'FAIL')}")
+        out = (
+            f"  baseline  {self.baseline.text(self.unit)}\n"
+            f"  slidefarm {self.slidefarm.text(self.unit)}\n"
+            f"  ratio {self.ratio:.3f}{self._range()} (goal {self.goal}) -> "
+            f"{'reported' if self.passed is None else ('PASS' if self.passed else 'FAIL')}"
+        )
         for key, value in self.notes.items():
             out += f"\n  {key}: {value}"
         return out
@@ -102,19 +110,32 @@ class Result:
 
     def row(self) -> str:
         verdict = "-" if self.passed is None else ("yes" if self.passed else "NO")
-        return (f"{self.name:<22}{self.baseline.median:>14.4g}{self.slidefarm.median:>14.4g}"
-                f"{self.ratio:>9.3f}  {self.goal:<13} {verdict}")
+        return (
+            f"{self.name:<22}{self.baseline.median:>14.4g}{self.slidefarm.median:>14.4g}"
+            f"{self.ratio:>9.3f}  {self.goal:<13} {verdict}"
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "unit": self.unit,
-            "baseline": self.baseline.median, "slidefarm": self.slidefarm.median,
-            "baseline_min": min(self.baseline.values), "baseline_max": max(self.baseline.values),
+            "name": self.name,
+            "unit": self.unit,
+            "baseline": self.baseline.median,
+            "slidefarm": self.slidefarm.median,
+            "baseline_min": min(self.baseline.values),
+            "baseline_max": max(self.baseline.values),
             "slidefarm_min": min(self.slidefarm.values),
             "slidefarm_max": max(self.slidefarm.values),
-            "ratio": round(self.ratio, 4), "goal": self.goal, "pass": self.passed,
-            **({"ratio_min": round(min(self.pair_ratios), 4),
-                "ratio_max": round(max(self.pair_ratios), 4)} if self.pair_ratios else {}),
+            "ratio": round(self.ratio, 4),
+            "goal": self.goal,
+            "pass": self.passed,
+            **(
+                {
+                    "ratio_min": round(min(self.pair_ratios), 4),
+                    "ratio_max": round(max(self.pair_ratios), 4),
+                }
+                if self.pair_ratios
+                else {}
+            ),
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -137,8 +158,7 @@ class WrkRun:
 AUTH: dict[str, str] = {}
 
 
-def wrk(url: str, *, duration: float, connections: int = 32, script: Path | None = None
-        ) -> WrkRun:
+def wrk(url: str, *, duration: float, connections: int = 32, script: Path | None = None) -> WrkRun:
     """Load ``url`` from a separate process (wrk), return throughput and p99."""
     exe = shutil.which("wrk")
     if exe is None:
@@ -170,8 +190,10 @@ class Environment:
         self.db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.db_name
         self.redis_index = 0
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg2://"),
-                                    isolation_level="AUTOCOMMIT")
+        self._admin = create_engine(
+            PG_ADMIN.replace("postgresql://", "postgresql+psycopg2://"),
+            isolation_level="AUTOCOMMIT",
+        )
 
     # -- life cycle ----------------------------------------------------------
 
@@ -189,8 +211,12 @@ class Environment:
         self.migrate()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop_all()
         self.flush_redis()
         redis.Redis.from_url(self.redis_url).delete("slidefarm:test-run-lock")
@@ -207,9 +233,11 @@ class Environment:
         return f"{REDIS_BASE}/{self.redis_index}"
 
     def describe(self) -> str:
-        return (f"{platform.node()} ({os.cpu_count()} cores, Python "
-                f"{platform.python_version()}), PostgreSQL db {self.db_name}, "
-                f"Redis index {self.redis_index}")
+        return (
+            f"{platform.node()} ({os.cpu_count()} cores, Python "
+            f"{platform.python_version()}), PostgreSQL db {self.db_name}, "
+            f"Redis index {self.redis_index}"
+        )
 
     def flush_redis(self) -> None:
         client = redis.Redis.from_url(self.redis_url)
@@ -239,16 +267,24 @@ class Environment:
         AUTH["Authorization"] = f"Bearer {token}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
-        env.update(DATABASE_URL=self.db_url, CELERY_BROKER_URL=self.redis_url,
-                   SLIDEFARM_OUTPUT_DIR=str(self.folder / "output"), PYTHONUNBUFFERED="1",
-                   SLIDEFARM_AUTH="required",
-                   # The limits would throttle the load generator, not measure
-                   # slidefarm: no active-job cap (its count would grow with the
-                   # queue the submit benchmark builds), a rate no run reaches.
-                   SLIDEFARM_MAX_ACTIVE_JOBS="0", SLIDEFARM_SUBMIT_RATE="1000000",
-                   SLIDEFARM_SUBMIT_BURST="1000000")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))
+        }
+        env.update(
+            DATABASE_URL=self.db_url,
+            CELERY_BROKER_URL=self.redis_url,
+            SLIDEFARM_OUTPUT_DIR=str(self.folder / "output"),
+            PYTHONUNBUFFERED="1",
+            SLIDEFARM_AUTH="required",
+            # The limits would throttle the load generator, not measure
+            # slidefarm: no active-job cap (its count would grow with the
+            # queue the submit benchmark builds), a rate no run reaches.
+            SLIDEFARM_MAX_ACTIVE_JOBS="0",
+            SLIDEFARM_SUBMIT_RATE="1000000",
+            SLIDEFARM_SUBMIT_BURST="1000000",
+        )
         env.update(extra)
         return env
 
@@ -256,16 +292,27 @@ class Environment:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.folder / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(proc)
         return proc
 
     def api(self, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        proc = self._spawn(f"api-{port}", [sys.executable, "-m", "gunicorn", *GUNICORN,
-                                            "-b", f"127.0.0.1:{port}", "api:create_app()"],
-                           self.env(**extra))
+        proc = self._spawn(
+            f"api-{port}",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                *GUNICORN,
+                "-b",
+                f"127.0.0.1:{port}",
+                "api:create_app()",
+            ],
+            self.env(**extra),
+        )
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -277,10 +324,26 @@ class Environment:
         raise SystemExit(f"the API did not start; see {self.folder}")
 
     def worker(self, name: str, concurrency: int = 2, **extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"worker-{name}", [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "-n", f"{name}@%h",
-            "--concurrency", str(concurrency), "--loglevel", "WARNING", "--without-gossip",
-            "--without-mingle"], self.env(**extra))
+        return self._spawn(
+            f"worker-{name}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-n",
+                f"{name}@%h",
+                "--concurrency",
+                str(concurrency),
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            self.env(**extra),
+        )
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
@@ -302,8 +365,12 @@ class Environment:
 
 
 def post(base: str, path: str, body: Any) -> dict[str, Any]:
-    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **AUTH})
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **AUTH},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         data: dict[str, Any] = json.loads(resp.read())
         return data

@@ -104,8 +104,7 @@ class Settings(BaseSettings):
     #: ``required``: every /v1 route, the event streams, /metrics and the
     #: dashboard need an API key. ``off``: the open single-user mode. Unset:
     #: off on SQLite (the embedded default), required on every other database.
-    auth: Literal["required", "off"] | None = Field(default=None,
-                                                    validation_alias="SLIDEFARM_AUTH")
+    auth: Literal["required", "off"] | None = Field(default=None, validation_alias="SLIDEFARM_AUTH")
     #: Seconds an API process may trust a key it has already checked (a
     #: revoked key stops working within this bound on every host).
     key_cache_ttl: float = Field(default=1.0, ge=0, validation_alias="SLIDEFARM_KEY_CACHE_TTL")
@@ -116,11 +115,11 @@ class Settings(BaseSettings):
     #: ... and how many may come at once (the bucket's size).
     submit_burst: int = Field(default=30, ge=1, validation_alias="SLIDEFARM_SUBMIT_BURST")
     #: Longest video one deck may ask for, in seconds.
-    max_video_seconds: float = Field(default=1800.0, gt=0,
-                                     validation_alias="SLIDEFARM_MAX_VIDEO_SECONDS")
+    max_video_seconds: float = Field(
+        default=1800.0, gt=0, validation_alias="SLIDEFARM_MAX_VIDEO_SECONDS"
+    )
     #: Seconds one attempt may render before it fails (and its files go).
-    render_timeout: float = Field(default=1800.0, gt=0,
-                                  validation_alias="SLIDEFARM_RENDER_TIMEOUT")
+    render_timeout: float = Field(default=1800.0, gt=0, validation_alias="SLIDEFARM_RENDER_TIMEOUT")
 
     # --- Completion webhooks ---
     #: Comma-separated CIDRs that callbacks may reach although they are not
@@ -131,11 +130,13 @@ class Settings(BaseSettings):
     #: Delay before the first redelivery; doubles per attempt.
     webhook_backoff: float = Field(default=10.0, gt=0, validation_alias="SLIDEFARM_WEBHOOK_BACKOFF")
     #: Seconds after the first attempt during which failed deliveries are retried.
-    webhook_retry_for: float = Field(default=3600.0, gt=0,
-                                     validation_alias="SLIDEFARM_WEBHOOK_RETRY_FOR")
+    webhook_retry_for: float = Field(
+        default=3600.0, gt=0, validation_alias="SLIDEFARM_WEBHOOK_RETRY_FOR"
+    )
     #: Seconds the previous webhook secret keeps signing after a rotation.
-    webhook_rotation_grace: float = Field(default=86400.0, ge=0,
-                                          validation_alias="SLIDEFARM_WEBHOOK_ROTATION_GRACE")
+    webhook_rotation_grace: float = Field(
+        default=86400.0, ge=0, validation_alias="SLIDEFARM_WEBHOOK_ROTATION_GRACE"
+    )
 
     # --- HTTP: other sites, signed links and proxies ---
     #: Comma-separated origins (``https://app.example``) whose pages may call
@@ -145,12 +146,14 @@ class Settings(BaseSettings):
     #: Unset: no signed links.
     secret_key: SecretStr | None = Field(default=None, validation_alias="SLIDEFARM_SECRET_KEY")
     #: Seconds a signed output link works.
-    signed_url_ttl: float = Field(default=3600.0, ge=1, le=MAX_SIGNED_URL_TTL,
-                                  validation_alias="SLIDEFARM_SIGNED_URL_TTL")
+    signed_url_ttl: float = Field(
+        default=3600.0, ge=1, le=MAX_SIGNED_URL_TTL, validation_alias="SLIDEFARM_SIGNED_URL_TTL"
+    )
     #: Reverse proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port
     #: are believed; 0 believes none, so a client cannot forge them.
-    trusted_proxies: int = Field(default=0, ge=0, le=10,
-                                 validation_alias="SLIDEFARM_TRUSTED_PROXIES")
+    trusted_proxies: int = Field(
+        default=0, ge=0, le=10, validation_alias="SLIDEFARM_TRUSTED_PROXIES"
+    )
 
     @field_validator("cors_origins")
     @classmethod
@@ -163,8 +166,9 @@ class Settings(BaseSettings):
     @property
     def cors_origin_set(self) -> frozenset[str]:
         """The origins of :attr:`cors_origins`, as browsers write them."""
-        return frozenset(normalize_origin(part) for part in self.cors_origins.split(",")
-                         if part.strip())
+        return frozenset(
+            normalize_origin(part) for part in self.cors_origins.split(",") if part.strip()
+        )
 
     @field_validator("secret_key", mode="before")
     @classmethod
@@ -173,9 +177,11 @@ class Settings(BaseSettings):
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             return None
         if isinstance(raw, str) and len(raw) < MIN_SECRET_KEY_LENGTH:
-            raise ValueError(f"SLIDEFARM_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} "
-                             "characters (e.g. `python -c 'import secrets; "
-                             "print(secrets.token_urlsafe(32))'`)")
+            raise ValueError(
+                f"SLIDEFARM_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} "
+                "characters (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)"
+            )
         return value
 
     @field_validator("webhook_allow")
@@ -192,8 +198,11 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """The networks of :attr:`webhook_allow`."""
-        return [ipaddress.ip_network(part.strip(), strict=False)
-                for part in self.webhook_allow.split(",") if part.strip()]
+        return [
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.webhook_allow.split(",")
+            if part.strip()
+        ]
 
     @property
     def active_job_cap(self) -> int | None:
@@ -231,8 +240,9 @@ class Settings(BaseSettings):
         """Seconds between two sweeps: often enough for every deadline it serves."""
         if self.sweep_interval is not None:
             return self.sweep_interval
-        return max(min(self.heartbeat_interval, self.stale_after / 4,
-                       self.dispatch_timeout / 4, 5.0), 0.05)
+        return max(
+            min(self.heartbeat_interval, self.stale_after / 4, self.dispatch_timeout / 4, 5.0), 0.05
+        )
 
     @property
     def embedded_broker(self) -> bool:
@@ -250,10 +260,19 @@ def normalize_origin(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"SLIDEFARM_CORS_ORIGINS: {value!r}: {exc}") from exc
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path or parts.query \
-            or parts.fragment or parts.username is not None or "*" in text:
-        raise ValueError(f"SLIDEFARM_CORS_ORIGINS: {value!r} is not an origin such as "
-                         "https://app.example or http://localhost:3000")
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or "*" in text
+    ):
+        raise ValueError(
+            f"SLIDEFARM_CORS_ORIGINS: {value!r} is not an origin such as "
+            "https://app.example or http://localhost:3000"
+        )
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"

@@ -49,7 +49,6 @@ class Slide(_Strict):
     notes: Text = Field(default="", max_length=10_000)
 
 
-
 class Options(_Strict):
     """How the deck is rendered."""
 
@@ -67,8 +66,9 @@ class Options(_Strict):
 class Deck(_Strict):
     """A whole deck, as submitted."""
 
-    title: Text = Field(min_length=1, max_length=200,
-                        json_schema_extra={"pattern": NOT_BLANK_PATTERN})
+    title: Text = Field(
+        min_length=1, max_length=200, json_schema_extra={"pattern": NOT_BLANK_PATTERN}
+    )
     slides: list[Slide] = Field(min_length=1, max_length=200)
     options: Options = Field(default_factory=Options)
 

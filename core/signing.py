@@ -17,8 +17,6 @@ SIGNATURE_HEADER = "Slidefarm-Signature"
 DEFAULT_TOLERANCE = 300.0
 
 
-
-
 def _digest(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
@@ -32,8 +30,14 @@ def sign(body: bytes, secrets: Sequence[str], timestamp: int | None = None) -> s
     return ",".join([f"t={t}", *(f"v1={_digest(s, t, body)}" for s in secrets)])
 
 
-def verify(header: str, body: bytes, secret: str, *, tolerance: float = DEFAULT_TOLERANCE,
-           now: float | None = None) -> bool:
+def verify(
+    header: str,
+    body: bytes,
+    secret: str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> bool:
     """The receiver's check: the header parses, its timestamp is within
     ``tolerance`` seconds of ``now``, and one of its ``v1`` signatures is
     HMAC-SHA256 of ``"<t>." + body`` under ``secret`` (compared in constant time)."""

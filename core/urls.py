@@ -22,8 +22,9 @@ MAX_URL_LENGTH = 2048
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_PRIVATE = tuple(ipaddress.ip_network(n) for n in
-                 ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+_PRIVATE = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
 _METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254"))
 #: Labels of a host written as numbers in a form other than a dotted quad
 #: (``2130706433``, ``0177.0.0.1``, ``0x7f.1``): C resolvers accept them.
@@ -35,8 +36,6 @@ class UnsafeCallback(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.__doc__)
-
-
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -79,8 +78,10 @@ def _refusal(address: Address) -> str | None:
 
 
 #: A DNS name: dot-separated labels of letters, digits and inner hyphens.
-_HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
+_HOST_NAME = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+)
 
 
 class Unresolvable(UnsafeCallback):
@@ -110,8 +111,10 @@ def _resolve(host: str, port: int) -> list[Address]:
             meant = socket.inet_ntoa(socket.inet_aton(host))
         except OSError:
             meant = "nothing valid"
-        raise UnsafeCallback(f"the host {host!r} is a non-standard numeric address "
-                             f"(read as {meant}); write addresses as dotted quads")
+        raise UnsafeCallback(
+            f"the host {host!r} is a non-standard numeric address "
+            f"(read as {meant}); write addresses as dotted quads"
+        )
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
@@ -148,16 +151,19 @@ class Target:
         return shown if self.port == default else f"{shown}:{self.port}"
 
 
-def parse_callback_url(url: str, allow: Sequence[Network], *,
-                       unresolvable_ok: bool = False) -> Target:
+def parse_callback_url(
+    url: str, allow: Sequence[Network], *, unresolvable_ok: bool = False
+) -> Target:
     """Check ``url`` as :func:`check_callback_url` does; return what to connect to."""
     if not isinstance(url, str) or not url:
         raise UnsafeCallback("the callback URL is empty")
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeCallback(f"the callback URL is longer than {MAX_URL_LENGTH} characters")
     if any(ch <= " " or ch == "\x7f" or ch == "\\" for ch in url) or not url.isascii():
-        raise UnsafeCallback("the callback URL must be ASCII without spaces, control "
-                             "characters or backslashes (percent-encode the rest)")
+        raise UnsafeCallback(
+            "the callback URL must be ASCII without spaces, control "
+            "characters or backslashes (percent-encode the rest)"
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         host, explicit_port = parts.hostname, parts.port
@@ -167,8 +173,10 @@ def parse_callback_url(url: str, allow: Sequence[Network], *,
     if scheme not in ("http", "https"):
         raise UnsafeCallback(f"callback URLs must be http or https, not {scheme or 'none'!r}")
     if "@" in parts.netloc:
-        raise UnsafeCallback("the callback URL must not carry credentials (user:password@); "
-                             "verify the signature instead")
+        raise UnsafeCallback(
+            "the callback URL must not carry credentials (user:password@); "
+            "verify the signature instead"
+        )
     if not host:
         raise UnsafeCallback("the callback URL has no host")
     port = explicit_port if explicit_port is not None else (443 if scheme == "https" else 80)
@@ -190,16 +198,20 @@ def parse_callback_url(url: str, allow: Sequence[Network], *,
             continue
         why = _refusal(address)
         if why is not None:
-            raise UnsafeCallback(f"{host} resolves to {address} ({why})"
-                                 if str(address) != host else f"{host} is {why}")
+            raise UnsafeCallback(
+                f"{host} resolves to {address} ({why})"
+                if str(address) != host
+                else f"{host} is {why}"
+            )
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
     return Target(scheme, host, port, path, tuple(addresses))
 
 
-def check_callback_url(url: str, allow: Sequence[Network], *,
-                       unresolvable_ok: bool = False) -> list[Address]:
+def check_callback_url(
+    url: str, allow: Sequence[Network], *, unresolvable_ok: bool = False
+) -> list[Address]:
     """The addresses ``url`` may be delivered to, or :class:`UnsafeCallback`
     saying why not: only http(s), a host and no credentials, at most 2,048
     characters, and every address the host resolves to public (not loopback,

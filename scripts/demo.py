@@ -30,8 +30,9 @@ def free_port() -> int:
 
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -69,7 +70,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def bar(progress: float, width: int = 30) -> str:
-    filled = int(round(progress * width))
+    filled = round(progress * width)
     return "[" + "#" * filled + "." * (width - filled) + f"] {progress * 100:5.1f}%"
 
 
@@ -83,22 +84,57 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     py = sys.executable
     print("slidefarm demo: SQLite + filesystem broker (no servers needed)")
-    subprocess.run([py, "-m", "alembic", "upgrade", "head"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [py, "-m", "alembic", "upgrade", "head"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with open(logs / "demo-api.log", "wb") as api_log, \
-                open(logs / "demo-worker.log", "wb") as worker_log:
-            procs.append(subprocess.Popen(
-                [py, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "api:create_app()"],
-                stdout=api_log, stderr=subprocess.STDOUT))
-            procs.append(subprocess.Popen(
-                [py, "-m", "celery", "-A", "workers", "worker", "-n", "demo@%h",
-                 "--concurrency", "2", "--loglevel", "INFO"],
-                stdout=worker_log, stderr=subprocess.STDOUT))
+        with (
+            open(logs / "demo-api.log", "wb") as api_log,
+            open(logs / "demo-worker.log", "wb") as worker_log,
+        ):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        py,
+                        "-m",
+                        "gunicorn",
+                        "-w",
+                        "2",
+                        "-b",
+                        f"127.0.0.1:{port}",
+                        "api:create_app()",
+                    ],
+                    stdout=api_log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [
+                        py,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers",
+                        "worker",
+                        "-n",
+                        "demo@%h",
+                        "--concurrency",
+                        "2",
+                        "--loglevel",
+                        "INFO",
+                    ],
+                    stdout=worker_log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             wait_ready(base, procs)
             print(f"API on {base}, worker started (logs in .slidefarm/)")
 
@@ -114,8 +150,7 @@ def main() -> int:
             while True:
                 line = f"  {job['status']:<10} {job['stage']:<17} {bar(job['progress'])}"
                 if line != shown:
-                    print(("\r" + line) if live else line, end="" if live else "\n",
-                          flush=True)
+                    print(("\r" + line) if live else line, end="" if live else "\n", flush=True)
                     shown = line
                 if job["status"] in FINAL:
                     break
@@ -131,8 +166,9 @@ def main() -> int:
                 print(f"job {job['status']}: {job['error']}", file=sys.stderr)
                 return 1
             output = Path(os.environ.get("SLIDEFARM_OUTPUT_DIR", "output")).resolve() / job_id
-            print(f"rendered {len(job['created_files'])} files in {elapsed:.1f} s "
-                  f"by {job['worker']}")
+            print(
+                f"rendered {len(job['created_files'])} files in {elapsed:.1f} s by {job['worker']}"
+            )
             print(f"video:     {output / 'video.mp4'}")
             print(f"thumbnail: {output / 'thumbnail.jpg'}")
             print(f"slides:    {output / job['slide_image_path']}/")

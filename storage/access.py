@@ -122,22 +122,28 @@ class AccessStore:
         if not TENANT_RE.match(name):
             raise InvalidTenantName()
         with self.db.transaction(single=True) as conn:
-            if conn.execute(select(tenants_table.c.name)
-                            .where(tenants_table.c.name == name)).first():
+            if conn.execute(
+                select(tenants_table.c.name).where(tenants_table.c.name == name)
+            ).first():
                 return None
         secret = new_webhook_secret()
         try:
             with self.db.transaction() as conn:
-                conn.execute(insert(tenants_table).values(
-                    name=name, webhook_secret=secret, created_at=utcnow()))
+                conn.execute(
+                    insert(tenants_table).values(
+                        name=name, webhook_secret=secret, created_at=utcnow()
+                    )
+                )
         except exc.IntegrityError:
             return None  # created in between by someone else
         return secret
 
     def tenants(self) -> list[str]:
         with self.db.transaction(single=True) as conn:
-            return [r.name for r in conn.execute(
-                select(tenants_table.c.name).order_by(tenants_table.c.name))]
+            return [
+                r.name
+                for r in conn.execute(select(tenants_table.c.name).order_by(tenants_table.c.name))
+            ]
 
     def webhook_secrets(self, tenant: str, *, now: datetime | None = None) -> list[str]:
         """The secrets that sign ``tenant``'s webhooks now: the current one,
@@ -154,8 +160,11 @@ class AccessStore:
         if row is None:
             raise UnknownTenant()
         found = [row.webhook_secret]
-        if row.webhook_secret_previous and row.previous_expires_at and \
-                row.previous_expires_at > now:
+        if (
+            row.webhook_secret_previous
+            and row.previous_expires_at
+            and row.previous_expires_at > now
+        ):
             found.append(row.webhook_secret_previous)
         return found
 
@@ -164,11 +173,16 @@ class AccessStore:
         ``grace`` seconds, so receivers can switch without losing a delivery."""
         secret = new_webhook_secret()
         with self.db.transaction() as conn:
-            row = conn.execute(update(tenants_table).where(tenants_table.c.name == tenant)
-                               .values(webhook_secret_previous=tenants_table.c.webhook_secret,
-                                       previous_expires_at=utcnow() + timedelta(seconds=grace),
-                                       webhook_secret=secret)
-                               .returning(tenants_table.c.name)).first()
+            row = conn.execute(
+                update(tenants_table)
+                .where(tenants_table.c.name == tenant)
+                .values(
+                    webhook_secret_previous=tenants_table.c.webhook_secret,
+                    previous_expires_at=utcnow() + timedelta(seconds=grace),
+                    webhook_secret=secret,
+                )
+                .returning(tenants_table.c.name)
+            ).first()
         if row is None:
             raise UnknownTenant()
         return secret
@@ -182,11 +196,20 @@ class AccessStore:
         secret = _random(_SECRET_LENGTH)
         now = utcnow()
         with self.db.transaction() as conn:
-            conn.execute(insert(keys_table).values(
-                id=key_id, tenant=tenant, secret_hash=_digest(key_id, secret), admin=admin,
-                created_at=now))
-        return NewKey(ApiKey(key_id, tenant, admin, now, None),
-                      f"{KEY_PREFIX}_{key_id}_{secret}", webhook_secret)
+            conn.execute(
+                insert(keys_table).values(
+                    id=key_id,
+                    tenant=tenant,
+                    secret_hash=_digest(key_id, secret),
+                    admin=admin,
+                    created_at=now,
+                )
+            )
+        return NewKey(
+            ApiKey(key_id, tenant, admin, now, None),
+            f"{KEY_PREFIX}_{key_id}_{secret}",
+            webhook_secret,
+        )
 
     def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         query = select(keys_table).order_by(keys_table.c.tenant, keys_table.c.created_at)
@@ -200,10 +223,11 @@ class AccessStore:
         or already revoked."""
         key_id = key_id.removeprefix(f"{KEY_PREFIX}_").split("_")[0]
         with self.db.transaction() as conn:
-            done = conn.execute(update(keys_table)
-                                .where(keys_table.c.id == key_id,
-                                       keys_table.c.revoked_at.is_(None))
-                                .values(revoked_at=utcnow())).rowcount
+            done = conn.execute(
+                update(keys_table)
+                .where(keys_table.c.id == key_id, keys_table.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            ).rowcount
             conn.execute(delete(sessions_table).where(sessions_table.c.key_id == key_id))
         return done == 1
 
@@ -227,9 +251,14 @@ class AccessStore:
         if not re.fullmatch(r"[0-9a-f]{12}", key_id):
             return None
         with self.db.transaction(single=True) as conn:
-            row = conn.execute(select(keys_table.c.id, keys_table.c.tenant, keys_table.c.admin,
-                                      keys_table.c.revoked_at)
-                               .where(keys_table.c.id == key_id)).first()
+            row = conn.execute(
+                select(
+                    keys_table.c.id,
+                    keys_table.c.tenant,
+                    keys_table.c.admin,
+                    keys_table.c.revoked_at,
+                ).where(keys_table.c.id == key_id)
+            ).first()
         if row is None or row.revoked_at is not None:
             return None
         return Principal(row.tenant, bool(row.admin), row.id)
@@ -244,9 +273,14 @@ class AccessStore:
         now = utcnow()
         with self.db.transaction() as conn:
             conn.execute(delete(sessions_table).where(sessions_table.c.expires_at < now))
-            conn.execute(insert(sessions_table).values(
-                token_hash=_token_digest(token), key_id=principal.key_id, created_at=now,
-                expires_at=now + SESSION_TTL))
+            conn.execute(
+                insert(sessions_table).values(
+                    token_hash=_token_digest(token),
+                    key_id=principal.key_id,
+                    created_at=now,
+                    expires_at=now + SESSION_TTL,
+                )
+            )
         return token
 
     def session(self, token: str) -> Principal | None:
@@ -254,10 +288,16 @@ class AccessStore:
         if not 20 <= len(token) <= 100:
             return None
         query = (
-            select(keys_table.c.id, keys_table.c.tenant, keys_table.c.admin,
-                   keys_table.c.revoked_at, sessions_table.c.expires_at)
-            .select_from(sessions_table.join(keys_table,
-                                             keys_table.c.id == sessions_table.c.key_id))
+            select(
+                keys_table.c.id,
+                keys_table.c.tenant,
+                keys_table.c.admin,
+                keys_table.c.revoked_at,
+                sessions_table.c.expires_at,
+            )
+            .select_from(
+                sessions_table.join(keys_table, keys_table.c.id == sessions_table.c.key_id)
+            )
             .where(sessions_table.c.token_hash == _token_digest(token))
         )
         with self.db.transaction(single=True) as conn:
@@ -268,5 +308,6 @@ class AccessStore:
 
     def end_session(self, token: str) -> None:
         with self.db.transaction(single=True) as conn:
-            conn.execute(delete(sessions_table)
-                         .where(sessions_table.c.token_hash == _token_digest(token)))
+            conn.execute(
+                delete(sessions_table).where(sessions_table.c.token_hash == _token_digest(token))
+            )

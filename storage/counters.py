@@ -41,8 +41,11 @@ def _only(column: Any, job_ids: Sequence[str] | None) -> list[Any]:
 
 def _counter(name: str) -> Any:
     """The counter row ``name``'s value (0 when absent), as a scalar subquery."""
-    return (select(func.coalesce(func.sum(counters_table.c.value), 0.0))
-            .where(counters_table.c.name == name).scalar_subquery())
+    return (
+        select(func.coalesce(func.sum(counters_table.c.value), 0.0))
+        .where(counters_table.c.name == name)
+        .scalar_subquery()
+    )
 
 
 def _count(condition: Any) -> Any:
@@ -54,9 +57,13 @@ def _event_columns() -> list[Any]:
         _count(events_table.c.from_status.is_(None)),
         _count(events_table.c.to_status == Status.COMPLETED.value),
         _count(events_table.c.to_status == Status.FAILED.value),
-        _count(and_(events_table.c.from_status == Status.PROCESSING.value,
-                    events_table.c.to_status == Status.QUEUED.value,
-                    events_table.c.reason.like("worker lost:%"))),
+        _count(
+            and_(
+                events_table.c.from_status == Status.PROCESSING.value,
+                events_table.c.to_status == Status.QUEUED.value,
+                events_table.c.reason.like("worker lost:%"),
+            )
+        ),
     ]
 
 
@@ -85,23 +92,26 @@ MICROS = 1_000_000
 def _histogram_columns(conn: Connection, column: str) -> list[Any]:
     value = _duration(conn, column)
     return [
-        func.count(value), func.coalesce(func.sum(func.round(value * MICROS)), 0.0),
+        func.count(value),
+        func.coalesce(func.sum(func.round(value * MICROS)), 0.0),
         *[_count(and_(value.is_not(None), value <= b)) for b in DURATION_BUCKETS],
     ]
 
 
 def _histogram_names(column: str) -> list[str]:
-    return [f"{column}:count", f"{column}:sum_us",
-            *[bucket_name(column, b) for b in DURATION_BUCKETS]]
+    return [
+        f"{column}:count",
+        f"{column}:sum_us",
+        *[bucket_name(column, b) for b in DURATION_BUCKETS],
+    ]
 
 
 def totals(conn: Connection) -> dict[str, int]:
     """Each transition count since the database was created: what the history
     holds plus what deleted jobs had, read in one statement (one snapshot)."""
     history = select(*_labelled(_event_columns())).subquery()
-    row = conn.execute(select(*history.c)
-                       .add_columns(*[_counter(n) for n in EVENT_COUNTS])).one()
-    live, gone = row[:len(EVENT_COUNTS)], row[len(EVENT_COUNTS):]
+    row = conn.execute(select(*history.c).add_columns(*[_counter(n) for n in EVENT_COUNTS])).one()
+    live, gone = row[: len(EVENT_COUNTS)], row[len(EVENT_COUNTS) :]
     return {name: int(a) + int(b) for name, a, b in zip(EVENT_COUNTS, live, gone, strict=True)}
 
 
@@ -110,11 +120,15 @@ def histogram(conn: Connection, column: str) -> tuple[list[int], int, float]:
     ``column`` over every job that ever completed, deleted ones included: one
     statement (one snapshot)."""
     names = _histogram_names(column)
-    live = (select(*_labelled(_histogram_columns(conn, column)))
-            .where(jobs_table.c.status == Status.COMPLETED.value).subquery())
+    live = (
+        select(*_labelled(_histogram_columns(conn, column)))
+        .where(jobs_table.c.status == Status.COMPLETED.value)
+        .subquery()
+    )
     row = conn.execute(select(*live.c).add_columns(*[_counter(n) for n in names])).one()
-    merged = [float(a) + float(b)
-              for a, b in zip(row[:len(names)], row[len(names):], strict=True)]
+    merged = [
+        float(a) + float(b) for a, b in zip(row[: len(names)], row[len(names) :], strict=True)
+    ]
     return [int(c) for c in merged[2:]], int(merged[0]), merged[1] / MICROS
 
 
@@ -128,19 +142,25 @@ def retire(conn: Connection, job_ids: Sequence[str]) -> None:
     in the transaction that deletes them, with them locked against change."""
     if not job_ids:
         return
-    row = conn.execute(select(*_event_columns())
-                       .where(*_only(events_table.c.job_id, job_ids))).one()
+    row = conn.execute(
+        select(*_event_columns()).where(*_only(events_table.c.job_id, job_ids))
+    ).one()
     deltas: dict[str, float] = dict(zip(EVENT_COUNTS, map(float, row), strict=True))
     for column in DURATIONS:
-        parts = conn.execute(select(*_histogram_columns(conn, column)).where(
-            jobs_table.c.status == Status.COMPLETED.value, *_only(jobs_table.c.id, job_ids))).one()
+        parts = conn.execute(
+            select(*_histogram_columns(conn, column)).where(
+                jobs_table.c.status == Status.COMPLETED.value, *_only(jobs_table.c.id, job_ids)
+            )
+        ).one()
         deltas.update(zip(_histogram_names(column), map(float, parts), strict=True))
     deltas = {name: value for name, value in deltas.items() if value}
     if not deltas:
         return
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(counters_table).values([{"name": k, "value": v} for k, v in deltas.items()])
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[counters_table.c.name],
-        set_={"value": counters_table.c.value + stmt.excluded.value}))
-
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[counters_table.c.name],
+            set_={"value": counters_table.c.value + stmt.excluded.value},
+        )
+    )

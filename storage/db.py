@@ -170,8 +170,7 @@ class Database:
         self.feed = feed
 
     @classmethod
-    def from_url(cls, url: str, redis_url: str | None = None,
-                 cache_ttl: float = 5.0) -> Database:
+    def from_url(cls, url: str, redis_url: str | None = None, cache_ttl: float = 5.0) -> Database:
         """The process-wide engine for ``url``; with ``redis_url``, every
         change also invalidates the status cache and is announced on Redis
         pub/sub."""

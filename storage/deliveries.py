@@ -46,8 +46,7 @@ class DeliveryResult:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.status_code is not None \
-            and 200 <= self.status_code < 300
+        return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +82,9 @@ class WebhookDeliveries:
         """On ``db`` (or the database of a store such as the job store)."""
         self.db = database_of(db)
 
-    def due_webhooks(self, *, resend_after: float, now: datetime | None = None,
-                     limit: int = 200) -> list[str]:
+    def due_webhooks(
+        self, *, resend_after: float, now: datetime | None = None, limit: int = 200
+    ) -> list[str]:
         """Jobs whose webhook is due and whose delivery task was not sent in
         the last ``resend_after`` seconds (or was lost), marked sent now."""
         now = now or utcnow()
@@ -94,21 +94,34 @@ class WebhookDeliveries:
             jobs.webhook_next_at <= now,
             # Not sent since it fell due (a send before that was for the
             # render, or for an earlier attempt), or sent and never taken.
-            or_(jobs.dispatched_at.is_(None),
+            or_(
+                jobs.dispatched_at.is_(None),
                 jobs.dispatched_at < jobs.webhook_next_at,
-                jobs.dispatched_at < now - timedelta(seconds=resend_after)),
+                jobs.dispatched_at < now - timedelta(seconds=resend_after),
+            ),
         )
         with self.db.transaction() as conn:
-            ids = [r.id for r in conn.execute(
-                select(jobs.id).where(due).order_by(jobs.webhook_next_at).limit(limit))]
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(jobs.id).where(due).order_by(jobs.webhook_next_at).limit(limit)
+                )
+            ]
             if not ids:
                 return []
-            return [r.id for r in conn.execute(
-                update(jobs_table).where(jobs.id.in_(ids), due)
-                .values(dispatched_at=now).returning(jobs.id))]
+            return [
+                r.id
+                for r in conn.execute(
+                    update(jobs_table)
+                    .where(jobs.id.in_(ids), due)
+                    .values(dispatched_at=now)
+                    .returning(jobs.id)
+                )
+            ]
 
-    def claim(self, job_id: str, *, lease: float,
-              now: datetime | None = None) -> WebhookClaim | None:
+    def claim(
+        self, job_id: str, *, lease: float, now: datetime | None = None
+    ) -> WebhookClaim | None:
         """Take the next delivery attempt of ``job_id`` if it is due; ``None``
         if it is not (delivered, failed, not yet due, or another holds it).
         Nobody else can claim for ``lease`` seconds."""
@@ -117,11 +130,15 @@ class WebhookDeliveries:
         with self.db.transaction() as conn:
             row = conn.execute(
                 update(jobs_table)
-                .where(jobs.id == job_id,
-                       jobs.webhook_status == WebhookStatus.PENDING.value,
-                       jobs.webhook_next_at <= now)
-                .values(webhook_attempts=jobs.webhook_attempts + 1,
-                        webhook_next_at=now + timedelta(seconds=lease))
+                .where(
+                    jobs.id == job_id,
+                    jobs.webhook_status == WebhookStatus.PENDING.value,
+                    jobs.webhook_next_at <= now,
+                )
+                .values(
+                    webhook_attempts=jobs.webhook_attempts + 1,
+                    webhook_next_at=now + timedelta(seconds=lease),
+                )
                 .returning(jobs.webhook_attempts)
             ).first()
             if row is None:
@@ -132,9 +149,16 @@ class WebhookDeliveries:
         self.db.changed(job_id)
         return WebhookClaim(job, int(row.webhook_attempts))
 
-    def record_delivery(self, job_id: str, attempt_no: int, result: DeliveryResult, *,
-                        backoff: float, retry_for: float,
-                        now: datetime | None = None) -> WebhookStatus | None:
+    def record_delivery(
+        self,
+        job_id: str,
+        attempt_no: int,
+        result: DeliveryResult,
+        *,
+        backoff: float,
+        retry_for: float,
+        now: datetime | None = None,
+    ) -> WebhookStatus | None:
         """Record how attempt ``attempt_no`` went and what comes next:
         ``delivered`` on a 2xx; else ``pending`` again after
         :func:`retry_delay` (never later than ``retry_for`` seconds after the
@@ -147,12 +171,16 @@ class WebhookDeliveries:
         jobs = jobs_table.c
         with self.db.transaction() as conn:
             current = conn.execute(
-                select(jobs.webhook_status, jobs.webhook_attempts, jobs.webhook_first_at)
-                .where(jobs.id == job_id)
+                select(jobs.webhook_status, jobs.webhook_attempts, jobs.webhook_first_at).where(
+                    jobs.id == job_id
+                )
             ).first()
-            if current is None or current.webhook_status != WebhookStatus.PENDING.value \
-                    or current.webhook_attempts != attempt_no \
-                    or current.webhook_first_at is None:
+            if (
+                current is None
+                or current.webhook_status != WebhookStatus.PENDING.value
+                or current.webhook_attempts != attempt_no
+                or current.webhook_first_at is None
+            ):
                 return None
             values: dict[str, Any] = {
                 "webhook_last_code": result.status_code,
@@ -171,26 +199,44 @@ class WebhookDeliveries:
                 values.update(webhook_next_at=min(due, window_end))
             written = conn.execute(
                 update(jobs_table)
-                .where(jobs.id == job_id,
-                       jobs.webhook_status == WebhookStatus.PENDING.value,
-                       jobs.webhook_attempts == attempt_no,
-                       jobs.webhook_first_at == current.webhook_first_at)
+                .where(
+                    jobs.id == job_id,
+                    jobs.webhook_status == WebhookStatus.PENDING.value,
+                    jobs.webhook_attempts == attempt_no,
+                    jobs.webhook_first_at == current.webhook_first_at,
+                )
                 .values(webhook_status=status.value, **values)
             ).rowcount
             if written != 1:
                 return None
-            conn.execute(insert(deliveries_table).values(
-                job_id=job_id, attempt=attempt_no, at=now, status_code=result.status_code,
-                error=values["webhook_last_error"], duration_ms=result.duration_ms))
+            conn.execute(
+                insert(deliveries_table).values(
+                    job_id=job_id,
+                    attempt=attempt_no,
+                    at=now,
+                    status_code=result.status_code,
+                    error=values["webhook_last_error"],
+                    duration_ms=result.duration_ms,
+                )
+            )
         self.db.changed(job_id)
         return status
 
     def deliveries(self, job_id: str) -> list[WebhookDelivery]:
         """Every recorded delivery attempt of ``job_id``, oldest first."""
         with self.db.transaction(single=True) as conn:
-            rows = conn.execute(
-                select(deliveries_table).where(deliveries_table.c.job_id == job_id)
-                .order_by(deliveries_table.c.id)
-            ).mappings().all()
-        return [WebhookDelivery(r["attempt"], r["at"], r["status_code"], r["error"],
-                                float(r["duration_ms"])) for r in rows]
+            rows = (
+                conn.execute(
+                    select(deliveries_table)
+                    .where(deliveries_table.c.job_id == job_id)
+                    .order_by(deliveries_table.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            WebhookDelivery(
+                r["attempt"], r["at"], r["status_code"], r["error"], float(r["duration_ms"])
+            )
+            for r in rows
+        ]

@@ -74,8 +74,11 @@ class ChangeFeed:
         with self._lock:
             if self._client is None:
                 self._client = redis.Redis.from_url(
-                    self.url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                    health_check_interval=30)
+                    self.url,
+                    socket_timeout=0.5,
+                    socket_connect_timeout=0.5,
+                    health_check_interval=30,
+                )
                 self._fill = self._client.register_script(_FILL)
                 self._changed = self._client.register_script(_CHANGED)
             return self._client
@@ -98,12 +101,12 @@ class ChangeFeed:
             return
         try:
             self._redis()
-            self._changed(keys=[CACHE_PREFIX + job_id],
-                          args=[b"!" + uuid.uuid4().hex.encode(), self.ttl_ms,
-                                CHANNEL_PREFIX + job_id])
+            self._changed(
+                keys=[CACHE_PREFIX + job_id],
+                args=[b"!" + uuid.uuid4().hex.encode(), self.ttl_ms, CHANNEL_PREFIX + job_id],
+            )
         except redis.RedisError as error:
             self._failed("an invalidation", error)
-
 
     # -- the status cache ----------------------------------------------------
 
@@ -131,9 +134,12 @@ class ChangeFeed:
             return False
         try:
             self._redis()
-            return bool(self._fill(keys=[CACHE_PREFIX + job_id],
-                                   args=[seen, b"=" + owner.encode() + b"\n" + body,
-                                         self.ttl_ms]))
+            return bool(
+                self._fill(
+                    keys=[CACHE_PREFIX + job_id],
+                    args=[seen, b"=" + owner.encode() + b"\n" + body, self.ttl_ms],
+                )
+            )
         except redis.RedisError as error:
             self._failed("a cache fill", error)
             return False

@@ -35,16 +35,19 @@ class LeaseManager:
         with self.db.transaction() as conn:
             taken = conn.execute(
                 update(leases_table)
-                .where(leases_table.c.name == name,
-                       or_(leases_table.c.holder == holder, leases_table.c.expires_at < now))
+                .where(
+                    leases_table.c.name == name,
+                    or_(leases_table.c.holder == holder, leases_table.c.expires_at < now),
+                )
                 .values(holder=holder, expires_at=expires)
             ).rowcount
         if taken:
             return True
         try:
             with self.db.transaction() as conn:
-                conn.execute(insert(leases_table).values(name=name, holder=holder,
-                                                         expires_at=expires))
+                conn.execute(
+                    insert(leases_table).values(name=name, holder=holder, expires_at=expires)
+                )
             return True
         except exc.IntegrityError:
             return False  # someone else holds it (or just took it)
@@ -52,8 +55,11 @@ class LeaseManager:
     def release(self, name: str, holder: str) -> None:
         """Give ``name`` up if ``holder`` has it."""
         with self.db.transaction() as conn:
-            conn.execute(delete(leases_table).where(leases_table.c.name == name,
-                                                    leases_table.c.holder == holder))
+            conn.execute(
+                delete(leases_table).where(
+                    leases_table.c.name == name, leases_table.c.holder == holder
+                )
+            )
 
 
 class LeaseLost(Exception):

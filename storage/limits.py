@@ -51,8 +51,11 @@ class RateLimiter:
         """Buckets in Redis at ``redis_url`` if given, else (and whenever Redis
         fails) in ``db`` (or the database of a store such as the job store)."""
         self.db = database_of(db)
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=1.0,
-                                           socket_connect_timeout=1.0) if redis_url else None
+        self._redis = (
+            redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            if redis_url
+            else None
+        )
         self._script: Any = self._redis.register_script(_TAKE) if self._redis else None
 
     def take(self, name: str, *, rate: float, burst: int) -> float:
@@ -68,24 +71,31 @@ class RateLimiter:
     def _take_in_database(self, name: str, rate: float, burst: int) -> float:
         now = utcnow()
         with self.db.transaction() as conn:
-            row = conn.execute(select(buckets_table).where(buckets_table.c.name == name)
-                               .with_for_update()).first()
+            row = conn.execute(
+                select(buckets_table).where(buckets_table.c.name == name).with_for_update()
+            ).first()
             if row is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(buckets_table).values(
-                            name=name, tokens=float(burst - 1), updated_at=now))
+                        conn.execute(
+                            insert(buckets_table).values(
+                                name=name, tokens=float(burst - 1), updated_at=now
+                            )
+                        )
                     return 0.0
                 except exc.IntegrityError:  # created in between: take from it
-                    row = conn.execute(select(buckets_table)
-                                       .where(buckets_table.c.name == name)
-                                       .with_for_update()).one()
+                    row = conn.execute(
+                        select(buckets_table).where(buckets_table.c.name == name).with_for_update()
+                    ).one()
             tokens = _refill(row.tokens, row.updated_at, now, rate, burst)
             wait = 0.0
             if tokens >= 1:
                 tokens -= 1
             else:
                 wait = (1 - tokens) / rate
-            conn.execute(update(buckets_table).where(buckets_table.c.name == name)
-                         .values(tokens=tokens, updated_at=now))
+            conn.execute(
+                update(buckets_table)
+                .where(buckets_table.c.name == name)
+                .values(tokens=tokens, updated_at=now)
+            )
         return wait

@@ -43,15 +43,24 @@ def copy_database(source: str, target: str) -> dict[str, int]:
     left alone, so a copy can be run again after an interruption. Returns
     rows copied."""
     src, dst = create_db_engine(source), create_db_engine(target)
-    copied = {"tenants": 0, "keys": 0, "counters": 0, "jobs": 0, "files": 0, "events": 0,
-              "deliveries": 0}
+    copied = {
+        "tenants": 0,
+        "keys": 0,
+        "counters": 0,
+        "jobs": 0,
+        "files": 0,
+        "events": 0,
+        "deliveries": 0,
+    }
     try:
         with src.connect() as read:
             # Tenants and keys first (keys refer to tenants; jobs name owners);
             # the counters keep /metrics monotonic across the move.
-            for name, table, key in (("tenants", tenants_table, tenants_table.c.name),
-                                     ("keys", keys_table, keys_table.c.id),
-                                     ("counters", counters_table, counters_table.c.name)):
+            for name, table, key in (
+                ("tenants", tenants_table, tenants_table.c.name),
+                ("keys", keys_table, keys_table.c.id),
+                ("counters", counters_table, counters_table.c.name),
+            ):
                 rows = read.execute(select(table)).mappings().all()
                 with dst.begin() as write:
                     present = set(write.execute(select(key)).scalars())
@@ -61,31 +70,44 @@ def copy_database(source: str, target: str) -> dict[str, int]:
                 copied[name] += len(fresh)
             last_id = ""
             while True:
-                rows = read.execute(
-                    select(jobs_table).where(jobs_table.c.id > last_id)
-                    .order_by(jobs_table.c.id).limit(CHUNK)
-                ).mappings().all()
+                rows = (
+                    read.execute(
+                        select(jobs_table)
+                        .where(jobs_table.c.id > last_id)
+                        .order_by(jobs_table.c.id)
+                        .limit(CHUNK)
+                    )
+                    .mappings()
+                    .all()
+                )
                 if not rows:
                     break
                 last_id = rows[-1]["id"]
                 ids = [r["id"] for r in rows]
                 with dst.begin() as write:
-                    present = set(write.execute(
-                        select(jobs_table.c.id).where(jobs_table.c.id.in_(ids))).scalars())
+                    present = set(
+                        write.execute(
+                            select(jobs_table.c.id).where(jobs_table.c.id.in_(ids))
+                        ).scalars()
+                    )
                     fresh = [dict(r) for r in rows if r["id"] not in present]
                     if not fresh:
                         continue
                     fresh_ids = [r["id"] for r in fresh]
                     write.execute(insert(jobs_table), fresh)
-                    files = [dict(r) for r in read.execute(
-                        select(files_table).where(files_table.c.job_id.in_(fresh_ids))
-                    ).mappings()]
+                    files = [
+                        dict(r)
+                        for r in read.execute(
+                            select(files_table).where(files_table.c.job_id.in_(fresh_ids))
+                        ).mappings()
+                    ]
                     if files:
                         write.execute(insert(files_table), files)
                     events = [
                         {k: v for k, v in r.items() if k != "id"}
                         for r in read.execute(
-                            select(events_table).where(events_table.c.job_id.in_(fresh_ids))
+                            select(events_table)
+                            .where(events_table.c.job_id.in_(fresh_ids))
                             .order_by(events_table.c.id)
                         ).mappings()
                     ]

@@ -152,8 +152,7 @@ class JobRow(Base):
     render_seconds: Mapped[float | None] = mapped_column(Float)
     encode_seconds: Mapped[float | None] = mapped_column(Float)
     # Access: the tenant that submitted the job and alone may see it.
-    owner: Mapped[str] = mapped_column(String(64), nullable=False,
-                                       server_default=DEFAULT_TENANT)
+    owner: Mapped[str] = mapped_column(String(64), nullable=False, server_default=DEFAULT_TENANT)
     # Completion webhook: where to POST the final job, and how that went.
     callback_url: Mapped[str | None] = mapped_column(Text)
     webhook_status: Mapped[str | None] = mapped_column(String(16))

@@ -55,40 +55,64 @@ class WorkerRegistry:
     def register(self, name: str, host: str, pid: int) -> None:
         """A worker started (or restarted under the same name): a fresh row."""
         now = utcnow()
-        values = {"host": host, "pid": pid, "started_at": now, "last_seen": now,
-                  "stopped_at": None, "current_job": None}
+        values = {
+            "host": host,
+            "pid": pid,
+            "started_at": now,
+            "last_seen": now,
+            "stopped_at": None,
+            "current_job": None,
+        }
         with self.db.transaction() as conn:
             updated = conn.execute(
                 update(workers_table).where(workers_table.c.name == name).values(**values)
             ).rowcount
             if not updated:
-                conn.execute(insert(workers_table).values(name=name, jobs_done=0, jobs_failed=0,
-                                                          jobs_retried=0, jobs_cancelled=0,
-                                                          **values))
+                conn.execute(
+                    insert(workers_table).values(
+                        name=name,
+                        jobs_done=0,
+                        jobs_failed=0,
+                        jobs_retried=0,
+                        jobs_cancelled=0,
+                        **values,
+                    )
+                )
 
     def seen(self, name: str) -> None:
         """Renew ``last_seen``."""
         with self.db.transaction(single=True) as conn:
-            conn.execute(update(workers_table).where(workers_table.c.name == name)
-                         .values(last_seen=utcnow(), stopped_at=None))
+            conn.execute(
+                update(workers_table)
+                .where(workers_table.c.name == name)
+                .values(last_seen=utcnow(), stopped_at=None)
+            )
 
     def job_finished(self, name: str, job_id: str, *, outcome: str) -> None:
         """Count ``outcome`` (``completed``, ``failed``, ``retrying`` or
         ``cancelled``); clear ``current_job`` if it is still this job."""
         with self.db.transaction(single=True) as conn:
-            conn.execute(update(workers_table).where(workers_table.c.name == name)
-                         .values(worker_finished(job_id, utcnow(), outcome=outcome)))
+            conn.execute(
+                update(workers_table)
+                .where(workers_table.c.name == name)
+                .values(worker_finished(job_id, utcnow(), outcome=outcome))
+            )
 
     def stopped(self, name: str) -> None:
         """A warm shutdown finished."""
         with self.db.transaction(single=True) as conn:
-            conn.execute(update(workers_table).where(workers_table.c.name == name)
-                         .values(stopped_at=utcnow(), current_job=None))
+            conn.execute(
+                update(workers_table)
+                .where(workers_table.c.name == name)
+                .values(stopped_at=utcnow(), current_job=None)
+            )
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker, most recently seen first."""
         with self.db.transaction(single=True) as conn:
-            rows = conn.execute(
-                select(workers_table).order_by(workers_table.c.last_seen.desc())
-            ).mappings().all()
+            rows = (
+                conn.execute(select(workers_table).order_by(workers_table.c.last_seen.desc()))
+                .mappings()
+                .all()
+            )
         return [WorkerInfo.from_row(r) for r in rows]

@@ -67,19 +67,25 @@ class Inspector:
         hour_ago = now - timedelta(hours=1)
         with self.db.transaction(single=True) as conn:
             oldest_queued = conn.execute(
-                select(func.min(jobs_table.c.queued_at))
-                .where(jobs_table.c.status == Status.QUEUED.value)
+                select(func.min(jobs_table.c.queued_at)).where(
+                    jobs_table.c.status == Status.QUEUED.value
+                )
             ).scalar()
             oldest_beat = conn.execute(
-                select(func.min(jobs_table.c.last_heartbeat))
-                .where(jobs_table.c.status == Status.PROCESSING.value)
-            ).scalar()
-            completed = conn.execute(
-                select(jobs_table.c.completed_at).where(
-                    jobs_table.c.status == Status.COMPLETED.value,
-                    jobs_table.c.completed_at >= hour_ago,
+                select(func.min(jobs_table.c.last_heartbeat)).where(
+                    jobs_table.c.status == Status.PROCESSING.value
                 )
-            ).scalars().all()
+            ).scalar()
+            completed = (
+                conn.execute(
+                    select(jobs_table.c.completed_at).where(
+                        jobs_table.c.status == Status.COMPLETED.value,
+                        jobs_table.c.completed_at >= hour_ago,
+                    )
+                )
+                .scalars()
+                .all()
+            )
             counted = totals(conn)
         per_minute = [0] * 60
         for at in completed:

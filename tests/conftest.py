@@ -17,7 +17,20 @@ from tests.support.stack import fault_stack, pg_redis_stack, private_redis
 from tests.support.webhooks import receiver
 
 __all__ = [
-    "anonymous_client", "app", "app_settings", "browser", "client", "db_url", "fault_stack",
-    "pg_redis_stack", "pg_server", "pg_url", "private_redis", "receiver", "redis_url",
-    "settings", "sqlite_template", "store",
+    "anonymous_client",
+    "app",
+    "app_settings",
+    "browser",
+    "client",
+    "db_url",
+    "fault_stack",
+    "pg_redis_stack",
+    "pg_server",
+    "pg_url",
+    "private_redis",
+    "receiver",
+    "redis_url",
+    "settings",
+    "sqlite_template",
+    "store",
 ]

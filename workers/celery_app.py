@@ -22,9 +22,13 @@ app = Celery("slidefarm", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
 
 
-def _slidefarm_logs_at_info(loglevel: int = logging.WARNING, logfile: Any = None,
-                            format: str | None = None, colorize: bool | None = None,
-                            **_: Any) -> None:
+def _slidefarm_logs_at_info(
+    loglevel: int = logging.WARNING,
+    logfile: Any = None,
+    format: str | None = None,
+    colorize: bool | None = None,
+    **_: Any,
+) -> None:
     """slidefarm's own lines (transitions: claims, completions, failures) at
     INFO, whatever Celery's level: a worker started without ``-l info`` logs
     at WARNING, which would hide them all. They get a handler of their own,

@@ -47,23 +47,37 @@ def _describe(error: Exception, timeout: float) -> str:
     return f"delivery failed: {type(error).__name__}"
 
 
-def _post(target: Target, address: Address, body: bytes, headers: Mapping[str, str],
-          timeout: float) -> int:
+def _post(
+    target: Target, address: Address, body: bytes, headers: Mapping[str, str], timeout: float
+) -> int:
     """POST to ``address`` itself, naming ``target.host``; the status code."""
     pool: urllib3.HTTPConnectionPool
     limit = urllib3.Timeout(total=timeout)
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
-            str(address), target.port, timeout=limit, retries=False, maxsize=1,
-            server_hostname=target.host, assert_hostname=target.host, cert_reqs="CERT_REQUIRED")
+            str(address),
+            target.port,
+            timeout=limit,
+            retries=False,
+            maxsize=1,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+        )
     else:
-        pool = urllib3.HTTPConnectionPool(str(address), target.port, timeout=limit,
-                                          retries=False, maxsize=1)
+        pool = urllib3.HTTPConnectionPool(
+            str(address), target.port, timeout=limit, retries=False, maxsize=1
+        )
     try:
         response = pool.urlopen(
-            "POST", target.path, body=body,
+            "POST",
+            target.path,
+            body=body,
             headers={**headers, "Host": target.host_header, "Content-Length": str(len(body))},
-            redirect=False, retries=False, preload_content=False, assert_same_host=False,
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            assert_same_host=False,
             release_conn=False,
         )
         try:
@@ -79,8 +93,9 @@ def _post(target: Target, address: Address, body: bytes, headers: Mapping[str, s
         pool.close()
 
 
-def deliver(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
-            allow: Sequence[Network]) -> DeliveryResult:
+def deliver(
+    url: str, body: bytes, headers: Mapping[str, str], *, timeout: float, allow: Sequence[Network]
+) -> DeliveryResult:
     """POST ``body`` to ``url`` once: the URL is checked again, the connection
     pinned to a checked address, redirects never followed; the result holds
     the status code or a short readable error, never the answer's body."""

@@ -43,8 +43,20 @@ REGULAR_WEIGHT = 400.0
 #: Face names of a CJK collection by the language whose glyph forms they draw.
 CJK_FACES = {"ja": "JP", "ko": "KR", "zh": "SC"}
 NOTDEF = ".notdef"
-STYLE_WORDS = ("Bold", "Italic", "Oblique", "Light", "Thin", "Black", "Medium", "Semi",
-               "Extra", "Condensed", "Narrow", "Heavy")
+STYLE_WORDS = (
+    "Bold",
+    "Italic",
+    "Oblique",
+    "Light",
+    "Thin",
+    "Black",
+    "Medium",
+    "Semi",
+    "Extra",
+    "Condensed",
+    "Narrow",
+    "Heavy",
+)
 
 # Keeps files of a zipped install extracted for as long as the process lives.
 _extracted = ExitStack()
@@ -87,8 +99,10 @@ def _inspect(path: Path, index: int) -> _FaceInfo:
         if "fvar" in font:
             variation = tuple(
                 min(max(REGULAR_WEIGHT, axis.minValue), axis.maxValue)
-                if axis.axisTag == "wght" else axis.defaultValue
-                for axis in font["fvar"].axes)
+                if axis.axisTag == "wght"
+                else axis.defaultValue
+                for axis in font["fvar"].axes
+            )
         outlines = any(tag in font for tag in ("glyf", "CFF ", "CFF2"))
         strike = None
         if not outlines and "CBLC" in font:
@@ -116,8 +130,9 @@ def coverage(face: FontFace) -> frozenset[int]:
 
 @lru_cache(maxsize=512)
 def _load_font(face: FontFace, size: int) -> ImageFont.FreeTypeFont:
-    font = ImageFont.truetype(str(face.path), size=size, index=face.index,
-                              layout_engine=ImageFont.Layout.RAQM)
+    font = ImageFont.truetype(
+        str(face.path), size=size, index=face.index, layout_engine=ImageFont.Layout.RAQM
+    )
     variation = face_info(face).variation
     if variation is not None:
         font.set_variation_by_axes(list(variation))
@@ -233,16 +248,19 @@ class FontChain:
         yield from (f for f in self.core if face_info(f).drawable)
         yield from self.extra()
 
-    def face_for(self, required: str, lang: str = "zh",
-                 prefer_emoji: bool = False) -> FontFace | None:
+    def face_for(
+        self, required: str, lang: str = "zh", prefer_emoji: bool = False
+    ) -> FontFace | None:
         """The first face with a real glyph for every character of
         ``required`` (emoji fonts first when ``prefer_emoji``), in the glyph
         forms of ``lang`` where the face has them; None when no face has."""
         key = (required, lang, prefer_emoji)
         if key not in self._faces:
             codes = [ord(c) for c in required]
-            found = next((f for f in self._candidates(prefer_emoji)
-                          if all(c in coverage(f) for c in codes)), None)
+            found = next(
+                (f for f in self._candidates(prefer_emoji) if all(c in coverage(f) for c in codes)),
+                None,
+            )
             if found is not None:
                 found = self._in_language(found, lang, codes)
             self._faces[key] = found

@@ -46,8 +46,15 @@ class StoreUnavailable(Exception):
 class Lease:
     """A job attempt held by this worker, kept alive by a heartbeat thread."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float,
-                 patience: float = 30.0, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        attempt: int,
+        interval: float,
+        patience: float = 30.0,
+        timeout: float | None = None,
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
@@ -68,8 +75,12 @@ class Lease:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=max(self.interval * 2, 5.0))
 

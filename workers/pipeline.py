@@ -129,8 +129,7 @@ def _publish(settings: Settings, job_id: str, attempt: int, scratch: Path) -> No
     raise RuntimeError(f"could not publish the files of job {job_id}")
 
 
-def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
-            timings: _Timings) -> None:
+def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings, timings: _Timings) -> None:
     fonts = font_chain(settings.system_fonts)
     if not settings.noop_render and (problem := missing_glyphs(deck, fonts)) is not None:
         # Before any slide is drawn: the deck cannot render, so retrying is useless.
@@ -147,8 +146,7 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
             rel = slide_file(i + 1)
             pending.append((rel, save_png(image, scratch / rel)))
             if i == 0:
-                pending.append((THUMBNAIL_FILE,
-                                save_thumbnail(image, scratch / THUMBNAIL_FILE)))
+                pending.append((THUMBNAIL_FILE, save_thumbnail(image, scratch / THUMBNAIL_FILE)))
             images.append(scratch / rel)
         # Throttled: one write per interval (file records batched with it),
         # not one per slide; progress stays monotonic. The last slide's
@@ -180,11 +178,18 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings,
     video = scratch / VIDEO_FILE
     try:
         background = THEMES[deck.options.theme].background
-        encode(images, [s.duration for s in deck.slides], deck.options.fps, video,
-               titles=[s.title for s in deck.slides],
-               transition=deck.options.transition, preset=settings.x264_preset,
-               fade_color="0x{:02x}{:02x}{:02x}".format(*background),
-               on_progress=on_progress, should_stop=lambda: lease.should_stop)
+        encode(
+            images,
+            [s.duration for s in deck.slides],
+            deck.options.fps,
+            video,
+            titles=[s.title for s in deck.slides],
+            transition=deck.options.transition,
+            preset=settings.x264_preset,
+            fade_color="0x{:02x}{:02x}{:02x}".format(*background),
+            on_progress=on_progress,
+            should_stop=lambda: lease.should_stop,
+        )
     except EncodeStopped:
         lease.check()
         raise
@@ -205,8 +210,14 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
     patience = max(settings.stale_after / 2, 1.0)
     result: AttemptResult
     try:
-        with Lease(store, job.id, attempt, settings.heartbeat_interval, patience,
-                   timeout=settings.render_timeout) as lease:
+        with Lease(
+            store,
+            job.id,
+            attempt,
+            settings.heartbeat_interval,
+            patience,
+            timeout=settings.render_timeout,
+        ) as lease:
             try:
                 deck = Deck.model_validate(job.deck)
             except ValidationError as invalid:
@@ -217,13 +228,17 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
             # Refused means a newer attempt holds the job: the folder just
             # published is replaced when that attempt publishes, or removed
             # as an orphan by the sweeper if it never does.
-            lease.write(lambda: store.complete(
-                job.id, attempt,
-                video_url=f"/v1/jobs/{job.id}/video",
-                thumbnail_url=f"/v1/jobs/{job.id}/thumbnail",
-                slide_image_path=SLIDES_DIR,
-                render_seconds=timings.render, encode_seconds=timings.encode,
-            ))
+            lease.write(
+                lambda: store.complete(
+                    job.id,
+                    attempt,
+                    video_url=f"/v1/jobs/{job.id}/video",
+                    thumbnail_url=f"/v1/jobs/{job.id}/thumbnail",
+                    slide_image_path=SLIDES_DIR,
+                    render_seconds=timings.render,
+                    encode_seconds=timings.encode,
+                )
+            )
             result = AttemptResult(Outcome.COMPLETED)
     except AttemptLost:
         _log_lost(store, job)
@@ -246,19 +261,27 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
             result = AttemptResult(Outcome.LOST)
         else:
             log.exception("job %s attempt %s crashed", job.id, attempt)
-            result = AttemptResult(Outcome.RETRYING,
-                                   f"render crashed: {type(failure).__name__}: {failure}")
+            result = AttemptResult(
+                Outcome.RETRYING, f"render crashed: {type(failure).__name__}: {failure}"
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     result = _record_outcome(store, job, settings, result, timings)
-    log.info("job %s attempt %s: %s in %.2fs%s", job.id, attempt, result.outcome,
-             time.monotonic() - started, f" ({result.error})" if result.error else "")
+    log.info(
+        "job %s attempt %s: %s in %.2fs%s",
+        job.id,
+        attempt,
+        result.outcome,
+        time.monotonic() - started,
+        f" ({result.error})" if result.error else "",
+    )
     return result
 
 
-def _write_outcome(store: JobStore, job: Job, settings: Settings, result: AttemptResult,
-                   timings: _Timings) -> tuple[bool, AttemptResult]:
+def _write_outcome(
+    store: JobStore, job: Job, settings: Settings, result: AttemptResult, timings: _Timings
+) -> tuple[bool, AttemptResult]:
     """One fenced write of the outcome; ``False`` if the attempt lost the job."""
     attempt = job.attempts
     if result.outcome is Outcome.CANCELLED:
@@ -273,13 +296,15 @@ def _write_outcome(store: JobStore, job: Job, settings: Settings, result: Attemp
     error = result.error or "failed"
     if result.outcome is Outcome.RETRYING:
         error = f"gave up after {attempt} attempts: {error}"
-    recorded = store.fail(job.id, attempt, error, render_seconds=timings.render,
-                          encode_seconds=timings.encode)
+    recorded = store.fail(
+        job.id, attempt, error, render_seconds=timings.render, encode_seconds=timings.encode
+    )
     return recorded, AttemptResult(Outcome.FAILED, error)
 
 
-def _record_outcome(store: JobStore, job: Job, settings: Settings, result: AttemptResult,
-                    timings: _Timings) -> AttemptResult:
+def _record_outcome(
+    store: JobStore, job: Job, settings: Settings, result: AttemptResult, timings: _Timings
+) -> AttemptResult:
     """Write a non-completed outcome (fenced); files go with every one of them."""
     if result.outcome in (Outcome.COMPLETED, Outcome.LOST):
         return result
@@ -294,14 +319,18 @@ def _record_outcome(store: JobStore, job: Job, settings: Settings, result: Attem
             break
         except DatabaseUnavailable:
             if time.monotonic() + delay > deadline:
-                log.warning("job %s: could not record %s; the sweeper will recover it",
-                            job.id, result.outcome)
+                log.warning(
+                    "job %s: could not record %s; the sweeper will recover it",
+                    job.id,
+                    result.outcome,
+                )
                 return AttemptResult(Outcome.LOST, result.error)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         except StorageError:
-            log.warning("job %s: could not record %s; the sweeper will recover it", job.id,
-                        result.outcome)
+            log.warning(
+                "job %s: could not record %s; the sweeper will recover it", job.id, result.outcome
+            )
             return AttemptResult(Outcome.LOST, result.error)
     if not recorded:
         _log_lost(store, job)
@@ -329,8 +358,11 @@ def _log_lost(store: JobStore, job: Job, *, deleted: bool | None = None) -> None
     if deleted is None:
         deleted = _deleted(store, job.id)
     if deleted:
-        log.info("job %s attempt %s: job deleted while rendering; stopped", job.id,
-                 job.attempts)
+        log.info("job %s attempt %s: job deleted while rendering; stopped", job.id, job.attempts)
     else:
-        log.warning("job %s attempt %s: late write refused (fenced): the job is no longer "
-                    "this attempt's (recovered elsewhere); stopped", job.id, job.attempts)
+        log.warning(
+            "job %s attempt %s: late write refused (fenced): the job is no longer "
+            "this attempt's (recovered elsewhere); stopped",
+            job.id,
+            job.attempts,
+        )

@@ -64,8 +64,7 @@ class Box:
         return self.bottom - self.top
 
 
-def _layout_title(text: str, box: Box, base: int,
-                  setter: Setter) -> tuple[Typesetter, list[str]]:
+def _layout_title(text: str, box: Box, base: int, setter: Setter) -> tuple[Typesetter, list[str]]:
     """The title at the largest size (down to 70%) that fits two lines."""
     for scale in (1.0, 0.9, 0.8, 0.7):
         ts = setter(int(base * scale))
@@ -82,8 +81,9 @@ class _Block:
     bullet: bool
 
 
-def _layout_body(slide: Slide, box: Box, base: int,
-                 setter: Setter) -> tuple[Typesetter, list[_Block], int]:
+def _layout_body(
+    slide: Slide, box: Box, base: int, setter: Setter
+) -> tuple[Typesetter, list[_Block], int]:
     """Body paragraphs and bullets at the largest size that fits ``box``; at
     the floor size the overflow is cut with an ellipsis."""
     body = clean(slide.body) if slide.body else ""
@@ -163,6 +163,7 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
 
     def setter(size: int) -> Typesetter:
         return Typesetter(size, chain, lang)
+
     image = Image.new("RGB", (width, height), theme.background)
     draw = ImageDraw.Draw(image)
 
@@ -182,8 +183,15 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
             ts.draw_line(image, content.left, content.right, top, line, theme.title)
             top += ts.line_height
         rule_y = top + int(height * 0.015)
-        draw.rectangle((content.left, rule_y, content.left + int(width * 0.08),
-                        rule_y + max(height // 240, 2)), fill=theme.accent)
+        draw.rectangle(
+            (
+                content.left,
+                rule_y,
+                content.left + int(width * 0.08),
+                rule_y + max(height // 240, 2),
+            ),
+            fill=theme.accent,
+        )
         top = rule_y + int(height * 0.05)
 
     body_box = Box(content.left, top, content.right, content.bottom)
@@ -193,10 +201,10 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
         for block in blocks:
             for n, line in enumerate(block.lines):
                 if block.bullet and n == 0:
-                    ts.draw_line(image, content.left, content.left + block.indent, y, BULLET,
-                                 theme.accent)
-                ts.draw_line(image, content.left + block.indent, content.right, y, line,
-                             theme.text)
+                    ts.draw_line(
+                        image, content.left, content.left + block.indent, y, BULLET, theme.accent
+                    )
+                ts.draw_line(image, content.left + block.indent, content.right, y, line, theme.text)
                 y += ts.line_height
             y += gap
 

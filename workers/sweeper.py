@@ -31,9 +31,14 @@ LEASE_NAME = "sweeper"
 class Sweeper:
     """One sweep at a time across the cluster; see the module docstring."""
 
-    def __init__(self, store: JobStore, settings: Settings, worker_name: str,
-                 dispatch: Callable[[str, float], None],
-                 send_webhook: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        worker_name: str,
+        dispatch: Callable[[str, float], None],
+        send_webhook: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.name = worker_name
@@ -93,24 +98,31 @@ class Sweeper:
     def _sweep(self, lease: KeptLease, force_orphan_scan: bool) -> None:
         lease.check()
         for recovery in self.store.recover_stale(self.settings.stale_after):
-            log.warning("sweeper: job %s %s (%s stopped heartbeating)", recovery.job_id,
-                        "requeued" if recovery.action is Status.QUEUED else recovery.action,
-                        recovery.worker)
+            log.warning(
+                "sweeper: job %s %s (%s stopped heartbeating)",
+                recovery.job_id,
+                "requeued" if recovery.action is Status.QUEUED else recovery.action,
+                recovery.worker,
+            )
             if recovery.action is Status.QUEUED:
                 self.dispatch(recovery.job_id, 0.0)
             else:
                 remove_job_files(self.settings.output_dir, recovery.job_id)
         lease.check()
         for job_id in self.store.due_for_dispatch(self.settings.dispatch_timeout):
-            log.warning("sweeper: job %s still queued after %.1fs; sent again", job_id,
-                        self.settings.dispatch_timeout)
+            log.warning(
+                "sweeper: job %s still queued after %.1fs; sent again",
+                job_id,
+                self.settings.dispatch_timeout,
+            )
             self.dispatch(job_id, 0.0)
         lease.check()
         if self.send_webhook is not None:
             # Webhooks of jobs finalized by the API or by recovery, retries
             # after their backoff, and tasks the broker lost.
             for job_id in WebhookDeliveries(self.store).due_webhooks(
-                    resend_after=self.settings.dispatch_timeout):
+                resend_after=self.settings.dispatch_timeout
+            ):
                 self.send_webhook(job_id)
         now = time.monotonic()
         if force_orphan_scan or now - self._last_orphan_scan >= self.settings.orphan_scan_interval:
@@ -141,8 +153,11 @@ class Sweeper:
                 job_id, _, suffix = entry.name.partition(".")
                 attempt = int(suffix) if suffix.isdigit() else None
                 partials.append((entry, job_id, attempt))
-        finals = [e for e in output.iterdir() if e.is_dir() and e.name != PARTIAL_DIR
-                  and len(e.name) == 36]
+        finals = [
+            e
+            for e in output.iterdir()
+            if e.is_dir() and e.name != PARTIAL_DIR and len(e.name) == 36
+        ]
         owners = self.store.attempt_owners(
             sorted({j for _, j, _ in partials} | {e.name for e in finals})
         )
@@ -150,8 +165,9 @@ class Sweeper:
             if lease is not None:
                 lease.check()
             owner = owners.get(job_id)
-            live = (owner is not None and attempt is not None
-                    and owner == (Status.PROCESSING, attempt))
+            live = (
+                owner is not None and attempt is not None and owner == (Status.PROCESSING, attempt)
+            )
             if not live and _mtime(entry) < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1

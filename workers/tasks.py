@@ -38,11 +38,17 @@ def _store() -> JobStore:
 def dispatch(job_id: str, countdown: float = 0.0) -> None:
     """Send the render task of ``job_id`` (a failed send is retried by the sweeper)."""
     try:
-        app.send_task(RENDER_TASK, args=[job_id], countdown=countdown or None,
-                      retry=True, retry_policy=SEND_RETRY_POLICY)
+        app.send_task(
+            RENDER_TASK,
+            args=[job_id],
+            countdown=countdown or None,
+            retry=True,
+            retry_policy=SEND_RETRY_POLICY,
+        )
     except Exception:
-        log.warning("job %s: broker unavailable; the sweeper will send it again", job_id,
-                    exc_info=True)
+        log.warning(
+            "job %s: broker unavailable; the sweeper will send it again", job_id, exc_info=True
+        )
 
 
 def send_webhook(job_id: str) -> None:
@@ -51,8 +57,9 @@ def send_webhook(job_id: str) -> None:
     try:
         app.send_task(WEBHOOK_TASK, args=[job_id], retry=True, retry_policy=SEND_RETRY_POLICY)
     except Exception:
-        log.warning("job %s: broker unavailable; the sweeper will send its webhook", job_id,
-                    exc_info=True)
+        log.warning(
+            "job %s: broker unavailable; the sweeper will send its webhook", job_id, exc_info=True
+        )
 
 
 @worker_process_init.connect
@@ -103,8 +110,9 @@ def render_presentation(self: Task, job_id: str) -> str:
         log.warning("job %s: database unavailable at claim, retrying in %.1fs", job_id, delay)
         raise self.retry(exc=down, countdown=delay) from down
     if job is None:
-        log.info("job %s: not claimable (already claimed, finished, not due or deleted); "
-                 "skipped", job_id)
+        log.info(
+            "job %s: not claimable (already claimed, finished, not due or deleted); skipped", job_id
+        )
         return "skipped"
     # The claim set this worker's current job in the registry, in the same write.
     result = run_attempt(store, job, get_settings())
@@ -113,8 +121,9 @@ def render_presentation(self: Task, job_id: str) -> str:
     elif result.outcome is not Outcome.LOST and job.callback_url is not None:
         send_webhook(job.id)  # the final transition armed it
     if result.outcome not in (Outcome.LOST, Outcome.COMPLETED):  # a completion counted itself
-        _registry_call(WorkerRegistry(store).job_finished, worker, job.id,
-                       outcome=result.outcome.value)
+        _registry_call(
+            WorkerRegistry(store).job_finished, worker, job.id, outcome=result.outcome.value
+        )
     return result.outcome.value
 
 

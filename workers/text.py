@@ -31,10 +31,22 @@ KEYCAP = "\u20e3"
 #: Unicode's Default_Ignorable_Code_Point ranges: invisible by definition
 #: (joiners, variation selectors, bidi controls, tags), so no glyph is needed.
 DEFAULT_IGNORABLE = (
-    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
-    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
-    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
-    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
     (0xE0000, 0xE0FFF),
 )
 EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
@@ -112,8 +124,10 @@ def cjk_language(text: str) -> str:
     beside Hangul, else Simplified Chinese."""
     if any("\u3040" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff" for ch in text):
         return "ja"
-    if any("\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f"
-           for ch in text):
+    if any(
+        "\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f"
+        for ch in text
+    ):
         return "ko"
     return "zh"
 
@@ -132,8 +146,11 @@ def clusters(text: str) -> list[str]:
             or ch in (ZWJ, ZWNJ)
             or code in EMOJI_MODIFIERS
             or 0xE0020 <= code <= 0xE007F  # tag sequences (subdivision flags)
-            or (code in REGIONAL_INDICATORS and len(result[-1]) == 1
-                and ord(result[-1]) in REGIONAL_INDICATORS)
+            or (
+                code in REGIONAL_INDICATORS
+                and len(result[-1]) == 1
+                and ord(result[-1]) in REGIONAL_INDICATORS
+            )
         )
         if join_next and not needs_glyph(ch) and ch not in (ZWJ, ZWNJ):
             attach = False  # a joiner before a space joins nothing
@@ -146,9 +163,12 @@ def clusters(text: str) -> list[str]:
 
 
 def _prefers_emoji(cluster: str) -> bool:
-    return (EMOJI_STYLE in cluster or KEYCAP in cluster or ZWJ in cluster
-            or any(ord(c) in EMOJI_MODIFIERS or ord(c) in REGIONAL_INDICATORS
-                   for c in cluster))
+    return (
+        EMOJI_STYLE in cluster
+        or KEYCAP in cluster
+        or ZWJ in cluster
+        or any(ord(c) in EMOJI_MODIFIERS or ord(c) in REGIONAL_INDICATORS for c in cluster)
+    )
 
 
 def runs(text: str, fonts: FontChain | None = None, lang: str = "zh") -> list[tuple[FontFace, str]]:
@@ -181,8 +201,9 @@ def _runs(text: str, chain: FontChain, lang: str) -> tuple[tuple[FontFace, str],
     if missing:
         raise MissingGlyphs(missing)
     # Spaces take the text font before them: an emoji font's space is an em wide.
-    text_face = next((face for face, _ in pieces if face is not None and not face.emoji),
-                     chain.core[0])
+    text_face = next(
+        (face for face, _ in pieces if face is not None and not face.emoji), chain.core[0]
+    )
     result: list[tuple[FontFace, str]] = []
     current = text_face
     for face, part in pieces:
@@ -234,7 +255,7 @@ def visual_runs(text: str) -> list[tuple[str, str]]:
             resolved.append(kind)
             continue
         before = next((k for k in reversed(kinds[:i]) if k is not None), None)
-        after = next((k for k in kinds[i + 1:] if k is not None), None)
+        after = next((k for k in kinds[i + 1 :] if k is not None), None)
         as_dir = [None if k is None else ("R" if k == "N" else k) for k in (before, after)]
         if as_dir[0] is not None and as_dir[0] == as_dir[1]:
             resolved.append(as_dir[0])
@@ -278,8 +299,9 @@ def base_direction(text: str) -> str:
 
 
 @lru_cache(maxsize=256)
-def _bitmap_run(face: FontFace, text: str, direction: str,
-                size: int) -> tuple[Image.Image, float, float]:
+def _bitmap_run(
+    face: FontFace, text: str, direction: str, size: int
+) -> tuple[Image.Image, float, float]:
     """A run of a bitmap-only (colour emoji) font, drawn at its strike size
     and scaled to ``size``: the RGBA image and its offset from the pen
     position on the baseline."""
@@ -289,11 +311,14 @@ def _bitmap_run(face: FontFace, text: str, direction: str,
     left, top = math.floor(box[0]), math.floor(box[1])
     right, bottom = math.ceil(box[2]), math.ceil(box[3])
     canvas = Image.new("RGBA", (max(right - left, 1), max(bottom - top, 1)), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((-left, -top), text, font=font, anchor="ls",
-                                direction=direction, embedded_color=True)
+    ImageDraw.Draw(canvas).text(
+        (-left, -top), text, font=font, anchor="ls", direction=direction, embedded_color=True
+    )
     scale = size / strike
-    scaled = canvas.resize((max(round(canvas.width * scale), 1),
-                            max(round(canvas.height * scale), 1)), Image.Resampling.LANCZOS)
+    scaled = canvas.resize(
+        (max(round(canvas.width * scale), 1), max(round(canvas.height * scale), 1)),
+        Image.Resampling.LANCZOS,
+    )
     return scaled, left * scale, top * scale
 
 
@@ -314,7 +339,7 @@ class Typesetter:
 
     @property
     def line_height(self) -> int:
-        return int(round(self.size * 1.3))
+        return round(self.size * 1.3)
 
     def length(self, face: FontFace, text: str, direction: str | None = None) -> float:
         """The advance of ``text`` drawn with ``face`` at this size."""
@@ -326,12 +351,19 @@ class Typesetter:
     def width(self, text: str) -> float:
         return sum(self.length(face, part) for face, part in self.runs(text))
 
-    def draw_line(self, image: Image.Image, left: int, right: int, top: int,
-                  text: str, fill: tuple[int, int, int]) -> None:
+    def draw_line(
+        self,
+        image: Image.Image,
+        left: int,
+        right: int,
+        top: int,
+        text: str,
+        fill: tuple[int, int, int],
+    ) -> None:
         """Draw one line between ``left`` and ``right`` in visual (bidi) order;
         lines whose paragraph direction is right-to-left align right."""
         draw = ImageDraw.Draw(image)
-        baseline = top + int(round(self.size * 1.0))
+        baseline = top + round(self.size * 1.0)
         pieces: list[tuple[FontFace, str, str]] = []  # font, text, direction; visual order
         for direction, segment in visual_runs(text):
             parts = self.runs(segment)
@@ -345,8 +377,14 @@ class Typesetter:
                 bitmap, dx, dy = _bitmap_run(face, part, direction, self.size)
                 image.paste(bitmap, (round(x + dx), round(baseline + dy)), bitmap)
             else:
-                draw.text((x, baseline), part, font=face.at(self.size), fill=fill,
-                          anchor="ls", direction=direction)
+                draw.text(
+                    (x, baseline),
+                    part,
+                    font=face.at(self.size),
+                    fill=fill,
+                    anchor="ls",
+                    direction=direction,
+                )
             x += w
 
     def wrap(self, text: str, max_width: float) -> list[str]:
@@ -371,7 +409,7 @@ class Typesetter:
             while self.width(line.rstrip()) > max_width and len(line) > 1:
                 head = self._longest_prefix(line, max_width)
                 lines.append(head)
-                line = line[len(head):].lstrip()
+                line = line[len(head) :].lstrip()
         if line.strip() or not lines:
             lines.append(line.rstrip())
         return lines
@@ -382,11 +420,11 @@ class Typesetter:
         lo, hi = 1, len(ends)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.width(text[:ends[mid - 1]]) <= max_width:
+            if self.width(text[: ends[mid - 1]]) <= max_width:
                 lo = mid
             else:
                 hi = mid - 1
-        return text[:ends[lo - 1]] if ends else text
+        return text[: ends[lo - 1]] if ends else text
 
     def ellipsize(self, text: str, max_width: float) -> str:
         """``text`` cut so that it and an ellipsis fit in ``max_width``."""
@@ -423,8 +461,9 @@ def _break_units(text: str) -> Iterable[str]:
         yield word
 
 
-def fit_lines(typesetter: Typesetter, lines: Sequence[str], max_lines: int,
-              max_width: float) -> list[str]:
+def fit_lines(
+    typesetter: Typesetter, lines: Sequence[str], max_lines: int, max_width: float
+) -> list[str]:
     """At most ``max_lines`` lines, the last one ellipsized if text was cut."""
     if len(lines) <= max_lines:
         return list(lines)

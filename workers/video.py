@@ -40,8 +40,10 @@ def frame_counts(durations: Sequence[float], fps: int) -> list[int]:
 #: properties because ffmpeg hands the encoder the frames' properties (the
 #: ``-color_primaries``/``-color_trc`` options alone leave those unset), which
 #: the H.264 stream and the MP4's ``colr`` atom then carry.
-TO_YUV = ("scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
-          "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv")
+TO_YUV = (
+    "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+    "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv"
+)
 
 
 def chapter_titles(titles: Sequence[str]) -> list[str]:
@@ -82,8 +84,13 @@ def chapters_metadata(names: Sequence[str], frames: Sequence[int], fps: int) -> 
     """An ffmetadata document with one chapter per slide, timed in frames."""
     lines = [";FFMETADATA1"]
     for name, start, count in zip(names, slide_starts(frames), frames, strict=True):
-        lines += ["[CHAPTER]", f"TIMEBASE=1/{fps}", f"START={start}",
-                  f"END={start + count}", f"title={_metadata_value(name)}"]
+        lines += [
+            "[CHAPTER]",
+            f"TIMEBASE=1/{fps}",
+            f"START={start}",
+            f"END={start + count}",
+            f"title={_metadata_value(name)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -107,9 +114,22 @@ FADE_BATCH = 8
 
 
 def _x264(preset: str, fps: int, frames: Sequence[int]) -> list[str]:
-    return ["-frames:v", str(sum(frames)), "-c:v", "libx264", "-preset", preset,
-            "-tune", "stillimage", "-pix_fmt", "yuv420p", "-r", str(fps),
-            "-force_key_frames", keyframe_times(frames, fps)]
+    return [
+        "-frames:v",
+        str(sum(frames)),
+        "-c:v",
+        "libx264",
+        "-preset",
+        preset,
+        "-tune",
+        "stillimage",
+        "-pix_fmt",
+        "yuv420p",
+        "-r",
+        str(fps),
+        "-force_key_frames",
+        keyframe_times(frames, fps),
+    ]
 
 
 def _chapters_input(chapters: Path) -> list[str]:
@@ -124,23 +144,61 @@ def _mp4(fps: int) -> list[str]:
 
 
 def _base() -> list[str]:
-    return [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-y",
-            "-loglevel", "error", "-progress", "pipe:1", "-nostats"]
+    return [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-y",
+        "-loglevel",
+        "error",
+        "-progress",
+        "pipe:1",
+        "-nostats",
+    ]
 
 
-def still_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
-                  concat_file: Path, preset: str, chapters: Path) -> list[str]:
+def still_command(
+    images: Sequence[Path],
+    frames: Sequence[int],
+    fps: int,
+    output: Path,
+    concat_file: Path,
+    preset: str,
+    chapters: Path,
+) -> list[str]:
     """Each image once through the concat demuxer, converted, then repeated;
     the chapters from the ffmetadata file ``chapters``."""
     concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
-    return [*_base(), "-f", "concat", "-safe", "0", "-i", str(concat_file),
-            *_chapters_input(chapters), "-map", "0:v", "-map_chapters", "1",
-            "-vf", f"{TO_YUV},fps={fps}", *_x264(preset, fps, frames), *_mp4(fps),
-            str(output)]
+    return [
+        *_base(),
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        str(concat_file),
+        *_chapters_input(chapters),
+        "-map",
+        "0:v",
+        "-map_chapters",
+        "1",
+        "-vf",
+        f"{TO_YUV},fps={fps}",
+        *_x264(preset, fps, frames),
+        *_mp4(fps),
+        str(output),
+    ]
 
 
-def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output: Path,
-                 preset: str, color: str, chapters: Path | None = None) -> list[str]:
+def fade_command(
+    images: Sequence[Path],
+    frames: Sequence[int],
+    fps: int,
+    output: Path,
+    preset: str,
+    color: str,
+    chapters: Path | None = None,
+) -> list[str]:
     """Each slide fades in from and out to ``color`` within its own duration,
     so the total length stays exact; chapters from ``chapters`` if given.
 
@@ -164,27 +222,54 @@ def fade_command(images: Sequence[Path], frames: Sequence[int], fps: int, output
     if chapters is not None:
         cmd += _chapters_input(chapters)
         mapping += ["-map_chapters", str(len(images))]
-    return [*cmd, "-filter_complex", graph, *mapping, *_x264(preset, fps, frames),
-            *_mp4(fps), str(output)]
+    return [
+        *cmd,
+        "-filter_complex",
+        graph,
+        *mapping,
+        *_x264(preset, fps, frames),
+        *_mp4(fps),
+        str(output),
+    ]
 
 
-def join_command(segments: Sequence[Path], list_file: Path, output: Path, fps: int,
-                 chapters: Path) -> list[str]:
+def join_command(
+    segments: Sequence[Path], list_file: Path, output: Path, fps: int, chapters: Path
+) -> list[str]:
     """Concatenate encoded segments without re-encoding them, adding the chapters."""
     lines = ["ffconcat version 1.0"]
     lines += ["file '" + str(p.resolve()).replace("'", "'\\''") + "'" for p in segments]
     list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [*_base(), "-f", "concat", "-safe", "0", "-i", str(list_file),
-            *_chapters_input(chapters), "-map", "0:v", "-map_chapters", "1", "-c", "copy",
-            *_mp4(fps), str(output)]
+    return [
+        *_base(),
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        str(list_file),
+        *_chapters_input(chapters),
+        "-map",
+        "0:v",
+        "-map_chapters",
+        "1",
+        "-c",
+        "copy",
+        *_mp4(fps),
+        str(output),
+    ]
 
 
 #: Seconds between two looks at ``should_stop`` while ffmpeg runs.
 STOP_POLL = 0.05
 
 
-def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
-         should_stop: Callable[[], bool] | None) -> None:
+def _run(
+    cmd: list[str],
+    scratch: Path,
+    on_time: Callable[[float], None],
+    should_stop: Callable[[], bool] | None,
+) -> None:
     """Run ffmpeg, reporting its output time (seconds) and stopping on request.
 
     A watchdog thread kills ffmpeg as soon as ``should_stop`` answers true, so a
@@ -192,8 +277,9 @@ def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
     progress line, which a long filter graph may not print for seconds.
     """
     with open(scratch / "stderr.log", "w+b") as stderr:
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
-                              stdin=subprocess.DEVNULL) as process:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
+        ) as process:
             assert process.stdout is not None
             finished = threading.Event()
             stopped = threading.Event()
@@ -233,11 +319,19 @@ def _run(cmd: list[str], scratch: Path, on_time: Callable[[float], None],
             raise EncodeError(f"ffmpeg failed: {tail}")
 
 
-def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output: Path, *,
-           titles: Sequence[str] | None = None, transition: str = "none",
-           preset: str = "veryfast", fade_color: str = "black",
-           on_progress: Callable[[float], None] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> None:
+def encode(
+    images: Sequence[Path],
+    durations: Sequence[float],
+    fps: int,
+    output: Path,
+    *,
+    titles: Sequence[str] | None = None,
+    transition: str = "none",
+    preset: str = "veryfast",
+    fade_color: str = "black",
+    on_progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Encode ``images``, each shown for its duration, into an H.264 MP4 at ``output``.
 
     Each slide starts on a keyframe and is a chapter named by its entry in
@@ -259,8 +353,9 @@ def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output:
         chapters = scratch / "chapters.ffmetadata"
         chapters.write_text(chapters_metadata(names, frames, fps), encoding="utf-8")
         if transition != "fade":
-            cmd = still_command(images, frames, fps, output, scratch / "slides.ffconcat", preset,
-                                chapters)
+            cmd = still_command(
+                images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
+            )
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         elif len(images) <= FADE_BATCH:
             cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters)
@@ -271,15 +366,19 @@ def encode(images: Sequence[Path], durations: Sequence[float], fps: int, output:
             for start in range(0, len(images), FADE_BATCH):
                 batch = slice(start, start + FADE_BATCH)
                 segment = scratch / f"segment-{start:04d}.mp4"
-                cmd = fade_command(images[batch], frames[batch], fps, segment, preset,
-                                   fade_color)
+                cmd = fade_command(images[batch], frames[batch], fps, segment, preset, fade_color)
+
                 def at(seconds: float, offset: float = done) -> None:
                     report(min((offset + seconds) / total, 1.0))
 
                 _run(cmd, scratch, at, should_stop)
                 done += sum(frames[batch]) / fps
                 segments.append(segment)
-            _run(join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
-                 scratch, lambda _t: None, should_stop)
+            _run(
+                join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
+                scratch,
+                lambda _t: None,
+                should_stop,
+            )
     if not output.exists() or output.stat().st_size == 0:
         raise EncodeError("ffmpeg produced no video")

@@ -54,14 +54,25 @@ def deliver_due(store: JobStore, settings: Settings, job_id: str) -> Attempt | N
         "Slidefarm-Event": f"job.{job.status.value}",
         "Slidefarm-Delivery": f"{job.id}:{claim.attempt}",
     }
-    result = deliver(job.callback_url, body, headers, timeout=timeout,
-                     allow=settings.webhook_allow_networks)
-    status = deliveries.record_delivery(job.id, claim.attempt, result,
-                                        backoff=settings.webhook_backoff,
-                                        retry_for=settings.webhook_retry_for)
+    result = deliver(
+        job.callback_url, body, headers, timeout=timeout, allow=settings.webhook_allow_networks
+    )
+    status = deliveries.record_delivery(
+        job.id,
+        claim.attempt,
+        result,
+        backoff=settings.webhook_backoff,
+        retry_for=settings.webhook_retry_for,
+    )
     # The URL stays out of the log: its query string may hold the
     # receiver's own token.
-    log.info("webhook job=%s attempt=%d code=%s error=%s in %.0f ms -> %s", job.id,
-             claim.attempt, result.status_code, json.dumps(result.error or ""),
-             result.duration_ms, status.value if status else "not recorded (fenced)")
+    log.info(
+        "webhook job=%s attempt=%d code=%s error=%s in %.0f ms -> %s",
+        job.id,
+        claim.attempt,
+        result.status_code,
+        json.dumps(result.error or ""),
+        result.duration_ms,
+        status.value if status else "not recorded (fenced)",
+    )
     return Attempt(claim.attempt, result, status)

@@ -19,8 +19,6 @@ depends_on: str | Sequence[str] | None = None
 STATUSES = "'queued', 'processing', 'completed', 'failed', 'cancelled'"
 
 
-
-
 def upgrade() -> None:
     ts = sa.DateTime(timezone=True)
     op.create_table(

@@ -20,10 +20,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     ts = sa.DateTime(timezone=True)
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("cancel_requested", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
-        batch.add_column(sa.Column("attempt_limit", sa.Integer(), nullable=False,
-                                   server_default="3"))
+        batch.add_column(
+            sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+        batch.add_column(
+            sa.Column("attempt_limit", sa.Integer(), nullable=False, server_default="3")
+        )
         batch.add_column(sa.Column("queued_at", ts, nullable=True))
         batch.add_column(sa.Column("dispatched_at", ts, nullable=True))
         batch.add_column(sa.Column("not_before", ts, nullable=True))
@@ -34,8 +36,12 @@ def upgrade() -> None:
 
     op.create_table(
         "job_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                  autoincrement=True, nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("job_id", sa.String(36), nullable=False),
         sa.Column("from_status", sa.String(16), nullable=True),
         sa.Column("to_status", sa.String(16), nullable=False),
@@ -43,8 +49,9 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(255), nullable=True),
         sa.Column("at", ts, nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_job_events_job_id_jobs",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name="fk_job_events_job_id_jobs", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_job_events"),
     )
     op.create_index("ix_job_events_job_id_id", "job_events", ["job_id", "id"])
@@ -78,6 +85,13 @@ def downgrade() -> None:
     op.drop_table("job_events")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_status_dispatched_at")
-        for column in ("encode_seconds", "render_seconds", "not_before", "dispatched_at",
-                       "queued_at", "attempt_limit", "cancel_requested"):
+        for column in (
+            "encode_seconds",
+            "render_seconds",
+            "not_before",
+            "dispatched_at",
+            "queued_at",
+            "attempt_limit",
+            "cancel_requested",
+        ):
             batch.drop_column(column)

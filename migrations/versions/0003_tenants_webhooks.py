@@ -37,8 +37,9 @@ def upgrade() -> None:
         sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("created_at", ts, nullable=False),
         sa.Column("revoked_at", ts, nullable=True),
-        sa.ForeignKeyConstraint(["tenant"], ["tenants.name"],
-                                name="fk_api_keys_tenant_tenants", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tenant"], ["tenants.name"], name="fk_api_keys_tenant_tenants", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
     )
     op.create_index("ix_api_keys_tenant", "api_keys", ["tenant"])
@@ -48,8 +49,9 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(32), nullable=False),
         sa.Column("created_at", ts, nullable=False),
         sa.Column("expires_at", ts, nullable=False),
-        sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"],
-                                name="fk_sessions_key_id_api_keys", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["key_id"], ["api_keys.id"], name="fk_sessions_key_id_api_keys", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("token_hash", name="pk_sessions"),
     )
     op.create_table(
@@ -61,40 +63,50 @@ def upgrade() -> None:
     )
     op.create_table(
         "webhook_deliveries",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                  autoincrement=True, nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("job_id", sa.String(36), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("at", ts, nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("duration_ms", sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"],
-                                name="fk_webhook_deliveries_job_id_jobs", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name="fk_webhook_deliveries_job_id_jobs", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_deliveries"),
     )
     op.create_index("ix_webhook_deliveries_job_id_id", "webhook_deliveries", ["job_id", "id"])
 
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("owner", sa.String(64), nullable=False,
-                                   server_default="default"))
+        batch.add_column(
+            sa.Column("owner", sa.String(64), nullable=False, server_default="default")
+        )
         batch.add_column(sa.Column("callback_url", sa.Text(), nullable=True))
         batch.add_column(sa.Column("webhook_status", sa.String(16), nullable=True))
-        batch.add_column(sa.Column("webhook_attempts", sa.Integer(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("webhook_attempts", sa.Integer(), nullable=False, server_default="0")
+        )
         batch.add_column(sa.Column("webhook_first_at", ts, nullable=True))
         batch.add_column(sa.Column("webhook_next_at", ts, nullable=True))
         batch.add_column(sa.Column("webhook_last_code", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("webhook_last_error", sa.Text(), nullable=True))
         batch.add_column(sa.Column("webhook_delivered_at", ts, nullable=True))
         batch.drop_constraint("uq_jobs_idempotency_key", type_="unique")
-        batch.create_unique_constraint("uq_jobs_owner_idempotency_key",
-                                       ["owner", "idempotency_key"])
+        batch.create_unique_constraint(
+            "uq_jobs_owner_idempotency_key", ["owner", "idempotency_key"]
+        )
         batch.create_index("ix_jobs_owner_created_at", ["owner", "created_at", "id"])
-        batch.create_index("ix_jobs_owner_status_created_at",
-                           ["owner", "status", "created_at", "id"])
-        batch.create_index("ix_jobs_webhook_status_webhook_next_at",
-                           ["webhook_status", "webhook_next_at"])
+        batch.create_index(
+            "ix_jobs_owner_status_created_at", ["owner", "status", "created_at", "id"]
+        )
+        batch.create_index(
+            "ix_jobs_webhook_status_webhook_next_at", ["webhook_status", "webhook_next_at"]
+        )
 
 
 def downgrade() -> None:
@@ -104,9 +116,17 @@ def downgrade() -> None:
         batch.drop_index("ix_jobs_owner_created_at")
         batch.drop_constraint("uq_jobs_owner_idempotency_key", type_="unique")
         batch.create_unique_constraint("uq_jobs_idempotency_key", ["idempotency_key"])
-        for column in ("webhook_delivered_at", "webhook_last_error", "webhook_last_code",
-                       "webhook_next_at", "webhook_first_at", "webhook_attempts",
-                       "webhook_status", "callback_url", "owner"):
+        for column in (
+            "webhook_delivered_at",
+            "webhook_last_error",
+            "webhook_last_code",
+            "webhook_next_at",
+            "webhook_first_at",
+            "webhook_attempts",
+            "webhook_status",
+            "callback_url",
+            "owner",
+        ):
             batch.drop_column(column)
     op.drop_index("ix_webhook_deliveries_job_id_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")

@@ -27,10 +27,12 @@ def upgrade() -> None:
     # Only ``workers`` is altered (no table refers to it), so SQLite's batch
     # copy of it cannot cascade into other tables.
     with op.batch_alter_table("workers") as batch:
-        batch.add_column(sa.Column("jobs_retried", sa.Integer(), nullable=False,
-                                   server_default="0"))
-        batch.add_column(sa.Column("jobs_cancelled", sa.Integer(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("jobs_retried", sa.Integer(), nullable=False, server_default="0")
+        )
+        batch.add_column(
+            sa.Column("jobs_cancelled", sa.Integer(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:

@@ -18,8 +18,9 @@ from storage.models import FINAL_STATUSES, Stage, Status, jobs_table
 class Maintenance(Transitions):
     """The job store's housekeeping (run by the sweeper, one host at a time)."""
 
-    def recover_stale(self, stale_after: float, *, now: datetime | None = None,
-                      limit: int = 500) -> list[Recovery]:
+    def recover_stale(
+        self, stale_after: float, *, now: datetime | None = None, limit: int = 500
+    ) -> list[Recovery]:
         """Act on processing jobs whose heartbeat is older than ``stale_after`` s.
 
         Each is requeued (attempts left), failed with ``worker lost: <worker>
@@ -31,10 +32,17 @@ class Maintenance(Transitions):
         cutoff = now - timedelta(seconds=stale_after)
         with self.transaction() as conn:
             stale = conn.execute(
-                select(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.attempt_limit,
-                       jobs_table.c.worker, jobs_table.c.cancel_requested)
-                .where(jobs_table.c.status == Status.PROCESSING.value,
-                       jobs_table.c.last_heartbeat < cutoff)
+                select(
+                    jobs_table.c.id,
+                    jobs_table.c.attempts,
+                    jobs_table.c.attempt_limit,
+                    jobs_table.c.worker,
+                    jobs_table.c.cancel_requested,
+                )
+                .where(
+                    jobs_table.c.status == Status.PROCESSING.value,
+                    jobs_table.c.last_heartbeat < cutoff,
+                )
                 .order_by(jobs_table.c.last_heartbeat)
                 .limit(limit)
             ).all()
@@ -51,34 +59,59 @@ class Maintenance(Transitions):
                 action = Status.CANCELLED
             elif job.attempts < job.attempt_limit:
                 ok = self._transition(
-                    job.id, job.attempts, Status.PROCESSING,
-                    {"status": Status.QUEUED.value, "stage": Stage.QUEUED.value,
-                     "progress": 0.0, "queued_at": now, "dispatched_at": now,
-                     "not_before": None, "error": lost},
-                    to_status=Status.QUEUED, reason=lost, where=no_cancel)
+                    job.id,
+                    job.attempts,
+                    Status.PROCESSING,
+                    {
+                        "status": Status.QUEUED.value,
+                        "stage": Stage.QUEUED.value,
+                        "progress": 0.0,
+                        "queued_at": now,
+                        "dispatched_at": now,
+                        "not_before": None,
+                        "error": lost,
+                    },
+                    to_status=Status.QUEUED,
+                    reason=lost,
+                    where=no_cancel,
+                )
                 action = Status.QUEUED
             else:
                 message = f"{lost} (after {job.attempts} attempts)"
                 ok = self._transition(
-                    job.id, job.attempts, Status.PROCESSING,
+                    job.id,
+                    job.attempts,
+                    Status.PROCESSING,
                     {"status": Status.FAILED.value, "completed_at": now, "error": message},
-                    to_status=Status.FAILED, reason=message, where=no_cancel, drop_files=True)
+                    to_status=Status.FAILED,
+                    reason=message,
+                    where=no_cancel,
+                    drop_files=True,
+                )
                 action = Status.FAILED
             if not ok:
                 ok = self._transition(
-                    job.id, job.attempts, Status.PROCESSING,
-                    {"status": Status.CANCELLED.value, "completed_at": now,
-                     "cancel_requested": False},
-                    to_status=Status.CANCELLED, reason=f"cancelled; {lost}",
+                    job.id,
+                    job.attempts,
+                    Status.PROCESSING,
+                    {
+                        "status": Status.CANCELLED.value,
+                        "completed_at": now,
+                        "cancel_requested": False,
+                    },
+                    to_status=Status.CANCELLED,
+                    reason=f"cancelled; {lost}",
                     where=[*still_stale, jobs_table.c.cancel_requested.is_(True)],
-                    drop_files=True)
+                    drop_files=True,
+                )
                 action = Status.CANCELLED
             if ok:
                 done.append(Recovery(job.id, action, job.worker))
         return done
 
-    def due_for_dispatch(self, dispatch_timeout: float, *, now: datetime | None = None,
-                         limit: int = 500) -> list[str]:
+    def due_for_dispatch(
+        self, dispatch_timeout: float, *, now: datetime | None = None, limit: int = 500
+    ) -> list[str]:
         """Queued jobs last sent over ``dispatch_timeout`` s ago (the broker
         lost them or was down), marked as sent again now."""
         now = now or utcnow()
@@ -89,12 +122,21 @@ class Maintenance(Transitions):
             or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
         )
         with self.transaction() as conn:
-            ids = [r.id for r in conn.execute(
-                select(jobs_table.c.id).where(due).order_by(jobs_table.c.created_at).limit(limit)
-            )]
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(jobs_table.c.id)
+                    .where(due)
+                    .order_by(jobs_table.c.created_at)
+                    .limit(limit)
+                )
+            ]
             if ids:
-                conn.execute(update(jobs_table).where(jobs_table.c.id.in_(ids), due)
-                             .values(dispatched_at=now))
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.id.in_(ids), due)
+                    .values(dispatched_at=now)
+                )
         return ids
 
     def attempt_owners(self, job_ids: Sequence[str]) -> dict[str, tuple[Status, int]]:
@@ -102,16 +144,18 @@ class Maintenance(Transitions):
         found: dict[str, tuple[Status, int]] = {}
         with self.transaction(single=True) as conn:
             for start in range(0, len(job_ids), 500):
-                chunk = list(job_ids[start:start + 500])
+                chunk = list(job_ids[start : start + 500])
                 for r in conn.execute(
-                    select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.attempts)
-                    .where(jobs_table.c.id.in_(chunk))
+                    select(jobs_table.c.id, jobs_table.c.status, jobs_table.c.attempts).where(
+                        jobs_table.c.id.in_(chunk)
+                    )
                 ):
                     found[r.id] = (Status(r.status), r.attempts)
         return found
 
-    def delete_older_than(self, days: float, *, now: datetime | None = None,
-                          limit: int = 500) -> list[str]:
+    def delete_older_than(
+        self, days: float, *, now: datetime | None = None, limit: int = 500
+    ) -> list[str]:
         """Delete up to ``limit`` finished jobs that ended more than ``days``
         ago; return the ids of those really deleted.
 
@@ -133,6 +177,10 @@ class Maintenance(Transitions):
                 return []
             retire(conn, ids)  # the metrics keep what they counted
             # Their files, history and deliveries go with them (ON DELETE CASCADE).
-            return list(conn.execute(
-                delete(jobs_table).where(jobs_table.c.id.in_(ids), condition)
-                .returning(jobs_table.c.id)).scalars())
+            return list(
+                conn.execute(
+                    delete(jobs_table)
+                    .where(jobs_table.c.id.in_(ids), condition)
+                    .returning(jobs_table.c.id)
+                ).scalars()
+            )

@@ -20,8 +20,10 @@ MAX_LIST_LIMIT = 500
 #: ``<created_at in microseconds since 1970 UTC>_<job id>``. Every string of
 #: this shape is a cursor the store can resume from, so the API can document
 #: exactly which cursors it accepts (and refuse the rest with 400).
-CURSOR_PATTERN = (r"^[0-9]{1,17}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
-                  r"-[0-9a-f]{12}$")
+CURSOR_PATTERN = (
+    r"^[0-9]{1,17}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
+    r"-[0-9a-f]{12}$"
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -46,8 +48,7 @@ def snapshot(conn: Connection, job_id: str) -> Job | None:
     rows = conn.execute(load_job(), {"s_id": job_id}).mappings().all()
     if not rows:
         return None
-    files = [JobFile(r["file_path"], r["file_size"]) for r in rows
-             if r["file_path"] is not None]
+    files = [JobFile(r["file_path"], r["file_size"]) for r in rows if r["file_path"] is not None]
     return Job.from_row(rows[0], files)
 
 
@@ -58,8 +59,12 @@ def files_of(conn: Connection, rows: Sequence[RowMapping]) -> dict[str, list[Job
         return {}
     found: dict[str, list[JobFile]] = {}
     query = (
-        select(files_table.c.job_id, files_table.c.attempt, files_table.c.path,
-               files_table.c.size_bytes)
+        select(
+            files_table.c.job_id,
+            files_table.c.attempt,
+            files_table.c.path,
+            files_table.c.size_bytes,
+        )
         .where(files_table.c.job_id.in_({job_id for job_id, _ in wanted}))
         .order_by(files_table.c.job_id, files_table.c.path)
     )
@@ -82,8 +87,9 @@ class Queries(StoreBase):
         """The job ``owner`` submitted with Idempotency-Key ``key``, if any."""
         with self.transaction() as conn:
             row = conn.execute(
-                select(jobs_table.c.id).where(jobs_table.c.owner == owner,
-                                              jobs_table.c.idempotency_key == key)
+                select(jobs_table.c.id).where(
+                    jobs_table.c.owner == owner, jobs_table.c.idempotency_key == key
+                )
             ).first()
             return None if row is None else snapshot(conn, row.id)
 
@@ -99,9 +105,15 @@ class Queries(StoreBase):
             raise JobNotFound()
         return job
 
-    def list_jobs(self, *, status: Status | None = None, limit: int = 50,
-                  cursor: str | None = None, search: str | None = None,
-                  owner: str | None = None) -> Page:
+    def list_jobs(
+        self,
+        *,
+        status: Status | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        search: str | None = None,
+        owner: str | None = None,
+    ) -> Page:
         """Jobs newest first, optionally of one ``owner``, of one status and
         matching ``search`` (a title substring or an id prefix), ``limit`` at a
         time (keyset paging)."""
@@ -114,10 +126,12 @@ class Queries(StoreBase):
             query = query.where(jobs_table.c.status == status.value)
         if search:
             pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(or_(
-                jobs_table.c.title.ilike(f"%{pattern}%", escape="\\"),
-                jobs_table.c.id.like(f"{pattern.lower()}%", escape="\\"),
-            ))
+            query = query.where(
+                or_(
+                    jobs_table.c.title.ilike(f"%{pattern}%", escape="\\"),
+                    jobs_table.c.id.like(f"{pattern.lower()}%", escape="\\"),
+                )
+            )
         if cursor is not None:
             created, last_id = decode_cursor(cursor)
             query = query.where(
@@ -138,12 +152,23 @@ class Queries(StoreBase):
     def history(self, job_id: str) -> list[JobEvent]:
         """Every transition of ``job_id``, oldest first."""
         with self.transaction(single=True) as conn:
-            rows = conn.execute(
-                select(events_table).where(events_table.c.job_id == job_id)
-                .order_by(events_table.c.id)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(events_table)
+                    .where(events_table.c.job_id == job_id)
+                    .order_by(events_table.c.id)
+                )
+                .mappings()
+                .all()
+            )
         return [
-            JobEvent(Status(r["from_status"]) if r["from_status"] else None,
-                     Status(r["to_status"]), r["attempt"], r["worker"], r["at"], r["reason"])
+            JobEvent(
+                Status(r["from_status"]) if r["from_status"] else None,
+                Status(r["to_status"]),
+                r["attempt"],
+                r["worker"],
+                r["at"],
+                r["reason"],
+            )
             for r in rows
         ]

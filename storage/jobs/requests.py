@@ -40,21 +40,34 @@ class Requests(StoreBase):
         with self.transaction() as conn:
             row = conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value,
-                       *mine)
-                .values(status=Status.CANCELLED.value, completed_at=now, stage=Stage.QUEUED.value,
-                        **arm_webhook())
+                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value, *mine)
+                .values(
+                    status=Status.CANCELLED.value,
+                    completed_at=now,
+                    stage=Stage.QUEUED.value,
+                    **arm_webhook(),
+                )
                 .returning(jobs_table.c.attempts),
                 {"arm_now": now},
             ).first()
             if row is not None:
-                record_event(conn, job_id, Status.QUEUED, Status.CANCELLED, row.attempts, None,
-                             "cancelled by request while queued")
+                record_event(
+                    conn,
+                    job_id,
+                    Status.QUEUED,
+                    Status.CANCELLED,
+                    row.attempts,
+                    None,
+                    "cancelled by request while queued",
+                )
             else:
                 conn.execute(
                     update(jobs_table)
-                    .where(jobs_table.c.id == job_id,
-                           jobs_table.c.status == Status.PROCESSING.value, *mine)
+                    .where(
+                        jobs_table.c.id == job_id,
+                        jobs_table.c.status == Status.PROCESSING.value,
+                        *mine,
+                    )
                     .values(cancel_requested=True)
                 )
             job = snapshot(conn, job_id)
@@ -67,8 +80,14 @@ class Requests(StoreBase):
         self._changed(job_id)
         return job
 
-    def retry(self, job_id: str, *, max_attempts: int = DEFAULT_ATTEMPT_LIMIT,
-              owner: str | None = None, max_active: int | None = None) -> Job:
+    def retry(
+        self,
+        job_id: str,
+        *,
+        max_attempts: int = DEFAULT_ATTEMPT_LIMIT,
+        owner: str | None = None,
+        max_active: int | None = None,
+    ) -> Job:
         """``failed | cancelled -> queued``, with a fresh budget of ``max_attempts``.
 
         :class:`InvalidTransition` unless the job failed or was cancelled;
@@ -82,32 +101,52 @@ class Requests(StoreBase):
         now = utcnow()
         with self.transaction() as conn:
             if max_active is not None:
-                found = conn.execute(select(jobs_table.c.owner, jobs_table.c.status)
-                                     .where(jobs_table.c.id == job_id, *_owned(owner))).first()
-                if found is not None and Status(found.status) in (Status.FAILED,
-                                                                   Status.CANCELLED):
+                found = conn.execute(
+                    select(jobs_table.c.owner, jobs_table.c.status).where(
+                        jobs_table.c.id == job_id, *_owned(owner)
+                    )
+                ).first()
+                if found is not None and Status(found.status) in (Status.FAILED, Status.CANCELLED):
                     check_quota(conn, found.owner, max_active)
             row = conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.id == job_id, *_owned(owner),
-                       jobs_table.c.status.in_([Status.FAILED.value, Status.CANCELLED.value]))
-                .values(status=Status.QUEUED.value, stage=Stage.QUEUED.value, progress=0.0,
-                        error=None, completed_at=None, cancel_requested=False,
-                        attempt_limit=jobs_table.c.attempts + max_attempts,
-                        queued_at=now, dispatched_at=now, not_before=None,
-                        video_url=None, thumbnail_url=None, slide_image_path=None,
-                        webhook_status=None, webhook_next_at=None, webhook_first_at=None)
+                .where(
+                    jobs_table.c.id == job_id,
+                    *_owned(owner),
+                    jobs_table.c.status.in_([Status.FAILED.value, Status.CANCELLED.value]),
+                )
+                .values(
+                    status=Status.QUEUED.value,
+                    stage=Stage.QUEUED.value,
+                    progress=0.0,
+                    error=None,
+                    completed_at=None,
+                    cancel_requested=False,
+                    attempt_limit=jobs_table.c.attempts + max_attempts,
+                    queued_at=now,
+                    dispatched_at=now,
+                    not_before=None,
+                    video_url=None,
+                    thumbnail_url=None,
+                    slide_image_path=None,
+                    webhook_status=None,
+                    webhook_next_at=None,
+                    webhook_first_at=None,
+                )
                 .returning(jobs_table.c.attempts)
             ).first()
             before = None
             if row is not None:
                 previous = conn.execute(
-                    select(events_table.c.to_status).where(events_table.c.job_id == job_id)
-                    .order_by(events_table.c.id.desc()).limit(1)
+                    select(events_table.c.to_status)
+                    .where(events_table.c.job_id == job_id)
+                    .order_by(events_table.c.id.desc())
+                    .limit(1)
                 ).scalar()
                 before = Status(previous) if previous else None
-                record_event(conn, job_id, before, Status.QUEUED, row.attempts, None,
-                             "retry requested")
+                record_event(
+                    conn, job_id, before, Status.QUEUED, row.attempts, None, "retry requested"
+                )
             job = snapshot(conn, job_id)
         if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound()

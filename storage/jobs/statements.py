@@ -46,13 +46,31 @@ from storage.models import (
 POSTGRESQL = "postgresql"
 
 #: The columns a submission writes (the values of ``create``, as bind parameters).
-CREATE_COLUMNS = ("id", "status", "stage", "progress", "attempts", "title", "deck",
-                  "idempotency_key", "request_hash", "attempt_limit", "owner", "callback_url",
-                  "created_at", "queued_at", "dispatched_at")
+CREATE_COLUMNS = (
+    "id",
+    "status",
+    "stage",
+    "progress",
+    "attempts",
+    "title",
+    "deck",
+    "idempotency_key",
+    "request_hash",
+    "attempt_limit",
+    "owner",
+    "callback_url",
+    "created_at",
+    "queued_at",
+    "dispatched_at",
+)
 
 #: The ``workers`` column that counts each way an attempt can end.
-OUTCOME_COUNTERS = {"completed": "jobs_done", "failed": "jobs_failed",
-                    "retrying": "jobs_retried", "cancelled": "jobs_cancelled"}
+OUTCOME_COUNTERS = {
+    "completed": "jobs_done",
+    "failed": "jobs_failed",
+    "retrying": "jobs_retried",
+    "cancelled": "jobs_cancelled",
+}
 
 
 # -- values shared by several statements --------------------------------------
@@ -69,10 +87,13 @@ def worker_finished(job_id: Any, now: Any, *, outcome: str) -> dict[str, Any]:
     (a key of :data:`OUTCOME_COUNTERS`): that outcome counted, ``current_job``
     cleared if it is still this job."""
     counter = workers_table.c[OUTCOME_COUNTERS[outcome]]
-    return {counter.key: counter + 1,
-            "current_job": case((workers_table.c.current_job == job_id, None),
-                                else_=workers_table.c.current_job),
-            "last_seen": now}
+    return {
+        counter.key: counter + 1,
+        "current_job": case(
+            (workers_table.c.current_job == job_id, None), else_=workers_table.c.current_job
+        ),
+        "last_seen": now,
+    }
 
 
 def arm_webhook() -> dict[str, Any]:
@@ -82,8 +103,7 @@ def arm_webhook() -> dict[str, Any]:
     has_callback = jobs_table.c.callback_url.is_not(None)
     now = bindparam("arm_now", type_=UTCDateTime())
     return {
-        "webhook_status": case((has_callback, literal(WebhookStatus.PENDING.value)),
-                               else_=None),
+        "webhook_status": case((has_callback, literal(WebhookStatus.PENDING.value)), else_=None),
         "webhook_next_at": case((has_callback, now), else_=None),
         "webhook_first_at": case((has_callback, now), else_=None),
         "webhook_attempts": 0,
@@ -104,19 +124,30 @@ def with_history(stmt: Any, worker_values: dict[str, Any] | None = None) -> Any:
     are the parameters ``ev_from``, ``ev_to``, ``ev_at`` and ``ev_reason``
     (:func:`storage.jobs.history.event_params`)."""
     changed = stmt.cte("changed")
-    history = insert(events_table).from_select(
-        ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
-        select(changed.c.id, bindparam("ev_from", type_=String()),
-               bindparam("ev_to", type_=String()), changed.c.attempts, changed.c.worker,
-               bindparam("ev_at", type_=UTCDateTime()),
-               bindparam("ev_reason", type_=Text())),
-    ).cte("history")
+    history = (
+        insert(events_table)
+        .from_select(
+            ["job_id", "from_status", "to_status", "attempt", "worker", "at", "reason"],
+            select(
+                changed.c.id,
+                bindparam("ev_from", type_=String()),
+                bindparam("ev_to", type_=String()),
+                changed.c.attempts,
+                changed.c.worker,
+                bindparam("ev_at", type_=UTCDateTime()),
+                bindparam("ev_reason", type_=Text()),
+            ),
+        )
+        .cte("history")
+    )
     query = select(changed).add_cte(history)
     if worker_values:
         query = query.add_cte(
             update(workers_table)
             .where(workers_table.c.name == select(changed.c.worker).scalar_subquery())
-            .values(**worker_values).cte("worker_row"))
+            .values(**worker_values)
+            .cte("worker_row")
+        )
     return query
 
 
@@ -140,8 +171,7 @@ def fenced_update(values: dict[str, Any], *, final: bool, where: Sequence[Any] =
 
 def _worker_row(values: dict[str, Any]) -> Any:
     """SQLite: the registry row of worker ``w_name`` set to ``values``."""
-    return update(workers_table).where(workers_table.c.name == bindparam("w_name")).values(
-        **values)
+    return update(workers_table).where(workers_table.c.name == bindparam("w_name")).values(**values)
 
 
 # -- reads -------------------------------------------------------------------
@@ -151,11 +181,20 @@ def _worker_row(values: dict[str, Any]) -> Any:
 def load_job() -> Any:
     """One job and its current attempt's files (a row per file), by ``s_id``."""
     return (
-        select(jobs_table, files_table.c.path.label("file_path"),
-               files_table.c.size_bytes.label("file_size"))
-        .select_from(jobs_table.outerjoin(files_table, and_(
-            files_table.c.job_id == jobs_table.c.id,
-            files_table.c.attempt == jobs_table.c.attempts)))
+        select(
+            jobs_table,
+            files_table.c.path.label("file_path"),
+            files_table.c.size_bytes.label("file_size"),
+        )
+        .select_from(
+            jobs_table.outerjoin(
+                files_table,
+                and_(
+                    files_table.c.job_id == jobs_table.c.id,
+                    files_table.c.attempt == jobs_table.c.attempts,
+                ),
+            )
+        )
         .where(jobs_table.c.id == bindparam("s_id"))
         .order_by(files_table.c.path)
     )
@@ -168,10 +207,11 @@ def load_job() -> Any:
 def insert_job(dialect: str) -> Any:
     """A new job from the parameters named by :data:`CREATE_COLUMNS`,
     RETURNING its row (with its history row on PostgreSQL)."""
-    stmt = (insert(jobs_table)
-            .values({name: bindparam(name, type_=jobs_table.c[name].type)
-                     for name in CREATE_COLUMNS})
-            .returning(*jobs_table.c))
+    stmt = (
+        insert(jobs_table)
+        .values({name: bindparam(name, type_=jobs_table.c[name].type) for name in CREATE_COLUMNS})
+        .returning(*jobs_table.c)
+    )
     return with_history(stmt) if dialect == POSTGRESQL else stmt
 
 
@@ -231,21 +271,27 @@ def cancel_flagged_job(dialect: str) -> Any:
     asked for while it was processing."""
     stmt = (
         update(jobs_table)
-        .where(jobs_table.c.id == bindparam("x_id"),
-               jobs_table.c.status == Status.QUEUED.value,
-               jobs_table.c.cancel_requested.is_(True))
-        .values(status=Status.CANCELLED.value, stage=Stage.QUEUED.value,
-                cancel_requested=False,
-                completed_at=bindparam("arm_now", type_=UTCDateTime()),
-                **arm_webhook())
+        .where(
+            jobs_table.c.id == bindparam("x_id"),
+            jobs_table.c.status == Status.QUEUED.value,
+            jobs_table.c.cancel_requested.is_(True),
+        )
+        .values(
+            status=Status.CANCELLED.value,
+            stage=Stage.QUEUED.value,
+            cancel_requested=False,
+            completed_at=bindparam("arm_now", type_=UTCDateTime()),
+            **arm_webhook(),
+        )
         .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
     )
     return with_history(stmt) if dialect == POSTGRESQL else stmt
 
 
 def _counted_completion() -> dict[str, Any]:
-    return worker_finished(bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()),
-                           outcome="completed")
+    return worker_finished(
+        bindparam("c_id"), bindparam("c_now", type_=UTCDateTime()), outcome="completed"
+    )
 
 
 @cache
@@ -271,7 +317,9 @@ def complete_job(dialect: str) -> Any:
             "render_seconds": bindparam("c_render", type_=Float()),
             "encode_seconds": bindparam("c_encode", type_=Float()),
         },
-        final=True, where=[jobs_table.c.cancel_requested.is_(False)])
+        final=True,
+        where=[jobs_table.c.cancel_requested.is_(False)],
+    )
     return with_history(stmt, _counted_completion()) if dialect == POSTGRESQL else stmt
 
 
@@ -306,8 +354,11 @@ def renew_lease_with_progress() -> Any:
     """:func:`renew_lease`, also setting the stage ``p_stage`` and raising the
     progress to ``p_progress`` (never lowering it)."""
     progress = bindparam("p_progress", type_=Float())
-    return _lease_renewal({
-        "progress": case((jobs_table.c.progress < progress, progress),
-                         else_=jobs_table.c.progress),
-        "stage": bindparam("p_stage", type_=String()),
-    })
+    return _lease_renewal(
+        {
+            "progress": case(
+                (jobs_table.c.progress < progress, progress), else_=jobs_table.c.progress
+            ),
+            "stage": bindparam("p_stage", type_=String()),
+        }
+    )

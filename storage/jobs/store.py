@@ -19,8 +19,7 @@ class JobStore(Submissions, Requests, Maintenance):
     (:mod:`storage.jobs.maintenance`)."""
 
     @classmethod
-    def from_url(cls, url: str, redis_url: str | None = None,
-                 cache_ttl: float = 5.0) -> JobStore:
+    def from_url(cls, url: str, redis_url: str | None = None, cache_ttl: float = 5.0) -> JobStore:
         """A store on the process-wide engine for ``url``; with ``redis_url``,
         every change also invalidates the status cache and is announced on
         Redis pub/sub."""

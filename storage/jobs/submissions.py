@@ -31,8 +31,9 @@ def check_quota(conn: Connection, owner: str, max_active: int) -> None:
     if conn.dialect.name == POSTGRESQL:
         # One submitter per owner at a time between the count and the
         # insert (released at commit); other owners are not held up.
-        conn.execute(select(func.pg_advisory_xact_lock(
-            literal(ADVISORY_QUOTA), func.hashtext(owner))))
+        conn.execute(
+            select(func.pg_advisory_xact_lock(literal(ADVISORY_QUOTA), func.hashtext(owner)))
+        )
     else:
         # The count below cannot be overtaken by another writer before
         # this transaction's insert.
@@ -41,15 +42,20 @@ def check_quota(conn: Connection, owner: str, max_active: int) -> None:
     # jobs an owner (the open mode's, an admin's bulk load) has active.
     active = conn.execute(
         select(func.count()).select_from(
-            select(jobs_table.c.id).where(
+            select(jobs_table.c.id)
+            .where(
                 jobs_table.c.owner == owner,
-                jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
-            .limit(max_active).subquery())
+                jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]),
+            )
+            .limit(max_active)
+            .subquery()
+        )
     ).scalar_one()
     if active >= max_active:
         raise QuotaExceeded(
             f"the tenant already has {active} queued or processing jobs "
-            f"(SLIDEFARM_MAX_ACTIVE_JOBS = {max_active}); wait for some to finish")
+            f"(SLIDEFARM_MAX_ACTIVE_JOBS = {max_active}); wait for some to finish"
+        )
 
 
 class Submissions(Queries):
@@ -120,7 +126,8 @@ class Submissions(Queries):
         # client deleting and resubmitting in a loop. Bounded, and said so.
         raise StorageError(
             f"could not record the job: its Idempotency-Key was taken and freed again "
-            f"{CREATE_TRIES} times in a row; try again")
+            f"{CREATE_TRIES} times in a row; try again"
+        )
 
     def _insert(self, values: dict[str, Any], max_active: int | None) -> Job:
         """One try of :meth:`create`: the row and its history, in one transaction."""
@@ -129,10 +136,14 @@ class Submissions(Queries):
             if max_active is not None:
                 check_quota(conn, owner, max_active)
             if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
-                row = conn.execute(
-                    insert_job(POSTGRESQL),
-                    {**values, **event_params(None, Status.QUEUED, "submitted")},
-                ).mappings().one()
+                row = (
+                    conn.execute(
+                        insert_job(POSTGRESQL),
+                        {**values, **event_params(None, Status.QUEUED, "submitted")},
+                    )
+                    .mappings()
+                    .one()
+                )
                 log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
             else:
                 row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
@@ -144,7 +155,10 @@ class Submissions(Queries):
         with self.transaction(single=True) as conn:
             conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.owner == owner, jobs_table.c.idempotency_key == key,
-                       jobs_table.c.created_at < now - IDEMPOTENCY_TTL)
+                .where(
+                    jobs_table.c.owner == owner,
+                    jobs_table.c.idempotency_key == key,
+                    jobs_table.c.created_at < now - IDEMPOTENCY_TTL,
+                )
                 .values(idempotency_key=None)
             )

@@ -138,7 +138,8 @@ class Job:
 
 #: Job fields copied from the row as they are (the others are converted).
 _PLAIN_FIELDS = tuple(
-    f.name for f in dataclass_fields(Job)
+    f.name
+    for f in dataclass_fields(Job)
     if f.name not in ("status", "stage", "progress", "cancel_requested", "files")
 )
 

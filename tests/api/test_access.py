@@ -32,9 +32,14 @@ JOB_ROUTES = [  # (method, path template) of every route about one job
     ("POST", "/v1/jobs/{id}/retry"),
     ("DELETE", "/v1/jobs/{id}"),
 ]
-PROTECTED = [("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/workers"),
-             ("GET", "/v1/stats"), ("GET", "/metrics"), ("GET", "/")] + [
-    (m, p.format(id="00000000-0000-4000-8000-000000000000")) for m, p in JOB_ROUTES]
+PROTECTED = [
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/workers"),
+    ("GET", "/v1/stats"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+] + [(m, p.format(id="00000000-0000-4000-8000-000000000000")) for m, p in JOB_ROUTES]
 
 
 @pytest.fixture
@@ -57,13 +62,22 @@ def assert_401(response: Any) -> None:
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("header", [
-    None, "", "Bearer", "Bearer ", "Basic YWxpY2U6c2VjcmV0", "bearer sf_short_x",
-    "Bearer sf_0123456789ab_" + "A" * 40,  # well-formed, unknown
-    "Bearer sf_0123456789ab_" + "A" * 41, "Bearer ../../etc/passwd", "Token abc",
-])
-def test_a_missing_or_bad_key_is_401_on_every_protected_route(app: Any, header: str | None
-                                                               ) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic YWxpY2U6c2VjcmV0",
+        "bearer sf_short_x",
+        "Bearer sf_0123456789ab_" + "A" * 40,  # well-formed, unknown
+        "Bearer sf_0123456789ab_" + "A" * 41,
+        "Bearer ../../etc/passwd",
+        "Token abc",
+    ],
+)
+def test_a_missing_or_bad_key_is_401_on_every_protected_route(app: Any, header: str | None) -> None:
     client = app.test_client()
     headers = {} if header is None else {"Authorization": header}
     for method, path in PROTECTED:
@@ -86,7 +100,8 @@ def test_a_key_in_the_url_is_never_accepted(app: Any, alice: Tenant) -> None:
 
 
 def test_another_tenants_job_is_404_on_every_route_and_stays_untouched(
-        app: Any, settings: Settings, alice: Tenant, bob: Tenant) -> None:
+    app: Any, settings: Settings, alice: Tenant, bob: Tenant
+) -> None:
     mine = alice.submit()["job_id"]
     done = alice.submit()["job_id"]
     finish_with_files(settings, done, b"video")
@@ -159,8 +174,10 @@ def test_keys_are_stored_only_as_hashes(app: Any, alice: Tenant) -> None:
     assert rows and not any(secret in value for row in rows for value in row)
 
 
-@pytest.mark.parametrize("field", ["status", "owner", "attempts", "worker", "created_at",
-                                   "completed_at", "job_id", "progress"])
+@pytest.mark.parametrize(
+    "field",
+    ["status", "owner", "attempts", "worker", "created_at", "completed_at", "job_id", "progress"],
+)
 def test_fields_the_server_sets_are_refused(alice: Tenant, field: str) -> None:
     response = alice.client.post("/v1/jobs", json={**small_deck(), field: "completed"})
     error = assert_error(response, 422, "validation_failed")
@@ -193,7 +210,8 @@ def test_the_active_job_cap_is_per_tenant_and_exact_under_races(settings: Settin
 
 @pytest.mark.parametrize("with_redis", [False, True])
 def test_submissions_are_rate_limited_per_key_across_processes(
-        settings: Settings, with_redis: bool, request: pytest.FixtureRequest) -> None:
+    settings: Settings, with_redis: bool, request: pytest.FixtureRequest
+) -> None:
     update: dict[str, Any] = {"submit_rate": 0.5, "submit_burst": 2}
     if with_redis:
         update["redis_url"] = request.getfixturevalue("redis_url")
@@ -217,8 +235,7 @@ def test_a_deck_longer_than_the_video_cap_is_422(settings: Settings) -> None:
     deck = small_deck(slides=3, duration=4.0)
     error = assert_error(alice.client.post("/v1/jobs", json=deck), 422, "validation_failed")
     assert error["details"][0]["field"] == "slides"
-    assert alice.client.post("/v1/jobs", json=small_deck(slides=2, duration=4.0)
-                             ).status_code == 202
+    assert alice.client.post("/v1/jobs", json=small_deck(slides=2, duration=4.0)).status_code == 202
 
 
 def test_list_limit_is_capped(alice: Tenant) -> None:
@@ -226,12 +243,21 @@ def test_list_limit_is_capped(alice: Tenant) -> None:
     assert alice.client.get("/v1/jobs?limit=500").status_code == 200
 
 
-def test_the_embedded_mode_runs_open_and_says_so(settings: Settings,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_the_embedded_mode_runs_open_and_says_so(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
-        app = create_app({"TESTING": True, "SETTINGS": settings.model_copy(
-            update={"auth": None, "database_url": "sqlite:///" + str(
-                settings.output_dir.parent / "open.db")})})
+        app = create_app(
+            {
+                "TESTING": True,
+                "SETTINGS": settings.model_copy(
+                    update={
+                        "auth": None,
+                        "database_url": "sqlite:///" + str(settings.output_dir.parent / "open.db"),
+                    }
+                ),
+            }
+        )
     assert not app.extensions["slidefarm"].settings.auth_required
     assert "authentication is OFF" in caplog.text
     assert Settings(DATABASE_URL="postgresql://u@h/db").auth_required
@@ -240,8 +266,9 @@ def test_the_embedded_mode_runs_open_and_says_so(settings: Settings,
 # -- the dashboard's session ---------------------------------------------------
 
 
-def test_the_dashboard_signs_in_with_a_key_and_keeps_a_safe_session(app: Any, alice: Tenant,
-                                                                      bob: Tenant) -> None:
+def test_the_dashboard_signs_in_with_a_key_and_keeps_a_safe_session(
+    app: Any, alice: Tenant, bob: Tenant
+) -> None:
     browser = app.test_client()
     page = browser.get("/")
     assert page.status_code == 401 and "text/html" in page.content_type
@@ -259,8 +286,10 @@ def test_the_dashboard_signs_in_with_a_key_and_keeps_a_safe_session(app: Any, al
     assert browser.get(f"/v1/jobs/{mine}").status_code == 200
     # A write with the cookie alone (what a forged cross-site form sends) is refused.
     assert_error(browser.post(f"/v1/jobs/{mine}/cancel"), 403)
-    assert browser.post(f"/v1/jobs/{mine}/cancel",
-                        headers={"X-Slidefarm-Request": "1"}).status_code == 202
+    assert (
+        browser.post(f"/v1/jobs/{mine}/cancel", headers={"X-Slidefarm-Request": "1"}).status_code
+        == 202
+    )
     assert browser.get(f"/v1/jobs/{mine}").get_json()["status"] == Status.CANCELLED.value
     browser.post("/logout")
     assert_401(browser.get(f"/v1/jobs/{mine}"))
@@ -274,16 +303,24 @@ def test_revoking_a_key_ends_its_dashboard_sessions(app: Any, alice: Tenant) -> 
     assert_401(browser.get("/"))
 
 
-@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"},
-                                     {"Sec-Fetch-Site": "cross-site"}])
-def test_no_other_site_can_sign_a_visitor_in_or_out(app: Any, alice: Tenant,
-                                                    headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers", [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}]
+)
+def test_no_other_site_can_sign_a_visitor_in_or_out(
+    app: Any, alice: Tenant, headers: dict[str, str]
+) -> None:
     browser = app.test_client()
     assert_error(browser.post("/login", data={"key": alice.token}, headers=headers), 403)
-    assert "Set-Cookie" not in browser.post("/login", data={"key": alice.token},
-                                            headers=headers).headers
-    assert browser.post("/login", data={"key": alice.token},
-                        headers={"Origin": "http://localhost"}).status_code == 303
+    assert (
+        "Set-Cookie"
+        not in browser.post("/login", data={"key": alice.token}, headers=headers).headers
+    )
+    assert (
+        browser.post(
+            "/login", data={"key": alice.token}, headers={"Origin": "http://localhost"}
+        ).status_code
+        == 303
+    )
     assert_error(browser.post("/logout", headers=headers), 403)
     assert browser.get("/").status_code == 200  # still signed in
 
@@ -301,15 +338,23 @@ def test_a_cap_of_zero_means_no_cap(settings: Settings) -> None:
 
 
 HOSTILE_NEXT = [
-    "/\t/evil.example", "/\n/evil.example", "/\r/evil.example", "/\r\n/evil.example",
-    "\t//evil.example", "/\t\\evil.example", "/\x00/evil.example", "/\x0b/evil.example",
-    "/\x7f/evil.example", "/x\r\nSet-Cookie: slidefarm_session=attacker",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "/\r/evil.example",
+    "/\r\n/evil.example",
+    "\t//evil.example",
+    "/\t\\evil.example",
+    "/\x00/evil.example",
+    "/\x0b/evil.example",
+    "/\x7f/evil.example",
+    "/x\r\nSet-Cookie: slidefarm_session=attacker",
 ]
 
 
 @pytest.mark.parametrize("target", HOSTILE_NEXT)
-def test_the_sign_in_never_redirects_off_site_nor_fails(app: Any, alice: Tenant,
-                                                        target: str) -> None:
+def test_the_sign_in_never_redirects_off_site_nor_fails(
+    app: Any, alice: Tenant, target: str
+) -> None:
     browser = app.test_client()
     signed = browser.post("/login", data={"key": alice.token, "next": target})
     assert signed.status_code == 303, signed.get_data(as_text=True)
@@ -320,8 +365,9 @@ def test_the_sign_in_never_redirects_off_site_nor_fails(app: Any, alice: Tenant,
 
 
 def test_a_same_site_next_still_works(app: Any, alice: Tenant) -> None:
-    signed = app.test_client().post("/login", data={"key": alice.token,
-                                                    "next": "/jobs/x?status=failed"})
+    signed = app.test_client().post(
+        "/login", data={"key": alice.token, "next": "/jobs/x?status=failed"}
+    )
     assert signed.status_code == 303 and signed.headers["Location"] == "/jobs/x?status=failed"
 
 
@@ -329,15 +375,24 @@ def test_a_same_site_next_still_works(app: Any, alice: Tenant) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["postgres", "POSTGRESQL", "Postgres+Psycopg2"])
-def test_an_api_on_a_postgres_alias_url_requires_keys(pg_url: str, tmp_path: Any,
-                                                      scheme: str) -> None:
+def test_an_api_on_a_postgres_alias_url_requires_keys(
+    pg_url: str, tmp_path: Any, scheme: str
+) -> None:
     url = scheme + "://" + pg_url.split("://", 1)[1]
-    settings = Settings(DATABASE_URL=url, CELERY_BROKER_URL="filesystem://",
-                        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
-                        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"), **NO_LIMITS)
+    settings = Settings(
+        DATABASE_URL=url,
+        CELERY_BROKER_URL="filesystem://",
+        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+        **NO_LIMITS,
+    )
     client = create_app({"TESTING": True, "SETTINGS": settings}).test_client()
-    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/workers"),
-                         ("GET", "/metrics")):
+    for method, path in (
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/workers"),
+        ("GET", "/metrics"),
+    ):
         answer = client.open(path, method=method, json=small_deck())
         assert answer.status_code == 401, (method, path, answer.get_data(as_text=True))
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")

@@ -20,8 +20,9 @@ from tests.support.jobs import finish_with_files
 from tests.support.services import queued_messages
 
 
-def test_submit_commits_the_job_then_sends_its_task(client: FlaskClient,
-                                                    settings: Settings) -> None:
+def test_submit_commits_the_job_then_sends_its_task(
+    client: FlaskClient, settings: Settings
+) -> None:
     response = client.post("/v1/jobs", json=sample_deck())
     assert response.status_code == 202
     job = response.get_json()
@@ -41,8 +42,12 @@ def test_submit_commits_the_job_then_sends_its_task(client: FlaskClient,
 def test_submission_fills_defaults(client: FlaskClient, settings: Settings) -> None:
     job = client.post("/v1/jobs", json={"title": "t", "slides": [{"title": "x"}]}).get_json()
     stored = JobStore.from_url(settings.database_url).get(job["job_id"])
-    assert stored.deck["options"] == {"resolution": "720p", "theme": "light", "fps": 30,
-                                      "transition": "none"}
+    assert stored.deck["options"] == {
+        "resolution": "720p",
+        "theme": "light",
+        "fps": 30,
+        "transition": "none",
+    }
     assert stored.deck["slides"][0]["duration"] == 3.0
 
 
@@ -86,9 +91,17 @@ def test_invalid_deck_is_422_naming_each_field(client: FlaskClient, settings: Se
     }
     error = assert_error(client.post("/v1/jobs", json=deck), 422, "validation_failed")
     fields = {d["field"] for d in error["details"]}
-    assert {"title", "slides.0.title", "slides.0.duration", "slides.0.bullets",
-            "slides.0.colour", "options.resolution", "options.fps", "options.theme",
-            "extra"} <= fields
+    assert {
+        "title",
+        "slides.0.title",
+        "slides.0.duration",
+        "slides.0.bullets",
+        "slides.0.colour",
+        "options.resolution",
+        "options.fps",
+        "options.theme",
+        "extra",
+    } <= fields
     assert all(d["message"] for d in error["details"])
     assert_error(client.post("/v1/jobs", json={"title": "t", "slides": []}), 422)
     assert_error(client.post("/v1/jobs", json=[1, 2]), 422)
@@ -132,8 +145,9 @@ def test_list_filters_pages_and_validates(client: FlaskClient, settings: Setting
     assert_error(client.get("/v1/jobs?cursor=%%%"), 400, "invalid_cursor")
 
 
-def test_files_are_404_until_completed_then_served_with_ranges(client: FlaskClient,
-                                                              settings: Settings) -> None:
+def test_files_are_404_until_completed_then_served_with_ranges(
+    client: FlaskClient, settings: Settings
+) -> None:
     job_id = client.post("/v1/jobs", json=small_deck(slides=1)).get_json()["job_id"]
     assert_error(client.get(f"/v1/jobs/{job_id}/video"), 404, "not_ready")
     assert_error(client.get(f"/v1/jobs/{job_id}/thumbnail"), 404, "not_ready")
@@ -166,8 +180,10 @@ def test_files_are_404_until_completed_then_served_with_ranges(client: FlaskClie
 def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok",
-                                                                       "broker": "ok"}
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+    }
 
 
 def test_readiness_names_a_database_that_is_down(tmp_path: Path) -> None:
@@ -182,8 +198,9 @@ def test_readiness_names_a_database_that_is_down(tmp_path: Path) -> None:
     error = assert_error(client.get("/readyz"), 503, "not_ready")
     assert [d["field"] for d in error["details"]] == ["database"]
     # Reads answer 503 with the JSON shape, never a crash or an HTML page.
-    assert_error(client.get("/v1/jobs/00000000-0000-4000-8000-000000000000"), 503,
-                 "database_unavailable")
+    assert_error(
+        client.get("/v1/jobs/00000000-0000-4000-8000-000000000000"), 503, "database_unavailable"
+    )
     assert_error(client.post("/v1/jobs", json=small_deck()), 503, "database_unavailable")
 
 
@@ -215,41 +232,58 @@ def test_unexpected_errors_are_json_500(app: Flask) -> None:
 
 def test_hostile_json_is_a_clean_400(client: FlaskClient) -> None:
     huge_int = b'{"title": "t", "slides": [{"duration": ' + b"9" * 5000 + b"}]}"
-    assert_error(client.post("/v1/jobs", data=huge_int, content_type="application/json"),
-                 400, "malformed_json")
+    assert_error(
+        client.post("/v1/jobs", data=huge_int, content_type="application/json"),
+        400,
+        "malformed_json",
+    )
     deep = b"[" * 100_000 + b"]" * 100_000
-    assert_error(client.post("/v1/jobs", data=deep[:900_000], content_type="application/json"),
-                 400, "malformed_json")
+    assert_error(
+        client.post("/v1/jobs", data=deep[:900_000], content_type="application/json"),
+        400,
+        "malformed_json",
+    )
     nan = b'{"title": "t", "slides": [{"duration": NaN}]}'
     assert_error(client.post("/v1/jobs", data=nan, content_type="application/json"), 422)
 
 
 def test_nul_characters_are_refused_not_stored(client: FlaskClient) -> None:
-    error = assert_error(client.post("/v1/jobs", json={"title": "a\x00b", "slides": [
-        {"body": "x\x00"}]}), 422)
+    error = assert_error(
+        client.post("/v1/jobs", json={"title": "a\x00b", "slides": [{"body": "x\x00"}]}), 422
+    )
     assert {d["field"] for d in error["details"]} == {"title", "slides.0.body"}
     assert_error(client.get("/v1/jobs/%00"), 404, "job_not_found")
     assert_error(client.get("/v1/jobs/not-a-uuid/slides/1"), 404, "job_not_found")
-    assert_error(client.post("/v1/jobs", json=small_deck(),
-                             headers={"Idempotency-Key": "a\tb"}), 400, "invalid_parameter")
+    assert_error(
+        client.post("/v1/jobs", json=small_deck(), headers={"Idempotency-Key": "a\tb"}),
+        400,
+        "invalid_parameter",
+    )
 
 
 def test_a_chunked_body_over_the_limit_is_413(client: FlaskClient, settings: Settings) -> None:
     body = json.dumps({"title": "t", "slides": [{"body": "x"}], "pad": "p" * 2_000_000})
-    response = client.post("/v1/jobs", input_stream=io.BytesIO(body.encode()),
-                           headers={"Content-Type": "application/json",
-                                    "Transfer-Encoding": "chunked"},
-                           # as gunicorn says of a chunked body it has de-chunked
-                           environ_overrides={"wsgi.input_terminated": True})
+    response = client.post(
+        "/v1/jobs",
+        input_stream=io.BytesIO(body.encode()),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        # as gunicorn says of a chunked body it has de-chunked
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     assert_error(response, 413)
     assert queued_messages(settings) == 0
 
 
-def test_files_are_served_from_a_relative_output_dir(tmp_path: Path, db_url: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_are_served_from_a_relative_output_dir(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = Settings(DATABASE_URL=db_url, CELERY_BROKER_URL="filesystem://",
-                        SLIDEFARM_BROKER_DIR="broker", SLIDEFARM_OUTPUT_DIR="output")
+    settings = Settings(
+        DATABASE_URL=db_url,
+        CELERY_BROKER_URL="filesystem://",
+        SLIDEFARM_BROKER_DIR="broker",
+        SLIDEFARM_OUTPUT_DIR="output",
+    )
     assert settings.output_dir == tmp_path / "output"
     client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
     if settings.auth_required:

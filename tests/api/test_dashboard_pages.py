@@ -60,8 +60,11 @@ class Page(HTMLParser):
             element.text += data
 
     def all(self, tag: str, **attrs: str) -> list[Element]:
-        return [e for e in self.elements if e.tag == tag
-                and all(e.attrs.get(k.rstrip("_")) == v for k, v in attrs.items())]
+        return [
+            e
+            for e in self.elements
+            if e.tag == tag and all(e.attrs.get(k.rstrip("_")) == v for k, v in attrs.items())
+        ]
 
     def one(self, tag: str, **attrs: str) -> Element:
         found = self.all(tag, **attrs)
@@ -93,7 +96,8 @@ def test_signed_out_pages_load_only_public_assets_and_offer_no_navigation(app: A
     for path in ("/login", "/login?next=/workers"):
         login = page(visitor, path)
         assets = [e.attrs["src"] for e in login.all("script") if "src" in e.attrs] + [
-            e.attrs["href"] for e in login.all("link")]
+            e.attrs["href"] for e in login.all("link")
+        ]
         assert assets == ["/favicon.svg"], assets
         for url in assets:
             assert fetch(visitor, url).status_code == 200, url
@@ -152,7 +156,8 @@ def test_timestamps_are_time_elements_with_readable_text(app: Any) -> None:
     (failed_at,) = page(admin, "/overview").all("time")
     time_text_matches(failed_at)
     assert failed_at.attrs["datetime"] == store.get(job_id).completed_at.isoformat().replace(
-        "+00:00", "Z")
+        "+00:00", "Z"
+    )
     (created,) = page(admin, "/").all("time")
     time_text_matches(created)
     assert created.attrs["data-relative"] == "1"  # the script shows "2 min ago"
@@ -161,7 +166,7 @@ def test_timestamps_are_time_elements_with_readable_text(app: Any) -> None:
 def cells(page_: Page, row: Element) -> list[str]:
     """The text of each cell of ``row``."""
     found: list[str] = []
-    for element in page_.elements[page_.elements.index(row) + 1:]:
+    for element in page_.elements[page_.elements.index(row) + 1 :]:
         if element.tag == "tr":
             break
         if element.tag == "td":
@@ -185,7 +190,10 @@ def test_the_tenant_column_and_the_admin_pages_are_an_admins(app: Any) -> None:
     assert sorted(row[column] for row in job_rows(admin)) == ["alice", "bob"]
     assert all(len(row) == len(headers) for row in job_rows(admin))
     assert [a.text for a in admin.all("a") if a.attrs["href"] in NAVIGATION] == [
-        "Jobs", "Workers", "Overview"]
+        "Jobs",
+        "Workers",
+        "Overview",
+    ]
     alice = signed_in(app, "alice")
     mine = page(alice, "/")
     headers = [th.text for th in mine.all("th")]
@@ -222,9 +230,11 @@ def test_produced_files_link_to_routes_the_session_may_read(app: Any, settings: 
     arguments = json.loads(f"[{match.group(1)}]")
     assert arguments[:3] == [job_id, settings.stale_after, False]
     links: dict[str, str] = arguments[3]
-    assert links == {"video.mp4": f"/v1/jobs/{job_id}/video",
-                     "thumbnail.jpg": f"/v1/jobs/{job_id}/thumbnail",
-                     "slides/001.png": f"/v1/jobs/{job_id}/slides/1"}
+    assert links == {
+        "video.mp4": f"/v1/jobs/{job_id}/video",
+        "thumbnail.jpg": f"/v1/jobs/{job_id}/thumbnail",
+        "slides/001.png": f"/v1/jobs/{job_id}/slides/1",
+    }
     on_disk = {"video.mp4", "thumbnail.jpg", "slides/001.png"}
     for path in on_disk:
         served = fetch(browser, links[path])
@@ -243,6 +253,8 @@ def test_the_thumbnail_and_the_video_are_labelled(app: Any) -> None:
     assert "Thumbnail" in thumbnail.text and "Video" in video.text
     figures = job.all("figcaption")
     assert [f.text.split()[0] for f in figures] == ["Thumbnail", "Video"]
-    assert job.one("img", id="thumbnail").attrs["alt"] == \
-        "Thumbnail of “Quarterly <review>”: its first slide"
+    assert (
+        job.one("img", id="thumbnail").attrs["alt"]
+        == "Thumbnail of “Quarterly <review>”: its first slide"
+    )
     assert job.one("video", id="video").attrs["aria-label"] == "Video of “Quarterly <review>”"

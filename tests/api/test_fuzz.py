@@ -40,29 +40,45 @@ MAX_EXAMPLES = 150
 
 
 def fuzz_config(operations: tuple[dict[str, Any], ...] = (), **extra: Any) -> Any:
-    return schemathesis.Config.from_dict({
-        "seed": 20240601,  # the same run every time; change it to explore further
-        "headers": AUTH_HEADERS,
-        # An event stream of a job no worker takes never ends: its first event is enough.
-        "max-stream-events": 1,
-        "request-timeout": 5,
-        "generation": {"max-examples": MAX_EXAMPLES},
-        "phases": {"stateful": {"max-steps": 8}},
-        **extra,
-        "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
-        "operations": [{
-            # docs/design.md: the outputs answer 404 until the job is completed, and no
-            # worker runs here, so "just created, yet 404" is the contract.
-            "include-path-regex": r"/(video|thumbnail|slides/\{n\})$",
-            "checks": {
-                "ensure_resource_availability": {"enabled": False},
-                # A well-formed Range past the end of a file (the fixture's
-                # thumbnail is 8 bytes) is rightly 416, as documented.
-                "positive_data_acceptance": {"expected-statuses": [
-                    "2xx", "3xx", "401", "403", "404", "409", "416", "429", "5xx"]},
-            },
-        }, *operations],
-    })
+    return schemathesis.Config.from_dict(
+        {
+            "seed": 20240601,  # the same run every time; change it to explore further
+            "headers": AUTH_HEADERS,
+            # An event stream of a job no worker takes never ends: its first event is enough.
+            "max-stream-events": 1,
+            "request-timeout": 5,
+            "generation": {"max-examples": MAX_EXAMPLES},
+            "phases": {"stateful": {"max-steps": 8}},
+            **extra,
+            "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+            "operations": [
+                {
+                    # docs/design.md: the outputs answer 404 until the job is completed, and no
+                    # worker runs here, so "just created, yet 404" is the contract.
+                    "include-path-regex": r"/(video|thumbnail|slides/\{n\})$",
+                    "checks": {
+                        "ensure_resource_availability": {"enabled": False},
+                        # A well-formed Range past the end of a file (the fixture's
+                        # thumbnail is 8 bytes) is rightly 416, as documented.
+                        "positive_data_acceptance": {
+                            "expected-statuses": [
+                                "2xx",
+                                "3xx",
+                                "401",
+                                "403",
+                                "404",
+                                "409",
+                                "416",
+                                "429",
+                                "5xx",
+                            ]
+                        },
+                    },
+                },
+                *operations,
+            ],
+        }
+    )
 
 
 class RequestCounter:
@@ -77,12 +93,13 @@ class RequestCounter:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         streaming = False
 
-        def counting_start_response(status: str, headers: list[tuple[str, str]],
-                                    *args: Any) -> Any:
+        def counting_start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             nonlocal streaming
             code = int(status.split(" ", 1)[0])
-            streaming = any(name.lower() == "content-type" and "event-stream" in value
-                            for name, value in headers)
+            streaming = any(
+                name.lower() == "content-type" and "event-stream" in value
+                for name, value in headers
+            )
             with self._lock:
                 self.statuses[code] = self.statuses.get(code, 0) + 1
             return start_response(status, headers, *args)
@@ -175,9 +192,11 @@ def _failures(event: events.ScenarioFinished) -> list[str]:
                 answer = b""
                 if interaction is not None and interaction.response is not None:
                     answer = interaction.response.content or b""
-                found.append(f"{event.recorder.label}: {check.name}: {failure.title}\n"
-                             f"{failure.message}\n{check.failure_info.code_sample}\n"
-                             f"answer: {answer[:400]!r}")
+                found.append(
+                    f"{event.recorder.label}: {check.name}: {failure.title}\n"
+                    f"{failure.message}\n{check.failure_info.code_sample}\n"
+                    f"answer: {answer[:400]!r}"
+                )
     return found
 
 
@@ -187,8 +206,10 @@ def test_schemathesis_finds_nothing(fuzz_app: Any) -> None:
         schema.validate()  # the document itself is valid OpenAPI 3.1
         counter, problems, elapsed = _run(fuzz_app, schema)
 
-    print(f"\nschemathesis: {counter.count} requests in {elapsed:.1f}s; "
-          f"statuses {dict(sorted(counter.statuses.items()))}")
+    print(
+        f"\nschemathesis: {counter.count} requests in {elapsed:.1f}s; "
+        f"statuses {dict(sorted(counter.statuses.items()))}"
+    )
     assert not {code: n for code, n in counter.statuses.items() if code >= 500}
     assert not problems, "\n\n".join(problems[:20])
     assert counter.count > 1000
@@ -203,10 +224,16 @@ def _complete_with_files(app: Any, job_id: str) -> None:
     (folder / "video.mp4").write_bytes(bytes(range(256)) * 64)
     (folder / "thumbnail.jpg").write_bytes(b"\xff\xd8\xff\xe0jpeg")
     (folder / "slides" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\nslide")
-    svc.store.add_files(job_id, job.attempts, [("video.mp4", 16384), ("thumbnail.jpg", 8),
-                                               ("slides/001.png", 13)])
-    svc.store.complete(job_id, job.attempts, video_url=f"/v1/jobs/{job_id}/video",
-                       thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+    svc.store.add_files(
+        job_id, job.attempts, [("video.mp4", 16384), ("thumbnail.jpg", 8), ("slides/001.png", 13)]
+    )
+    svc.store.complete(
+        job_id,
+        job.attempts,
+        video_url=f"/v1/jobs/{job_id}/video",
+        thumbnail_url=f"/v1/jobs/{job_id}/thumbnail",
+        slide_image_path="slides",
+    )
 
 
 def test_a_completed_job_reads_as_documented(fuzz_app: Any) -> None:
@@ -220,25 +247,34 @@ def test_a_completed_job_reads_as_documented(fuzz_app: Any) -> None:
     # No stateful phase: it would create, cancel and delete jobs around the pinned id.
     config = fuzz_config(
         ({"exclude-name-regex": r"^GET /v1/jobs/\{job_id\}", "enabled": False},),
-        parameters={"job_id": job_id}, phases={"stateful": {"enabled": False}},
-        generation={"max-examples": 50})
+        parameters={"job_id": job_id},
+        phases={"stateful": {"enabled": False}},
+        generation={"max-examples": 50},
+    )
     with served(fuzz_app) as base:
         schema = schemathesis.openapi.from_url(f"{base}/openapi.json", config=config)
 
         counter, problems, elapsed = _run(fuzz_app, schema)
 
-        print(f"\nschemathesis, completed job: {counter.count} requests in {elapsed:.1f}s; "
-              f"statuses {dict(sorted(counter.statuses.items()))}")
+        print(
+            f"\nschemathesis, completed job: {counter.count} requests in {elapsed:.1f}s; "
+            f"statuses {dict(sorted(counter.statuses.items()))}"
+        )
         assert not problems, "\n\n".join(problems[:20])
         assert {200, 206}.issubset(counter.statuses)
 
         video = schema["/v1/jobs/{job_id}/video"]["GET"]
         etag = client.get(f"/v1/jobs/{job_id}/video", headers=AUTH_HEADERS)
         etag.close()
-        expected = (({"Range": "bytes=0-9"}, 206), ({"Range": "bytes=999999-"}, 416),
-                    ({"Range": "bytes=-0"}, 416),
-                    ({"Range": "items=0-1"}, 200), ({"Range": "bytes=0-1,4-5"}, 200),
-                    ({"Range": "nonsense"}, 200), ({"If-None-Match": etag.headers["ETag"]}, 304))
+        expected = (
+            ({"Range": "bytes=0-9"}, 206),
+            ({"Range": "bytes=999999-"}, 416),
+            ({"Range": "bytes=-0"}, 416),
+            ({"Range": "items=0-1"}, 200),
+            ({"Range": "bytes=0-1,4-5"}, 200),
+            ({"Range": "nonsense"}, 200),
+            ({"If-None-Match": etag.headers["ETag"]}, 304),
+        )
         for headers, status in expected:
             case = video.Case(path_parameters={"job_id": job_id}, headers=headers)
             response = case.call_and_validate(headers=AUTH_HEADERS)

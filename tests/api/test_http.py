@@ -35,8 +35,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def http_settings(settings: Settings, secret: str | None = SECRET, **update: Any) -> Settings:
     """``settings`` with keys required, two allowed origins and a signing secret."""
-    values: dict[str, Any] = {"cors_origins": f"{ALLOWED}, http://localhost:3000",
-                              "secret_key": SecretStr(secret) if secret else None, **update}
+    values: dict[str, Any] = {
+        "cors_origins": f"{ALLOWED}, http://localhost:3000",
+        "secret_key": SecretStr(secret) if secret else None,
+        **update,
+    }
     return locked(settings, **values)
 
 
@@ -66,8 +69,13 @@ def completed(app: Any, tenant: Tenant, slides: int = 2, title: str = "A small d
     (folder / "thumbnail.jpg").write_bytes(b"\xff\xd8jpeg")
     for n in range(1, slides + 1):
         (folder / "slides" / f"{n:03d}.png").write_bytes(PNG + bytes([n]))
-    svc.store.complete(job_id, job.attempts, video_url=f"/v1/jobs/{job_id}/video",
-                       thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+    svc.store.complete(
+        job_id,
+        job.attempts,
+        video_url=f"/v1/jobs/{job_id}/video",
+        thumbnail_url=f"/v1/jobs/{job_id}/thumbnail",
+        slide_image_path="slides",
+    )
     return str(job_id)
 
 
@@ -81,23 +89,30 @@ def path_of(url: str) -> str:
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/00000000-0000-4000-8000-000000000000"])
 def test_a_preflight_from_an_allowed_origin_needs_no_key(app: Any, path: str) -> None:
-    response = app.test_client().options(path, headers={
-        "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"})
+    response = app.test_client().options(
+        path,
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    )
     assert response.status_code == 204, response.get_data(as_text=True)
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
     assert "Origin" in response.headers["Vary"]
     methods = {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
     assert {"GET", "POST", "DELETE"} <= methods
-    allowed = {h.strip().lower()
-               for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    allowed = {
+        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
+    }
     assert {"authorization", "idempotency-key", "content-type"} <= allowed
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
 def test_a_disallowed_origin_gets_no_cors_headers(app: Any, alice: Tenant) -> None:
-    preflight = app.test_client().options("/v1/jobs", headers={
-        "Origin": OTHER, "Access-Control-Request-Method": "GET"})
+    preflight = app.test_client().options(
+        "/v1/jobs", headers={"Origin": OTHER, "Access-Control-Request-Method": "GET"}
+    )
     assert not [h for h in preflight.headers.keys() if h.startswith("Access-Control-")]
     answer = alice.client.get("/v1/jobs", headers={"Origin": OTHER})
     assert answer.status_code == 200
@@ -125,8 +140,9 @@ def test_cors_is_off_by_default(settings: Settings) -> None:
     alice = Tenant(app, "alice")
     answer = alice.client.get("/v1/jobs", headers={"Origin": ALLOWED})
     assert answer.status_code == 200 and "Access-Control-Allow-Origin" not in answer.headers
-    preflight = app.test_client().options("/v1/jobs", headers={
-        "Origin": ALLOWED, "Access-Control-Request-Method": "GET"})
+    preflight = app.test_client().options(
+        "/v1/jobs", headers={"Origin": ALLOWED, "Access-Control-Request-Method": "GET"}
+    )
     assert preflight.status_code == 204
     assert "Access-Control-Allow-Origin" not in preflight.headers
 
@@ -135,8 +151,7 @@ def test_cors_origins_must_be_origins() -> None:
     for bad in ("*", "https://app.example/path", "app.example", "null", "ftp://app.example"):
         with pytest.raises(ValueError):
             Settings(SLIDEFARM_CORS_ORIGINS=bad)
-    assert Settings(SLIDEFARM_CORS_ORIGINS="HTTPS://App.Example:443/").cors_origin_set == {
-        ALLOWED}
+    assert Settings(SLIDEFARM_CORS_ORIGINS="HTTPS://App.Example:443/").cors_origin_set == {ALLOWED}
 
 
 # -- signed links ------------------------------------------------------------------
@@ -159,8 +174,9 @@ def test_signed_links_open_each_output_without_a_key(app: Any, alice: Tenant) ->
     part = fetch(browser, path_of(job["video_url"]), headers={"Range": "bytes=1000-1099"})
     assert part.status_code == 206 and part.data == VIDEO[1000:1100]
     assert part.headers["Content-Range"] == f"bytes 1000-1099/{len(VIDEO)}"
-    again = fetch(browser, path_of(job["video_url"]), headers={"If-None-Match": video.headers[
-        "ETag"]})
+    again = fetch(
+        browser, path_of(job["video_url"]), headers={"If-None-Match": video.headers["ETag"]}
+    )
     assert again.status_code == 304
     assert fetch(browser, path_of(job["thumbnail_url"])).data == b"\xff\xd8jpeg"
     for n, url in enumerate(job["slide_urls"], start=1):
@@ -258,22 +274,22 @@ def test_large_json_is_gzipped_for_clients_that_accept_it(app: Any, alice: Tenan
     assert "Content-Encoding" not in refused.headers
     document = app.test_client().get("/openapi.json", headers={"Accept-Encoding": "gzip"})
     assert document.headers["Content-Encoding"] == "gzip"
-    script = fetch(alice.client, "/static/dashboard.js",
-                   headers={"Accept-Encoding": "gzip"})
+    script = fetch(alice.client, "/static/dashboard.js", headers={"Accept-Encoding": "gzip"})
     assert script.headers["Content-Encoding"] == "gzip" and script.headers["ETag"][:2] == "W/"
     assert b"function" in gzip.decompress(script.data)
 
 
-def test_small_bodies_media_ranges_and_streams_are_never_gzipped(app: Any,
-                                                                 alice: Tenant) -> None:
+def test_small_bodies_media_ranges_and_streams_are_never_gzipped(app: Any, alice: Tenant) -> None:
     job_id = completed(app, alice, slides=1)
     gz = {"Accept-Encoding": "gzip"}
     status = alice.client.get(f"/v1/jobs/{alice.submit()['job_id']}", headers=gz)
     assert len(status.data) < 1024 and "Content-Encoding" not in status.headers
-    for url, headers in ((f"/v1/jobs/{job_id}/video", gz),
-                         (f"/v1/jobs/{job_id}/video", {**gz, "Range": "bytes=0-5000"}),
-                         (f"/v1/jobs/{job_id}/slides/1", gz),
-                         (f"/v1/jobs/{job_id}/thumbnail", gz)):
+    for url, headers in (
+        (f"/v1/jobs/{job_id}/video", gz),
+        (f"/v1/jobs/{job_id}/video", {**gz, "Range": "bytes=0-5000"}),
+        (f"/v1/jobs/{job_id}/slides/1", gz),
+        (f"/v1/jobs/{job_id}/thumbnail", gz),
+    ):
         response = fetch(alice.client, url, headers=headers)
         assert response.status_code in (200, 206)
         assert "Content-Encoding" not in response.headers, url
@@ -289,7 +305,8 @@ def test_small_bodies_media_ranges_and_streams_are_never_gzipped(app: Any,
 
 @pytest.mark.parametrize("cache", ["redis", "none"])
 def test_the_jobs_etag_answers_304_until_any_field_changes(
-        request: pytest.FixtureRequest, settings: Settings, cache: str) -> None:
+    request: pytest.FixtureRequest, settings: Settings, cache: str
+) -> None:
     extra: dict[str, Any] = {}
     if cache == "redis":
         extra["redis_url"] = request.getfixturevalue("redis_url")
@@ -328,8 +345,12 @@ def test_the_jobs_etag_answers_304_until_any_field_changes(
         assert alice.client.get(url, headers={"If-None-Match": etag}).status_code == 304
     history = alice.client.get(f"{url}?include=history")
     assert history.headers["ETag"] not in seen
-    assert alice.client.get(f"{url}?include=history", headers={
-        "If-None-Match": history.headers["ETag"]}).status_code == 304
+    assert (
+        alice.client.get(
+            f"{url}?include=history", headers={"If-None-Match": history.headers["ETag"]}
+        ).status_code
+        == 304
+    )
 
 
 # -- ranges and download names -----------------------------------------------------
@@ -337,8 +358,11 @@ def test_the_jobs_etag_answers_304_until_any_field_changes(
 
 def test_a_suffix_range_of_zero_bytes_is_416(app: Any, alice: Tenant) -> None:
     job_id = completed(app, alice, slides=1)
-    for url in (f"/v1/jobs/{job_id}/video", f"/v1/jobs/{job_id}/thumbnail",
-                f"/v1/jobs/{job_id}/slides/1"):
+    for url in (
+        f"/v1/jobs/{job_id}/video",
+        f"/v1/jobs/{job_id}/thumbnail",
+        f"/v1/jobs/{job_id}/slides/1",
+    ):
         for value in ("bytes=-0", "bytes=-000", "Bytes=-0"):
             response = fetch(alice.client, url, headers={"Range": value})
             assert_error(response, 416)
@@ -349,26 +373,32 @@ def test_a_suffix_range_of_zero_bytes_is_416(app: Any, alice: Tenant) -> None:
     assert ignored.status_code == 200
 
 
-@pytest.mark.parametrize(("title", "ascii_name", "utf8_name"), [
-    ("Quarterly review", "Quarterly review", "Quarterly%20review"),
-    ("../../etc/passwd", "etc passwd", "etc%20passwd"),
-    ('Q1\r\nSet-Cookie: a=b; "x"\\y', "Q1 Set-Cookie_ a=b_ _x_ y",
-     "Q1%20Set-Cookie_%20a%3Db%3B%20_x_%20y"),
-    ("Résumé \u202egnp.exe", "Resume gnp.exe", "R%C3%A9sum%C3%A9%20gnp.exe"),
-    ("季度报告", None, "%E5%AD%A3%E5%BA%A6%E6%8A%A5%E5%91%8A"),
-    ("...", None, None),
-])
-def test_download_names_come_from_the_title_made_safe(app: Any, alice: Tenant, title: str,
-                                                      ascii_name: str | None,
-                                                      utf8_name: str | None) -> None:
+@pytest.mark.parametrize(
+    ("title", "ascii_name", "utf8_name"),
+    [
+        ("Quarterly review", "Quarterly review", "Quarterly%20review"),
+        ("../../etc/passwd", "etc passwd", "etc%20passwd"),
+        (
+            'Q1\r\nSet-Cookie: a=b; "x"\\y',
+            "Q1 Set-Cookie_ a=b_ _x_ y",
+            "Q1%20Set-Cookie_%20a%3Db%3B%20_x_%20y",
+        ),
+        ("Résumé \u202egnp.exe", "Resume gnp.exe", "R%C3%A9sum%C3%A9%20gnp.exe"),
+        ("季度报告", None, "%E5%AD%A3%E5%BA%A6%E6%8A%A5%E5%91%8A"),
+        ("...", None, None),
+    ],
+)
+def test_download_names_come_from_the_title_made_safe(
+    app: Any, alice: Tenant, title: str, ascii_name: str | None, utf8_name: str | None
+) -> None:
     job_id = completed(app, alice, slides=1, title=title)
     response = fetch(alice.client, f"/v1/jobs/{job_id}/video?download=1")
     assert response.status_code == 200 and response.data == VIDEO
     expected_ascii = ascii_name or job_id
     expected_utf8 = utf8_name or job_id
     assert response.headers["Content-Disposition"] == (
-        f'attachment; filename="{expected_ascii}.mp4"; '
-        f"filename*=UTF-8''{expected_utf8}.mp4")
+        f"attachment; filename=\"{expected_ascii}.mp4\"; filename*=UTF-8''{expected_utf8}.mp4"
+    )
     slide = fetch(alice.client, f"/v1/jobs/{job_id}/slides/1?download=1")
     assert slide.headers["Content-Disposition"].endswith(f"{expected_utf8}%20-%20slide%201.png")
     inline = fetch(alice.client, f"/v1/jobs/{job_id}/video")
@@ -378,8 +408,11 @@ def test_download_names_come_from_the_title_made_safe(app: Any, alice: Tenant, t
 
 # -- behind a proxy ----------------------------------------------------------------
 
-FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "slides.example",
-             "X-Forwarded-For": "203.0.113.9"}
+FORWARDED = {
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "slides.example",
+    "X-Forwarded-For": "203.0.113.9",
+}
 
 
 def sign_in_cookie(app: Any, alice: Tenant, headers: dict[str, str]) -> str:
@@ -390,7 +423,8 @@ def sign_in_cookie(app: Any, alice: Tenant, headers: dict[str, str]) -> str:
 
 
 def test_behind_a_trusted_proxy_the_cookie_is_secure_and_links_are_public(
-        settings: Settings) -> None:
+    settings: Settings,
+) -> None:
     app = http_app(settings, trusted_proxies=1)
     alice = Tenant(app, "alice")
     cookie = sign_in_cookie(app, alice, {**FORWARDED, "Origin": "https://slides.example"})
@@ -434,24 +468,33 @@ BROKEN_BODIES = [InvalidChunkSize(b"zz"), ChunkMissingTerminator(b"XX"), NoMoreD
 
 
 @pytest.mark.parametrize("error", BROKEN_BODIES, ids=lambda e: type(e).__name__)
-def test_a_body_the_server_cannot_dechunk_is_400_not_500(app: Any, alice: Tenant,
-                                                         error: Exception) -> None:
+def test_a_body_the_server_cannot_dechunk_is_400_not_500(
+    app: Any, alice: Tenant, error: Exception
+) -> None:
     chunked = {"wsgi.input_terminated": True}  # as gunicorn says of a chunked body
-    response = alice.client.post("/v1/jobs", headers={"Content-Type": "application/json",
-                                                      "Transfer-Encoding": "chunked"},
-                                 environ_overrides={**chunked, "wsgi.input": BrokenChunks(error)})
+    response = alice.client.post(
+        "/v1/jobs",
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={**chunked, "wsgi.input": BrokenChunks(error)},
+    )
     assert_error(response, 400, "malformed_body")
     login = app.test_client().post(
-        "/login", headers={"Content-Type": "application/x-www-form-urlencoded",
-                           "Transfer-Encoding": "chunked"},
-        environ_overrides={**chunked, "wsgi.input": BrokenChunks(error)})
+        "/login",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Transfer-Encoding": "chunked",
+        },
+        environ_overrides={**chunked, "wsgi.input": BrokenChunks(error)},
+    )
     assert_error(login, 400, "malformed_body")
     # Nothing was recorded, and a good body still goes through.
     assert alice.client.get("/v1/jobs").get_json()["jobs"] == []
-    good = alice.client.post("/v1/jobs", input_stream=io.BytesIO(
-        json.dumps(small_deck(slides=1)).encode()), headers={
-            "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-        environ_overrides=chunked)
+    good = alice.client.post(
+        "/v1/jobs",
+        input_stream=io.BytesIO(json.dumps(small_deck(slides=1)).encode()),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides=chunked,
+    )
     assert good.status_code == 202, good.get_data(as_text=True)
 
 
@@ -462,25 +505,50 @@ def test_a_body_the_server_cannot_dechunk_is_400_not_500(app: Any, alice: Tenant
 
 def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                timeout=30) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers), timeout=30
+    ) as response:
         return response.status, response.read()
 
 
-def test_the_access_log_never_shows_a_signed_links_token(settings: Settings,
-                                                         tmp_path: Path) -> None:
+def test_the_access_log_never_shows_a_signed_links_token(
+    settings: Settings, tmp_path: Path
+) -> None:
     app = http_app(settings)
     alice = Tenant(app, "alice")
     job_id = completed(app, alice, slides=1)
-    env = stack_env(DATABASE_URL=settings.database_url, CELERY_BROKER_URL="filesystem://",
-                    SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
-                    SLIDEFARM_OUTPUT_DIR=str(settings.output_dir), SLIDEFARM_AUTH="required",
-                    SLIDEFARM_SECRET_KEY=SECRET)
+    env = stack_env(
+        DATABASE_URL=settings.database_url,
+        CELERY_BROKER_URL="filesystem://",
+        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
+        SLIDEFARM_OUTPUT_DIR=str(settings.output_dir),
+        SLIDEFARM_AUTH="required",
+        SLIDEFARM_SECRET_KEY=SECRET,
+    )
     stack = Stack(env, tmp_path)
-    api = Proc("api-access-log", [
-        sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "4",
-        "-b", f"127.0.0.1:{stack.port}", "--graceful-timeout", "5",
-        "--access-logfile", "-", "api:create_app()"], env, tmp_path)
+    api = Proc(
+        "api-access-log",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gthread",
+            "-w",
+            "1",
+            "--threads",
+            "4",
+            "-b",
+            f"127.0.0.1:{stack.port}",
+            "--graceful-timeout",
+            "5",
+            "--access-logfile",
+            "-",
+            "api:create_app()",
+        ],
+        env,
+        tmp_path,
+    )
     stack.procs.append(api)
     try:
         stack.wait_ready(api)
@@ -504,15 +572,19 @@ def test_the_access_log_never_shows_a_signed_links_token(settings: Settings,
 # as ``/`` and a fullwidth colon as ``:``.
 
 
-@pytest.mark.parametrize(("title", "ascii_name"), [
-    ("..／..／etc／passwd", "etc passwd"),
-    ("a／b", "a b"),
-    ("‥／‥／secret", "secret"),
-    ("report：final＂", "report_final_"),
-    ("＜script＞", "_script_"),
-])
+@pytest.mark.parametrize(
+    ("title", "ascii_name"),
+    [
+        ("..／..／etc／passwd", "etc passwd"),
+        ("a／b", "a b"),
+        ("‥／‥／secret", "secret"),
+        ("report：final＂", "report_final_"),
+        ("＜script＞", "_script_"),
+    ],
+)
 def test_the_ascii_download_name_has_no_separator_a_fold_brings_back(
-        settings: Settings, title: str, ascii_name: str) -> None:
+    settings: Settings, title: str, ascii_name: str
+) -> None:
     app: Any = http_app(settings)
     alice = Tenant(app, "alice")
     job_id = completed(app, alice, slides=1, title=title)

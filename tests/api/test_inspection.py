@@ -25,8 +25,15 @@ from tests.support.jobs import failed_job
 def _finish(store: JobStore, job_id: str, worker: str = "w@host") -> None:
     store.claim(job_id, worker)
     store.record_progress(job_id, 1, 0.5, Stage.ENCODING_VIDEO)
-    store.complete(job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides",
-                   render_seconds=0.4, encode_seconds=1.2)
+    store.complete(
+        job_id,
+        1,
+        video_url="/v",
+        thumbnail_url="/t",
+        slide_image_path="slides",
+        render_seconds=0.4,
+        encode_seconds=1.2,
+    )
 
 
 def test_workers_show_who_is_alive(client: FlaskClient, store: JobStore) -> None:
@@ -47,8 +54,13 @@ def test_stats_count_jobs_and_throughput(client: FlaskClient, store: JobStore) -
     ids = [client.post("/v1/jobs", json=small_deck()).get_json()["job_id"] for _ in range(3)]
     _finish(store, ids[0])
     body = client.get("/v1/stats").get_json()
-    assert body["counts"] == {"queued": 2, "processing": 0, "completed": 1, "failed": 0,
-                              "cancelled": 0}
+    assert body["counts"] == {
+        "queued": 2,
+        "processing": 0,
+        "completed": 1,
+        "failed": 0,
+        "cancelled": 0,
+    }
     assert body["total"] == 3 and body["completed_last_hour"] == 1
     assert body["completed_per_minute"][-1] == 1 and len(body["completed_per_minute"]) == 60
     assert body["queue_depth"] == 3  # three messages on the embedded broker
@@ -80,8 +92,9 @@ def test_search_by_title_or_id_prefix(client: FlaskClient) -> None:
     assert [j["job_id"] for j in found] == [job_id]
     assert [j["job_id"] for j in client.get("/v1/jobs?q=100%25").get_json()["jobs"]] == [job_id]
     assert client.get("/v1/jobs?q=_").get_json()["jobs"] == []  # wildcards are literal
-    assert [j["job_id"] for j in client.get(f"/v1/jobs?q={job_id[:8]}").get_json()["jobs"]] \
-        == [job_id]
+    assert [j["job_id"] for j in client.get(f"/v1/jobs?q={job_id[:8]}").get_json()["jobs"]] == [
+        job_id
+    ]
 
 
 def _read_events(client: FlaskClient, job_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -93,8 +106,11 @@ def _read_events(client: FlaskClient, job_id: str) -> list[tuple[str, dict[str, 
         buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
         while "\n\n" in buffer:
             block, buffer = buffer.split("\n\n", 1)
-            fields = dict(line.split(": ", 1) for line in block.splitlines()
-                          if ": " in line and not line.startswith(":"))
+            fields = dict(
+                line.split(": ", 1)
+                for line in block.splitlines()
+                if ": " in line and not line.startswith(":")
+            )
             if "event" in fields:
                 events.append((fields["event"], json.loads(fields["data"])))
     response.close()
@@ -102,12 +118,11 @@ def _read_events(client: FlaskClient, job_id: str) -> list[tuple[str, dict[str, 
 
 
 @pytest.mark.parametrize("with_redis", [False, True])
-def test_event_stream_follows_a_job_to_the_end(settings: Settings, store: JobStore,
-                                               with_redis: bool,
-                                               request: pytest.FixtureRequest) -> None:
+def test_event_stream_follows_a_job_to_the_end(
+    settings: Settings, store: JobStore, with_redis: bool, request: pytest.FixtureRequest
+) -> None:
     if with_redis:
-        settings = settings.model_copy(
-            update={"redis_url": request.getfixturevalue("redis_url")})
+        settings = settings.model_copy(update={"redis_url": request.getfixturevalue("redis_url")})
     app = create_app({"TESTING": True, "SETTINGS": settings})
     client = admin_client(app)
     job_id = client.post("/v1/jobs", json=small_deck()).get_json()["job_id"]
@@ -144,8 +159,7 @@ def test_dashboard_pages_render_and_escape_user_text(client: FlaskClient, store:
     hostile = '<script>alert("x")</script>'
     job_id = client.post("/v1/jobs", json={**small_deck(), "title": hostile}).get_json()["job_id"]
     _finish(store, job_id)
-    for path in ("/", "/?status=completed&q=script", f"/jobs/{job_id}", "/workers",
-                 "/overview"):
+    for path in ("/", "/?status=completed&q=script", f"/jobs/{job_id}", "/workers", "/overview"):
         response = client.get(path)
         assert response.status_code == 200 and response.mimetype == "text/html", path
         html = response.get_data(as_text=True)
@@ -175,14 +189,19 @@ def _monotonic_samples(text_body: str) -> dict[tuple[str, tuple[Any, ...]], floa
 def _completed_job(store: JobStore, render: float, encode: float) -> str:
     job, _ = store.create(small_deck(), title="deck")
     assert store.claim(job.id, "a@host1") is not None
-    assert store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
-                          slide_image_path="slides", render_seconds=render,
-                          encode_seconds=encode)
+    assert store.complete(
+        job.id,
+        1,
+        video_url="/v",
+        thumbnail_url="/t",
+        slide_image_path="slides",
+        render_seconds=render,
+        encode_seconds=encode,
+    )
     return job.id
 
 
-def test_metrics_never_decrease_when_jobs_are_deleted(settings: Settings,
-                                                      store: JobStore) -> None:
+def test_metrics_never_decrease_when_jobs_are_deleted(settings: Settings, store: JobStore) -> None:
     client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
     done = [_completed_job(store, 0.3 * n, 1.5 * n) for n in range(1, 5)]
     failed = failed_job(store)
@@ -201,9 +220,11 @@ def test_metrics_never_decrease_when_jobs_are_deleted(settings: Settings,
     assert first[("slidefarm_jobs_completed_total", ())] == 4
     assert first[("slidefarm_encode_seconds_count", ())] == 4
     assert first[("slidefarm_jobs_recovered_total", ())] == 1
-    steps = [lambda: client.delete(f"/v1/jobs/{done[0]}").status_code == 204,
-             lambda: client.delete(f"/v1/jobs/{lost.id}").status_code == 204,
-             lambda: len(store.delete_older_than(7, now=utcnow() + timedelta(days=30))) == 4]
+    steps = [
+        lambda: client.delete(f"/v1/jobs/{done[0]}").status_code == 204,
+        lambda: client.delete(f"/v1/jobs/{lost.id}").status_code == 204,
+        lambda: len(store.delete_older_than(7, now=utcnow() + timedelta(days=30))) == 4,
+    ]
     before = first
     for step in steps:
         assert step()
@@ -215,8 +236,7 @@ def test_metrics_never_decrease_when_jobs_are_deleted(settings: Settings,
     assert failed not in [j.id for j in store.list_jobs().jobs]
 
 
-def test_a_histogram_sum_never_falls_by_float_rounding(settings: Settings,
-                                                        store: JobStore) -> None:
+def test_a_histogram_sum_never_falls_by_float_rounding(settings: Settings, store: JobStore) -> None:
     # In float arithmetic (0.1 + 0.2) + 0.3 is 0.6000000000000001 but
     # 0.1 + (0.2 + 0.3) is 0.6: moving the first job's share from the live
     # rows to its counter row must not lower _sum by that ulp.

@@ -17,8 +17,11 @@ from core.config import Settings
 
 
 def embedded(tmp_path: Path) -> Settings:
-    return Settings(CELERY_BROKER_URL="filesystem://", SLIDEFARM_BROKER_DIR=str(tmp_path / "b"),
-                    SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"))
+    return Settings(
+        CELERY_BROKER_URL="filesystem://",
+        SLIDEFARM_BROKER_DIR=str(tmp_path / "b"),
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+    )
 
 
 def test_the_live_apps_accept_json_only(tmp_path: Path) -> None:
@@ -47,13 +50,15 @@ def json_only_worker(tmp_path: Path) -> Iterator[tuple[Celery, Path]]:
     def mark(name: str) -> None:
         (marks / name).touch()
 
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10,
-                      loglevel="WARNING"):
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
+    ):
         yield app, marks
 
 
 def test_a_pickled_message_is_refused_by_a_real_worker(
-        json_only_worker: tuple[Celery, Path], caplog: pytest.LogCaptureFixture) -> None:
+    json_only_worker: tuple[Celery, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     app, marks = json_only_worker
     # The producer may serialise with pickle; the worker must not accept it.
     app.send_task("slidefarm.test.mark", args=["pickled"], serializer="pickle")
@@ -64,5 +69,7 @@ def test_a_pickled_message_is_refused_by_a_real_worker(
     assert (marks / "json").exists(), "the worker never ran the JSON message"
     time.sleep(0.5)  # the pickled message was sent first: it had its chance
     assert not (marks / "pickled").exists()
-    assert any("untrusted content" in r.getMessage() or "ContentDisallowed" in r.getMessage()
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(
+        "untrusted content" in r.getMessage() or "ContentDisallowed" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]

@@ -17,7 +17,8 @@ from tests.support.decks import small_deck
 
 #: The dashboard's HTML pages, its icon and its sign-in, not part of the JSON API.
 UNDOCUMENTED = re.compile(
-    r"^/(static/.*|jobs/.*|workers|overview.*|login|logout|favicon\.(svg|ico)|)$")
+    r"^/(static/.*|jobs/.*|workers|overview.*|login|logout|favicon\.(svg|ico)|)$"
+)
 
 
 @pytest.fixture
@@ -29,10 +30,18 @@ def sqlite_app(tmp_path: Path, sqlite_template: Path) -> Any:
 
     db = tmp_path / "slidefarm.db"
     shutil.copy(sqlite_template, db)
-    return create_app({"TESTING": True, "SETTINGS": Settings(
-        DATABASE_URL=f"sqlite:///{db}", CELERY_BROKER_URL="filesystem://",
-        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
-        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"), SLIDEFARM_AUTH="off")})
+    return create_app(
+        {
+            "TESTING": True,
+            "SETTINGS": Settings(
+                DATABASE_URL=f"sqlite:///{db}",
+                CELERY_BROKER_URL="filesystem://",
+                SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
+                SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+                SLIDEFARM_AUTH="off",
+            ),
+        }
+    )
 
 
 def _openapi_path(rule: str) -> str:
@@ -49,7 +58,8 @@ def test_the_document_is_valid_openapi_3_1(sqlite_app: Any) -> None:
     schema = schemathesis.openapi.from_dict(document)
     schema.validate()  # against the OpenAPI 3.1 meta-schema; raises if invalid
     assert len(list(schema.get_all_operations())) == sum(
-        1 for item in document["paths"].values() for method in item if method != "parameters")
+        1 for item in document["paths"].values() for method in item if method != "parameters"
+    )
 
 
 def test_every_route_is_documented_with_its_methods(sqlite_app: Any) -> None:
@@ -75,7 +85,8 @@ def test_every_documented_status_has_a_body_or_none(sqlite_app: Any) -> None:
             for status, answer in operation["responses"].items():
                 if status.startswith(("4", "5")):
                     assert answer["content"]["application/json"]["schema"] == {
-                        "$ref": "#/components/schemas/Error"}, (path, method, status)
+                        "$ref": "#/components/schemas/Error"
+                    }, (path, method, status)
             responses = operation["responses"]
             if path not in PUBLIC_PATHS:
                 assert "401" in responses, (path, method)
@@ -89,8 +100,10 @@ def test_every_documented_status_has_a_body_or_none(sqlite_app: Any) -> None:
 def test_security_follows_the_auth_setting(auth_required: bool) -> None:
     document = build_document(auth_required=auth_required)
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer",
-        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"]}
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
+    }
     for path, item in document["paths"].items():
         for method, operation in item.items():
             if method == "parameters":
@@ -127,8 +140,7 @@ def test_the_api_validates_with_the_submission_model(sqlite_app: Any) -> None:
     refused = client.post("/v1/jobs", json={**deck, "callback_url": "ftp://example.com/h"})
     assert refused.status_code == 422
     assert refused.get_json()["error"]["details"][0]["field"] == "callback_url"
-    too_long = client.post("/v1/jobs", json={**deck,
-                                             "callback_url": "https://e.com/" + "a" * 2048})
+    too_long = client.post("/v1/jobs", json={**deck, "callback_url": "https://e.com/" + "a" * 2048})
     assert too_long.status_code == 422
 
 

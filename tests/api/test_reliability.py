@@ -44,8 +44,13 @@ def _failed(client: FlaskClient, store: JobStore) -> str:
 
 def _completed(client: FlaskClient, store: JobStore) -> str:
     job_id = _processing(client, store)
-    assert store.complete(job_id, 1, video_url=f"/v1/jobs/{job_id}/video",
-                          thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+    assert store.complete(
+        job_id,
+        1,
+        video_url=f"/v1/jobs/{job_id}/video",
+        thumbnail_url=f"/v1/jobs/{job_id}/thumbnail",
+        slide_image_path="slides",
+    )
     return job_id
 
 
@@ -80,8 +85,7 @@ def test_cancel_of_a_processing_job_flags_it(client: FlaskClient, store: JobStor
 
 
 @pytest.mark.parametrize("make", [_completed, _failed, _cancelled])
-def test_cancel_of_a_finished_job_is_409(client: FlaskClient, store: JobStore,
-                                         make: Make) -> None:
+def test_cancel_of_a_finished_job_is_409(client: FlaskClient, store: JobStore, make: Make) -> None:
     job_id = make(client, store)
     before = client.get(f"/v1/jobs/{job_id}").get_json()
     error = assert_error(client.post(f"/v1/jobs/{job_id}/cancel"), 409)
@@ -97,8 +101,9 @@ def test_cancel_of_an_unknown_job_is_404(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("make", [_failed, _cancelled])
-def test_retry_of_a_failed_or_cancelled_job_is_202(client: FlaskClient, store: JobStore,
-                                                   settings: Settings, make: Make) -> None:
+def test_retry_of_a_failed_or_cancelled_job_is_202(
+    client: FlaskClient, store: JobStore, settings: Settings, make: Make
+) -> None:
     job_id = make(client, store)
     sent = queued_messages(settings)
     response = client.post(f"/v1/jobs/{job_id}/retry")
@@ -114,8 +119,9 @@ def test_retry_of_a_failed_or_cancelled_job_is_202(client: FlaskClient, store: J
 
 
 @pytest.mark.parametrize("make", [_queued, _processing, _completed])
-def test_retry_of_a_job_that_did_not_fail_is_409(client: FlaskClient, store: JobStore,
-                                                 settings: Settings, make: Make) -> None:
+def test_retry_of_a_job_that_did_not_fail_is_409(
+    client: FlaskClient, store: JobStore, settings: Settings, make: Make
+) -> None:
     job_id = make(client, store)
     sent = queued_messages(settings)
     before = client.get(f"/v1/jobs/{job_id}").get_json()
@@ -131,8 +137,9 @@ def test_retry_of_an_unknown_job_is_404(client: FlaskClient) -> None:
 # -- delete ----------------------------------------------------------------------
 
 
-def test_delete_removes_the_job_and_its_files(client: FlaskClient, store: JobStore,
-                                              settings: Settings) -> None:
+def test_delete_removes_the_job_and_its_files(
+    client: FlaskClient, store: JobStore, settings: Settings
+) -> None:
     job_id = _completed(client, store)
     folder = settings.output_dir / job_id
     (folder / "slides").mkdir(parents=True)
@@ -154,13 +161,15 @@ def test_delete_removes_the_job_and_its_files(client: FlaskClient, store: JobSto
     assert store.history(job_id) == []
 
 
-def test_delete_of_a_processing_job_fences_off_its_worker(client: FlaskClient,
-                                                          store: JobStore) -> None:
+def test_delete_of_a_processing_job_fences_off_its_worker(
+    client: FlaskClient, store: JobStore
+) -> None:
     job_id = _processing(client, store)
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
     assert not store.heartbeat(job_id, 1)
-    assert not store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
-                              slide_image_path="slides")
+    assert not store.complete(
+        job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides"
+    )
     assert_error(client.get(f"/v1/jobs/{job_id}"), 404, "job_not_found")
 
 
@@ -175,8 +184,7 @@ def test_history_lists_every_transition(client: FlaskClient, store: JobStore) ->
     job_id = _processing(client, store)
     assert store.requeue(job_id, 1, "attempt 1 failed: ffmpeg crashed")
     assert store.claim(job_id, "b@host2") is not None
-    assert store.complete(job_id, 2, video_url="/v", thumbnail_url="/t",
-                          slide_image_path="slides")
+    assert store.complete(job_id, 2, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
     plain = client.get(f"/v1/jobs/{job_id}").get_json()
     assert "history" not in plain
     response = client.get(f"/v1/jobs/{job_id}?include=history")
@@ -199,25 +207,32 @@ def test_history_lists_every_transition(client: FlaskClient, store: JobStore) ->
 
 def test_an_unknown_include_is_400(client: FlaskClient) -> None:
     job_id = _submit(client)
-    error = assert_error(client.get(f"/v1/jobs/{job_id}?include=bogus"), 400,
-                         "invalid_parameter")
+    error = assert_error(client.get(f"/v1/jobs/{job_id}?include=bogus"), 400, "invalid_parameter")
     assert [d["field"] for d in error["details"]] == ["include"]
-    assert_error(client.get(f"/v1/jobs/{job_id}?include=history,bogus"), 400,
-                 "invalid_parameter")
+    assert_error(client.get(f"/v1/jobs/{job_id}?include=history,bogus"), 400, "invalid_parameter")
 
 
 def test_timings_appear_once_claimed(client: FlaskClient, store: JobStore) -> None:
     job_id = _submit(client)
     queued = client.get(f"/v1/jobs/{job_id}").get_json()
-    assert queued["timings"] == {"queue_wait_seconds": None, "render_seconds": None,
-                                 "encode_seconds": None}
+    assert queued["timings"] == {
+        "queue_wait_seconds": None,
+        "render_seconds": None,
+        "encode_seconds": None,
+    }
     assert store.claim(job_id, "a@host1") is not None
     claimed = client.get(f"/v1/jobs/{job_id}").get_json()["timings"]
     assert isinstance(claimed["queue_wait_seconds"], float | int)
     assert claimed["queue_wait_seconds"] >= 0
-    assert store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
-                          slide_image_path="slides", render_seconds=1.23456,
-                          encode_seconds=0.5)
+    assert store.complete(
+        job_id,
+        1,
+        video_url="/v",
+        thumbnail_url="/t",
+        slide_image_path="slides",
+        render_seconds=1.23456,
+        encode_seconds=0.5,
+    )
     done = client.get(f"/v1/jobs/{job_id}").get_json()["timings"]
     assert done["render_seconds"] == pytest.approx(1.235)
     assert done["encode_seconds"] == pytest.approx(0.5)

@@ -34,21 +34,24 @@ UNREACHABLE = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nope"
 API_KEY = "sf_abc123_SECRETsecret"
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (UNREACHABLE, "postgresql://postgres:***@127.0.0.1:1/nope"),
-    ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0"),
-    ("postgresql+psycopg2://u:p@ss@db/x", "postgresql+psycopg2://u:***@db/x"),
-    (f"key {API_KEY} used", "key sf_abc123_*** used"),
-    ("signing with whsec_AbC123xyz now", "signing with whsec_*** now"),
-    ("Authorization: Bearer xyz", "Authorization: ***"),
-    ("got Bearer xyz.abc-def from", "got Bearer *** from"),
-    ("Authorization: Basic dXNlcjpwYXNz", "Authorization: ***"),
-    ("host=db user=u password=hunter2 port=5432", "host=db user=u password=*** port=5432"),
-    # Nothing secret: left as it is.
-    ("http://api:8000/v1/jobs", "http://api:8000/v1/jobs"),
-    ("redis://redis:6379/0", "redis://redis:6379/0"),
-    ("a basic deck with bearer bonds", "a basic deck with bearer bonds"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (UNREACHABLE, "postgresql://postgres:***@127.0.0.1:1/nope"),
+        ("redis://:hunter2@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("postgresql+psycopg2://u:p@ss@db/x", "postgresql+psycopg2://u:***@db/x"),
+        (f"key {API_KEY} used", "key sf_abc123_*** used"),
+        ("signing with whsec_AbC123xyz now", "signing with whsec_*** now"),
+        ("Authorization: Bearer xyz", "Authorization: ***"),
+        ("got Bearer xyz.abc-def from", "got Bearer *** from"),
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: ***"),
+        ("host=db user=u password=hunter2 port=5432", "host=db user=u password=*** port=5432"),
+        # Nothing secret: left as it is.
+        ("http://api:8000/v1/jobs", "http://api:8000/v1/jobs"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("a basic deck with bearer bonds", "a basic deck with bearer bonds"),
+    ],
+)
 def test_redact_secrets(text: str, expected: str) -> None:
     assert redact_secrets(text) == expected
 
@@ -61,7 +64,8 @@ def redacted_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def test_a_log_record_holding_a_key_or_a_bearer_token_comes_out_redacted(
-        redacted_logs: pytest.LogCaptureFixture) -> None:
+    redacted_logs: pytest.LogCaptureFixture,
+) -> None:
     log = logging.getLogger("slidefarm.test.secrets")
     log.warning("request with key %s", API_KEY)
     log.info("header was Authorization: Bearer xyz")
@@ -77,23 +81,28 @@ def test_a_log_record_holding_a_key_or_a_bearer_token_comes_out_redacted(
 
 
 def test_the_filter_redacts_a_record_on_any_handler() -> None:
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key %s url %s", (API_KEY,
-                               UNREACHABLE), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "key %s url %s", (API_KEY, UNREACHABLE), None
+    )
     assert RedactingFilter().filter(record) is True  # redacts, never drops
     assert record.getMessage() == "key sf_abc123_*** url postgresql://postgres:***@127.0.0.1:1/nope"
 
 
 @pytest.fixture
 def unreachable_app(tmp_path: Path) -> Iterator[Any]:
-    settings = Settings(DATABASE_URL=UNREACHABLE, CELERY_BROKER_URL="filesystem://",
-                        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
-                        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"))
+    settings = Settings(
+        DATABASE_URL=UNREACHABLE,
+        CELERY_BROKER_URL="filesystem://",
+        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+    )
     yield create_app({"TESTING": True, "SETTINGS": settings})
     dispose_engines()
 
 
 def test_an_unreachable_database_never_shows_its_password(
-        unreachable_app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    unreachable_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     client = unreachable_app.test_client()
     # A well-formed key: checking it needs the (unreachable) database.
@@ -120,8 +129,9 @@ def test_the_stores_outage_message_masks_a_password_the_driver_quotes() -> None:
     store = JobStore.from_url("sqlite://")
     with pytest.raises(DatabaseUnavailable) as caught:
         with store.transaction():
-            raise exc.OperationalError("SELECT 1", {}, Exception(
-                f'could not connect with "{UNREACHABLE}"'))
+            raise exc.OperationalError(
+                "SELECT 1", {}, Exception(f'could not connect with "{UNREACHABLE}"')
+            )
     assert PASSWORD not in str(caught.value)
     assert "postgres:***@127.0.0.1" in str(caught.value)
 
@@ -149,20 +159,33 @@ def test_the_worker_redacts_its_logs_from_start_up(tmp_path: Path) -> None:
         f"logging.getLogger('celery.worker').warning('key %s db %s', {API_KEY!r}, "
         f"{UNREACHABLE!r})\n"
     )
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))
+    }
     env.update(PYTHONPATH=str(ROOT), SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"))
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "sf_abc123_***" in done.stderr and "postgres:***@" in done.stderr
     assert "SECRETsecret" not in done.stderr and PASSWORD not in done.stderr
 
 
-@pytest.mark.parametrize("text", [
-    "GET /v1/jobs/x/video?token=1796000280.ac7b2d5a90f7."
-    "hTwEFXdsLwlAbsiXWWrM0c2S9_FHdG0MurW8-36vwUA",
-    "link 1796000280.open.hTwEFXdsLwlAbsiXWWrM0c2S9_FHdG0MurW8-36vwU- made",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /v1/jobs/x/video?token=1796000280.ac7b2d5a90f7."
+        "hTwEFXdsLwlAbsiXWWrM0c2S9_FHdG0MurW8-36vwUA",
+        "link 1796000280.open.hTwEFXdsLwlAbsiXWWrM0c2S9_FHdG0MurW8-36vwU- made",
+    ],
+)
 def test_redact_secrets_masks_a_tokens_signature(text: str) -> None:
     redacted = redact_secrets(text)
     assert "hTwEFXdsLwlAbsiXWWrM0c2S9" not in redacted and "***" in redacted

@@ -37,8 +37,13 @@ def complete_with_files(client: FlaskClient, settings: Settings, payload: bytes)
     (folder / "video.mp4").write_bytes(payload)
     (folder / "thumbnail.jpg").write_bytes(payload)
     (folder / "slides" / "001.png").write_bytes(payload)
-    store.complete(job_id, 1, video_url=f"/v1/jobs/{job_id}/video",
-                   thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+    store.complete(
+        job_id,
+        1,
+        video_url=f"/v1/jobs/{job_id}/video",
+        thumbnail_url=f"/v1/jobs/{job_id}/thumbnail",
+        slide_image_path="slides",
+    )
     return job_id
 
 
@@ -71,8 +76,11 @@ def assert_refused(response: Any) -> None:
 
 def test_the_files_themselves_are_served(client: FlaskClient, job_id: str) -> None:
     # The control: the same fixture's files do come out through the routes.
-    for url in (f"/v1/jobs/{job_id}/video", f"/v1/jobs/{job_id}/thumbnail",
-                f"/v1/jobs/{job_id}/slides/1"):
+    for url in (
+        f"/v1/jobs/{job_id}/video",
+        f"/v1/jobs/{job_id}/thumbnail",
+        f"/v1/jobs/{job_id}/slides/1",
+    ):
         response = get(client, url)
         assert response.status_code == 200 and response.data == VIDEO
 
@@ -109,8 +117,9 @@ URL_FORMS = {
 
 
 @pytest.mark.parametrize("form", sorted(URL_FORMS))
-def test_traversal_in_the_url_is_refused(client: FlaskClient, job_id: str, other_id: str,
-                                         form: str) -> None:
+def test_traversal_in_the_url_is_refused(
+    client: FlaskClient, job_id: str, other_id: str, form: str
+) -> None:
     url = URL_FORMS[form].format(id=job_id, other=other_id, nodash=job_id.replace("-", ""))
     assert_refused(get(client, url))
 
@@ -128,44 +137,54 @@ def _replace_with_symlink(path: Path, target: Path | str) -> None:
     os.symlink(target, path)
 
 
-def test_video_symlinked_to_etc_passwd_is_refused(client: FlaskClient, settings: Settings,
-                                                  job_id: str) -> None:
+def test_video_symlinked_to_etc_passwd_is_refused(
+    client: FlaskClient, settings: Settings, job_id: str
+) -> None:
     _replace_with_symlink(settings.output_dir / job_id / "video.mp4", PASSWD)
     assert_refused(get(client, f"/v1/jobs/{job_id}/video"))
 
 
 def test_thumbnail_symlinked_relatively_out_of_the_folder_is_refused(
-        client: FlaskClient, settings: Settings, job_id: str) -> None:
+    client: FlaskClient, settings: Settings, job_id: str
+) -> None:
     depth = "../" * (len(settings.output_dir.parts) + 2)
-    _replace_with_symlink(settings.output_dir / job_id / "thumbnail.jpg",
-                          f"{depth}etc/passwd")
+    _replace_with_symlink(settings.output_dir / job_id / "thumbnail.jpg", f"{depth}etc/passwd")
     assert_refused(get(client, f"/v1/jobs/{job_id}/thumbnail"))
 
 
 def test_slide_symlinked_to_another_jobs_slide_is_refused(
-        client: FlaskClient, settings: Settings, job_id: str, other_id: str) -> None:
-    _replace_with_symlink(settings.output_dir / job_id / "slides" / "001.png",
-                          f"../../{other_id}/slides/001.png")
+    client: FlaskClient, settings: Settings, job_id: str, other_id: str
+) -> None:
+    _replace_with_symlink(
+        settings.output_dir / job_id / "slides" / "001.png", f"../../{other_id}/slides/001.png"
+    )
     assert_refused(get(client, f"/v1/jobs/{job_id}/slides/1"))
 
 
 def test_slides_folder_symlinked_to_another_jobs_is_refused(
-        client: FlaskClient, settings: Settings, job_id: str, other_id: str) -> None:
-    _replace_with_symlink(settings.output_dir / job_id / "slides",
-                          settings.output_dir / other_id / "slides")
+    client: FlaskClient, settings: Settings, job_id: str, other_id: str
+) -> None:
+    _replace_with_symlink(
+        settings.output_dir / job_id / "slides", settings.output_dir / other_id / "slides"
+    )
     assert_refused(get(client, f"/v1/jobs/{job_id}/slides/1"))
 
 
 def test_job_folder_symlinked_to_another_jobs_is_refused(
-        client: FlaskClient, settings: Settings, job_id: str, other_id: str) -> None:
+    client: FlaskClient, settings: Settings, job_id: str, other_id: str
+) -> None:
     _replace_with_symlink(settings.output_dir / job_id, settings.output_dir / other_id)
-    for url in (f"/v1/jobs/{job_id}/video", f"/v1/jobs/{job_id}/thumbnail",
-                f"/v1/jobs/{job_id}/slides/1"):
+    for url in (
+        f"/v1/jobs/{job_id}/video",
+        f"/v1/jobs/{job_id}/thumbnail",
+        f"/v1/jobs/{job_id}/slides/1",
+    ):
         assert_refused(get(client, url))
 
 
-def test_job_folder_symlinked_to_etc_is_refused(client: FlaskClient, settings: Settings,
-                                                job_id: str, tmp_path: Path) -> None:
+def test_job_folder_symlinked_to_etc_is_refused(
+    client: FlaskClient, settings: Settings, job_id: str, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "video.mp4").write_bytes(b"root:x:0:0 outside the output folder")
@@ -179,8 +198,9 @@ def test_symlink_loop_is_refused(client: FlaskClient, settings: Settings, job_id
     assert_refused(get(client, f"/v1/jobs/{job_id}/video"))
 
 
-def test_a_folder_in_place_of_the_video_is_refused(client: FlaskClient, settings: Settings,
-                                                   job_id: str) -> None:
+def test_a_folder_in_place_of_the_video_is_refused(
+    client: FlaskClient, settings: Settings, job_id: str
+) -> None:
     video = settings.output_dir / job_id / "video.mp4"
     video.unlink()
     video.mkdir()

@@ -52,7 +52,8 @@ def status(client: FlaskClient, job_id: str) -> dict[str, Any]:
 
 
 def test_hits_are_served_from_redis_and_equal_the_database_answer(
-        client: FlaskClient, worker_store: JobStore, redis_url: str) -> None:
+    client: FlaskClient, worker_store: JobStore, redis_url: str
+) -> None:
     job_id = _processing(client, worker_store)
     first = client.get(f"/v1/jobs/{job_id}").data  # a miss, filled
     cached = redis.Redis.from_url(redis_url).get(CACHE_PREFIX + job_id)
@@ -64,15 +65,14 @@ def test_hits_are_served_from_redis_and_equal_the_database_answer(
 
 
 @pytest.mark.parametrize("ending", ["complete", "fail", "cancel"])
-def test_a_finished_job_is_never_served_as_processing(client: FlaskClient,
-                                                      worker_store: JobStore,
-                                                      ending: str) -> None:
+def test_a_finished_job_is_never_served_as_processing(
+    client: FlaskClient, worker_store: JobStore, ending: str
+) -> None:
     job_id = _processing(client, worker_store)
     assert status(client, job_id)["status"] == "processing"  # now cached
     assert status(client, job_id)["status"] == "processing"
     if ending == "complete":
-        worker_store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
-                              slide_image_path="s")
+        worker_store.complete(job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="s")
     elif ending == "fail":
         worker_store.fail(job_id, 1, "boom")
     else:
@@ -84,22 +84,21 @@ def test_a_finished_job_is_never_served_as_processing(client: FlaskClient,
         assert status(client, job_id)["status"] == expected
 
 
-def test_a_fill_that_raced_a_change_is_refused(client: FlaskClient,
-                                               worker_store: JobStore) -> None:
+def test_a_fill_that_raced_a_change_is_refused(client: FlaskClient, worker_store: JobStore) -> None:
     job_id = _processing(client, worker_store)
     feed = worker_store.feed
     assert feed is not None
     body, seen = feed.lookup(job_id)
     assert body is None and seen is not None  # a miss: the reader reads the database...
-    stale = client.application.json.dumps(
-        {"job_id": job_id, "status": "processing"}).encode()
+    stale = client.application.json.dumps({"job_id": job_id, "status": "processing"}).encode()
     worker_store.complete(job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="s")
     assert not feed.fill(job_id, seen, stale, "default")  # ...but its fill comes after the change
     assert status(client, job_id)["status"] == "completed"
 
 
-def test_readers_racing_a_completion_never_go_back(client: FlaskClient,
-                                                  worker_store: JobStore) -> None:
+def test_readers_racing_a_completion_never_go_back(
+    client: FlaskClient, worker_store: JobStore
+) -> None:
     job_id = _processing(client, worker_store)
     app = client.application
     completed_at: list[float] = []
@@ -159,21 +158,32 @@ class Counted:
             return real(*args, **options)
 
         client.execute_command = execute_command  # type: ignore[method-assign]
-        event.listen(store.engine, "before_cursor_execute",
-                     lambda _c, _cur, statement, *_: self.sql.append(statement))
+        event.listen(
+            store.engine,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, *_: self.sql.append(statement),
+        )
 
     def reset(self) -> None:
         self.redis.clear()
         self.sql.clear()
 
 
-BAD_IDS = ["not-a-job", "..%2F..%2Fetc%2Fpasswd", "x" * 300, "*", "slidefarm:status:*",
-           "0F8FAD5B-D9CB-469F-A165-70867728950E", "0f8fad5bd9cb469fa16570867728950e",
-           "0f8fad5b-d9cb-469f-a165-70867728950e%0A"]
+BAD_IDS = [
+    "not-a-job",
+    "..%2F..%2Fetc%2Fpasswd",
+    "x" * 300,
+    "*",
+    "slidefarm:status:*",
+    "0F8FAD5B-D9CB-469F-A165-70867728950E",
+    "0f8fad5bd9cb469fa16570867728950e",
+    "0f8fad5b-d9cb-469f-a165-70867728950e%0A",
+]
 
 
 def test_a_status_read_of_a_malformed_id_touches_neither_redis_nor_the_database(
-        settings: Settings, redis_url: str) -> None:
+    settings: Settings, redis_url: str
+) -> None:
     settings = settings.model_copy(update={"redis_url": redis_url, "key_cache_ttl": 600.0})
     client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
     store = client.application.extensions["slidefarm"].store

@@ -180,10 +180,10 @@ def test_list_is_newest_first_with_keyset_paging(store: JobStore) -> None:
 
 
 def test_idempotency_key_returns_the_same_job_or_conflicts(store: JobStore) -> None:
-    first, created = store.create(small_deck(), title="t", idempotency_key="k1",
-                                  request_hash="h1")
-    again, created_again = store.create(small_deck(), title="t", idempotency_key="k1",
-                                        request_hash="h1")
+    first, created = store.create(small_deck(), title="t", idempotency_key="k1", request_hash="h1")
+    again, created_again = store.create(
+        small_deck(), title="t", idempotency_key="k1", request_hash="h1"
+    )
     assert created and not created_again and again.id == first.id
     with pytest.raises(IdempotencyConflict):
         store.create(small_deck(), title="t", idempotency_key="k1", request_hash="other")

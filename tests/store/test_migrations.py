@@ -64,8 +64,14 @@ def test_downgrade_to_base_and_up_again(empty_db: str) -> None:
 
 def test_alembic_cli_reads_database_url(empty_db: str) -> None:
     env = stack_env(DATABASE_URL=empty_db)
-    result = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     engine = create_db_engine(empty_db)
     try:
@@ -87,23 +93,28 @@ def test_upgrading_keeps_every_row_of_an_older_schema(empty_db: str) -> None:
             conn.exec_driver_sql(
                 "INSERT INTO jobs (id, status, stage, progress, attempts, title, deck,"
                 " created_at) VALUES ('00000000-0000-4000-8000-000000000001', 'completed',"
-                f" 'done', 1.0, 1, 'old', '{{}}', '{now}')")
+                f" 'done', 1.0, 1, 'old', '{{}}', '{now}')"
+            )
             conn.exec_driver_sql(
                 "INSERT INTO job_events (job_id, from_status, to_status, attempt, at)"
                 " VALUES ('00000000-0000-4000-8000-000000000001', NULL, 'queued', 0,"
-                f" '{now}')")
+                f" '{now}')"
+            )
             conn.exec_driver_sql(
                 "INSERT INTO job_files (job_id, attempt, path, size_bytes, created_at)"
                 " VALUES ('00000000-0000-4000-8000-000000000001', 1, 'video.mp4', 10,"
-                f" '{now}')")
+                f" '{now}')"
+            )
     finally:
         engine.dispose()
     command.upgrade(cfg, "head")
     engine = create_db_engine(empty_db)
     try:
         with engine.connect() as conn:
-            counts = [conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
-                      for table in ("jobs", "job_events", "job_files")]
+            counts = [
+                conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+                for table in ("jobs", "job_events", "job_files")
+            ]
     finally:
         engine.dispose()
     assert counts == [1, 1, 1]

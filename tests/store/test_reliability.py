@@ -67,8 +67,7 @@ def _failed(store: JobStore) -> str:
 
 def _completed(store: JobStore) -> str:
     job_id = _processing(store)
-    assert store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
-                          slide_image_path="slides")
+    assert store.complete(job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
     return job_id
 
 
@@ -89,8 +88,7 @@ def test_history_records_every_transition_in_order(store: JobStore) -> None:
     job_id = _processing(store, "a@host1")
     assert store.requeue(job_id, 1, "attempt 1 failed: ffmpeg crashed")
     assert store.claim(job_id, "b@host2") is not None
-    assert store.complete(job_id, 2, video_url="/v", thumbnail_url="/t",
-                          slide_image_path="slides")
+    assert store.complete(job_id, 2, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
     events = store.history(job_id)
     assert [(e.from_status, e.to_status, e.attempt, e.worker) for e in events] == [
         (None, Status.QUEUED, 0, None),
@@ -100,7 +98,11 @@ def test_history_records_every_transition_in_order(store: JobStore) -> None:
         (Status.PROCESSING, Status.COMPLETED, 2, "b@host2"),
     ]
     assert [e.reason for e in events] == [
-        "submitted", "claimed", "attempt 1 failed: ffmpeg crashed", "claimed", "rendered",
+        "submitted",
+        "claimed",
+        "attempt 1 failed: ffmpeg crashed",
+        "claimed",
+        "rendered",
     ]
     times = [e.at for e in events]
     assert times == sorted(times)
@@ -120,12 +122,13 @@ def test_history_of_failure_cancel_and_retry(store: JobStore) -> None:
     flagged = _processing(store)
     store.request_cancel(flagged)
     assert store.finish_cancelled(flagged, 1)
-    assert _transitions(store, flagged)[-1] == (Status.PROCESSING, Status.CANCELLED, 1,
-                                                "a@host1")
+    assert _transitions(store, flagged)[-1] == (Status.PROCESSING, Status.CANCELLED, 1, "a@host1")
 
     queued = _cancelled(store)
-    assert _transitions(store, queued) == [(None, Status.QUEUED, 0, None),
-                                           (Status.QUEUED, Status.CANCELLED, 0, None)]
+    assert _transitions(store, queued) == [
+        (None, Status.QUEUED, 0, None),
+        (Status.QUEUED, Status.CANCELLED, 0, None),
+    ]
 
 
 def test_history_of_an_unknown_job_is_empty(store: JobStore) -> None:
@@ -195,8 +198,9 @@ def test_a_cancel_is_not_lost_when_the_worker_requeues(store: JobStore) -> None:
 
 
 @pytest.mark.parametrize("make", [_failed, _cancelled])
-def test_retry_queues_a_failed_or_cancelled_job_with_a_fresh_budget(store: JobStore,
-                                                                    make: Any) -> None:
+def test_retry_queues_a_failed_or_cancelled_job_with_a_fresh_budget(
+    store: JobStore, make: Any
+) -> None:
     job_id = make(store)
     attempts = store.get(job_id).attempts
     job = store.retry(job_id, max_attempts=4)
@@ -252,8 +256,9 @@ def test_delete_fences_off_the_worker_still_rendering(store: JobStore) -> None:
     assert store.heartbeat(job_id, 1) is LeaseState.LOST
     assert store.record_progress(job_id, 1, 0.9, Stage.ENCODING_VIDEO) is LeaseState.LOST
     assert not store.add_file(job_id, 1, "video.mp4", 99)
-    assert not store.complete(job_id, 1, video_url="/v", thumbnail_url="/t",
-                              slide_image_path="slides")
+    assert not store.complete(
+        job_id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides"
+    )
     assert not store.fail(job_id, 1, "late")
     assert not store.requeue(job_id, 1, "late")
     assert not store.finish_cancelled(job_id, 1)
@@ -279,7 +284,12 @@ def test_recover_stale_requeues_a_job_with_attempts_left(store: JobStore) -> Non
     assert job.error == lost
     event = store.history(job_id)[-1]
     assert (event.from_status, event.to_status, event.attempt, event.worker, event.reason) == (
-        Status.PROCESSING, Status.QUEUED, 1, "a@host1", lost)
+        Status.PROCESSING,
+        Status.QUEUED,
+        1,
+        "a@host1",
+        lost,
+    )
     # The presumed-dead worker is fenced off; the next claim is a new attempt.
     assert store.heartbeat(job_id, 1) is LeaseState.LOST
     second = store.claim(job_id, "b@host2")
@@ -323,8 +333,11 @@ def test_recover_stale_leaves_a_fresh_heartbeat_alone(store: JobStore) -> None:
     assert store.recover_stale(30, now=utcnow() + timedelta(seconds=20)) == []
     # Age only one job's heartbeat.
     with store.engine.begin() as conn:
-        conn.execute(update(jobs_table).where(jobs_table.c.id == stale)
-                     .values(last_heartbeat=utcnow() - timedelta(seconds=120)))
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == stale)
+            .values(last_heartbeat=utcnow() - timedelta(seconds=120))
+        )
     assert [r.job_id for r in store.recover_stale(30)] == [stale]
     assert store.get(fresh).status is Status.PROCESSING
     assert store.get(queued).status is Status.QUEUED
@@ -353,8 +366,11 @@ def test_due_for_dispatch_returns_forgotten_queued_jobs_once(store: JobStore) ->
 def test_mark_dispatched_resets_the_clock(store: JobStore) -> None:
     job_id = _new(store)
     with store.engine.begin() as conn:
-        conn.execute(update(jobs_table).where(jobs_table.c.id == job_id)
-                     .values(dispatched_at=utcnow() - timedelta(seconds=300)))
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id)
+            .values(dispatched_at=utcnow() - timedelta(seconds=300))
+        )
     store.mark_dispatched(job_id)
     assert store.due_for_dispatch(60) == []
 
@@ -375,8 +391,11 @@ def test_claim_refuses_a_retry_that_is_not_due(store: JobStore) -> None:
     assert store.claim(job_id, "b@host2") is None
     assert store.get(job_id).status is Status.QUEUED
     with store.engine.begin() as conn:  # an hour later
-        conn.execute(update(jobs_table).where(jobs_table.c.id == job_id)
-                     .values(not_before=utcnow() - timedelta(seconds=1)))
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job_id)
+            .values(not_before=utcnow() - timedelta(seconds=1))
+        )
     second = store.claim(job_id, "b@host2")
     assert second is not None and second.attempts == 2 and second.not_before is None
 
@@ -386,30 +405,33 @@ def test_claim_refuses_a_retry_that_is_not_due(store: JobStore) -> None:
 
 def _age(store: JobStore, job_id: str, age: timedelta) -> None:
     with store.engine.begin() as conn:
-        conn.execute(update(jobs_table).where(jobs_table.c.id == job_id)
-                     .values(created_at=utcnow() - age))
+        conn.execute(
+            update(jobs_table).where(jobs_table.c.id == job_id).values(created_at=utcnow() - age)
+        )
 
 
 def test_an_idempotency_key_is_kept_for_24_hours(store: JobStore) -> None:
     first = _new(store, idempotency_key="k", request_hash="h")
     _age(store, first, IDEMPOTENCY_TTL - timedelta(hours=1))
-    again, created = store.create(small_deck(), title="deck", idempotency_key="k",
-                                  request_hash="h")
+    again, created = store.create(small_deck(), title="deck", idempotency_key="k", request_hash="h")
     assert not created and again.id == first
 
 
 @pytest.mark.parametrize("request_hash", ["h", "another body"])
-def test_an_idempotency_key_older_than_24_hours_is_reusable(store: JobStore,
-                                                            request_hash: str) -> None:
+def test_an_idempotency_key_older_than_24_hours_is_reusable(
+    store: JobStore, request_hash: str
+) -> None:
     first = _new(store, idempotency_key="k", request_hash="h")
     _age(store, first, IDEMPOTENCY_TTL + timedelta(minutes=1))
-    job, created = store.create(small_deck(), title="deck", idempotency_key="k",
-                                request_hash=request_hash)
+    job, created = store.create(
+        small_deck(), title="deck", idempotency_key="k", request_hash=request_hash
+    )
     assert created and job.id != first
     assert store.find_by_idempotency_key("k") == job
     assert store.get(first).status is Status.QUEUED  # the old job itself is untouched
-    replay, created_again = store.create(small_deck(), title="deck", idempotency_key="k",
-                                         request_hash=request_hash)
+    replay, created_again = store.create(
+        small_deck(), title="deck", idempotency_key="k", request_hash=request_hash
+    )
     assert not created_again and replay.id == job.id
 
 
@@ -425,8 +447,11 @@ def test_a_lease_is_exclusive_renewable_expires_and_is_released(store: JobStore)
     assert leases.acquire("other", "b@host2", ttl=30)  # names are independent
 
     with store.engine.begin() as conn:  # a@host1 died: its lease ran out
-        conn.execute(update(leases_table).where(leases_table.c.name == "sweeper")
-                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+        conn.execute(
+            update(leases_table)
+            .where(leases_table.c.name == "sweeper")
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert leases.acquire("sweeper", "b@host2", ttl=30)
     assert not leases.acquire("sweeper", "a@host1", ttl=30)  # came back too late
 
@@ -448,7 +473,13 @@ def test_worker_registry_tracks_workers_and_their_jobs(store: JobStore) -> None:
     assert [w.name for w in workers] == ["a@host1", "b@host2"]
     a = workers[0]
     assert (a.host, a.pid, a.current_job, a.jobs_done, a.jobs_failed, a.stopped_at) == (
-        "host1", 101, None, 0, 0, None)
+        "host1",
+        101,
+        None,
+        0,
+        0,
+        None,
+    )
     assert a.alive(30)
 
     # A claim names the worker's current job in the same statement.
@@ -498,7 +529,8 @@ def test_an_unmigrated_sqlite_database_names_the_fix(tmp_path: Any) -> None:
 
 
 def test_a_claim_and_a_completion_keep_the_worker_registry_in_the_same_write(
-        store: JobStore) -> None:
+    store: JobStore,
+) -> None:
     registry = WorkerRegistry(store)
     registry.register("a@host1", "host1", 101)
     job, _ = store.create(small_deck(), title="t")
@@ -506,8 +538,9 @@ def test_a_claim_and_a_completion_keep_the_worker_registry_in_the_same_write(
     assert claimed is not None
     a = registry.list_workers()[0]
     assert (a.current_job, a.jobs_done) == (job.id, 0)
-    assert store.complete(job.id, claimed.attempts, video_url="/v", thumbnail_url="/t",
-                          slide_image_path="slides")
+    assert store.complete(
+        job.id, claimed.attempts, video_url="/v", thumbnail_url="/t", slide_image_path="slides"
+    )
     a = registry.list_workers()[0]
     assert (a.current_job, a.jobs_done, a.jobs_failed) == (None, 1, 0)
     # A claim by a worker that never registered still claims.
@@ -515,8 +548,7 @@ def test_a_claim_and_a_completion_keep_the_worker_registry_in_the_same_write(
     assert store.claim(other.id, "ghost@nowhere") is not None
 
 
-def test_an_idle_pooled_connection_killed_by_the_server_is_replaced_unseen(
-        pg_url: str) -> None:
+def test_an_idle_pooled_connection_killed_by_the_server_is_replaced_unseen(pg_url: str) -> None:
     """Connections idle past PING_AFTER_IDLE are pinged on checkout: one the
     server dropped meanwhile is replaced, and the caller never sees it."""
     import time
@@ -530,8 +562,12 @@ def test_an_idle_pooled_connection_killed_by_the_server_is_replaced_unseen(
     time.sleep(PING_AFTER_IDLE + 0.1)
     admin = create_db_engine(pg_url)
     with admin.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
         conn.commit()
     admin.dispose()
     store.ping()  # no DatabaseUnavailable: the dead connection was pinged and replaced
@@ -547,8 +583,9 @@ class Hold:
     """Stops the thread that runs a matching statement on ``engine``, right
     after that statement, until :meth:`release` (once)."""
 
-    def __init__(self, engine: Engine, matches: Callable[[str], bool],
-                 when: str = "after_cursor_execute") -> None:
+    def __init__(
+        self, engine: Engine, matches: Callable[[str], bool], when: str = "after_cursor_execute"
+    ) -> None:
         self.reached = threading.Event()
         self._go = threading.Event()
         self._done = False
@@ -571,7 +608,7 @@ class Hold:
         event.remove(self.engine, self.when, self._hook)
 
 
-class in_thread:  # noqa: N801 (used like a function)
+class in_thread:
     """Run ``fn`` in a thread now; calling the result joins it and gives
     ``fn``'s result (or raises its error)."""
 
@@ -612,7 +649,8 @@ def _is_stale_select(statement: str) -> bool:
 
 @pytest.mark.parametrize("attempts", [3, 1], ids=["requeue", "fail"])
 def test_a_cancel_between_the_sweepers_select_and_its_write_wins(
-        store: JobStore, second_store: JobStore, attempts: int) -> None:
+    store: JobStore, second_store: JobStore, attempts: int
+) -> None:
     job, _ = store.create(small_deck(), title="deck", attempt_limit=attempts)
     assert store.claim(job.id, "a@host1") is not None
     hold = Hold(second_store.engine, _is_stale_select)
@@ -633,48 +671,53 @@ def test_a_cancel_between_the_sweepers_select_and_its_write_wins(
     assert [e.to_status for e in store.history(job.id)][-1] is Status.CANCELLED
 
 
-def test_a_claim_of_a_job_whose_cancel_was_asked_for_ends_it_cancelled(
-        store: JobStore) -> None:
+def test_a_claim_of_a_job_whose_cancel_was_asked_for_ends_it_cancelled(store: JobStore) -> None:
     job, _ = store.create(small_deck(), title="deck")
     # Queued with the flag set: what a requeue that raced a cancel left
     # behind before writes were conditional on the flag.
     with store.engine.begin() as conn:
-        conn.execute(update(jobs_table).where(jobs_table.c.id == job.id)
-                     .values(cancel_requested=True))
+        conn.execute(
+            update(jobs_table).where(jobs_table.c.id == job.id).values(cancel_requested=True)
+        )
     assert store.claim(job.id, "a@host1") is None
     ended = store.get(job.id)
     assert ended.status is Status.CANCELLED and ended.attempts == 0
     assert not ended.cancel_requested and ended.completed_at is not None
     assert [(e.from_status, e.to_status) for e in store.history(job.id)][-1] == (
-        Status.QUEUED, Status.CANCELLED)
+        Status.QUEUED,
+        Status.CANCELLED,
+    )
 
 
 def test_a_completion_after_a_cancel_ends_the_job_cancelled(store: JobStore) -> None:
     job, _ = store.create(small_deck(), title="deck")
     assert store.claim(job.id, "a@host1") is not None
     assert store.request_cancel(job.id).cancel_requested
-    state = store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
-                           slide_image_path="slides")
+    state = store.complete(job.id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides")
     assert state is LeaseState.CANCEL_REQUESTED
     assert store.get(job.id).status is Status.PROCESSING  # the worker ends it
     assert store.finish_cancelled(job.id, 1)
     assert store.get(job.id).status is Status.CANCELLED
-    assert not store.complete(job.id, 1, video_url="/v", thumbnail_url="/t",
-                              slide_image_path="slides")
+    assert not store.complete(
+        job.id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="slides"
+    )
 
 
 # -- retention never half-deletes a job retried at that moment -------------------
 
 
-def test_a_retry_racing_retention_keeps_its_whole_job(store: JobStore,
-                                                      second_store: JobStore) -> None:
+def test_a_retry_racing_retention_keeps_its_whole_job(
+    store: JobStore, second_store: JobStore
+) -> None:
     old = failed_job(store)
     raced = failed_job(store)
     history = [(e.from_status, e.to_status) for e in store.history(raced)]
     # The retry is held inside its transaction, its write made but not
     # committed, while retention runs; then it commits.
-    hold = Hold(store.engine, lambda sql: sql.lstrip().upper().startswith("UPDATE JOBS")
-                and "attempt_limit" in sql)
+    hold = Hold(
+        store.engine,
+        lambda sql: sql.lstrip().upper().startswith("UPDATE JOBS") and "attempt_limit" in sql,
+    )
     started = threading.Event()
 
     def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -697,7 +740,9 @@ def test_a_retry_racing_retention_keeps_its_whole_job(store: JobStore,
     kept = store.get(raced)
     assert kept.status is Status.QUEUED
     assert [(e.from_status, e.to_status) for e in store.history(raced)] == [
-        *history, (Status.FAILED, Status.QUEUED)]
+        *history,
+        (Status.FAILED, Status.QUEUED),
+    ]
     with pytest.raises(JobNotFound):
         store.get(old)
     assert store.history(old) == []
@@ -706,8 +751,11 @@ def test_a_retry_racing_retention_keeps_its_whole_job(store: JobStore,
 def test_deleting_a_job_removes_every_row_of_it(store: JobStore) -> None:
     job_id = failed_job(store)
     with store.engine.begin() as conn:
-        conn.execute(insert(deliveries_table).values(job_id=job_id, attempt=1, at=utcnow(),
-                                                     status_code=500, duration_ms=1.0))
+        conn.execute(
+            insert(deliveries_table).values(
+                job_id=job_id, attempt=1, at=utcnow(), status_code=500, duration_ms=1.0
+            )
+        )
     assert store.delete(job_id)
     with store.engine.connect() as conn:
         for table in (files_table, events_table, deliveries_table, jobs_table):
@@ -718,8 +766,9 @@ def test_deleting_a_job_removes_every_row_of_it(store: JobStore) -> None:
 # -- a submission retries a bounded number of times --------------------------------
 
 
-def test_a_key_taken_and_freed_forever_ends_in_a_clear_error(store: JobStore,
-                                                             second_store: JobStore) -> None:
+def test_a_key_taken_and_freed_forever_ends_in_a_clear_error(
+    store: JobStore, second_store: JobStore
+) -> None:
     """Another client holds the key at each insert and deletes its job before
     each lookup: the submission gives up after a few tries, with a message."""
     holders: list[str] = []
@@ -729,11 +778,11 @@ def test_a_key_taken_and_freed_forever_ends_in_a_clear_error(store: JobStore,
         sql = statement.upper()
         if "INSERT INTO JOBS" in sql and len(inserts) < 50:
             inserts.append(statement)
-            job, _ = second_store.create(small_deck(), title="other", idempotency_key="k",
-                                         request_hash="h")
+            job, _ = second_store.create(
+                small_deck(), title="other", idempotency_key="k", request_hash="h"
+            )
             holders.append(job.id)
-        elif sql.lstrip().startswith("SELECT JOBS.ID") and "IDEMPOTENCY_KEY =" in sql \
-                and holders:
+        elif sql.lstrip().startswith("SELECT JOBS.ID") and "IDEMPOTENCY_KEY =" in sql and holders:
             assert second_store.delete(holders.pop())
 
     event.listen(store.engine, "before_cursor_execute", interfere)
@@ -749,14 +798,21 @@ def test_a_key_taken_and_freed_forever_ends_in_a_clear_error(store: JobStore,
 
 
 def test_a_sweep_slower_than_its_lease_never_runs_beside_another(
-        db_url: str, tmp_path: Any, store: JobStore, second_store: JobStore) -> None:
-    settings = Settings(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
-                        SLIDEFARM_SWEEP_INTERVAL="0.1")  # a lease of 1 s
+    db_url: str, tmp_path: Any, store: JobStore, second_store: JobStore
+) -> None:
+    settings = Settings(
+        DATABASE_URL=db_url,
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+        SLIDEFARM_SWEEP_INTERVAL="0.1",
+    )  # a lease of 1 s
     job, _ = store.create(small_deck(), title="deck")
     assert store.claim(job.id, "gone@host9") is not None
     with store.engine.begin() as conn:  # its worker stopped heartbeating long ago
-        conn.execute(update(jobs_table).where(jobs_table.c.id == job.id)
-                     .values(last_heartbeat=utcnow() - timedelta(hours=1)))
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job.id)
+            .values(last_heartbeat=utcnow() - timedelta(hours=1))
+        )
     sweeping = threading.Event()
 
     def slow_dispatch(_job_id: str, _countdown: float) -> None:

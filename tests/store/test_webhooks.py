@@ -38,8 +38,9 @@ def test_during_a_rotation_both_secrets_sign_and_each_verifies(store: JobStore) 
 
 
 @pytest.mark.parametrize("final", [Status.COMPLETED, Status.FAILED, Status.CANCELLED])
-def test_every_final_state_arms_the_webhook_and_one_claim_wins(store: JobStore,
-                                                               final: Status) -> None:
+def test_every_final_state_arms_the_webhook_and_one_claim_wins(
+    store: JobStore, final: Status
+) -> None:
     job_id = final_job(store, status=final)
     webhook = job_json(store.get(job_id))["webhook"]
     assert webhook["status"] == "pending" and webhook["attempts"] == 0
@@ -65,8 +66,7 @@ def test_a_delivery_is_recorded_once_and_a_2xx_delivers(store: JobStore) -> None
     claim = hooks.claim(job_id, lease=30)
     assert claim is not None
     ok = delivery_result(204)
-    assert hooks.record_delivery(job_id, 1, ok, backoff=1, retry_for=60) is \
-        WebhookStatus.DELIVERED
+    assert hooks.record_delivery(job_id, 1, ok, backoff=1, retry_for=60) is WebhookStatus.DELIVERED
     assert hooks.record_delivery(job_id, 1, ok, backoff=1, retry_for=60) is None  # duplicate
     assert hooks.record_delivery(job_id, 2, ok, backoff=1, retry_for=60) is None
     webhook = job_json(store.get(job_id))["webhook"]
@@ -74,8 +74,12 @@ def test_a_delivery_is_recorded_once_and_a_2xx_delivers(store: JobStore) -> None
     assert webhook["last_status_code"] == 204 and webhook["last_error"] is None
     assert webhook["delivered_at"] and webhook["next_attempt_at"] is None
     [delivery] = hooks.deliveries(job_id)
-    assert (delivery.attempt, delivery.status_code, delivery.error, delivery.duration_ms) == \
-        (1, 204, None, 12.5)
+    assert (delivery.attempt, delivery.status_code, delivery.error, delivery.duration_ms) == (
+        1,
+        204,
+        None,
+        12.5,
+    )
     assert hooks.claim(job_id, lease=30, now=utcnow() + timedelta(hours=1)) is None
     assert store.delete(job_id) and hooks.deliveries(job_id) == []
 
@@ -90,8 +94,17 @@ def test_failures_back_off_exponentially_then_fail_after_the_window(store: JobSt
     for attempt in range(1, 4):
         claim = hooks.claim(job_id, lease=30, now=now)
         assert claim is not None and claim.attempt == attempt
-        assert hooks.record_delivery(job_id, attempt, delivery_result(500, "HTTP 500"), backoff=10,
-                                     retry_for=3600, now=now) is WebhookStatus.PENDING
+        assert (
+            hooks.record_delivery(
+                job_id,
+                attempt,
+                delivery_result(500, "HTTP 500"),
+                backoff=10,
+                retry_for=3600,
+                now=now,
+            )
+            is WebhookStatus.PENDING
+        )
         due = store.get(job_id).webhook_next_at
         assert due is not None
         gaps.append((due - now).total_seconds())
@@ -103,19 +116,36 @@ def test_failures_back_off_exponentially_then_fail_after_the_window(store: JobSt
     late = first + timedelta(seconds=3590)
     claim = hooks.claim(job_id, lease=30, now=late)
     assert claim is not None
-    hooks.record_delivery(job_id, claim.attempt, delivery_result(None, "connection refused"),
-                          backoff=10, retry_for=3600, now=late)
+    hooks.record_delivery(
+        job_id,
+        claim.attempt,
+        delivery_result(None, "connection refused"),
+        backoff=10,
+        retry_for=3600,
+        now=late,
+    )
     assert store.get(job_id).webhook_next_at == first + timedelta(seconds=3600)
     end = first + timedelta(seconds=3600)
     claim = hooks.claim(job_id, lease=30, now=end)
     assert claim is not None
-    assert hooks.record_delivery(job_id, claim.attempt, delivery_result(503, "HTTP 503"),
-                                 backoff=10, retry_for=3600, now=end) is WebhookStatus.FAILED
+    assert (
+        hooks.record_delivery(
+            job_id,
+            claim.attempt,
+            delivery_result(503, "HTTP 503"),
+            backoff=10,
+            retry_for=3600,
+            now=end,
+        )
+        is WebhookStatus.FAILED
+    )
     webhook = job_json(store.get(job_id))["webhook"]
     assert webhook["status"] == "failed" and webhook["attempts"] == 5
     assert webhook["last_error"] == "HTTP 503" and webhook["next_attempt_at"] is None
-    assert [d.error for d in hooks.deliveries(job_id)] == \
-        ["HTTP 500"] * 3 + ["connection refused", "HTTP 503"]
+    assert [d.error for d in hooks.deliveries(job_id)] == ["HTTP 500"] * 3 + [
+        "connection refused",
+        "HTTP 503",
+    ]
     assert hooks.claim(job_id, lease=30, now=end + timedelta(days=1)) is None
 
 
@@ -128,8 +158,9 @@ def test_due_webhooks_are_sent_once_until_taken_or_lost(store: JobStore) -> None
     assert hooks.due_webhooks(resend_after=10, now=later) == [job_id]  # the task was lost
     claim = hooks.claim(job_id, lease=30, now=later)
     assert claim is not None
-    hooks.record_delivery(job_id, 1, delivery_result(500, "HTTP 500"), backoff=1, retry_for=60,
-                          now=later)
+    hooks.record_delivery(
+        job_id, 1, delivery_result(500, "HTTP 500"), backoff=1, retry_for=60, now=later
+    )
     due = store.get(job_id).webhook_next_at
     assert due is not None
     assert hooks.due_webhooks(resend_after=10, now=due - timedelta(seconds=0.1)) == []

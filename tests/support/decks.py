@@ -19,8 +19,12 @@ def small_deck(slides: int = 3, duration: float = 1.0, **options: Any) -> dict[s
     return {
         "title": "A small deck",
         "slides": [
-            {"title": f"Slide {n}", "body": f"Body of slide {n}", "bullets": ["a", "b"],
-             "duration": duration}
+            {
+                "title": f"Slide {n}",
+                "body": f"Body of slide {n}",
+                "bullets": ["a", "b"],
+                "duration": duration,
+            }
             for n in range(1, slides + 1)
         ],
         "options": {"resolution": "480p", **options},

@@ -64,12 +64,20 @@ def _glyphs(face: FontFace, text: str) -> list[dict[str, Any]]:
                 bounds = pen.bounds
             mask = pil.getmask(ch)
             tofu = pil.getmask(UNMAPPED)
-            same_as_notdef = (mask.size == tofu.size and mask.getbbox() == box
-                              and bytes(mask) == bytes(tofu))
-            found.append({"char": ch, "font": str(face.path), "family": family,
-                          "glyph": name, "notdef": name in (None, notdef),
-                          "has_outline": bounds is not None,
-                          "pixels_like_notdef": same_as_notdef})
+            same_as_notdef = (
+                mask.size == tofu.size and mask.getbbox() == box and bytes(mask) == bytes(tofu)
+            )
+            found.append(
+                {
+                    "char": ch,
+                    "font": str(face.path),
+                    "family": family,
+                    "glyph": name,
+                    "notdef": name in (None, notdef),
+                    "has_outline": bounds is not None,
+                    "pixels_like_notdef": same_as_notdef,
+                }
+            )
         return found
     finally:
         font.close()
@@ -115,9 +123,13 @@ def main(out: Path) -> None:
             "glyphs": glyphs,
             "differs_from_notdef": sum(changed[64:]) / (line.width * line.height),
         }
-    deck = Deck.model_validate({"title": "scripts", "slides": [
-        {"title": text, "body": text} for text in SAMPLES.values()],
-        "options": {"resolution": "480p"}})
+    deck = Deck.model_validate(
+        {
+            "title": "scripts",
+            "slides": [{"title": text, "body": text} for text in SAMPLES.values()],
+            "options": {"resolution": "480p"},
+        }
+    )
     for index, script in enumerate(SAMPLES):
         render_slide(deck, index, chain).save(out / f"slide-{script}.png")
     report["open_files"] = _open_files()

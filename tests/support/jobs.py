@@ -22,8 +22,13 @@ def finish_with_files(settings: Settings, job_id: str, video: bytes) -> None:
     (folder / "video.mp4").write_bytes(video)
     (folder / "thumbnail.jpg").write_bytes(b"\xff\xd8jpeg")
     (folder / "slides" / "001.png").write_bytes(b"\x89PNGone")
-    store.complete(job_id, 1, video_url=f"/v1/jobs/{job_id}/video",
-                   thumbnail_url=f"/v1/jobs/{job_id}/thumbnail", slide_image_path="slides")
+    store.complete(
+        job_id,
+        1,
+        video_url=f"/v1/jobs/{job_id}/video",
+        thumbnail_url=f"/v1/jobs/{job_id}/thumbnail",
+        slide_image_path="slides",
+    )
 
 
 def failed_job(store: JobStore) -> str:
@@ -35,22 +40,29 @@ def failed_job(store: JobStore) -> str:
     return job.id
 
 
-def final_job(store: JobStore, callback_url: str | None = "http://93.184.215.14/hook",
-              status: Status = Status.COMPLETED) -> str:
+def final_job(
+    store: JobStore,
+    callback_url: str | None = "http://93.184.215.14/hook",
+    status: Status = Status.COMPLETED,
+) -> str:
     """A job with ``callback_url`` taken through a real final transition."""
     job, _ = store.create(small_deck(), title="hooked")
     if callback_url is not None:
         with store.transaction() as conn:
-            conn.execute(update(jobs_table).where(jobs_table.c.id == job.id)
-                         .values(callback_url=callback_url))
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job.id)
+                .values(callback_url=callback_url)
+            )
     if status is Status.CANCELLED:
         store.request_cancel(job.id)
         return job.id
     claimed = store.claim(job.id, "w@host")
     assert claimed is not None
     if status is Status.COMPLETED:
-        assert store.complete(job.id, 1, video_url="v", thumbnail_url="t",
-                              slide_image_path="slides")
+        assert store.complete(
+            job.id, 1, video_url="v", thumbnail_url="t", slide_image_path="slides"
+        )
     else:
         assert store.fail(job.id, 1, "broken")
     return job.id

@@ -19,8 +19,10 @@ def margins_are_background(image: Image.Image, theme: str) -> bool:
     background = THEMES[theme].background
     right = image.crop((width - int(width * 0.07) + 3, 0, width, height))
     bottom = image.crop((width // 100 + 2, height - int(height * 0.02), width, height))
-    return all(region.getcolors(1) == [(region.width * region.height, background)]
-               for region in (right, bottom))
+    return all(
+        region.getcolors(1) == [(region.width * region.height, background)]
+        for region in (right, bottom)
+    )
 
 
 def probe(path: Path) -> tuple[dict[str, Any], int]:

@@ -49,8 +49,14 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -89,8 +95,10 @@ class Stack:
         self.log_dir = log_dir
         #: An admin key every request sends (None: the stack runs open).
         self.token: str | None = None
-        if env.get("DATABASE_URL", "").startswith("postgresql") and \
-                env.get("SLIDEFARM_AUTH") != "off":
+        if (
+            env.get("DATABASE_URL", "").startswith("postgresql")
+            and env.get("SLIDEFARM_AUTH") != "off"
+        ):
             self.token = admin_token(env["DATABASE_URL"])
         self.procs: list[Proc] = []
         self.port = free_port()
@@ -100,25 +108,59 @@ class Stack:
 
     def start_api(self) -> Proc:
         self._count += 1
-        proc = Proc(f"api-{self._count}", [
-            sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "2", "--threads", "8",
-            "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "api:create_app()",
-        ], self.env, self.log_dir)
+        proc = Proc(
+            f"api-{self._count}",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gthread",
+                "-w",
+                "2",
+                "--threads",
+                "8",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--graceful-timeout",
+                "5",
+                "api:create_app()",
+            ],
+            self.env,
+            self.log_dir,
+        )
         self.procs.append(proc)
         self.api = proc
         self.wait_ready(proc)
         return proc
 
-    def start_worker(self, name: str, concurrency: int = 2,
-                     env: dict[str, str] | None = None) -> Proc:
+    def start_worker(
+        self, name: str, concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> Proc:
         """``celery -A workers worker -n NAME`` (``NAME@%h`` unless it names a host)."""
         self._count += 1
         node = name if "@" in name else f"{name}@%h"
-        proc = Proc(f"worker-{name.split('@')[0]}-{self._count}", [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "-n", node,
-            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
-            "--without-mingle",
-        ], {**self.env, **(env or {})}, self.log_dir)
+        proc = Proc(
+            f"worker-{name.split('@')[0]}-{self._count}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-n",
+                node,
+                "--concurrency",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            {**self.env, **(env or {})},
+            self.log_dir,
+        )
         self.procs.append(proc)
         return proc
 
@@ -136,13 +178,17 @@ class Stack:
             time.sleep(0.1)
         raise AssertionError(f"{proc.name} not ready:\n{proc.log()[-3000:]}")
 
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         auth = bearer(self.token) if self.token else {}
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              **auth, **(headers or {})})
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **auth, **(headers or {})},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 raw = resp.read()
@@ -186,8 +232,11 @@ class Stack:
 
 def stack_env(**overrides: str) -> dict[str, str]:
     """This process's environment without slidefarm's settings, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLIDEFARM_", "DATABASE_URL", "CELERY_", "REDIS_URL"))
+    }
     env.update(NO_LIMITS)
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
@@ -206,9 +255,22 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -44,12 +44,13 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 with receiver.lock:
-                    receiver.received.append(Received(self.path, dict(self.headers.items()),
-                                                      body, time.time()))
+                    receiver.received.append(
+                        Received(self.path, dict(self.headers.items()), body, time.time())
+                    )
                     seen = sum(1 for r in receiver.received if r.path == self.path)
                 kind = self.path.lstrip("/").split("-")[0].split("?")[0]
                 payload = b"secret internal answer"

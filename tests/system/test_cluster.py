@@ -131,12 +131,18 @@ class Cluster:
 
     # -- processes -------------------------------------------------------------
 
-    def spawn(self, name: str, host: str, argv: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, host: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(self.folder / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(["ip", "netns", "exec", self.ns(host), *argv], env=env,
-                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(host), *argv],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         return proc
 
@@ -160,40 +166,123 @@ class Cluster:
     def start_db(self) -> None:
         data = self.folder / "pg"
         shutil.chown(self.folder, "postgres")
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D",
-                        str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         with open(data / "pg_hba.conf", "a") as hba:
             hba.write(f"host all all {SUBNET}.0/24 trust\n")
-        self.spawn("postgres", "db", ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"),
-                                      "-D", str(data), "-c", f"listen_addresses={SUBNET}.2",
-                                      "-c", "port=5432", "-c",
-                                      f"unix_socket_directories={self.folder}"])
-        self.spawn("redis", "db", ["redis-server", "--bind", f"{SUBNET}.2", "--port", "6379",
-                                   "--save", "", "--appendonly", "no", "--protected-mode", "no",
-                                   "--dir", str(self.folder)])
+        self.spawn(
+            "postgres",
+            "db",
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-c",
+                f"listen_addresses={SUBNET}.2",
+                "-c",
+                "port=5432",
+                "-c",
+                f"unix_socket_directories={self.folder}",
+            ],
+        )
+        self.spawn(
+            "redis",
+            "db",
+            [
+                "redis-server",
+                "--bind",
+                f"{SUBNET}.2",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+        )
         deadline = time.monotonic() + 60
         while True:
-            ready = subprocess.run([str(PG_BIN / "pg_isready"), "-h", f"{SUBNET}.2", "-p",
-                                    "5432"], capture_output=True)
+            ready = subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", f"{SUBNET}.2", "-p", "5432"], capture_output=True
+            )
             if ready.returncode == 0:
                 break
             assert time.monotonic() < deadline, self.log("postgres")
             time.sleep(0.2)
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"),
-                        "-h", f"{SUBNET}.2", "-c", "CREATE DATABASE slidefarm"],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "psql"),
+                "-h",
+                f"{SUBNET}.2",
+                "-c",
+                "CREATE DATABASE slidefarm",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         alembic_upgrade(self.db_url)
         self.token = admin_token(self.db_url)
 
     def env(self) -> dict[str, str]:
-        return stack_env(DATABASE_URL=self.db_url, CELERY_BROKER_URL=self.broker,
-                         SLIDEFARM_OUTPUT_DIR=str(self.output), **RECOVERY)
+        return stack_env(
+            DATABASE_URL=self.db_url,
+            CELERY_BROKER_URL=self.broker,
+            SLIDEFARM_OUTPUT_DIR=str(self.output),
+            **RECOVERY,
+        )
 
     def start_api(self, host: str) -> None:
-        self.spawn(host, host, [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "2",
-                                "--threads", "8", "-b", f"{SUBNET}.{HOSTS[host]}:8000",
-                                "--timeout", "60", "api:create_app()"], self.env())
+        self.spawn(
+            host,
+            host,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gthread",
+                "-w",
+                "2",
+                "--threads",
+                "8",
+                "-b",
+                f"{SUBNET}.{HOSTS[host]}:8000",
+                "--timeout",
+                "60",
+                "api:create_app()",
+            ],
+            self.env(),
+        )
         deadline = time.monotonic() + 60
         last: Any = None
         while True:
@@ -207,17 +296,38 @@ class Cluster:
             time.sleep(0.2)
 
     def start_render(self, n: int) -> None:
-        self.spawn(f"render{n}", f"render{n}", [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "-n", f"render@host{n}",
-            "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-        ], self.env())
+        self.spawn(
+            f"render{n}",
+            f"render{n}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-n",
+                f"render@host{n}",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            self.env(),
+        )
 
-    def request(self, host: str, method: str, path: str, body: Any = None,
-                timeout: float = 60) -> tuple[int, Any]:
+    def request(
+        self, host: str, method: str, path: str, body: Any = None, timeout: float = 60
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url(host) + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              **bearer(self.token)})
+        req = urllib.request.Request(
+            self.url(host) + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **bearer(self.token)},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())
@@ -287,12 +397,10 @@ def api_view(cluster: Cluster, host: str) -> dict[str, tuple[str, int, str | Non
 
 
 def db_view(store: JobStore) -> dict[str, tuple[str, int, str | None]]:
-    return {j.id: (j.status.value, j.attempts, j.worker)
-            for j in store.list_jobs(limit=500).jobs}
+    return {j.id: (j.status.value, j.attempts, j.worker) for j in store.list_jobs(limit=500).jobs}
 
 
-def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixture[str]
-                                    ) -> None:
+def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     report: list[str] = []
     began = time.monotonic()
     cluster.start_api("api")
@@ -310,8 +418,10 @@ def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixt
     jobs = wait_all(store, ids, timeout=240)
     assert {j.status.value for j in jobs} == {"completed"}
     per_host = Counter(j.worker for j in jobs)
-    report.append(f"60 decks in {time.monotonic() - began:.1f} s, per host: "
-                  + ", ".join(f"{host} {n}" for host, n in sorted(per_host.items())))
+    report.append(
+        f"60 decks in {time.monotonic() - began:.1f} s, per host: "
+        + ", ".join(f"{host} {n}" for host, n in sorted(per_host.items()))
+    )
     assert set(per_host) == {"render@host1", "render@host2", "render@host3"}
     status, workers = cluster.request("api", "GET", "/v1/workers")
     alive = {w["name"] for w in workers["workers"] if w["state"] == "alive"}
@@ -332,39 +442,54 @@ def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixt
     cut_at = time.monotonic()
     cluster.cut(victim_host)
     done = wait_all(store, [slow_id], timeout=180)[0]
-    report.append(f"cut {victim} off mid-render: job finished by {done.worker} "
-                  f"(attempt {done.attempts}) {time.monotonic() - cut_at:.1f} s later")
+    report.append(
+        f"cut {victim} off mid-render: job finished by {done.worker} "
+        f"(attempt {done.attempts}) {time.monotonic() - cut_at:.1f} s later"
+    )
     assert done.status.value == "completed" and done.worker != victim, done
     cluster.heal(victim_host)
     deadline = time.monotonic() + 90
     while "refused" not in cluster.log(victim_host) and "lease lost" not in cluster.log(
-            victim_host):
+        victim_host
+    ):
         assert time.monotonic() < deadline, cluster.log(victim_host)[-3000:]
         time.sleep(0.3)
     time.sleep(2)
     victim_log = cluster.log(victim_host)
     refused = victim_log.count("late write refused") + victim_log.count("lease lost")
-    report.append(f"{victim} back on the network: {refused} late write(s) refused by "
-                  f"fencing, attempt ended 'lost' x{victim_log.count(': lost in')}, "
-                  f"scratch removed; job record unchanged")
+    report.append(
+        f"{victim} back on the network: {refused} late write(s) refused by "
+        f"fencing, attempt ended 'lost' x{victim_log.count(': lost in')}, "
+        f"scratch removed; job record unchanged"
+    )
     after = store.get(slow_id)
     assert (after.status, after.worker, after.attempts, after.completed_at) == (
-        done.status, done.worker, done.attempts, done.completed_at)
+        done.status,
+        done.worker,
+        done.attempts,
+        done.completed_at,
+    )
     folder = cluster.output / slow_id
     partial = cluster.output / ".partial"
     assert not [p for p in partial.iterdir() if p.name.startswith(slow_id)]  # cleaned up
     assert published_attempt(folder) == after.attempts
-    on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                     if p.is_file() and p.name != ".attempt")
+    on_disk = sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".attempt"
+    )
     assert on_disk == sorted(after.created_files)
     assert {f.path: f.size_bytes for f in after.files} == {
-        f: (folder / f).stat().st_size for f in after.created_files}
+        f: (folder / f).stat().st_size for f in after.created_files
+    }
     assert f"worker lost: {victim} stopped heartbeating" in [
-        e.reason for e in store.history(slow_id)]
+        e.reason for e in store.history(slow_id)
+    ]
 
     # The api host stops; a second one sees every job, finished or not.
-    queued_before = [cluster.request("api", "POST", "/v1/jobs", deck)[1]["job_id"]
-                     for _ in range(3)]
+    queued_before = [
+        cluster.request("api", "POST", "/v1/jobs", deck)[1]["job_id"] for _ in range(3)
+    ]
     cluster.stop("api")
     cluster.start_api("api2")
     assert api_view(cluster, "api2") == db_view(store)
@@ -381,11 +506,14 @@ def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixt
         time.sleep(0.5)
     cluster.heal("db")
     assert set(answers) <= {200, 503} and 503 in answers, answers
-    report.append(f"db host cut off for 6 s: API answered {answers.count(503)}x 503, "
-                  f"{answers.count(200)}x 200, no crash")
+    report.append(
+        f"db host cut off for 6 s: API answered {answers.count(503)}x 503, "
+        f"{answers.count(200)}x 200, no crash"
+    )
     final = wait_all(store, more + queued_before, timeout=240)
     assert {j.status.value for j in final} == {"completed"}, [
-        (j.id, j.status, j.error) for j in final]
+        (j.id, j.status, j.error) for j in final
+    ]
     deadline = time.monotonic() + 60
     while cluster.request("api2", "GET", "/readyz")[0] != 200:
         assert time.monotonic() < deadline
@@ -393,9 +521,15 @@ def test_many_render_hosts_one_view(cluster: Cluster, capsys: pytest.CaptureFixt
     assert api_view(cluster, "api2") == db_view(store)
     for name in ("api2", "render1", "render2", "render3"):
         assert cluster.procs[name].poll() is None, f"{name} crashed:\n{cluster.log(name)[-2000:]}"
-    recovered = sum(1 for j in db_view(store) for e in store.history(j)
-                    if (e.reason or "").startswith("worker lost"))
-    report.append(f"{len(db_view(store))} jobs, all completed; {recovered} recovered from a "
-                  f"lost worker; wall time {time.monotonic() - began:.1f} s")
+    recovered = sum(
+        1
+        for j in db_view(store)
+        for e in store.history(j)
+        if (e.reason or "").startswith("worker lost")
+    )
+    report.append(
+        f"{len(db_view(store))} jobs, all completed; {recovered} recovered from a "
+        f"lost worker; wall time {time.monotonic() - began:.1f} s"
+    )
     with capsys.disabled():
         print("\ncluster: " + "\ncluster: ".join(report))

@@ -47,22 +47,36 @@ class Problems:
 
     def __init__(self, context: Any) -> None:
         self.found: list[str] = []
-        context.on("console", lambda message: message.type == "error" and self.found.append(
-            f"console error: {message.text} at {message.location.get('url')}"))
+        context.on(
+            "console",
+            lambda message: (
+                message.type == "error"
+                and self.found.append(
+                    f"console error: {message.text} at {message.location.get('url')}"
+                )
+            ),
+        )
         context.on("weberror", lambda error: self.found.append(f"uncaught: {error.error}"))
-        context.on("response", lambda response: response.status >= 400 and self.found.append(
-            f"{response.status} {response.request.method} {response.url}"))
+        context.on(
+            "response",
+            lambda response: (
+                response.status >= 400
+                and self.found.append(f"{response.status} {response.request.method} {response.url}")
+            ),
+        )
 
 
 def new_context(browser: Any) -> tuple[Any, Problems]:
     """A browser context in British English in India's time zone."""
-    context = browser.new_context(viewport={"width": 1300, "height": 900}, locale="en-GB",
-                                  timezone_id=ZONE)
+    context = browser.new_context(
+        viewport={"width": 1300, "height": 900}, locale="en-GB", timezone_id=ZONE
+    )
     return context, Problems(context)
 
 
-def sign_in(page: Any, stack: Stack, then: str, token: str | None = None,
-            screenshot: Path | None = None) -> None:
+def sign_in(
+    page: Any, stack: Stack, then: str, token: str | None = None, screenshot: Path | None = None
+) -> None:
     """The dashboard's sign-in: a browser opening a page signed out lands on
     the sign-in page, which loads no script and offers no navigation; the
     key goes in the form's body and a session cookie comes back."""
@@ -75,8 +89,10 @@ def sign_in(page: Any, stack: Stack, then: str, token: str | None = None,
     assert page.url.startswith(stack.base + "/login?next="), page.url
     assert not [url for url in loaded if "/static/" in url], loaded
     assert page.locator("nav, header a").count() == 0
-    icon = page.evaluate("fetch(document.querySelector('link[rel=icon]').href)"
-                         ".then(r => [r.status, r.headers.get('content-type').split(';')[0]])")
+    icon = page.evaluate(
+        "fetch(document.querySelector('link[rel=icon]').href)"
+        ".then(r => [r.status, r.headers.get('content-type').split(';')[0]])"
+    )
     assert icon == [200, "image/svg+xml"]
     if screenshot is not None:
         page.screenshot(path=str(screenshot))
@@ -89,8 +105,14 @@ def sign_in(page: Any, stack: Stack, then: str, token: str | None = None,
 
 def local_parts(iso: str) -> tuple[int, str, int, int, int, int]:
     moment = datetime.fromisoformat(iso).astimezone(ZoneInfo(ZONE))
-    return (moment.day, moment.strftime("%b"), moment.year, moment.hour, moment.minute,
-            moment.second)
+    return (
+        moment.day,
+        moment.strftime("%b"),
+        moment.year,
+        moment.hour,
+        moment.minute,
+        moment.second,
+    )
 
 
 def check_times(page: Any, selector: str) -> int:
@@ -98,8 +120,10 @@ def check_times(page: Any, selector: str) -> int:
     on hover and reads as local time ("29 Nov 2026, 19:33:12") or, marked
     relative, as an age ("2 min ago") with the local time on hover."""
     times = page.eval_on_selector_all(
-        f"{selector} time", "els => els.map(e => [e.getAttribute('datetime'), e.title,"
-        " e.textContent, e.dataset.relative || ''])")
+        f"{selector} time",
+        "els => els.map(e => [e.getAttribute('datetime'), e.title,"
+        " e.textContent, e.dataset.relative || ''])",
+    )
     for iso, title, text, relative in times:
         assert ISO.match(iso), iso
         local = text
@@ -113,14 +137,20 @@ def check_times(page: Any, selector: str) -> int:
         assert parts is not None, local
         day, month, year, hour, minute, second = local_parts(iso)
         assert (int(parts[1]), int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6])) == (
-            day, year, hour, minute, second), (local, iso)
+            day,
+            year,
+            hour,
+            minute,
+            second,
+        ), (local, iso)
         assert parts[2].startswith(month), (local, iso)
     return len(times)
 
 
 def headers(page: Any, table: str) -> list[str]:
-    found: list[str] = page.eval_on_selector_all(f"{table} th",
-                                                 "els => els.map(e => e.textContent)")
+    found: list[str] = page.eval_on_selector_all(
+        f"{table} th", "els => els.map(e => e.textContent)"
+    )
     return found
 
 
@@ -131,8 +161,9 @@ def cell(page: Any, row: str, table: str, column: str) -> str:
     return text
 
 
-def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, browser: Any,
-                                                       shots: Path) -> None:
+def test_dashboard_follows_a_job_across_a_worker_death(
+    fault_stack: Stack, browser: Any, shots: Path
+) -> None:
     stack = fault_stack
     stack.start_api()
     workers = {name: stack.start_worker(name, concurrency=1) for name in ("a@host1", "b@host2")}
@@ -142,24 +173,28 @@ def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, brows
     sign_in(jobs_page, stack, "/", screenshot=shots / "login.png")
     workers_page.goto(stack.base + "/workers")  # the session cookie is the context's
     for name in workers:
-        workers_page.wait_for_selector(f'tr[data-worker="{name}"][data-state="alive"]',
-                                       timeout=30_000)
+        workers_page.wait_for_selector(
+            f'tr[data-worker="{name}"][data-state="alive"]', timeout=30_000
+        )
 
     _, job = stack.request("POST", "/v1/jobs", slow_deck(slides=4, seconds=4))
     row = f'#jobs tr[data-job-id="{job["job_id"]}"]'
     jobs_page.wait_for_selector(f'{row}[data-status="processing"]', timeout=30_000)
-    running = stack.wait_for(job["job_id"], lambda j: j["status"] == "processing"
-                             and j["progress"] > 0)
+    running = stack.wait_for(
+        job["job_id"], lambda j: j["status"] == "processing" and j["progress"] > 0
+    )
     victim = running["worker"]
     survivor = next(name for name in workers if name != victim)
     # Another tenant's job, for the admin's tenant column.
     acme = AccessStore(JobStore.from_url(stack.env["DATABASE_URL"])).create_key("acme").token
-    _, other = stack.request("POST", "/v1/jobs", {**small_deck(slides=2), "title": "Acme pitch"},
-                             headers=bearer(acme))
+    _, other = stack.request(
+        "POST", "/v1/jobs", {**small_deck(slides=2), "title": "Acme pitch"}, headers=bearer(acme)
+    )
     kill(workers[victim])
 
-    workers_page.wait_for_selector(f'tr[data-worker="{victim}"][data-state="stale"]',
-                                   timeout=30_000)
+    workers_page.wait_for_selector(
+        f'tr[data-worker="{victim}"][data-state="stale"]', timeout=30_000
+    )
     assert check_times(workers_page, "#workers") == 2
     workers_page.screenshot(path=str(shots / "workers.png"))
     jobs_page.wait_for_selector(f'{row}[data-status="completed"]', timeout=120_000)
@@ -174,8 +209,7 @@ def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, brows
 
     job_page = context.new_page()
     job_page.goto(stack.base + f"/jobs/{job['job_id']}")
-    job_page.wait_for_function("document.getElementById('video').readyState >= 1",
-                               timeout=30_000)
+    job_page.wait_for_function("document.getElementById('video').readyState >= 1", timeout=30_000)
     duration = job_page.evaluate("document.getElementById('video').duration")
     assert abs(duration - 16) < 0.5
     history = job_page.inner_text("#history")
@@ -185,11 +219,18 @@ def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, brows
     assert check_times(job_page, "#fields") == 4 and check_times(job_page, "#history") == 5
     # Each produced file is a link that opens with the session.
     links = job_page.eval_on_selector_all(
-        "#files tbody tr", "rows => rows.map(r => [r.cells[0].textContent,"
-        " r.querySelector('a') && r.querySelector('a').href])")
+        "#files tbody tr",
+        "rows => rows.map(r => [r.cells[0].textContent,"
+        " r.querySelector('a') && r.querySelector('a').href])",
+    )
     assert sorted(path for path, _ in links) == [
-        "slides/001.png", "slides/002.png", "slides/003.png", "slides/004.png",
-        "thumbnail.jpg", "video.mp4"]
+        "slides/001.png",
+        "slides/002.png",
+        "slides/003.png",
+        "slides/004.png",
+        "thumbnail.jpg",
+        "video.mp4",
+    ]
     for path, href in links:
         assert href is not None, path
         answer = job_page.request.get(href)
@@ -201,16 +242,19 @@ def test_dashboard_follows_a_job_across_a_worker_death(fault_stack: Stack, brows
     assert job_page.is_visible("#video-figure figcaption")
     assert job_page.inner_text("#thumbnail-figure figcaption").startswith("Thumbnail")
     assert job_page.inner_text("#video-figure figcaption").startswith("Video")
-    assert job_page.get_attribute("#thumbnail", "alt") == \
-        "Thumbnail of “A small deck”: its first slide"
+    assert (
+        job_page.get_attribute("#thumbnail", "alt")
+        == "Thumbnail of “A small deck”: its first slide"
+    )
     assert job_page.get_attribute("#video", "aria-label") == "Video of “A small deck”"
     assert job_page.is_hidden("#output-pending")
     job_page.screenshot(path=str(shots / "job.png"), full_page=True)
 
     overview = context.new_page()
     overview.goto(stack.base + "/overview")
-    overview.wait_for_function("document.querySelector('[data-status=\"completed\"]')"
-                               ".textContent === '2'", timeout=10_000)
+    overview.wait_for_function(
+        "document.querySelector('[data-status=\"completed\"]').textContent === '2'", timeout=10_000
+    )
     overview.screenshot(path=str(shots / "overview.png"))
     print(f"\nscreenshots in {shots}")
     context.close()
@@ -226,7 +270,8 @@ def test_job_page_shows_progress_live_and_cancels(fault_stack: Stack, browser: A
     page = context.new_page()
     sign_in(page, stack, f"/jobs/{job['job_id']}")
     page.wait_for_function(
-        "parseFloat(document.getElementById('progress').textContent) > 0", timeout=60_000)
+        "parseFloat(document.getElementById('progress').textContent) > 0", timeout=60_000
+    )
     assert page.inner_text("#stage") in ("rendering slides", "encoding video")
     assert page.is_visible("#output-pending") and page.is_hidden("#video-figure")
     # Files are listed as they are drawn, but open only once the job completes.
@@ -234,20 +279,23 @@ def test_job_page_shows_progress_live_and_cancels(fault_stack: Stack, browser: A
     assert page.locator("#files a").count() == 0
     page.on("dialog", lambda dialog: dialog.accept())
     page.click("#cancel")
-    page.wait_for_function("document.getElementById('status').textContent === 'cancelled'",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.getElementById('status').textContent === 'cancelled'", timeout=30_000
+    )
     # The history table reloads when the stream's final event arrives.
     page.wait_for_function(
         "document.getElementById('history').innerText.includes('cancelled by request')",
-        timeout=30_000)
+        timeout=30_000,
+    )
     assert page.is_disabled("#cancel") and page.is_enabled("#retry")
     assert page.inner_text("#stage").startswith("cancelled while ")
     context.close()
     assert problems.found == []
 
 
-def test_a_tenant_cancels_a_queued_job_and_sees_only_its_own(fault_stack: Stack,
-                                                            browser: Any) -> None:
+def test_a_tenant_cancels_a_queued_job_and_sees_only_its_own(
+    fault_stack: Stack, browser: Any
+) -> None:
     stack = fault_stack
     stack.start_api()  # no worker: the job stays queued
     token = AccessStore(JobStore.from_url(stack.env["DATABASE_URL"])).create_key("acme").token
@@ -266,10 +314,14 @@ def test_a_tenant_cancels_a_queued_job_and_sees_only_its_own(fault_stack: Stack,
     page.click(f"{row} a")
     page.wait_for_selector("#cancel:enabled")
     page.click("#cancel")
-    page.wait_for_function("document.getElementById('status').textContent === 'cancelled'",
-                           timeout=10_000)
-    page.wait_for_function("document.getElementById('history').innerText"
-                           ".includes('cancelled by request while queued')", timeout=10_000)
+    page.wait_for_function(
+        "document.getElementById('status').textContent === 'cancelled'", timeout=10_000
+    )
+    page.wait_for_function(
+        "document.getElementById('history').innerText"
+        ".includes('cancelled by request while queued')",
+        timeout=10_000,
+    )
     assert page.inner_text("#stage") == "cancelled while queued"
     assert "tenant" not in page.inner_text("#fields")
     assert check_times(page, "#fields") == 2 and check_times(page, "#history") == 2

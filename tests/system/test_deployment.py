@@ -70,16 +70,24 @@ def test_the_deployment_has_the_shape_the_design_needs() -> None:
     assert "readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("api", "worker"):
-        assert services[name]["depends_on"]["migrate"]["condition"] == \
-            "service_completed_successfully"
+        assert (
+            services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        )
     assert any(v.startswith("pgdata:") for v in services["postgres"]["volumes"])
 
 
 def test_the_dockerfile_installs_from_pyproject() -> None:
     text = DOCKERFILE.read_text()
     assert "COPY pyproject.toml" in text and "pip install" in text
-    for path in ("api", "workers", "storage", "core", "migrations", "alembic.ini",
-                 "celeryconfig.py"):
+    for path in (
+        "api",
+        "workers",
+        "storage",
+        "core",
+        "migrations",
+        "alembic.ini",
+        "celeryconfig.py",
+    ):
         assert path in text, path
     for package in ("api", "workers", "storage", "core", "migrations"):
         assert f"COPY {package} ./{package}" in text, package

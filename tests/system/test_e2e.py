@@ -36,15 +36,17 @@ def check_video(stack: Stack, job: dict[str, Any], deck: dict[str, Any], tmp_pat
     meta, frames = probe(path)
     fps = deck["options"].get("fps", 30)
     width, height = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}[
-        deck["options"].get("resolution", "720p")]
+        deck["options"].get("resolution", "720p")
+    ]
     assert meta["size"] == (width, height)
     assert meta["codec"].startswith("h264") and meta["pix_fmt"].startswith("yuv420p")
     expected = sum(s.get("duration", 3.0) for s in deck["slides"])
     assert abs(frames / fps - expected) <= len(deck["slides"]) / fps
 
 
-def test_render_through_a_real_worker_on_postgres_and_redis(pg_redis_stack: Stack,
-                                                            tmp_path: Path) -> None:
+def test_render_through_a_real_worker_on_postgres_and_redis(
+    pg_redis_stack: Stack, tmp_path: Path
+) -> None:
     stack = pg_redis_stack
     stack.start_api()
     stack.start_worker("render1")
@@ -59,7 +61,8 @@ def test_render_through_a_real_worker_on_postgres_and_redis(pg_redis_stack: Stac
     assert job["completed_at"].endswith("Z") and job["started_at"] and job["last_heartbeat"]
     slides = len(deck["slides"])
     assert sorted(job["created_files"]) == sorted(
-        [f"slides/{n:03d}.png" for n in range(1, slides + 1)] + ["thumbnail.jpg", "video.mp4"])
+        [f"slides/{n:03d}.png" for n in range(1, slides + 1)] + ["thumbnail.jpg", "video.mp4"]
+    )
     check_video(stack, job, deck, tmp_path)
     status, thumb = stack.request("GET", job["thumbnail_url"])
     assert status == 200 and thumb[:2] == b"\xff\xd8"
@@ -69,8 +72,9 @@ def test_render_through_a_real_worker_on_postgres_and_redis(pg_redis_stack: Stac
     assert not list((output / ".partial").iterdir())
 
 
-def test_jobs_survive_a_restart_of_the_api_and_the_worker(pg_redis_stack: Stack,
-                                                          tmp_path: Path) -> None:
+def test_jobs_survive_a_restart_of_the_api_and_the_worker(
+    pg_redis_stack: Stack, tmp_path: Path
+) -> None:
     stack = pg_redis_stack
     api = stack.start_api()
     worker = stack.start_worker("before")
@@ -95,8 +99,9 @@ def test_jobs_survive_a_restart_of_the_api_and_the_worker(pg_redis_stack: Stack,
     check_video(stack, done, deck, tmp_path)
 
 
-def test_hundred_concurrent_submissions_are_hundred_jobs(pg_redis_stack: Stack, pg_url: str,
-                                                         redis_url: str) -> None:
+def test_hundred_concurrent_submissions_are_hundred_jobs(
+    pg_redis_stack: Stack, pg_url: str, redis_url: str
+) -> None:
     stack = pg_redis_stack
     stack.start_api()
     deck = small_deck(slides=1)
@@ -121,12 +126,15 @@ def test_hundred_concurrent_submissions_are_hundred_jobs(pg_redis_stack: Stack, 
         response.read()
         assert response.status == 200
     conn.close()
-    print(f"\n1,000 sequential status reads (one keep-alive connection): "
-          f"{time.perf_counter() - started:.2f} s")
+    print(
+        f"\n1,000 sequential status reads (one keep-alive connection): "
+        f"{time.perf_counter() - started:.2f} s"
+    )
 
 
-def test_two_workers_share_jobs_and_duplicates_do_nothing(pg_redis_stack: Stack, pg_url: str,
-                                                          redis_url: str) -> None:
+def test_two_workers_share_jobs_and_duplicates_do_nothing(
+    pg_redis_stack: Stack, pg_url: str, redis_url: str
+) -> None:
     stack = pg_redis_stack
     stack.start_api()
     stack.start_worker("w1", concurrency=1)
@@ -152,17 +160,24 @@ def test_the_readme_demo_renders_on_the_embedded_default(tmp_path: Path) -> None
         SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
         SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
     )
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], env=env,
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     video_line = next(line for line in result.stdout.splitlines() if line.startswith("video:"))
     video = Path(video_line.split(":", 1)[1].strip())
     assert video.is_file() and video.stat().st_size > 0
     assert "completed" in result.stdout
     # Nothing left running: no process still holds the demo's SQLite file.
-    holders = subprocess.run(["sh", "-c", f"ls -l /proc/[0-9]*/fd 2>/dev/null | "
-                                          f"grep -c '{tmp_path}' || true"],
-                             capture_output=True, text=True)
+    holders = subprocess.run(
+        ["sh", "-c", f"ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c '{tmp_path}' || true"],
+        capture_output=True,
+        text=True,
+    )
     assert holders.stdout.strip() in ("", "0")
     deck = sample_deck()
     meta, frames = probe(video)
@@ -173,8 +188,21 @@ def test_the_readme_demo_renders_on_the_embedded_default(tmp_path: Path) -> None
 def test_flower_runs_beside_slidefarm(pg_redis_stack: Stack) -> None:
     stack = pg_redis_stack
     port = free_port()
-    flower = Proc("flower", [sys.executable, "-m", "celery", "-A", "workers", "flower",
-                             f"--port={port}", "--address=127.0.0.1"], stack.env, stack.log_dir)
+    flower = Proc(
+        "flower",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        stack.env,
+        stack.log_dir,
+    )
     stack.procs.append(flower)
     stack.start_worker("seen-by-flower")
     deadline = time.monotonic() + 30

@@ -40,7 +40,7 @@ def site(html: str, port: int) -> Iterator[str]:
     body = html.encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -62,7 +62,8 @@ def site(html: str, port: int) -> Iterator[str]:
 
 
 def test_another_site_embeds_the_video_and_calls_the_api(
-        pg_redis_stack: Stack, browser: Any) -> None:  # noqa: F811
+    pg_redis_stack: Stack, browser: Any
+) -> None:
     stack = pg_redis_stack
     allowed_port = free_port()
     allowed = f"http://127.0.0.1:{allowed_port}"
@@ -77,23 +78,29 @@ def test_another_site_embeds_the_video_and_calls_the_api(
     assert status == 200 and signed["video_url"].startswith(stack.base), signed
     assert stack.token is not None and stack.token.split("_")[2] not in signed["video_url"]
 
-    html = PAGE.format(video=signed["video_url"], api=stack.base, job_id=job["job_id"],
-                       token=stack.token)
+    html = PAGE.format(
+        video=signed["video_url"], api=stack.base, job_id=job["job_id"], token=stack.token
+    )
     # The allowed origin: the preflight (Authorization is not a simple header)
     # and the answer carry its CORS headers, so the page reads the job.
     with site(html, allowed_port) as origin:
         assert origin == allowed
         page = browser.new_page()
         video_answers: list[int] = []
-        page.on("response", lambda response: video_answers.append(response.status)
-                if response.url == signed["video_url"] else None)
+        page.on(
+            "response",
+            lambda response: (
+                video_answers.append(response.status)
+                if response.url == signed["video_url"]
+                else None
+            ),
+        )
         page.goto(origin + "/")
         page.wait_for_function("window.apiResult !== null", timeout=30_000)
         result = page.evaluate("window.apiResult")
         assert result["ok"] and result["status"] == "completed", result
         assert result["etag"] and result["etag"].startswith('W/"'), result  # exposed
-        page.wait_for_function("document.getElementById('video').readyState >= 2",
-                               timeout=30_000)
+        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         duration = page.evaluate("document.getElementById('video').duration")
         assert abs(duration - 3.0) < 0.5, duration
         # Seeking asks for a range of the signed link.
@@ -115,6 +122,5 @@ def test_another_site_embeds_the_video_and_calls_the_api(
         result = page.evaluate("window.apiResult")
         assert "error" in result and "Failed to fetch" in result["error"], result
         # The video itself needs no CORS: the signed link plays anywhere.
-        page.wait_for_function("document.getElementById('video').readyState >= 2",
-                               timeout=30_000)
+        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         page.close()

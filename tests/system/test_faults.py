@@ -46,9 +46,11 @@ def assert_one_set_of_outputs(stack: Stack, job: dict[str, Any]) -> None:
     folder = root / job["job_id"]
     on_disk = sorted(str(p.relative_to(folder)) for p in files_under(folder))
     assert on_disk == sorted(job["created_files"])
-    wait_until(lambda: not [p for p in files_under(root / ".partial")
-                            if job["job_id"] in str(p)],
-               15, f"scratch files of {job['job_id']} left behind")
+    wait_until(
+        lambda: not [p for p in files_under(root / ".partial") if job["job_id"] in str(p)],
+        15,
+        f"scratch files of {job['job_id']} left behind",
+    )
     assert published_attempt(folder) == job["attempts"]
     meta, frames = probe(folder / "video.mp4")
     assert frames > 0 and meta["size"][0] > 0
@@ -59,8 +61,10 @@ def slow_job_on_a(stack: Stack) -> tuple[Proc, str]:
     stack.start_api()
     a = stack.start_worker("a@host1", concurrency=1)
     _, job = stack.request("POST", "/v1/jobs", slow_deck())
-    stack.wait_for(job["job_id"], lambda j: j["status"] == "processing"
-                   and j["worker"] == "a@host1" and j["progress"] > 0)
+    stack.wait_for(
+        job["job_id"],
+        lambda j: j["status"] == "processing" and j["worker"] == "a@host1" and j["progress"] > 0,
+    )
     return a, job["job_id"]
 
 
@@ -79,7 +83,12 @@ def test_sigkilled_worker_job_completes_on_another(fault_stack: Stack) -> None:
     reasons = [e["reason"] for e in detail["history"]]
     assert "worker lost: a@host1 stopped heartbeating" in reasons
     assert [e["to"] for e in detail["history"]] == [
-        "queued", "processing", "queued", "processing", "completed"]
+        "queued",
+        "processing",
+        "queued",
+        "processing",
+        "completed",
+    ]
 
 
 def test_paused_worker_is_fenced_out_when_it_resumes(fault_stack: Stack) -> None:
@@ -91,27 +100,34 @@ def test_paused_worker_is_fenced_out_when_it_resumes(fault_stack: Stack) -> None
     done = stack.wait_final(job["job_id"], timeout=120)
     assert done["status"] == "completed" and done["worker"] == "b@host2", done
     os.killpg(a.popen.pid, signal.SIGCONT)
-    wait_until(lambda: "lease lost" in a.log() or "lost in" in a.log(), 30,
-               "the resumed worker never noticed it lost its lease")
+    wait_until(
+        lambda: "lease lost" in a.log() or "lost in" in a.log(),
+        30,
+        "the resumed worker never noticed it lost its lease",
+    )
     time.sleep(1.0)  # give it time to (wrongly) write, if it were going to
     _, after = stack.request("GET", f"/v1/jobs/{job['job_id']}?include=history")
     history = after.pop("history")
     assert after == done  # nothing changed once the paused worker resumed
     assert [e["worker"] for e in history if e["to"] == "completed"] == ["b@host2"]
     assert_one_set_of_outputs(stack, done)
-    sizes = {f: (output_dir(stack) / done["job_id"] / f).stat().st_size
-             for f in done["created_files"]}
+    sizes = {
+        f: (output_dir(stack) / done["job_id"] / f).stat().st_size for f in done["created_files"]
+    }
     store = JobStore.from_url(stack.env["DATABASE_URL"])
     assert {f.path: f.size_bytes for f in store.get(done["job_id"]).files} == sizes
 
 
-def test_broker_that_loses_every_queued_message(pg_url: str, private_redis: RedisServer,
-                                                 tmp_path: Path) -> None:
+def test_broker_that_loses_every_queued_message(
+    pg_url: str, private_redis: RedisServer, tmp_path: Path
+) -> None:
     stack = make_stack(pg_url, private_redis.url, tmp_path)
     try:
         stack.start_api()
-        ids = [stack.request("POST", "/v1/jobs", small_deck(slides=1, duration=0.5))[1]["job_id"]
-               for _ in range(5)]
+        ids = [
+            stack.request("POST", "/v1/jobs", small_deck(slides=1, duration=0.5))[1]["job_id"]
+            for _ in range(5)
+        ]
         private_redis.restart_empty()  # nothing kept on disk: every message is gone
         stack.start_worker("a@host1")
         jobs = [stack.wait_final(job_id, timeout=90) for job_id in ids]
@@ -121,16 +137,18 @@ def test_broker_that_loses_every_queued_message(pg_url: str, private_redis: Redi
         stack.stop_all()
 
 
-def test_submissions_while_the_broker_is_down(pg_url: str, private_redis: RedisServer,
-                                              tmp_path: Path) -> None:
+def test_submissions_while_the_broker_is_down(
+    pg_url: str, private_redis: RedisServer, tmp_path: Path
+) -> None:
     stack = make_stack(pg_url, private_redis.url, tmp_path)
     try:
         stack.start_api()
         stack.start_worker("a@host1")
         private_redis.stop()
         started = time.monotonic()
-        answers = [stack.request("POST", "/v1/jobs", small_deck(slides=1, duration=0.5))
-                   for _ in range(3)]
+        answers = [
+            stack.request("POST", "/v1/jobs", small_deck(slides=1, duration=0.5)) for _ in range(3)
+        ]
         assert [status for status, _ in answers] == [202] * 3
         assert time.monotonic() - started < 30
         status, _ = stack.request("GET", "/readyz")
@@ -146,9 +164,15 @@ def _terminate_connections(database: str) -> int:
     admin = admin_engine()
     try:
         with admin.connect() as conn:
-            return len(conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).all())
+            return len(
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": database},
+                ).all()
+            )
     finally:
         admin.dispose()
 
@@ -157,8 +181,10 @@ def test_database_connections_cut_mid_render(fault_stack: Stack, pg_url: str) ->
     stack = fault_stack
     stack.start_api()
     stack.start_worker("a@host1")
-    ids = [stack.request("POST", "/v1/jobs", slow_deck(slides=3, seconds=4))[1]["job_id"]
-           for _ in range(3)]
+    ids = [
+        stack.request("POST", "/v1/jobs", slow_deck(slides=3, seconds=4))[1]["job_id"]
+        for _ in range(3)
+    ]
     stack.wait_for(ids[0], lambda j: j["status"] == "processing" and j["progress"] > 0)
     database = pg_url.rsplit("/", 1)[1]
     cut = 0
@@ -173,13 +199,13 @@ def test_database_connections_cut_mid_render(fault_stack: Stack, pg_url: str) ->
     assert stack.request("GET", "/readyz")[0] == 200  # the API recovered by itself
 
 
-def test_same_task_delivered_twice_at_once(fault_stack: Stack, pg_url: str,
-                                           redis_url: str) -> None:
+def test_same_task_delivered_twice_at_once(fault_stack: Stack, pg_url: str, redis_url: str) -> None:
     stack = fault_stack
     stack.start_api()
     _, job = stack.request("POST", "/v1/jobs", small_deck(slides=2, duration=1.0))
     Dispatcher(Settings(DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url)).send_render(
-        job["job_id"])
+        job["job_id"]
+    )
     a = stack.start_worker("a@host1", concurrency=1)
     b = stack.start_worker("b@host2", concurrency=1)
     done = stack.wait_final(job["job_id"])
@@ -225,23 +251,26 @@ def test_retry_of_a_failed_job(fault_stack: Stack) -> None:
     assert done["status"] == "completed" and done["attempts"] == 2 and done["error"] is None
 
 
-def test_idempotent_submission_raced_from_twenty_threads(fault_stack: Stack,
-                                                         pg_url: str) -> None:
+def test_idempotent_submission_raced_from_twenty_threads(fault_stack: Stack, pg_url: str) -> None:
     stack = fault_stack
     stack.start_api()
     deck = small_deck(slides=2)
     with ThreadPoolExecutor(max_workers=20) as pool:
-        answers = list(pool.map(
-            lambda _: stack.request("POST", "/v1/jobs", deck, {"Idempotency-Key": "race-1"}),
-            range(20)))
+        answers = list(
+            pool.map(
+                lambda _: stack.request("POST", "/v1/jobs", deck, {"Idempotency-Key": "race-1"}),
+                range(20),
+            )
+        )
     assert [status for status, _ in answers] == [202] * 20
     assert len({job["job_id"] for _, job in answers}) == 1
     engine = create_db_engine(pg_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
     engine.dispose()
-    status, _ = stack.request("POST", "/v1/jobs", small_deck(slides=3),
-                              {"Idempotency-Key": "race-1"})
+    status, _ = stack.request(
+        "POST", "/v1/jobs", small_deck(slides=3), {"Idempotency-Key": "race-1"}
+    )
     assert status == 409
 
 
@@ -269,8 +298,10 @@ def test_chaos_kills_lose_and_duplicate_nothing(chaos_stack: Stack, pg_url: str)
     deck = small_deck(slides=2, duration=1.5)
     deck["options"]["resolution"] = "720p"
     with ThreadPoolExecutor(max_workers=8) as pool:
-        ids = [job["job_id"] for _, job in pool.map(
-            lambda _: stack.request("POST", "/v1/jobs", deck), range(200))]
+        ids = [
+            job["job_id"]
+            for _, job in pool.map(lambda _: stack.request("POST", "/v1/jobs", deck), range(200))
+        ]
     assert len(set(ids)) == 200
     rng = random.Random(7)
     kills = 0
@@ -292,24 +323,35 @@ def test_chaos_kills_lose_and_duplicate_nothing(chaos_stack: Stack, pg_url: str)
     wait_until(lambda: not files_under(root / ".partial"), 20, "scratch files left behind")
     folders = {p.name for p in root.iterdir() if p.name != ".partial"}
     orphaned = folders - set(ids)
-    duplicated = [j for j in jobs
-                  if sorted(str(p.relative_to(root / j["job_id"]))
-                            for p in files_under(root / j["job_id"]))
-                  != sorted(j["created_files"])]
+    duplicated = [
+        j
+        for j in jobs
+        if sorted(str(p.relative_to(root / j["job_id"])) for p in files_under(root / j["job_id"]))
+        != sorted(j["created_files"])
+    ]
     attempts = sum(j["attempts"] for j in jobs)
     engine = create_db_engine(pg_url)
     with engine.connect() as conn:
-        completions = dict(conn.execute(text(
-            "SELECT job_id, count(*) FROM job_events WHERE to_status = 'completed' "
-            "GROUP BY job_id")).all())
+        completions = dict(
+            conn.execute(
+                text(
+                    "SELECT job_id, count(*) FROM job_events WHERE to_status = 'completed' "
+                    "GROUP BY job_id"
+                )
+            ).all()
+        )
     engine.dispose()
-    print(f"\nchaos: 200 jobs, 3 workers, {kills} kills, "
-          f"{statuses.count('completed')} completed, {200 - len(jobs)} lost, "
-          f"{len(duplicated)} with extra or missing files, {len(orphaned)} orphaned folders, "
-          f"{attempts} attempts, {sum(completions.values())} completions, {wall:.1f} s")
+    print(
+        f"\nchaos: 200 jobs, 3 workers, {kills} kills, "
+        f"{statuses.count('completed')} completed, {200 - len(jobs)} lost, "
+        f"{len(duplicated)} with extra or missing files, {len(orphaned)} orphaned folders, "
+        f"{attempts} attempts, {sum(completions.values())} completions, {wall:.1f} s"
+    )
     assert statuses == ["completed"] * 200, [
-        (j["job_id"], j["status"], j["attempts"], j["error"]) for j in jobs
-        if j["status"] != "completed"]
+        (j["job_id"], j["status"], j["attempts"], j["error"])
+        for j in jobs
+        if j["status"] != "completed"
+    ]
     assert not orphaned and not duplicated
     assert set(completions) == set(ids) and set(completions.values()) == {1}
     assert kills > 0

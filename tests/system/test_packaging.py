@@ -15,8 +15,7 @@ from tests.support import ROOT
 from tests.support.stack import stack_env
 
 #: What a build needs from the tree (copied, so no build folder lands in it).
-SOURCES = ("pyproject.toml", "README.md", "celeryconfig.py", "api", "workers", "storage",
-           "core")
+SOURCES = ("pyproject.toml", "README.md", "celeryconfig.py", "api", "workers", "storage", "core")
 
 
 def _copy_tree(target: Path) -> Path:
@@ -24,8 +23,9 @@ def _copy_tree(target: Path) -> Path:
     for name in SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, target / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         else:
             shutil.copy2(source, target / name)
     return target
@@ -42,8 +42,14 @@ def _backend(tree: Path, hook: str, out: Path) -> list[str]:
         f"    build_meta.{hook}({str(out)!r})\n"
         "print(json.dumps([f'{w.category.__name__}: {w.message}' for w in caught]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tree, env=stack_env(),
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env=stack_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     caught: list[str] = json.loads(result.stdout.splitlines()[-1])
     return caught
@@ -56,8 +62,9 @@ def test_wheel_and_editable_builds_print_no_warning(tmp_path: Path) -> None:
         assert _backend(tree, hook, tmp_path / hook) == [], hook
 
 
-def test_an_installed_wheel_serves_templates_and_static_files(tmp_path: Path,
-                                                              sqlite_template: Path) -> None:
+def test_an_installed_wheel_serves_templates_and_static_files(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     tree = _copy_tree(tmp_path / "src")
     (tmp_path / "dist").mkdir()
     _backend(tree, "build_wheel", tmp_path / "dist")
@@ -66,9 +73,23 @@ def test_an_installed_wheel_serves_templates_and_static_files(tmp_path: Path,
     templates = {f"api/templates/{p.name}" for p in (ROOT / "api" / "templates").glob("*.html")}
     assert templates and templates <= names and "api/static/dashboard.js" in names
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-index", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     # From another folder, with the installed copy first on the path: the
     # working tree (editable install) must not be what answers.
     code = (
@@ -83,8 +104,18 @@ def test_an_installed_wheel_serves_templates_and_static_files(tmp_path: Path,
         "assert script.status_code == 200 and script.data\n"
     )
     shutil.copy(sqlite_template, tmp_path / "slidefarm.db")
-    env = stack_env(PYTHONPATH=str(site), DATABASE_URL=f"sqlite:///{tmp_path / 'slidefarm.db'}",
-                    SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"), SLIDEFARM_AUTH="off")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = stack_env(
+        PYTHONPATH=str(site),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'slidefarm.db'}",
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+        SLIDEFARM_AUTH="off",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -29,14 +29,22 @@ class Farm:
     """An in-process API (the client) and worker processes on PostgreSQL and Redis."""
 
     def __init__(self, pg_url: str, redis_url: str, tmp_path: Path) -> None:
-        self.env = stack_env(DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url,
-                             SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"), **FAST_RECOVERY)
+        self.env = stack_env(
+            DATABASE_URL=pg_url,
+            CELERY_BROKER_URL=redis_url,
+            SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+            **FAST_RECOVERY,
+        )
         # A heartbeat slower than the render's own writes: a deletion is met
         # by the render itself (its folder gone), as on a real host.
         self.env["SLIDEFARM_HEARTBEAT_INTERVAL"] = "5"
         self.env["SLIDEFARM_STALE_AFTER"] = "30"
-        settings = Settings(DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url,
-                            SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"), **NO_LIMITS)
+        settings = Settings(
+            DATABASE_URL=pg_url,
+            CELERY_BROKER_URL=redis_url,
+            SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"),
+            **NO_LIMITS,
+        )
         self.client = admin_client(create_app({"TESTING": True, "SETTINGS": settings}))
         self.svc = self.client.application.extensions["slidefarm"]
         self.store: JobStore = self.svc.store
@@ -45,13 +53,29 @@ class Farm:
 
     def start_worker(self, name: str, **env: str) -> Proc:
         """Exactly the README's command (and two pool processes)."""
-        proc = Proc(name, [sys.executable, "-m", "celery", "-A", "workers", "worker",
-                           "-n", f"{name}@%h", "--concurrency", "2"],
-                    {**self.env, **env}, self.tmp_path)
+        proc = Proc(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-n",
+                f"{name}@%h",
+                "--concurrency",
+                "2",
+            ],
+            {**self.env, **env},
+            self.tmp_path,
+        )
         self.workers.append(proc)
-        wait_until(lambda: any(w.name.startswith(name) for w in
-                               WorkerRegistry(self.store).list_workers()), 60,
-                   f"worker {name} never registered:\n{proc.log()[-3000:]}")
+        wait_until(
+            lambda: any(w.name.startswith(name) for w in WorkerRegistry(self.store).list_workers()),
+            60,
+            f"worker {name} never registered:\n{proc.log()[-3000:]}",
+        )
         return proc
 
     def submit(self, deck: dict[str, Any]) -> str:
@@ -66,8 +90,12 @@ class Farm:
             found[:] = [self.store.get(job_id)]
             return bool(predicate(found[0]))
 
-        wait_until(check, timeout, f"job {job_id} never matched: {found}\n"
-                   + "\n".join(w.log()[-3000:] for w in self.workers))
+        wait_until(
+            check,
+            timeout,
+            f"job {job_id} never matched: {found}\n"
+            + "\n".join(w.log()[-3000:] for w in self.workers),
+        )
         return found[0]
 
     def stop(self) -> None:
@@ -102,20 +130,28 @@ def test_a_render_host_logs_its_transitions_and_a_deletion_plainly(farm: Farm) -
     assert farm.wait(done, lambda j: j.status.is_final).status is Status.COMPLETED
     assert farm.wait(cancelled, lambda j: j.status.is_final).status is Status.CANCELLED
     assert farm.wait(bad.id, lambda j: j.status.is_final).status is Status.FAILED
-    wait_until(lambda: "job deleted while rendering; stopped" in worker.log(), 30,
-               f"no word of the deletion:\n{worker.log()[-4000:]}")
+    wait_until(
+        lambda: "job deleted while rendering; stopped" in worker.log(),
+        30,
+        f"no word of the deletion:\n{worker.log()[-4000:]}",
+    )
     worker.stop()
     log = worker.log()
 
     # The deletion: said plainly, at INFO, nothing else.
     said = [line for line in log.splitlines() if deleted in line]
-    assert any("INFO" in line and "job deleted while rendering; stopped" in line
-               for line in said), said
+    assert any(
+        "INFO" in line and "job deleted while rendering; stopped" in line for line in said
+    ), said
     assert "Traceback" not in log and "crashed" not in log, log[-4000:]
     assert "late write refused" not in log and "ERROR" not in log, log[-4000:]
     # Claims, completions and failures reach the default level, redacted.
-    for job_id, to in ((done, "processing"), (done, "completed"), (bad.id, "failed"),
-                       (cancelled, "cancelled")):
+    for job_id, to in (
+        (done, "processing"),
+        (done, "completed"),
+        (bad.id, "failed"),
+        (cancelled, "cancelled"),
+    ):
         assert f"transition job={job_id} " in log and f" to={to} " in log, (job_id, to)
     assert any(f"job={done}" in line and "to=completed" in line for line in log.splitlines())
     assert any(f"job={bad.id}" in line and "to=failed" in line for line in log.splitlines())
@@ -134,7 +170,10 @@ def test_a_retry_is_counted_as_a_retry(farm: Farm) -> None:
     ended = farm.wait(job_id, lambda j: j.status.is_final)
     assert ended.status is Status.FAILED and ended.attempts == 3
     [row] = [w for w in WorkerRegistry(farm.store).list_workers() if w.name.startswith("render2")]
-    wait_until(lambda: WorkerRegistry(farm.store).list_workers()[0].jobs_failed == 1, 10,
-               "the failure was not counted")
+    wait_until(
+        lambda: WorkerRegistry(farm.store).list_workers()[0].jobs_failed == 1,
+        10,
+        "the failure was not counted",
+    )
     row = WorkerRegistry(farm.store).list_workers()[0]
     assert (row.jobs_done, row.jobs_failed, row.jobs_cancelled, row.jobs_retried) == (0, 1, 0, 2)

@@ -41,21 +41,33 @@ class Farm:
     dispatcher: Dispatcher
     receiver: Receiver
 
-    def submit(self, path: str, deck: dict[str, Any] | None = None, *,
-               dispatch: bool = True, url: str | None = None) -> str:
+    def submit(
+        self,
+        path: str,
+        deck: dict[str, Any] | None = None,
+        *,
+        dispatch: bool = True,
+        url: str | None = None,
+    ) -> str:
         """A job whose callback is ``path`` on the receiver (or ``url``),
         submitted through the API; a deck the API would refuse, a URL it
         would refuse, or a job that must stay queued is written to the store
         directly instead."""
         if dispatch and url is None and deck is None:
-            status, body = self.stack.request("POST", "/v1/jobs", {
-                **small_deck(slides=2), "callback_url": self.receiver.url(path)})
+            status, body = self.stack.request(
+                "POST",
+                "/v1/jobs",
+                {**small_deck(slides=2), "callback_url": self.receiver.url(path)},
+            )
             assert status == 202, body
             return str(body["job_id"])
         job, _ = self.store.create(deck or small_deck(slides=2), title="hooked")
         with self.store.transaction() as conn:
-            conn.execute(update(jobs_table).where(jobs_table.c.id == job.id)
-                         .values(callback_url=url or self.receiver.url(path)))
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == job.id)
+                .values(callback_url=url or self.receiver.url(path))
+            )
         if dispatch:
             assert self.dispatcher.send_render(job.id)
         return job.id
@@ -67,12 +79,12 @@ class Farm:
 
     def wait_webhook(self, job_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
         return self.stack.wait_for(
-            job_id, lambda j: (j.get("webhook") or {}).get("status") == status, timeout)
+            job_id, lambda j: (j.get("webhook") or {}).get("status") == status, timeout
+        )
 
 
 @pytest.fixture(scope="module")
-def farm(pg_url: str, redis_url: str,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+def farm(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     flush_run_index(redis_url)
     stack = make_stack(pg_url, redis_url, tmp_path_factory.mktemp("webhooks"), **E2E_SETTINGS)
     receiver = Receiver()
@@ -99,8 +111,10 @@ def test_a_completed_job_posts_one_signed_copy_of_itself(farm: Farm) -> None:
         [got] = farm.receiver.wait(f"/ok-{n}", 1)
         job = farm.wait_webhook(job_id, "delivered")
         latencies.append(got.at - datetime.fromisoformat(job["completed_at"]).timestamp())
-    print("\nwebhook latency, completion to receipt (ms): "
-          + ", ".join(f"{x * 1000:.0f}" for x in latencies))
+    print(
+        "\nwebhook latency, completion to receipt (ms): "
+        + ", ".join(f"{x * 1000:.0f}" for x in latencies)
+    )
     assert sorted(latencies)[2] < 2.0
     time.sleep(1.0)  # a duplicate would have arrived by now
     assert all(len(farm.receiver.at(f"/ok-{n}")) == 1 for n in range(1, 6))
@@ -109,8 +123,11 @@ def test_a_completed_job_posts_one_signed_copy_of_itself(farm: Farm) -> None:
     assert json.loads(got.body) == expected
     assert json.loads(got.body) == webhook_body(farm.store.get(job_id))
     _verify_with_tenant_secret(farm, got)
-    assert not verify(got.headers["Slidefarm-Signature"], got.body + b" ",
-                      AccessStore(farm.store).webhook_secrets("default")[0])
+    assert not verify(
+        got.headers["Slidefarm-Signature"],
+        got.body + b" ",
+        AccessStore(farm.store).webhook_secrets("default")[0],
+    )
     assert got.headers["Content-Type"] == "application/json"
     assert got.headers["User-Agent"] == "slidefarm-webhooks"
     assert got.headers["Slidefarm-Event"] == "job.completed"
@@ -128,7 +145,10 @@ def test_a_receiver_failing_twice_gets_three_attempts(farm: Farm) -> None:
     assert job["webhook"]["attempts"] == 3
     deliveries = farm.job(job_id, "?include=deliveries")["deliveries"]
     assert [(d["attempt"], d["status_code"], d["error"]) for d in deliveries] == [
-        (1, 500, "HTTP 500"), (2, 500, "HTTP 500"), (3, 200, None)]
+        (1, 500, "HTTP 500"),
+        (2, 500, "HTTP 500"),
+        (3, 200, None),
+    ]
     arrivals = [r.at for r in farm.receiver.at("/flaky-1")]
     assert arrivals[1] - arrivals[0] >= 0.2 * 0.8 - 0.05  # backed off
     assert arrivals[2] - arrivals[1] >= 0.4 * 0.8 - 0.05  # doubled
@@ -155,9 +175,10 @@ def test_a_redirect_is_not_followed(farm: Farm) -> None:
     job_id = farm.submit("/redirect-1")
     farm.wait_webhook(job_id, "failed", timeout=30)
     deliveries = farm.job(job_id, "?include=deliveries")["deliveries"]
-    assert deliveries and all(d["status_code"] == 302 and
-                              d["error"] == "redirect not followed (HTTP 302)"
-                              for d in deliveries)
+    assert deliveries and all(
+        d["status_code"] == 302 and d["error"] == "redirect not followed (HTTP 302)"
+        for d in deliveries
+    )
     assert farm.receiver.at("/target") == []
 
 

@@ -49,8 +49,11 @@ def test_the_core_imports_nothing_of_the_layers() -> None:
 
 
 def test_the_api_never_imports_the_renderer() -> None:
-    renderer = {name for name in _modules("api")
-                if any(name == m or name.startswith(f"{m}.") for m in RENDERER)}
+    renderer = {
+        name
+        for name in _modules("api")
+        if any(name == m or name.startswith(f"{m}.") for m in RENDERER)
+    }
     assert not renderer
     for module in RENDERER:
         assert (ROOT / f"{module.replace('.', '/')}.py").is_file(), module
@@ -62,8 +65,11 @@ def test_no_store_reaches_into_another_objects_private_parts() -> None:
     reached: list[str] = []
     for path in (ROOT / "storage").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
-                    and not node.attr.startswith("__"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 owner = node.value
                 if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
                     reached.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
@@ -71,10 +77,12 @@ def test_no_store_reaches_into_another_objects_private_parts() -> None:
 
 
 def test_each_table_handle_is_defined_once() -> None:
-    defined = [str(path.relative_to(ROOT))
-               for package in ("api", "workers", "storage", "core", "migrations")
-               for path in (ROOT / package).rglob("*.py")
-               if "__table__" in path.read_text()]
+    defined = [
+        str(path.relative_to(ROOT))
+        for package in ("api", "workers", "storage", "core", "migrations")
+        for path in (ROOT / package).rglob("*.py")
+        if "__table__" in path.read_text()
+    ]
     assert defined == ["storage/models.py"]
 
 
@@ -84,8 +92,14 @@ def test_api_process_never_loads_the_renderer() -> None:
         "bad = [m for m in ('workers', 'PIL', 'imageio_ffmpeg', 'fontTools') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stack_env(),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=stack_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -95,8 +109,9 @@ def test_the_api_sends_the_task_the_worker_registers() -> None:
 
 def test_celery_speaks_json_only_and_acks_late(tmp_path: Path) -> None:
     for url in ("redis://127.0.0.1:6379/0", "filesystem://"):
-        conf = celeryconfig.from_settings(Settings(CELERY_BROKER_URL=url,
-                                                   SLIDEFARM_BROKER_DIR=str(tmp_path)))
+        conf = celeryconfig.from_settings(
+            Settings(CELERY_BROKER_URL=url, SLIDEFARM_BROKER_DIR=str(tmp_path))
+        )
         assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
         assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
         assert conf["worker_prefetch_multiplier"] == 1
@@ -129,7 +144,8 @@ def test_statements_are_named_builders_each_cached_by_itself() -> None:
             assert builder(*args) is stmt, name
             built[(name, dialect)] = str(stmt.compile(dialect=dialects[dialect]))
     assert {"claim_job", "complete_job", "insert_job", "load_job", "renew_lease"} <= {
-        name for name, _ in built}
+        name for name, _ in built
+    }
     # Distinct names, distinct statements: no two builders share one.
     for dialect in dialects:
         mine = [sql for (_, d), sql in built.items() if d == dialect]

@@ -33,22 +33,40 @@ from workers.text import MissingGlyphs, needs_glyph
 
 FAST = settings(max_examples=150, deadline=None)
 RENDER = settings(max_examples=60, deadline=None)
-API = settings(max_examples=200, deadline=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                      HealthCheck.too_slow])
+API = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-DECK_KEYS = ["title", "slides", "options", "body", "bullets", "duration", "notes",
-             "resolution", "theme", "fps", "transition"]
+DECK_KEYS = [
+    "title",
+    "slides",
+    "options",
+    "body",
+    "bullets",
+    "duration",
+    "notes",
+    "resolution",
+    "theme",
+    "fps",
+    "transition",
+]
 
 # -- strategies -------------------------------------------------------------------
 
-scalars = (st.none() | st.booleans() | st.integers() | st.floats()
-           | st.text(max_size=30) | st.sampled_from(["480p", "1080p", "dark", "fade", "3"]))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["480p", "1080p", "dark", "fade", "3"])
+)
 keys = st.sampled_from(DECK_KEYS) | st.text(max_size=10)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children,
-                                                                      max_size=6),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=6),
     max_leaves=40,
 )
 
@@ -61,22 +79,30 @@ def text(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
     return st.text(chars, min_size=min_size, max_size=max_size)
 
 
-slides = st.fixed_dictionaries({}, optional={
-    "title": text(200),
-    "body": text(2000),
-    "bullets": st.lists(text(300), max_size=12),
-    "duration": st.floats(0.5, 60.0, allow_nan=False) | st.integers(1, 60),
-    "notes": text(300),
-})
-options = st.fixed_dictionaries({}, optional={
-    "resolution": st.sampled_from(["480p", "720p", "1080p"]),
-    "theme": st.sampled_from(["light", "dark"]),
-    "fps": st.sampled_from([24, 25, 30]),
-    "transition": st.sampled_from(["none", "fade"]),
-})
+slides = st.fixed_dictionaries(
+    {},
+    optional={
+        "title": text(200),
+        "body": text(2000),
+        "bullets": st.lists(text(300), max_size=12),
+        "duration": st.floats(0.5, 60.0, allow_nan=False) | st.integers(1, 60),
+        "notes": text(300),
+    },
+)
+options = st.fixed_dictionaries(
+    {},
+    optional={
+        "resolution": st.sampled_from(["480p", "720p", "1080p"]),
+        "theme": st.sampled_from(["light", "dark"]),
+        "fps": st.sampled_from([24, 25, 30]),
+        "transition": st.sampled_from(["none", "fade"]),
+    },
+)
 valid_decks = st.fixed_dictionaries(
-    {"title": text(200, min_size=1).filter(lambda t: bool(t.strip())),
-     "slides": st.lists(slides, min_size=1, max_size=20)},
+    {
+        "title": text(200, min_size=1).filter(lambda t: bool(t.strip())),
+        "slides": st.lists(slides, min_size=1, max_size=20),
+    },
     optional={"options": options},
 )
 
@@ -94,8 +120,7 @@ def test_any_json_value_validates_or_raises_validation_error(value: Any) -> None
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["title", "slides", "options"]), json_values,
-                       min_size=1))
+@given(st.dictionaries(st.sampled_from(["title", "slides", "options"]), json_values, min_size=1))
 def test_any_deck_shaped_object_validates_or_raises_validation_error(value: Any) -> None:
     try:
         Deck.model_validate(value)
@@ -115,8 +140,9 @@ def test_decks_within_the_limits_validate_and_round_trip(raw: dict[str, Any]) ->
     again = Deck.model_validate(dumped)
     assert again == deck and again.model_dump(mode="json") == dumped
     assert deck.title == raw["title"] and len(deck.slides) == len(raw["slides"])
-    assert math.isclose(deck.total_seconds, sum(float(s.get("duration", 3.0))
-                                                for s in raw["slides"]))
+    assert math.isclose(
+        deck.total_seconds, sum(float(s.get("duration", 3.0)) for s in raw["slides"])
+    )
 
 
 def _shipped_coverage() -> frozenset[int]:
@@ -136,19 +162,31 @@ def _shipped_coverage() -> frozenset[int]:
 
 SHIPPED = _shipped_coverage()
 #: Text a slide can draw: scripts, emoji sequences, marks, joiners, bidi.
-DRAWABLE = st.text(st.sampled_from(list(
-    "Aa Zz éß ΩЖ مرحبا שלום नमस्ते বাং ไทย 中文 かな 한국 🙂👍🏽❤️🇫🇷 \u200d\u0301\n\t.,!…")),
-    max_size=300)
+DRAWABLE = st.text(
+    st.sampled_from(
+        list("Aa Zz éß ΩЖ مرحبا שלום नमस्ते বাং ไทย 中文 かな 한국 🙂👍🏽❤️🇫🇷 \u200d\u0301\n\t.,!…")
+    ),
+    max_size=300,
+)
 
 
 @RENDER
-@given(st.fixed_dictionaries({}, optional={
-    "title": text(200) | DRAWABLE, "body": text(600) | DRAWABLE,
-    "bullets": st.lists(text(100) | DRAWABLE, max_size=4)}))
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "title": text(200) | DRAWABLE,
+            "body": text(600) | DRAWABLE,
+            "bullets": st.lists(text(100) | DRAWABLE, max_size=4),
+        },
+    )
+)
 def test_a_valid_slide_renders_inside_its_margins_or_names_what_no_font_has(
-        slide: dict[str, Any]) -> None:
-    deck = Deck.model_validate({"title": "t", "slides": [slide],
-                                "options": {"resolution": "480p", "theme": "dark"}})
+    slide: dict[str, Any],
+) -> None:
+    deck = Deck.model_validate(
+        {"title": "t", "slides": [slide], "options": {"resolution": "480p", "theme": "dark"}}
+    )
     shown = "".join([slide.get("title", ""), slide.get("body", ""), *slide.get("bullets", [])])
     expected = {c for c in shown if needs_glyph(c) and ord(c) not in SHIPPED}
     try:
@@ -161,11 +199,18 @@ def test_a_valid_slide_renders_inside_its_margins_or_names_what_no_font_has(
 
 
 def test_the_largest_deck_the_limits_allow_validates() -> None:
-    slide = {"title": "t" * 200, "body": "b" * 2000, "bullets": ["u" * 300] * 12,
-             "duration": 60.0, "notes": "n" * 10_000}
-    deck = {"title": "T" * 200, "slides": [slide] * 200,
-            "options": {"resolution": "1080p", "theme": "dark", "fps": 24,
-                        "transition": "fade"}}
+    slide = {
+        "title": "t" * 200,
+        "body": "b" * 2000,
+        "bullets": ["u" * 300] * 12,
+        "duration": 60.0,
+        "notes": "n" * 10_000,
+    }
+    deck = {
+        "title": "T" * 200,
+        "slides": [slide] * 200,
+        "options": {"resolution": "1080p", "theme": "dark", "fps": 24, "transition": "fade"},
+    }
     assert len(Deck.model_validate(deck).slides) == 200
     shortest = {"title": "x", "slides": [{"duration": 0.5}]}
     assert Deck.model_validate(shortest).slides[0].duration == 0.5
@@ -173,8 +218,11 @@ def test_the_largest_deck_the_limits_allow_validates() -> None:
 
 # -- (c) just outside each limit ---------------------------------------------------
 
-BASE: dict[str, Any] = {"title": "Deck", "slides": [{"title": "One", "duration": 3.0}],
-                        "options": {"resolution": "720p"}}
+BASE: dict[str, Any] = {
+    "title": "Deck",
+    "slides": [{"title": "One", "duration": 3.0}],
+    "options": {"resolution": "720p"},
+}
 
 
 def _set(deck: dict[str, Any], path: str, value: Any) -> None:
@@ -245,8 +293,11 @@ def test_values_just_outside_a_limit_are_rejected(case: str) -> None:
 
 
 @FAST
-@given(st.sampled_from(["title", "slides.0.title", "slides.0.body", "slides.0.notes"]),
-       text(50), text(50))
+@given(
+    st.sampled_from(["title", "slides.0.title", "slides.0.body", "slides.0.notes"]),
+    text(50),
+    text(50),
+)
 def test_a_nul_anywhere_in_text_is_rejected(path: str, before: str, after: str) -> None:
     deck = copy.deepcopy(BASE)
     _set(deck, path, f"x{before}\x00{after}")
@@ -255,8 +306,7 @@ def test_a_nul_anywhere_in_text_is_rejected(path: str, before: str, after: str) 
 
 
 @FAST
-@given(st.floats(allow_nan=True, allow_infinity=True).filter(
-    lambda d: not 0.5 <= d <= 60.0))
+@given(st.floats(allow_nan=True, allow_infinity=True).filter(lambda d: not 0.5 <= d <= 60.0))
 def test_a_duration_outside_half_a_second_to_a_minute_is_rejected(duration: float) -> None:
     deck = copy.deepcopy(BASE)
     deck["slides"][0]["duration"] = duration
@@ -288,8 +338,9 @@ def assert_answer(response: Any) -> None:
 any_text = st.text(st.characters(), max_size=30) | st.sampled_from(["\ud800", "a\x00", "\udfff"])
 hostile_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | any_text,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(keys | any_text,
-                                                                      children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(keys | any_text, children, max_size=6)
+    ),
     max_leaves=40,
 )
 
@@ -310,8 +361,7 @@ def _mutated(deck: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @API
 @given(data=st.data())
-def test_any_json_body_gets_an_answer_never_a_5xx(client: FlaskClient,
-                                                  data: st.DataObject) -> None:
+def test_any_json_body_gets_an_answer_never_a_5xx(client: FlaskClient, data: st.DataObject) -> None:
     kind = data.draw(st.sampled_from(["any", "deck", "mutated"]))
     if kind == "any":
         body = data.draw(hostile_values)
@@ -328,10 +378,20 @@ def test_any_json_body_gets_an_answer_never_a_5xx(client: FlaskClient,
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @API
-@given(raw=st.binary(max_size=200),
-       content_type=st.sampled_from(["application/json", "application/vnd.x+json",
-                                     "text/plain", "application/json; charset=latin-1",
-                                     "multipart/form-data", ""]))
-def test_any_bytes_get_an_answer_never_a_5xx(client: FlaskClient, raw: bytes,
-                                             content_type: str) -> None:
+@given(
+    raw=st.binary(max_size=200),
+    content_type=st.sampled_from(
+        [
+            "application/json",
+            "application/vnd.x+json",
+            "text/plain",
+            "application/json; charset=latin-1",
+            "multipart/form-data",
+            "",
+        ]
+    ),
+)
+def test_any_bytes_get_an_answer_never_a_5xx(
+    client: FlaskClient, raw: bytes, content_type: str
+) -> None:
     assert_answer(client.post("/v1/jobs", data=raw, content_type=content_type))

@@ -27,15 +27,25 @@ from workers.text import Typesetter
 
 #: The font file that must draw each sample (a shipped Noto font).
 EXPECTED_FONT = {
-    "latin": "NotoSans[", "greek": "NotoSans[", "cyrillic": "NotoSans[",
-    "arabic": "NotoSansArabic", "hebrew": "NotoSansHebrew",
-    "devanagari": "NotoSansDevanagari", "bengali": "NotoSansBengali", "thai": "NotoSansThai",
-    "chinese": "NotoSansCJK", "japanese": "NotoSansCJK", "korean": "NotoSansCJK",
+    "latin": "NotoSans[",
+    "greek": "NotoSans[",
+    "cyrillic": "NotoSans[",
+    "arabic": "NotoSansArabic",
+    "hebrew": "NotoSansHebrew",
+    "devanagari": "NotoSansDevanagari",
+    "bengali": "NotoSansBengali",
+    "thai": "NotoSansThai",
+    "chinese": "NotoSansCJK",
+    "japanese": "NotoSansCJK",
+    "korean": "NotoSansCJK",
     "emoji": "NotoEmoji",
 }
 #: Han characters take the glyph forms of the slide's language.
-EXPECTED_FAMILY = {"chinese": "Noto Sans CJK SC", "japanese": "Noto Sans CJK JP",
-                   "korean": "Noto Sans CJK KR"}
+EXPECTED_FAMILY = {
+    "chinese": "Noto Sans CJK SC",
+    "japanese": "Noto Sans CJK JP",
+    "korean": "Noto Sans CJK KR",
+}
 COLOR_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMPTY_FONTCONFIG = """<?xml version="1.0"?>
 <!DOCTYPE fontconfig SYSTEM "fonts.dtd">
@@ -48,23 +58,33 @@ def fresh_machine_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     off and fontconfig (for anything that asks it) has no font folder."""
     (tmp_path / "fonts.conf").write_text(EMPTY_FONTCONFIG)
     (tmp_path / "no-data").mkdir(exist_ok=True)
-    return stack_env(SLIDEFARM_SYSTEM_FONTS="0", FONTCONFIG_FILE=str(tmp_path / "fonts.conf"),
-                     XDG_DATA_DIRS=str(tmp_path / "no-data"),
-                     XDG_DATA_HOME=str(tmp_path / "no-data"), **extra)
+    return stack_env(
+        SLIDEFARM_SYSTEM_FONTS="0",
+        FONTCONFIG_FILE=str(tmp_path / "fonts.conf"),
+        XDG_DATA_DIRS=str(tmp_path / "no-data"),
+        XDG_DATA_HOME=str(tmp_path / "no-data"),
+        **extra,
+    )
 
 
 def _differ(a: Path, b: Path) -> bool:
     with Image.open(a) as first, Image.open(b) as second:
-        return ImageChops.difference(first.convert("RGB"),
-                                     second.convert("RGB")).getbbox() is not None
+        return (
+            ImageChops.difference(first.convert("RGB"), second.convert("RGB")).getbbox() is not None
+        )
 
 
 def test_every_script_draws_real_glyphs_with_system_fonts_hidden(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    result = subprocess.run([sys.executable, "-m", "tests.support.fresh_fonts_probe", str(out)],
-                            cwd=ROOT, env=fresh_machine_env(tmp_path), capture_output=True,
-                            text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.support.fresh_fonts_probe", str(out)],
+        cwd=ROOT,
+        env=fresh_machine_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["system"] is False
@@ -123,21 +143,28 @@ def test_colour_emoji_font_is_drawn_at_its_strike_and_scaled() -> None:
 
 
 def test_missing_glyph_message_names_each_character_and_its_slides() -> None:
-    deck = Deck.model_validate({"title": "t", "slides": [
-        {"title": "fine 🙂 日本"},
-        {"title": "Hieroglyph \U00013000", "notes": "\U00013001 notes are not drawn"},
-        {"body": "private \ue000", "bullets": ["again \U00013000"]},
-    ]})
+    deck = Deck.model_validate(
+        {
+            "title": "t",
+            "slides": [
+                {"title": "fine 🙂 日本"},
+                {"title": "Hieroglyph \U00013000", "notes": "\U00013001 notes are not drawn"},
+                {"body": "private \ue000", "bullets": ["again \U00013000"]},
+            ],
+        }
+    )
     fonts = font_chain(system=False)
     assert missing_glyphs(deck, fonts) == (
         "no font covers U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001) on slides 2, 3; "
-        "U+E000 '' on slide 3")
+        "U+E000 '' on slide 3"
+    )
     assert missing_glyphs(Deck.model_validate(small_deck()), fonts) is None
 
 
 @pytest.mark.e2e
-def test_a_job_with_a_character_no_font_has_fails_naming_it(tmp_path: Path,
-                                                            sqlite_template: Path) -> None:
+def test_a_job_with_a_character_no_font_has_fails_naming_it(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     shutil.copy(sqlite_template, tmp_path / "slidefarm.db")
     env = fresh_machine_env(
         tmp_path,
@@ -149,12 +176,19 @@ def test_a_job_with_a_character_no_font_has_fails_naming_it(tmp_path: Path,
     try:
         stack.start_api()
         stack.start_worker("fonts")
-        every_script = {"title": "scripts", "options": {"resolution": "480p"},
-                        "slides": [{"title": t, "duration": 0.5} for t in SAMPLES.values()]}
-        unrenderable = {"title": "hieroglyphs", "options": {"resolution": "480p"}, "slides": [
-            {"title": "fine", "duration": 0.5},
-            {"title": "The sign \U00013000", "duration": 0.5},
-        ]}
+        every_script = {
+            "title": "scripts",
+            "options": {"resolution": "480p"},
+            "slides": [{"title": t, "duration": 0.5} for t in SAMPLES.values()],
+        }
+        unrenderable = {
+            "title": "hieroglyphs",
+            "options": {"resolution": "480p"},
+            "slides": [
+                {"title": "fine", "duration": 0.5},
+                {"title": "The sign \U00013000", "duration": 0.5},
+            ],
+        }
         ids = []
         for deck in (every_script, unrenderable):
             status, job = stack.request("POST", "/v1/jobs", deck)
@@ -164,7 +198,8 @@ def test_a_job_with_a_character_no_font_has_fails_naming_it(tmp_path: Path,
         assert done["status"] == "completed", done
         assert failed["status"] == "failed" and failed["attempts"] == 1
         assert failed["error"] == (
-            "no font covers U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001) on slide 2")
+            "no font covers U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001) on slide 2"
+        )
         assert failed["created_files"] == []
         assert not (tmp_path / "output" / failed["job_id"]).exists()
     finally:

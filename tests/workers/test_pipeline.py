@@ -34,16 +34,22 @@ def test_attempt_publishes_and_completes(store: JobStore, worker_settings: Setti
     done = store.get(job.id)
     assert done.status is Status.COMPLETED and done.progress == 1.0 and done.stage is Stage.DONE
     assert done.slide_image_path == "slides"
-    assert sorted(done.created_files) == ["slides/001.png", "slides/002.png", "slides/003.png",
-                                          "thumbnail.jpg", "video.mp4"]
+    assert sorted(done.created_files) == [
+        "slides/001.png",
+        "slides/002.png",
+        "slides/003.png",
+        "thumbnail.jpg",
+        "video.mp4",
+    ]
     folder = worker_settings.output_dir / job.id
     for f in done.files:
         assert (folder / f.path).stat().st_size == f.size_bytes > 0
     assert leftovers(worker_settings) == []
 
 
-def test_lost_attempt_writes_nothing_and_leaves_no_files(store: JobStore,
-                                                          worker_settings: Settings) -> None:
+def test_lost_attempt_writes_nothing_and_leaves_no_files(
+    store: JobStore, worker_settings: Settings
+) -> None:
     job, _ = store.create(small_deck(slides=2), title="t")
     stale = store.claim(job.id, "old@h")
     assert stale is not None
@@ -58,8 +64,9 @@ def test_lost_attempt_writes_nothing_and_leaves_no_files(store: JobStore,
     assert leftovers(worker_settings) == []
 
 
-def test_unrenderable_deck_fails_with_a_readable_error(store: JobStore,
-                                                       worker_settings: Settings) -> None:
+def test_unrenderable_deck_fails_with_a_readable_error(
+    store: JobStore, worker_settings: Settings
+) -> None:
     job, _ = store.create({"title": "t", "slides": []}, title="t")
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
@@ -120,8 +127,9 @@ def test_a_newer_publish_replaces_an_older_attempts_files(settings: Settings) ->
     assert leftovers(settings) == []
 
 
-def test_cancel_requested_mid_render_ends_cancelled(store: JobStore,
-                                                    worker_settings: Settings) -> None:
+def test_cancel_requested_mid_render_ends_cancelled(
+    store: JobStore, worker_settings: Settings
+) -> None:
     job, _ = store.create(small_deck(slides=2), title="t")
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
@@ -134,10 +142,12 @@ def test_cancel_requested_mid_render_ends_cancelled(store: JobStore,
 
 
 def test_transient_failure_requeues_with_backoff_then_gives_up(
-        store: JobStore, worker_settings: Settings) -> None:
+    store: JobStore, worker_settings: Settings
+) -> None:
     # A real ffmpeg failure: an x264 preset that does not exist.
-    settings = worker_settings.model_copy(update={"retry_backoff": 0.0,
-                                                  "x264_preset": "no-such-preset"})
+    settings = worker_settings.model_copy(
+        update={"retry_backoff": 0.0, "x264_preset": "no-such-preset"}
+    )
     job, _ = store.create(small_deck(slides=1), title="t", attempt_limit=2)
     first = store.claim(job.id, "w@h")
     assert first is not None

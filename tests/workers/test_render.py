@@ -24,8 +24,11 @@ def deck(slides: list[dict[str, Any]], **options: Any) -> Deck:
 @pytest.mark.parametrize("resolution", sorted(RESOLUTIONS))
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_slide_has_the_resolution_and_theme(resolution: str, theme: str) -> None:
-    d = deck([{"title": "Revenue", "body": "Up 12%", "bullets": ["EMEA +20%"]}],
-             resolution=resolution, theme=theme)
+    d = deck(
+        [{"title": "Revenue", "body": "Up 12%", "bullets": ["EMEA +20%"]}],
+        resolution=resolution,
+        theme=theme,
+    )
     image = render_slide(d, 0)
     assert image.size == RESOLUTIONS[resolution] and image.mode == "RGB"
     assert image.getpixel((image.width // 2, image.height - 3)) == THEMES[theme].background
@@ -37,11 +40,17 @@ def test_the_longest_content_never_runs_off_the_slide() -> None:
     words = ("Lorem ipsum dolor sit amet " * 80)[:2000]
     unbroken = "x" * 2000
     for body in (words, unbroken):
-        d = deck([{
-            "title": "W" * 200,
-            "body": body,
-            "bullets": ["M" * 300] * 12,
-        }], resolution="480p", theme="light")
+        d = deck(
+            [
+                {
+                    "title": "W" * 200,
+                    "body": body,
+                    "bullets": ["M" * 300] * 12,
+                }
+            ],
+            resolution="480p",
+            theme="light",
+        )
         image = render_slide(d, 0)
         assert margins_are_background(image, "light")
 
@@ -54,16 +63,19 @@ def test_long_text_is_cut_with_an_ellipsis() -> None:
     assert cut.endswith("\u2026") and ts.width(cut) <= 80
 
 
-@pytest.mark.parametrize("text", [
-    "مرحبا بالعالم",  # Arabic, right to left, joined
-    "שלום עולם",  # Hebrew
-    "नमस्ते दुनिया",  # Devanagari clusters
-    "日本語のテキスト、中文，한국어",
-    "Emoji 🙂🎉👩‍👩‍👧 and flags 🇫🇷",
-    "Combining e\u0301 and zero\u200bwidth\u200d joiners",
-    "Ignorable \U000e0fff \ufe0f\u2066 and controls \x07\x1b\x7f",
-    "Mixed English العربية עברית 日本 Ελληνικά",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "مرحبا بالعالم",  # Arabic, right to left, joined
+        "שלום עולם",  # Hebrew
+        "नमस्ते दुनिया",  # Devanagari clusters
+        "日本語のテキスト、中文，한국어",
+        "Emoji 🙂🎉👩‍👩‍👧 and flags 🇫🇷",
+        "Combining e\u0301 and zero\u200bwidth\u200d joiners",
+        "Ignorable \U000e0fff \ufe0f\u2066 and controls \x07\x1b\x7f",
+        "Mixed English العربية עברית 日本 Ελληνικά",
+    ],
+)
 def test_any_unicode_renders_without_crashing(text: str) -> None:
     d = deck([{"title": text, "body": text * 3, "bullets": [text]}], theme="dark")
     image = render_slide(d, 0)
@@ -74,11 +86,14 @@ def test_controls_are_dropped_and_separators_break_lines() -> None:
     assert clean("a\U000e0fffb\x07\tc\u2028d") == "a\U000e0fffb c\nd"
 
 
-@pytest.mark.parametrize(("text", "named"), [
-    ("Hieroglyph \U00013000 here", "U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001)"),
-    ("private \ue000 use", "U+E000 ''"),
-    ("unassigned \u0378", "U+0378 ''"),
-])
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("Hieroglyph \U00013000 here", "U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001)"),
+        ("private \ue000 use", "U+E000 ''"),
+        ("unassigned \u0378", "U+0378 ''"),
+    ],
+)
 def test_a_character_no_font_has_stops_the_slide_naming_it(text: str, named: str) -> None:
     d = deck([{"title": "fine"}, {"title": "ok", "bullets": ["x", text]}])
     fonts = font_chain(system=False)
@@ -123,12 +138,15 @@ def _slides(tmp_path: Path, d: Deck) -> list[Path]:
 @pytest.mark.parametrize("transition", ["none", "fade"])
 def test_video_has_the_size_fps_and_length_of_the_deck(tmp_path: Path, transition: str) -> None:
     durations = [0.5, 1.3, 2.04]
-    d = deck([{"title": f"s{n}", "duration": t} for n, t in enumerate(durations)],
-             resolution="480p", fps=24, transition=transition)
+    d = deck(
+        [{"title": f"s{n}", "duration": t} for n, t in enumerate(durations)],
+        resolution="480p",
+        fps=24,
+        transition=transition,
+    )
     out = tmp_path / "video.mp4"
     seen: list[float] = []
-    encode(_slides(tmp_path, d), durations, 24, out, transition=transition,
-           on_progress=seen.append)
+    encode(_slides(tmp_path, d), durations, 24, out, transition=transition, on_progress=seen.append)
     meta, frames = probe(out)
     assert meta["size"] == (854, 480)
     assert meta["fps"] == pytest.approx(24)
@@ -141,8 +159,13 @@ def test_video_has_the_size_fps_and_length_of_the_deck(tmp_path: Path, transitio
 
 def test_fades_of_many_slides_are_encoded_in_batches(tmp_path: Path) -> None:
     durations = [0.5] * 11 + [0.7]  # more slides than one fade batch
-    d = deck([{"title": f"s{n}", "duration": t} for n, t in enumerate(durations)],
-             resolution="480p", fps=25, transition="fade", theme="light")
+    d = deck(
+        [{"title": f"s{n}", "duration": t} for n, t in enumerate(durations)],
+        resolution="480p",
+        fps=25,
+        transition="fade",
+        theme="light",
+    )
     out = tmp_path / "video.mp4"
     encode(_slides(tmp_path, d), durations, 25, out, transition="fade", fade_color="0xffffff")
     meta, frames = probe(out)
@@ -157,15 +180,19 @@ def test_encode_failure_raises_a_readable_error(tmp_path: Path) -> None:
         encode([bogus], [1.0], 24, tmp_path / "v.mp4")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Revenue مرحبا 2024", [("ltr", "Revenue "), ("ltr", "2024"), ("rtl", "مرحبا ")]),
-    ("שלום world 123 — English", [("ltr", "world 123 — English"), ("rtl", "שלום ")]),
-    ("مرحبا 2024 بالعالم", [("rtl", " بالعالم"), ("ltr", "2024"), ("rtl", "مرحبا ")]),
-    ("ABC (עברית) def", [("ltr", "ABC ("), ("rtl", "עברית"), ("ltr", ") def")]),
-    ("plain", [("ltr", "plain")]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Revenue مرحبا 2024", [("ltr", "Revenue "), ("ltr", "2024"), ("rtl", "مرحبا ")]),
+        ("שלום world 123 — English", [("ltr", "world 123 — English"), ("rtl", "שלום ")]),
+        ("مرحبا 2024 بالعالم", [("rtl", " بالعالم"), ("ltr", "2024"), ("rtl", "مرحبا ")]),
+        ("ABC (עברית) def", [("ltr", "ABC ("), ("rtl", "עברית"), ("ltr", ") def")]),
+        ("plain", [("ltr", "plain")]),
+    ],
+)
 def test_mixed_direction_lines_are_drawn_in_visual_order(
-        text: str, expected: list[tuple[str, str]]) -> None:
+    text: str, expected: list[tuple[str, str]]
+) -> None:
     assert visual_runs(text) == expected
 
 

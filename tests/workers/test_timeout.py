@@ -27,8 +27,9 @@ def long_encode_deck() -> dict[str, Any]:
     well over ten seconds to encode."""
     return {
         "title": "Too long to encode",
-        "slides": [{"title": f"Slide {n}", "body": "x" * 200, "duration": 60.0}
-                   for n in range(1, 7)],
+        "slides": [
+            {"title": f"Slide {n}", "body": "x" * 200, "duration": 60.0} for n in range(1, 7)
+        ],
         "options": {"resolution": "1080p", "transition": "fade", "fps": 30},
     }
 
@@ -37,8 +38,10 @@ def many_slides_deck() -> dict[str, Any]:
     """Two hundred 1080p slides: seconds of drawing before any encode."""
     return {
         "title": "Too many to draw",
-        "slides": [{"title": f"Slide {n}", "body": "y" * 400, "bullets": ["z" * 100] * 6}
-                   for n in range(1, 201)],
+        "slides": [
+            {"title": f"Slide {n}", "body": "y" * 400, "bullets": ["z" * 100] * 6}
+            for n in range(1, 201)
+        ],
         "options": {"resolution": "1080p"},
     }
 
@@ -66,13 +69,15 @@ def files_of(settings: Settings, job_id: str) -> list[Path]:
     return [p for p in settings.output_dir.rglob("*") if job_id in str(p)]
 
 
-def run_with_timeout(store: JobStore, settings: Settings, deck: dict[str, Any],
-                     timeout: float) -> tuple[str, float]:
+def run_with_timeout(
+    store: JobStore, settings: Settings, deck: dict[str, Any], timeout: float
+) -> tuple[str, float]:
     job, _ = store.create(deck, title=deck["title"])
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
-    worker_settings = settings.model_copy(update={"render_timeout": timeout,
-                                                  "heartbeat_interval": 0.1})
+    worker_settings = settings.model_copy(
+        update={"render_timeout": timeout, "heartbeat_interval": 0.1}
+    )
     started = time.monotonic()
     result = run_attempt(store, claimed, worker_settings)
     elapsed = time.monotonic() - started
@@ -80,26 +85,33 @@ def run_with_timeout(store: JobStore, settings: Settings, deck: dict[str, Any],
     return job.id, elapsed
 
 
-def assert_timed_out(store: JobStore, settings: Settings, job_id: str, timeout: float,
-                     elapsed: float) -> None:
+def assert_timed_out(
+    store: JobStore, settings: Settings, job_id: str, timeout: float, elapsed: float
+) -> None:
     failed = store.get(job_id)
     assert failed.status is Status.FAILED
     assert failed.error == f"render timed out after {timeout:.1f} s (SLIDEFARM_RENDER_TIMEOUT)"
     # Not retried: one attempt, and the failure is final (no requeue in its history).
     assert failed.attempts == 1 and failed.not_before is None
-    assert [e.to_status for e in store.history(job_id)] == [Status.QUEUED, Status.PROCESSING,
-                                                          Status.FAILED]
+    assert [e.to_status for e in store.history(job_id)] == [
+        Status.QUEUED,
+        Status.PROCESSING,
+        Status.FAILED,
+    ]
     assert failed.created_files == []
     assert files_of(settings, job_id) == []
     assert processes_naming(job_id) == []
     late = elapsed - timeout
-    print(f"\ntimeout {timeout}s: recorded failed {late:.3f}s after the deadline "
-          f"(stage {failed.stage.value})")
+    print(
+        f"\ntimeout {timeout}s: recorded failed {late:.3f}s after the deadline "
+        f"(stage {failed.stage.value})"
+    )
     assert late < 3.0, f"the timed-out attempt took {late:.2f}s past its deadline"
 
 
 def test_a_render_past_the_timeout_in_ffmpeg_fails_and_leaves_nothing(
-        store: JobStore, settings: Settings) -> None:
+    store: JobStore, settings: Settings
+) -> None:
     timeout = 2.0
     job_id, elapsed = run_with_timeout(store, settings, long_encode_deck(), timeout)
     # The deadline struck while ffmpeg encoded (the ffmpeg watchdog killed it).
@@ -108,7 +120,8 @@ def test_a_render_past_the_timeout_in_ffmpeg_fails_and_leaves_nothing(
 
 
 def test_a_render_past_the_timeout_while_drawing_fails_and_leaves_nothing(
-        store: JobStore, settings: Settings) -> None:
+    store: JobStore, settings: Settings
+) -> None:
     timeout = 1.0
     job_id, elapsed = run_with_timeout(store, settings, many_slides_deck(), timeout)
     assert store.get(job_id).stage is Stage.RENDERING_SLIDES, store.get(job_id)
@@ -116,13 +129,15 @@ def test_a_render_past_the_timeout_while_drawing_fails_and_leaves_nothing(
 
 
 @pytest.mark.parametrize("timeout", [30.0])
-def test_a_render_within_the_timeout_completes(store: JobStore, settings: Settings,
-                                               timeout: float) -> None:
+def test_a_render_within_the_timeout_completes(
+    store: JobStore, settings: Settings, timeout: float
+) -> None:
     job, _ = store.create(small_deck(slides=2, duration=0.5), title="t")
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
-    worker_settings = settings.model_copy(update={"render_timeout": timeout,
-                                                  "heartbeat_interval": 0.1})
+    worker_settings = settings.model_copy(
+        update={"render_timeout": timeout, "heartbeat_interval": 0.1}
+    )
     assert run_attempt(store, claimed, worker_settings).outcome is Outcome.COMPLETED
     done = store.get(job.id)
     assert done.status is Status.COMPLETED and done.error is None

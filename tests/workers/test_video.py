@@ -39,8 +39,10 @@ FFPROBE = os.environ.get("SLIDEFARM_TEST_FFPROBE", "/usr/bin/ffprobe")
 HD = (1280, 720)  # Chromium reads untagged video this size as BT.709, smaller as BT.601
 
 # Every colour the themes draw with, and the primaries (the hardest case).
-COLOURS = sorted({c for theme in THEMES.values() for c in vars(theme).values()}
-                 | {(255, 0, 0), (0, 255, 0), (0, 0, 255)})
+COLOURS = sorted(
+    {c for theme in THEMES.values() for c in vars(theme).values()}
+    | {(255, 0, 0), (0, 255, 0), (0, 0, 255)}
+)
 
 TITLES = [
     "Revenue = up; #1 again",
@@ -81,14 +83,20 @@ def ffprobe() -> str:
 
 def probe(ffprobe: str, video: Path, *args: str) -> dict[str, Any]:
     """ffprobe's JSON answer about ``video``."""
-    result = subprocess.run([ffprobe, "-v", "error", "-of", "json", *args, str(video)],
-                            capture_output=True, text=True, check=True, timeout=60)
+    result = subprocess.run(
+        [ffprobe, "-v", "error", "-of", "json", *args, str(video)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
 
 
-def solid_slides(folder: Path, colours: list[tuple[int, int, int]],
-                 size: tuple[int, int] = HD) -> list[Path]:
+def solid_slides(
+    folder: Path, colours: list[tuple[int, int, int]], size: tuple[int, int] = HD
+) -> list[Path]:
     """One slide PNG of a single colour per entry of ``colours``."""
     paths = []
     for n, colour in enumerate(colours, 1):
@@ -128,21 +136,31 @@ PATHS = {
 
 
 @pytest.fixture(scope="module", params=sorted(PATHS))
-def encoded(request: pytest.FixtureRequest,
-            tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, list[int]]:
+def encoded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, int, list[int]]:
     """A video of a deck of irregular durations: its path, fps and frames per slide."""
     transition, fps, count, preset = PATHS[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     colours = [COLOURS[n % len(COLOURS)] for n in range(count)]
     images = solid_slides(folder, colours, size=(854, 480))
     video = folder / "video.mp4"
-    encode(images, DURATIONS[:count], fps, video, titles=TITLES[:count], transition=transition,
-           preset=preset, fade_color="0x111827")
+    encode(
+        images,
+        DURATIONS[:count],
+        fps,
+        video,
+        titles=TITLES[:count],
+        transition=transition,
+        preset=preset,
+        fade_color="0x111827",
+    )
     return video, fps, frame_counts(DURATIONS[:count], fps)
 
 
-def test_video_is_tagged_bt709_limited_range(ffprobe: str,
-                                             encoded: tuple[Path, int, list[int]]) -> None:
+def test_video_is_tagged_bt709_limited_range(
+    ffprobe: str, encoded: tuple[Path, int, list[int]]
+) -> None:
     video, _, _ = encoded
     stream = probe(ffprobe, video, "-select_streams", "v", "-show_streams")["streams"][0]
     assert stream["color_space"] == "bt709"
@@ -154,27 +172,45 @@ def test_video_is_tagged_bt709_limited_range(ffprobe: str,
     data = video.read_bytes()
     at = data.find(b"colrnclx")
     assert at >= 4, "no colr atom"
-    assert int.from_bytes(data[at - 4:at], "big") == 19
-    assert data[at + 8:at + 15] == bytes([0, 1, 0, 1, 0, 1, 0])
+    assert int.from_bytes(data[at - 4 : at], "big") == 19
+    assert data[at + 8 : at + 15] == bytes([0, 1, 0, 1, 0, 1, 0])
 
 
-def test_every_slide_starts_on_a_keyframe(ffprobe: str,
-                                          encoded: tuple[Path, int, list[int]]) -> None:
+def test_every_slide_starts_on_a_keyframe(
+    ffprobe: str, encoded: tuple[Path, int, list[int]]
+) -> None:
     video, fps, frames = encoded
-    answer = probe(ffprobe, video, "-select_streams", "v", "-skip_frame", "nokey",
-                   "-show_frames", "-show_entries", "stream=time_base:frame=pts,key_frame")
+    answer = probe(
+        ffprobe,
+        video,
+        "-select_streams",
+        "v",
+        "-skip_frame",
+        "nokey",
+        "-show_frames",
+        "-show_entries",
+        "stream=time_base:frame=pts,key_frame",
+    )
     time_base = Fraction(answer["streams"][0]["time_base"])
     keyframes = [Fraction(f["pts"]) * time_base * fps for f in answer["frames"]]
     assert all(f["key_frame"] == 1 for f in answer["frames"])
     assert all(k.denominator == 1 for k in keyframes), keyframes
     assert set(slide_starts(frames)) <= set(keyframes), (slide_starts(frames), keyframes)
-    counted = probe(ffprobe, video, "-select_streams", "v", "-count_frames",
-                    "-show_entries", "stream=nb_read_frames")
+    counted = probe(
+        ffprobe,
+        video,
+        "-select_streams",
+        "v",
+        "-count_frames",
+        "-show_entries",
+        "stream=nb_read_frames",
+    )
     assert int(counted["streams"][0]["nb_read_frames"]) == sum(frames)
 
 
-def test_each_slide_is_a_chapter_named_by_its_title(ffprobe: str,
-                                                    encoded: tuple[Path, int, list[int]]) -> None:
+def test_each_slide_is_a_chapter_named_by_its_title(
+    ffprobe: str, encoded: tuple[Path, int, list[int]]
+) -> None:
     video, fps, frames = encoded
     chapters = probe(ffprobe, video, "-show_chapters")["chapters"]
     assert len(chapters) == len(frames)
@@ -187,8 +223,9 @@ def test_each_slide_is_a_chapter_named_by_its_title(ffprobe: str,
         assert chapter["tags"]["title"] == NAMES[n]
 
 
-def test_a_rendered_job_has_a_chapter_per_slide_title(ffprobe: str, store: JobStore,
-                                                      settings: Settings) -> None:
+def test_a_rendered_job_has_a_chapter_per_slide_title(
+    ffprobe: str, store: JobStore, settings: Settings
+) -> None:
     deck = small_deck(slides=3, duration=0.5)
     deck["slides"][1]["title"] = ""
     deck["slides"][2]["title"] = "Q&A = 10; #2"
@@ -210,19 +247,43 @@ def test_ffmpeg_decodes_the_slide_colours(tmp_path: Path, transition: str) -> No
     images = solid_slides(tmp_path, COLOURS)
     fps = 25
     video = tmp_path / "video.mp4"
-    encode(images, [1.0] * len(images), fps, video, transition=transition,
-           preset="ultrafast", fade_color="0xffffff")
+    encode(
+        images,
+        [1.0] * len(images),
+        fps,
+        video,
+        transition=transition,
+        preset="ultrafast",
+        fade_color="0xffffff",
+    )
     width, height = HD
     for n, image in enumerate(images):
         middle = n * fps + fps // 2  # the fades are over by then
         # ffmpeg converts to RGB with the matrix the stream is tagged with;
         # accurate_rnd, or its fast path alone is off by up to 3 levels.
         raw = subprocess.run(
-            [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video),
-             "-vf", f"select=eq(n\\,{middle}),crop=16:16:{width // 2 - 8}:{height // 2 - 8}",
-             "-sws_flags", "accurate_rnd+full_chroma_int",
-             "-frames:v", "1", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"],
-            capture_output=True, check=True, timeout=60).stdout
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v",
+                "error",
+                "-i",
+                str(video),
+                "-vf",
+                f"select=eq(n\\,{middle}),crop=16:16:{width // 2 - 8}:{height // 2 - 8}",
+                "-sws_flags",
+                "accurate_rnd+full_chroma_int",
+                "-frames:v",
+                "1",
+                "-pix_fmt",
+                "rgb24",
+                "-f",
+                "rawvideo",
+                "-",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
         assert len(raw) == 16 * 16 * 3
         mean = [sum(raw[c::3]) / 256 for c in range(3)]
         assert_close(mean, png_colour(image), "RGB", f"slide {n + 1}")
@@ -267,8 +328,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     video = tmp_path / "video.mp4"
     app = Flask(__name__)
     app.add_url_rule("/", "page", lambda: PAGE)
-    app.add_url_rule("/video.mp4", "video",
-                     lambda: send_file(video, mimetype="video/mp4", conditional=True))
+    app.add_url_rule(
+        "/video.mp4", "video", lambda: send_file(video, mimetype="video/mp4", conditional=True)
+    )
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -286,16 +348,20 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 #: levels short, in every standard HD video); there only red and green are
 #: exact.
 DECODERS = {
-    "gpu": ([f for f in CHROMIUM_FLAGS if f != "--disable-gpu"]
-            + ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"], "RGB"),
+    "gpu": (
+        [f for f in CHROMIUM_FLAGS if f != "--disable-gpu"]
+        + ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+        "RGB",
+    ),
     "cpu": (CHROMIUM_FLAGS, "RG"),
 }
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
-def test_chromium_shows_the_slide_colours(served: tuple[str, Path], tmp_path: Path,
-                                          decoder: str) -> None:
+def test_chromium_shows_the_slide_colours(
+    served: tuple[str, Path], tmp_path: Path, decoder: str
+) -> None:
     if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
         message = f"Chromium not installed at {CHROMIUM} (apt-get install chromium)"
         if REQUIRE_SERVICES:

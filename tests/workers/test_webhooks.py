@@ -26,8 +26,9 @@ from workers.delivery import deliver
 
 
 def _post(url: str, *, allow: list[Any] = LOCAL, timeout: float = 2.0) -> DeliveryResult:
-    return deliver(url, BODY, {"Content-Type": "application/json", "X-Test": "1"},
-                   timeout=timeout, allow=allow)
+    return deliver(
+        url, BODY, {"Content-Type": "application/json", "X-Test": "1"}, timeout=timeout, allow=allow
+    )
 
 
 def test_a_delivery_posts_the_body_to_the_pinned_address(receiver: Receiver) -> None:
@@ -64,13 +65,33 @@ def test_redirects_are_not_followed(receiver: Receiver) -> None:
 def test_https_certificates_are_verified_against_the_host_name(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         if REQUIRE_SERVICES:
-            pytest.fail("openssl is not installed (SLIDEFARM_REQUIRE_SERVICES is set)",
-                        pytrace=False)
+            pytest.fail(
+                "openssl is not installed (SLIDEFARM_REQUIRE_SERVICES is set)", pytrace=False
+            )
         pytest.skip("openssl is not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -95,7 +116,8 @@ def test_https_certificates_are_verified_against_the_host_name(tmp_path: Path) -
 
 
 def test_an_address_allowed_at_submission_is_refused_at_delivery_if_it_now_is_internal(
-        receiver: Receiver) -> None:
+    receiver: Receiver,
+) -> None:
     # Shaped like DNS rebinding: a name that passed the check resolves,
     # at delivery, to an address the delivery-time rules refuse.
     url = receiver.url("/ok", host="localhost")
@@ -113,4 +135,3 @@ def test_an_address_allowed_at_submission_is_refused_at_delivery_if_it_now_is_in
 
 
 # -- end to end: real API and worker processes, a real receiver -----------------------
-
