@@ -15,7 +15,12 @@ class StoreBase:
 
     def __init__(self, db: Database | Engine, feed: ChangeFeed | None = None) -> None:
         """On ``db``; or on an engine, with ``feed`` as its change feed."""
-        self.db = db if isinstance(db, Database) else Database(db, feed)
+        if isinstance(db, Database):
+            if feed is not None:
+                raise TypeError("a Database brings its own change feed; pass an Engine with one")
+            self.db = db
+        else:
+            self.db = Database(db, feed)
 
     @property
     def engine(self) -> Engine:
