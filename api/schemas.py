@@ -61,6 +61,7 @@ class Submission(Deck):
                     ],
                     "options": {
                         "resolution": "720p",
+                        "aspect": "16:9",
                         "theme": "light",
                         "fps": 30,
                         "transition": "none",

@@ -10,11 +10,29 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+#: Landscape (16:9) width and height of each resolution; the resolution names
+#: the frame's short side whatever its aspect ratio.
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "480p": (854, 480),
     "720p": (1280, 720),
     "1080p": (1920, 1080),
+    "2160p": (3840, 2160),
 }
+
+#: Aspect ratios a deck may ask for, landscape first (the default).
+ASPECTS = ("16:9", "9:16", "1:1")
+
+
+def frame_size(resolution: str, aspect: str) -> tuple[int, int]:
+    """Width and height in pixels of ``resolution`` at ``aspect``: 9:16 turns
+    the landscape frame upright, 1:1 is the short side squared. Every size is
+    even, as H.264's 4:2:0 needs."""
+    width, height = RESOLUTIONS[resolution]
+    if aspect == "9:16":
+        return height, width
+    if aspect == "1:1":
+        return height, height
+    return width, height
 
 
 def _no_nul(value: str) -> str:
@@ -52,15 +70,25 @@ class Slide(_Strict):
 class Options(_Strict):
     """How the deck is rendered."""
 
-    resolution: Literal["480p", "720p", "1080p"] = "720p"
+    resolution: Literal["480p", "720p", "1080p", "2160p"] = Field(
+        default="720p",
+        description="The frame's short side: 480, 720, 1080 or 2160 pixels.",
+    )
+    aspect: Literal["16:9", "9:16", "1:1"] = Field(
+        default="16:9",
+        description=(
+            "Landscape (16:9), upright for phones (9:16) or square (1:1): "
+            "1080p is 1920x1080, 1080x1920 or 1080x1080."
+        ),
+    )
     theme: Literal["light", "dark"] = "light"
     fps: Literal[24, 25, 30] = 30
     transition: Literal["none", "fade"] = "none"
 
     @property
     def size(self) -> tuple[int, int]:
-        """Width and height in pixels."""
-        return RESOLUTIONS[self.resolution]
+        """Width and height in pixels (see :func:`frame_size`)."""
+        return frame_size(self.resolution, self.aspect)
 
 
 class Deck(_Strict):

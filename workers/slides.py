@@ -25,7 +25,7 @@ from workers.text import (
     uncovered,
 )
 
-THUMBNAIL_WIDTH = 320
+THUMBNAIL_SIDE = 320  # pixels on the thumbnail's longer side
 BULLET = "\u2022"
 MAX_LISTED = 10  # distinct characters an error names before "and N more"
 
@@ -64,14 +64,18 @@ class Box:
         return self.bottom - self.top
 
 
-def _layout_title(text: str, box: Box, base: int, setter: Setter) -> tuple[Typesetter, list[str]]:
-    """The title at the largest size (down to 70%) that fits two lines."""
+def _layout_title(
+    text: str, box: Box, layout: Layout, setter: Setter
+) -> tuple[Typesetter, list[str]]:
+    """The title at the largest size (down to 70%) that fits the layout's
+    number of lines, else cut with an ellipsis."""
+    most = layout.title_lines
     for scale in (1.0, 0.9, 0.8, 0.7):
-        ts = setter(int(base * scale))
+        ts = setter(int(layout.title_size * scale))
         lines = ts.wrap(text, box.width)
-        if len(lines) <= 2:
+        if len(lines) <= most:
             return ts, lines
-    return ts, fit_lines(ts, lines, 2, box.width)
+    return ts, fit_lines(ts, lines, most, box.width)
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,80 @@ def missing_glyphs(deck: Deck, fonts: FontChain | None = None) -> str | None:
     return "no font covers " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a frame's elements go and how large they are, in pixels.
+
+    Every measure is a fraction of the frame, so a slide looks the same at
+    every resolution of one aspect ratio. A landscape frame measures from its
+    height; an upright or square frame from its width, with a narrower column
+    and type that is larger relative to the width, so text stays readable on a
+    phone.
+    """
+
+    width: int
+    height: int
+    content: Box  # title and body; nothing else is drawn in it
+    footer_top: int  # the page number's line
+    title_size: int
+    title_lines: int
+    body_size: int
+    footer_size: int
+    bar: tuple[int, int, int, int]  # the accent bar on the leading edge
+    rule: tuple[int, int]  # the rule under the title: length, thickness
+    title_gap: int  # title to rule
+    rule_gap: int  # rule to body
+    centered: bool  # content sits in the frame's optical centre
+
+
+def frame_layout(width: int, height: int) -> Layout:
+    """The layout of a ``width`` x ``height`` frame (see :class:`Layout`)."""
+    if width > height:
+        margin_x, margin_y = int(width * 0.07), int(height * 0.08)
+        footer_h = int(height * 0.06)
+        unit = height
+        title, title_lines, body, footer = 0.085, 2, 0.045, 0.028
+        bar = (0, 0, max(width // 160, 4), height)
+        centered = False
+    elif width < height:
+        # Upright: the accent runs along the top and the block is centred,
+        # since a top-aligned short slide leaves the lower half of a phone empty.
+        margin_x, margin_y = int(width * 0.08), int(height * 0.07)
+        footer_h = int(height * 0.045)
+        unit = width
+        title, title_lines, body, footer = 0.095, 4, 0.056, 0.034
+        bar = (0, 0, width, max(height // 160, 4))
+        centered = True
+    else:
+        margin_x = margin_y = int(width * 0.08)
+        footer_h = int(height * 0.05)
+        unit = width
+        title, title_lines, body, footer = 0.075, 3, 0.047, 0.03
+        bar = (0, 0, max(width // 120, 4), height)
+        centered = False
+    return Layout(
+        width=width,
+        height=height,
+        content=Box(margin_x, margin_y, width - margin_x, height - margin_y - footer_h),
+        footer_top=height - margin_y // 2 - footer_h,
+        title_size=int(unit * title),
+        title_lines=title_lines,
+        body_size=int(unit * body),
+        footer_size=int(unit * footer),
+        bar=bar,
+        rule=(int(unit * 0.142), max(unit // 240, 2)),
+        title_gap=int(unit * 0.015),
+        rule_gap=int(unit * 0.05),
+        centered=centered,
+    )
+
+
 def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Image.Image:
     """Slide ``index`` (from 0) of ``deck`` as an RGB image at the deck's
-    resolution. Raises :class:`~workers.text.MissingGlyphs` for a character
-    that no font has."""
+    size and aspect ratio. Raises :class:`~workers.text.MissingGlyphs` for a
+    character that no font has."""
     width, height = deck.options.size
+    layout = frame_layout(width, height)
     theme = THEMES[deck.options.theme]
     slide = deck.slides[index]
     chain = fonts or default_chain()
@@ -166,38 +239,48 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
 
     image = Image.new("RGB", (width, height), theme.background)
     draw = ImageDraw.Draw(image)
+    content = layout.content
+    draw.rectangle(layout.bar, fill=theme.accent)
 
-    margin_x = int(width * 0.07)
-    margin_y = int(height * 0.08)
-    footer_h = int(height * 0.06)
-    content = Box(margin_x, margin_y, width - margin_x, height - margin_y - footer_h)
-
-    # An accent bar on the slide's leading edge.
-    draw.rectangle((0, 0, max(width // 160, 4), height), fill=theme.accent)
-
+    # Measure everything first: a centred layout needs the block's height.
     top = content.top
     title = clean(slide.title) if slide.title else ""
+    title_set: tuple[Typesetter, list[str]] | None = None
+    rule_y = 0
     if title.strip():
-        ts, lines = _layout_title(title, content, int(height * 0.085), setter)
-        for line in lines:
-            ts.draw_line(image, content.left, content.right, top, line, theme.title)
-            top += ts.line_height
-        rule_y = top + int(height * 0.015)
-        draw.rectangle(
-            (
-                content.left,
-                rule_y,
-                content.left + int(width * 0.08),
-                rule_y + max(height // 240, 2),
-            ),
-            fill=theme.accent,
-        )
-        top = rule_y + int(height * 0.05)
+        title_set = _layout_title(title, content, layout, setter)
+        top += len(title_set[1]) * title_set[0].line_height
+        rule_y = top + layout.title_gap
+        top = rule_y + layout.rule[1] + layout.rule_gap
 
     body_box = Box(content.left, top, content.right, content.bottom)
-    if body_box.height > 0:
-        ts, blocks, gap = _layout_body(slide, body_box, int(height * 0.045), setter)
-        y = body_box.top
+    body_set: tuple[Typesetter, list[_Block], int] | None = None
+    used = top - content.top
+    if body_box.height > 0 and (slide.body.strip() or slide.bullets):
+        body_set = _layout_body(slide, body_box, layout.body_size, setter)
+        ts, blocks, gap = body_set
+        rows = sum(len(b.lines) for b in blocks)
+        used = top - content.top + rows * ts.line_height + gap * max(len(blocks) - 1, 0)
+    elif title_set is not None:
+        used = rule_y + layout.rule[1] - content.top
+    # A third of the free room above, two thirds below: the optical centre.
+    shift = max(content.height - used, 0) // 3 if layout.centered else 0
+
+    if title_set is not None:
+        ts, lines = title_set
+        y = content.top + shift
+        for line in lines:
+            ts.draw_line(image, content.left, content.right, y, line, theme.title)
+            y += ts.line_height
+        ry = rule_y + shift
+        draw.rectangle(
+            (content.left, ry, content.left + layout.rule[0], ry + layout.rule[1]),
+            fill=theme.accent,
+        )
+
+    if body_set is not None:
+        ts, blocks, gap = body_set
+        y = body_box.top + shift
         for block in blocks:
             for n, line in enumerate(block.lines):
                 if block.bullet and n == 0:
@@ -208,11 +291,10 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
                 y += ts.line_height
             y += gap
 
-    footer = setter(int(height * 0.028))
+    footer = setter(layout.footer_size)
     number = f"{index + 1} / {len(deck.slides)}"
-    footer_top = height - margin_y // 2 - footer_h
     number_left = content.right - int(footer.width(number))
-    footer.draw_line(image, number_left, content.right, footer_top, number, theme.muted)
+    footer.draw_line(image, number_left, content.right, layout.footer_top, number, theme.muted)
     return image
 
 
@@ -223,10 +305,17 @@ def save_png(image: Image.Image, path: Path) -> int:
     return path.stat().st_size
 
 
+def thumbnail_size(width: int, height: int) -> tuple[int, int]:
+    """The thumbnail of a ``width`` x ``height`` frame: the frame's aspect
+    ratio, 320 px on its longer side (320 wide for landscape, 320 high for
+    upright, 320 square)."""
+    scale = THUMBNAIL_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def save_thumbnail(image: Image.Image, path: Path) -> int:
-    """A JPEG of ``image`` scaled to 320 px wide; return its size in bytes."""
-    height = max(1, round(image.height * THUMBNAIL_WIDTH / image.width))
-    thumb = image.resize((THUMBNAIL_WIDTH, height), Image.Resampling.LANCZOS)
+    """A JPEG of ``image`` at :func:`thumbnail_size`; return its size in bytes."""
+    thumb = image.resize(thumbnail_size(image.width, image.height), Image.Resampling.LANCZOS)
     path.parent.mkdir(parents=True, exist_ok=True)
     thumb.save(path, format="JPEG", quality=85, optimize=True)
     return path.stat().st_size

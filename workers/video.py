@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import imageio_ffmpeg
+from PIL import Image
 
 
 class EncodeError(Exception):
@@ -111,6 +112,15 @@ def _concat_list(images: Sequence[Path], frames: Sequence[int], fps: int) -> str
 #: Slides per ffmpeg run with fades: each slide is one looped input, so a
 #: batch bounds memory; batches are joined without re-encoding.
 FADE_BATCH = 8
+#: Pixels of the slides of one fade batch at most: 8 slides at 1080p. Each
+#: looped input keeps its decoded image and buffers, so a 2160p batch holds
+#: 2 slides, not 8, and its memory stays that of a 1080p batch.
+FADE_BATCH_PIXELS = FADE_BATCH * 1920 * 1080
+
+
+def fade_batch(width: int, height: int) -> int:
+    """Slides per fade batch for frames of ``width`` x ``height``."""
+    return max(1, min(FADE_BATCH, FADE_BATCH_PIXELS // (width * height)))
 
 
 def _x264(preset: str, fps: int, frames: Sequence[int]) -> list[str]:
@@ -319,6 +329,15 @@ def _run(
             raise EncodeError(f"ffmpeg failed: {tail}")
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    # Opening reads the header only; every slide of a deck has one size.
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as error:
+        raise EncodeError(f"cannot read slide image {path.name}: {error}") from error
+
+
 def encode(
     images: Sequence[Path],
     durations: Sequence[float],
@@ -347,6 +366,7 @@ def encode(
     total = sum(frames) / fps
     report = on_progress or (lambda _fraction: None)
     names = chapter_titles(titles if titles is not None else [""] * len(images))
+    batch_size = fade_batch(*_image_size(images[0])) if transition == "fade" else FADE_BATCH
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
         scratch = Path(folder)
@@ -357,14 +377,14 @@ def encode(
                 images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
             )
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
-        elif len(images) <= FADE_BATCH:
+        elif len(images) <= batch_size:
             cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters)
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         else:
             segments: list[Path] = []
             done = 0.0
-            for start in range(0, len(images), FADE_BATCH):
-                batch = slice(start, start + FADE_BATCH)
+            for start in range(0, len(images), batch_size):
+                batch = slice(start, start + batch_size)
                 segment = scratch / f"segment-{start:04d}.mp4"
                 cmd = fade_command(images[batch], frames[batch], fps, segment, preset, fade_color)
 

@@ -44,11 +44,38 @@ def test_submission_fills_defaults(client: FlaskClient, settings: Settings) -> N
     stored = JobStore.from_url(settings.database_url).get(job["job_id"])
     assert stored.deck["options"] == {
         "resolution": "720p",
+        "aspect": "16:9",
         "theme": "light",
         "fps": 30,
         "transition": "none",
     }
     assert stored.deck["slides"][0]["duration"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("resolution", "aspect"), [("2160p", "16:9"), ("1080p", "9:16"), ("720p", "1:1")]
+)
+def test_new_sizes_are_accepted_and_stored(
+    client: FlaskClient, settings: Settings, resolution: str, aspect: str
+) -> None:
+    options = {"resolution": resolution, "aspect": aspect}
+    response = client.post("/v1/jobs", json={"title": "t", "slides": [{}], "options": options})
+    assert response.status_code == 202, response.get_json()
+    stored = JobStore.from_url(settings.database_url).get(response.get_json()["job_id"])
+    assert {k: stored.deck["options"][k] for k in options} == options
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("aspect", "4:3"), ("aspect", "vertical"), ("resolution", "1440p"), ("resolution", "4k")],
+)
+def test_unknown_sizes_are_422_naming_the_field(
+    client: FlaskClient, settings: Settings, field: str, value: str
+) -> None:
+    deck = {"title": "t", "slides": [{}], "options": {field: value}}
+    error = assert_error(client.post("/v1/jobs", json=deck), 422, "validation_failed")
+    assert [d["field"] for d in error["details"]] == [f"options.{field}"]
+    assert queued_messages(settings) == 0
 
 
 def test_unknown_job_is_404(client: FlaskClient) -> None:

@@ -127,6 +127,16 @@ def test_the_submission_schema_is_the_validating_model(sqlite_app: Any) -> None:
     assert components["Submission"]["additionalProperties"] is False
 
 
+def test_the_document_lists_every_size(sqlite_app: Any) -> None:
+    document = sqlite_app.test_client().get("/openapi.json").get_json()
+    options = document["components"]["schemas"]["Options"]["properties"]
+    assert options["resolution"]["enum"] == ["480p", "720p", "1080p", "2160p"]
+    assert options["resolution"]["default"] == "720p"
+    assert options["aspect"]["enum"] == ["16:9", "9:16", "1:1"]
+    assert options["aspect"]["default"] == "16:9"
+    assert "1080x1920" in options["aspect"]["description"]
+
+
 def test_the_api_validates_with_the_submission_model(sqlite_app: Any) -> None:
     """What the document allows is accepted, what it forbids is refused: the
     submit route validates with Submission (callback_url accepted, not stored)."""

@@ -10,15 +10,20 @@ from typing import Any
 import imageio_ffmpeg
 from PIL import Image
 
-from workers.slides import THEMES
+from workers.slides import THEMES, frame_layout
 
 
 def margins_are_background(image: Image.Image, theme: str) -> bool:
-    """Nothing drawn right of the content box or below the footer."""
+    """Nothing drawn right of the content box or below the footer, at the
+    margins of the frame's own layout (its size and aspect ratio)."""
     width, height = image.size
+    layout = frame_layout(width, height)
     background = THEMES[theme].background
-    right = image.crop((width - int(width * 0.07) + 3, 0, width, height))
-    bottom = image.crop((width // 100 + 2, height - int(height * 0.02), width, height))
+    # The accent bar runs down the left edge or along the top: skip it.
+    below_bar = layout.bar[3] + 1 if layout.bar[2] == width else 0
+    beside_bar = layout.bar[2] + 2 if layout.bar[3] == height else 0
+    right = image.crop((layout.content.right + 3, below_bar, width, height))
+    bottom = image.crop((beside_bar, height - int(height * 0.02), width, height))
     return all(
         region.getcolors(1) == [(region.width * region.height, background)]
         for region in (right, bottom)

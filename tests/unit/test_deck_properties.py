@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.deck import Deck
+from core.deck import ASPECTS, RESOLUTIONS, Deck, frame_size
 from tests.support.media import margins_are_background
 from workers.fonts import font_chain
 from workers.slides import render_slide
@@ -92,7 +92,8 @@ slides = st.fixed_dictionaries(
 options = st.fixed_dictionaries(
     {},
     optional={
-        "resolution": st.sampled_from(["480p", "720p", "1080p"]),
+        "resolution": st.sampled_from(["480p", "720p", "1080p", "2160p"]),
+        "aspect": st.sampled_from(["16:9", "9:16", "1:1"]),
         "theme": st.sampled_from(["light", "dark"]),
         "fps": st.sampled_from([24, 25, 30]),
         "transition": st.sampled_from(["none", "fade"]),
@@ -179,14 +180,14 @@ DRAWABLE = st.text(
             "body": text(600) | DRAWABLE,
             "bullets": st.lists(text(100) | DRAWABLE, max_size=4),
         },
-    )
+    ),
+    st.sampled_from(ASPECTS),
 )
 def test_a_valid_slide_renders_inside_its_margins_or_names_what_no_font_has(
-    slide: dict[str, Any],
+    slide: dict[str, Any], aspect: str
 ) -> None:
-    deck = Deck.model_validate(
-        {"title": "t", "slides": [slide], "options": {"resolution": "480p", "theme": "dark"}}
-    )
+    options = {"resolution": "480p", "aspect": aspect, "theme": "dark"}
+    deck = Deck.model_validate({"title": "t", "slides": [slide], "options": options})
     shown = "".join([slide.get("title", ""), slide.get("body", ""), *slide.get("bullets", [])])
     expected = {c for c in shown if needs_glyph(c) and ord(c) not in SHIPPED}
     try:
@@ -214,6 +215,33 @@ def test_the_largest_deck_the_limits_allow_validates() -> None:
     assert len(Deck.model_validate(deck).slides) == 200
     shortest = {"title": "x", "slides": [{"duration": 0.5}]}
     assert Deck.model_validate(shortest).slides[0].duration == 0.5
+
+
+SIZES = {
+    ("480p", "16:9"): (854, 480),
+    ("480p", "9:16"): (480, 854),
+    ("480p", "1:1"): (480, 480),
+    ("720p", "16:9"): (1280, 720),
+    ("720p", "9:16"): (720, 1280),
+    ("720p", "1:1"): (720, 720),
+    ("1080p", "16:9"): (1920, 1080),
+    ("1080p", "9:16"): (1080, 1920),
+    ("1080p", "1:1"): (1080, 1080),
+    ("2160p", "16:9"): (3840, 2160),
+    ("2160p", "9:16"): (2160, 3840),
+    ("2160p", "1:1"): (2160, 2160),
+}
+
+
+def test_every_resolution_and_aspect_has_its_even_pixel_size() -> None:
+    assert set(SIZES) == {(r, a) for r in RESOLUTIONS for a in ASPECTS}
+    for (resolution, aspect), size in SIZES.items():
+        options = {"resolution": resolution, "aspect": aspect}
+        deck = Deck.model_validate({"title": "t", "slides": [{}], "options": options})
+        assert deck.options.size == frame_size(resolution, aspect) == size
+        assert all(side % 2 == 0 for side in size)  # x264's 4:2:0 needs even sides
+    default = Deck.model_validate({"title": "t", "slides": [{}]}).options
+    assert (default.aspect, default.size) == ("16:9", (1280, 720))
 
 
 # -- (c) just outside each limit ---------------------------------------------------
@@ -275,6 +303,11 @@ OUTSIDE: dict[str, tuple[str, Any]] = {
     "fps_fraction": ("options.fps", 29.97),
     "fps_bool": ("options.fps", True),
     "transition_wipe": ("options.transition", "wipe"),
+    "resolution_4320p": ("options.resolution", "4320p"),
+    "resolution_pixels": ("options.resolution", "1080x1920"),
+    "aspect_4_3": ("options.aspect", "4:3"),
+    "aspect_spaced": ("options.aspect", "9 : 16"),
+    "aspect_number": ("options.aspect", 1),
     "options_list": ("options", ["720p"]),
     "slide_string": ("slides.0", "a slide"),
 }

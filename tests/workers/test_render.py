@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.deck import RESOLUTIONS, Deck
+from core.deck import ASPECTS, RESOLUTIONS, Deck
 from tests.support.media import margins_are_background, probe
 from workers.fonts import font_chain
-from workers.slides import THEMES, render_slide, save_png, save_thumbnail
+from workers.slides import THEMES, frame_layout, render_slide, save_png, save_thumbnail
 from workers.text import MissingGlyphs, Typesetter, base_direction, clean, runs, visual_runs
 from workers.video import EncodeError, encode, frame_counts
 
@@ -22,15 +22,18 @@ def deck(slides: list[dict[str, Any]], **options: Any) -> Deck:
 
 
 @pytest.mark.parametrize("resolution", sorted(RESOLUTIONS))
+@pytest.mark.parametrize("aspect", ASPECTS)
 @pytest.mark.parametrize("theme", ["light", "dark"])
-def test_slide_has_the_resolution_and_theme(resolution: str, theme: str) -> None:
+def test_slide_has_the_resolution_and_theme(resolution: str, aspect: str, theme: str) -> None:
     d = deck(
         [{"title": "Revenue", "body": "Up 12%", "bullets": ["EMEA +20%"]}],
         resolution=resolution,
+        aspect=aspect,
         theme=theme,
     )
     image = render_slide(d, 0)
-    assert image.size == RESOLUTIONS[resolution] and image.mode == "RGB"
+    assert image.size == d.options.size and image.mode == "RGB"
+    assert margins_are_background(image, theme)
     assert image.getpixel((image.width // 2, image.height - 3)) == THEMES[theme].background
     colors = image.getcolors(1_000_000)
     assert colors is not None and len(colors) > 10  # anti-aliased text was drawn
@@ -53,6 +56,70 @@ def test_the_longest_content_never_runs_off_the_slide() -> None:
         )
         image = render_slide(d, 0)
         assert margins_are_background(image, "light")
+
+
+LONG = {
+    "latin": {
+        "title": "Quarterly review of the platform migration and what we learned " * 3,
+        "body": "Revenue rose 12% on last quarter while serving costs fell by a third. " * 28,
+        "bullets": ["APAC was flat: currency effects ate the unit growth " * 5] * 12,
+    },
+    "cjk": {
+        "title": "平台迁移季度回顾以及我们在此过程中学到的经验教训" * 8,
+        "body": "本季度收入比上季度增长百分之十二，而每个请求的服务成本下降了三分之一。" * 50,
+        "bullets": ["欧洲、中东和非洲地区在经销商启动后增长百分之二十" * 10] * 12,
+    },
+}
+
+
+@pytest.mark.parametrize("script", sorted(LONG))
+@pytest.mark.parametrize("size", [("2160p", "16:9"), ("1080p", "9:16"), ("1080p", "1:1")])
+def test_new_sizes_keep_the_longest_text_inside_their_margins(
+    script: str, size: tuple[str, str]
+) -> None:
+    resolution, aspect = size
+    d = deck([LONG[script]], resolution=resolution, aspect=aspect, theme="dark")
+    image = render_slide(d, 0)
+    assert image.size == d.options.size
+    assert margins_are_background(image, "dark")
+    layout = frame_layout(*image.size)
+    top_bar = layout.bar[2] == image.width
+    beside_bar, below_bar = (0, layout.bar[3] + 1) if top_bar else (layout.bar[2] + 2, 0)
+    left = image.crop((beside_bar, below_bar, layout.content.left - 3, image.height))
+    assert left.getcolors(1) == [(left.width * left.height, THEMES["dark"].background)]
+
+
+def test_upright_and_square_frames_adapt_their_layout() -> None:
+    wide, tall, square = (
+        frame_layout(1920, 1080),
+        frame_layout(1080, 1920),
+        frame_layout(1080, 1080),
+    )
+    # The same resolution draws the same type size relative to its short side
+    # or larger: an upright frame's body is larger relative to the width.
+    assert tall.body_size / 1080 > wide.body_size / 1920
+    assert tall.body_size > wide.body_size and tall.title_lines > wide.title_lines
+    # Upright: a narrower column, the accent along the top, the block centred.
+    assert tall.content.width < wide.content.width
+    assert tall.bar == (0, 0, 1080, tall.bar[3]) and tall.centered
+    # Square: equal side and top margins.
+    assert square.content.left == square.content.top and not square.centered
+    # A 2160p frame is a 1080p frame scaled by two, to the pixel or so.
+    big = frame_layout(3840, 2160)
+    assert abs(big.title_size - 2 * wide.title_size) <= 1
+    assert abs(big.content.left - 2 * wide.content.left) <= 1
+
+
+def test_an_upright_slide_centres_a_short_block() -> None:
+    image = render_slide(deck([{"title": "Questions?"}], resolution="480p", aspect="9:16"), 0)
+    layout = frame_layout(*image.size)
+    background = THEMES["light"].background
+    rows = [
+        y
+        for y in range(layout.bar[3] + 1, layout.content.bottom)
+        if image.crop((0, y, image.width, y + 1)).getcolors(1) != [(image.width, background)]
+    ]
+    assert rows and rows[0] > layout.content.top + layout.content.height // 5
 
 
 def test_long_text_is_cut_with_an_ellipsis() -> None:
@@ -118,11 +185,16 @@ def test_wrapping_breaks_between_cjk_characters() -> None:
     assert len(lines) > 1 and all(ts.width(line) <= 200 for line in lines)
 
 
-def test_thumbnail_is_320_wide_jpeg(tmp_path: Path) -> None:
-    image = render_slide(deck([{"title": "x"}], resolution="1080p"), 0)
+@pytest.mark.parametrize(
+    ("aspect", "expected"), [("16:9", (320, 180)), ("9:16", (180, 320)), ("1:1", (320, 320))]
+)
+def test_thumbnail_is_320_on_its_longer_side_jpeg(
+    tmp_path: Path, aspect: str, expected: tuple[int, int]
+) -> None:
+    image = render_slide(deck([{"title": "x"}], resolution="1080p", aspect=aspect), 0)
     size = save_thumbnail(image, tmp_path / "t.jpg")
     with Image.open(tmp_path / "t.jpg") as thumb:
-        assert thumb.format == "JPEG" and thumb.size == (320, 180)
+        assert thumb.format == "JPEG" and thumb.size == expected
     assert size == (tmp_path / "t.jpg").stat().st_size
 
 

@@ -26,14 +26,15 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from core.config import Settings
+from core.deck import Deck
 from storage import JobStore
 from storage.files import VIDEO_FILE
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.decks import small_deck
 from tests.support.services import REQUIRE_SERVICES
 from workers.pipeline import Outcome, run_attempt
-from workers.slides import THEMES, save_png
-from workers.video import FADE_BATCH, encode, frame_counts
+from workers.slides import THEMES, render_slide, save_png
+from workers.video import FADE_BATCH, encode, fade_batch, frame_counts
 
 FFPROBE = os.environ.get("SLIDEFARM_TEST_FFPROBE", "/usr/bin/ffprobe")
 HD = (1280, 720)  # Chromium reads untagged video this size as BT.709, smaller as BT.601
@@ -383,3 +384,45 @@ def test_chromium_shows_the_slide_colours(
                 assert_close(seen, png_colour(image), channels, f"slide {n + 1} ({decoder})")
         finally:
             browser.close()
+
+
+# -- sizes: upright, square and 2160p frames ---------------------------------------
+
+#: (resolution, aspect, transition, slides, preset): each size through a real
+#: encode. Three 2160p fade slides take two fade batches and a join, with
+#: ``veryfast`` (High profile, B-frames), which must still take level 5.1.
+SIZED = {
+    "upright": ("1080p", "9:16", "none", 3, "ultrafast"),
+    "square-fade": ("1080p", "1:1", "fade", 3, "ultrafast"),
+    "2160p-fade": ("2160p", "16:9", "fade", 3, "veryfast"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIZED))
+def test_each_size_encodes_to_an_mp4_of_its_size_and_exact_length(
+    ffprobe: str, tmp_path: Path, case: str
+) -> None:
+    resolution, aspect, transition, count, preset = SIZED[case]
+    durations = DURATIONS[:count]
+    options = {"resolution": resolution, "aspect": aspect, "fps": 30, "transition": transition}
+    slides = [{"title": f"Slide {n}", "body": "Text " * 30} for n in range(count)]
+    deck = Deck.model_validate({"title": "t", "slides": slides, "options": options})
+    images = []
+    for i in range(count):
+        images.append(tmp_path / f"{i:03d}.png")
+        save_png(render_slide(deck, i), images[-1])
+    video = tmp_path / "video.mp4"
+    encode(images, durations, 30, video, transition=transition, preset=preset)
+    answer = probe(ffprobe, video, "-select_streams", "v", "-count_frames", "-show_streams")
+    stream = answer["streams"][0]
+    assert (stream["width"], stream["height"]) == deck.options.size
+    assert int(stream["nb_read_frames"]) == sum(frame_counts(durations, 30))
+    if resolution == "2160p":
+        # 3840x2160 at 30 fps needs level 5.1: x264 picks it, nothing caps it.
+        assert stream["profile"] == "High" and stream["level"] == 51
+
+
+def test_a_2160p_fade_batch_holds_the_pixels_of_a_1080p_batch() -> None:
+    assert fade_batch(854, 480) == fade_batch(1920, 1080) == fade_batch(1080, 1920) == FADE_BATCH
+    assert fade_batch(3840, 2160) == fade_batch(2160, 3840) == 2
+    assert fade_batch(2160, 2160) == 3
