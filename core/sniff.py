@@ -123,7 +123,9 @@ def _image(stream: IO[bytes], max_pixels: int) -> Sniffed:
             f"the image is refused as a decompression bomb: {error}", "asset_too_many_pixels"
         ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise AssetRefused(f"the image is damaged or truncated: {error}", "invalid_asset") from error
+        raise AssetRefused(
+            f"the image is damaged or truncated: {error}", "invalid_asset"
+        ) from error
     if kind is None:
         raise AssetRefused("the image format is not accepted")
     if width * height > max_pixels:
@@ -168,7 +170,12 @@ def _pptx(stream: IO[bytes]) -> Sniffed:
                 )
             slides = sum(1 for name in names if _SLIDE_ENTRY.fullmatch(name))
     except (
-        zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
     ) as error:
         raise AssetRefused(f"the zip archive is damaged: {error}", "invalid_asset") from error
     return Sniffed("pptx", pages=slides)

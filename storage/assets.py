@@ -16,16 +16,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, select, update
 
-from core.sniff import Sniffed
+from core.config import Settings
+from core.sniff import IMAGE_KINDS, AssetRefused, Sniffed, sniff
 from storage.db import Database, HasDatabase, database_of
 from storage.errors import InvalidCursor, StorageError
 from storage.jobs.locks import take_write_lock
@@ -52,6 +54,30 @@ class AssetQuotaExceeded(StorageError):
 
 class AssetInUse(StorageError):
     """A queued or processing job uses the asset."""
+
+
+class AssetTooLarge(StorageError):
+    """The upload is larger than its kind may be."""
+
+
+@dataclass(frozen=True)
+class AssetLimits:
+    """What one upload and one tenant may store (the ``SLIDEFARM_*ASSET*`` settings)."""
+
+    max_bytes: int
+    max_image_bytes: int
+    max_pixels: int
+    quota: int | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AssetLimits:
+        """The limits ``settings`` set."""
+        return cls(
+            max_bytes=settings.max_asset_bytes,
+            max_image_bytes=settings.max_image_asset_bytes,
+            max_pixels=settings.max_asset_pixels,
+            quota=settings.max_asset_storage_bytes or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +122,9 @@ def _asset(row: Any) -> Asset:
 def owner_dir(output_dir: Path, owner: str) -> Path:
     """The folder of ``owner``'s asset files: its name when that is a safe
     path component, else a digest of it (never ``..`` or a slash)."""
-    name = owner if _SAFE_OWNER.fullmatch(owner) else "~" + hashlib.sha256(owner.encode()).hexdigest()
+    name = (
+        owner if _SAFE_OWNER.fullmatch(owner) else "~" + hashlib.sha256(owner.encode()).hexdigest()
+    )
     return output_dir / ASSETS_DIR / name
 
 
@@ -143,6 +171,56 @@ class AssetStore:
         """The file of ``asset``."""
         return asset_path(self.output_dir, asset.owner, asset.sha256)
 
+    def ingest(
+        self, owner: str, chunks: Iterable[bytes], limits: AssetLimits
+    ) -> tuple[Asset, bool]:
+        """Store the bytes ``chunks`` yield as an asset of ``owner`` (see
+        :meth:`add`), written to a scratch file as they come.
+
+        :class:`AssetTooLarge` as soon as they pass ``limits.max_bytes`` (the
+        rest is never read), or once sniffed as an image larger than
+        ``limits.max_image_bytes``; :class:`~core.sniff.AssetRefused` if they
+        are not an accepted kind.
+        """
+        folder = incoming_dir(self.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=folder, prefix="upload-")
+        staged = Path(name)
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            with os.fdopen(handle, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > limits.max_bytes:
+                        raise AssetTooLarge(
+                            f"the upload is larger than {limits.max_bytes} bytes "
+                            "(SLIDEFARM_MAX_ASSET_BYTES)"
+                        )
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if size == 0:
+                raise AssetRefused("the upload is empty", "invalid_asset")
+            with staged.open("rb") as data:
+                sniffed = sniff(data, max_pixels=limits.max_pixels)
+            if sniffed.kind in IMAGE_KINDS and size > limits.max_image_bytes:
+                raise AssetTooLarge(
+                    f"the image is {size} bytes, more than the {limits.max_image_bytes} "
+                    "allowed for images (SLIDEFARM_MAX_IMAGE_ASSET_BYTES)"
+                )
+            return self.add(
+                owner,
+                staged,
+                sha256=digest.hexdigest(),
+                size_bytes=size,
+                sniffed=sniffed,
+                quota=limits.quota,
+            )
+        finally:
+            staged.unlink(missing_ok=True)
+
     def add(
         self,
         owner: str,
@@ -167,20 +245,19 @@ class AssetStore:
         try:
             with self.db.transaction() as conn:
                 _lock_owner(conn, owner)
+                # One conditional write finds and touches an existing asset: a
+                # retention DELETE that got there first leaves nothing to touch,
+                # and then the bytes are stored anew below.
                 row = conn.execute(
-                    select(assets_table).where(
-                        assets_table.c.owner == owner, assets_table.c.sha256 == sha256
-                    )
+                    update(assets_table)
+                    .where(assets_table.c.owner == owner, assets_table.c.sha256 == sha256)
+                    .values(last_used_at=now)
+                    .returning(*assets_table.c)
                 ).first()
                 if row is not None:
-                    conn.execute(
-                        update(assets_table)
-                        .where(assets_table.c.id == row.id)
-                        .values(last_used_at=now)
-                    )
                     if not target.exists():  # lost from the disk: these bytes restore it
                         self._place(staged, target)
-                    return replace(_asset(row), last_used_at=now), False
+                    return _asset(row), False
                 if quota is not None:
                     stored = conn.execute(
                         select(func.coalesce(func.sum(assets_table.c.size_bytes), 0)).where(
@@ -193,22 +270,22 @@ class AssetStore:
                             f"{size_bytes} more would pass the {quota} allowed "
                             "(SLIDEFARM_MAX_ASSET_STORAGE_BYTES): delete some assets"
                         )
-                values = {
-                    "id": str(uuid.uuid4()),
-                    "owner": owner,
-                    "sha256": sha256,
-                    "kind": sniffed.kind,
-                    "size_bytes": size_bytes,
-                    "width": sniffed.width,
-                    "height": sniffed.height,
-                    "pages": sniffed.pages,
-                    "created_at": now,
-                    "last_used_at": now,
-                }
-                conn.execute(insert(assets_table).values(**values))
+                asset = Asset(
+                    id=str(uuid.uuid4()),
+                    owner=owner,
+                    sha256=sha256,
+                    kind=sniffed.kind,
+                    size_bytes=size_bytes,
+                    width=sniffed.width,
+                    height=sniffed.height,
+                    pages=sniffed.pages,
+                    created_at=now,
+                    last_used_at=now,
+                )
+                conn.execute(insert(assets_table).values(**asdict(asset)))
                 # In place before the commit: a committed row always has its file.
                 self._place(staged, target)
-                return Asset(**values), True
+                return asset, True
         finally:
             staged.unlink(missing_ok=True)
 
