@@ -22,8 +22,6 @@ import zipfile
 from dataclasses import dataclass
 from typing import IO, Literal
 
-from PIL import Image, UnidentifiedImageError
-
 Kind = Literal["png", "jpeg", "webp", "gif", "pdf", "pptx"]
 IMAGE_KINDS: frozenset[str] = frozenset({"png", "jpeg", "webp", "gif"})
 DOCUMENT_KINDS: frozenset[str] = frozenset({"pdf", "pptx"})
@@ -107,6 +105,10 @@ def _looks_like_svg(head: bytes) -> bool:
 
 
 def _image(stream: IO[bytes], max_pixels: int) -> Sniffed:
+    # Imported here: an API process loads Pillow on its first image upload,
+    # not at start-up (it stays a process without the renderer's libraries).
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             # Past Image.MAX_IMAGE_PIXELS Pillow only warns (it raises at
