@@ -1,4 +1,5 @@
-"""The sweeper: recovery, re-dispatch, webhooks due, retention and orphan clean-up.
+"""The sweeper: recovery, re-dispatch, webhooks due, retention (of jobs and of
+assets) and orphan clean-up.
 
 It runs as a thread in every worker's main process, but only the holder of
 the ``sweeper`` lease (a database row) sweeps, so there is exactly one at a
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from core.config import Settings
 from storage import JobStore, Status, StorageError
+from storage.assets import AssetStore
 from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager
@@ -131,6 +133,13 @@ class Sweeper:
             # One bounded batch per sweep; the next sweeps take the rest.
             for job_id in self.store.delete_older_than(self.settings.retention_days):
                 remove_job_files(self.settings.output_dir, job_id)
+            lease.check()
+            # After the jobs: a job deleted just now unlinks its assets (the
+            # links cascade), and they age out from their last use.
+            assets = AssetStore(self.store, self.settings.output_dir)
+            gone = assets.delete_unused_older_than(self.settings.asset_retention_days)
+            if gone:
+                log.info("sweeper: deleted %d asset(s) unused for a while", len(gone))
             lease.check()
             self.remove_orphans(lease)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from core.config import Settings
 from core.sniff import AssetRefused
 from storage import JobStore
 from storage.assets import (
@@ -26,6 +27,7 @@ from storage.jobs.values import utcnow
 from storage.models import assets_table
 from tests.support.assets import image_bytes, pdf_bytes, pptx_bytes, svg_bytes
 from tests.support.decks import small_deck
+from workers.sweeper import Sweeper
 
 LIMITS = AssetLimits(max_bytes=1 << 20, max_image_bytes=1 << 20, max_pixels=10**6, quota=None)
 
@@ -181,6 +183,29 @@ def test_retention_deletes_old_unlinked_assets_only(assets: AssetStore, store: J
     # Once the job is gone (its links cascade), the old asset goes too.
     assert store.delete(job.id)
     assert assets.delete_unused_older_than(30) == [old_linked.id]
+
+
+def test_the_sweepers_retention_pass_deletes_unused_assets_only(
+    db_url: str, tmp_path: Path, store: JobStore, assets: AssetStore
+) -> None:
+    settings = Settings(
+        DATABASE_URL=db_url,
+        SLIDEFARM_OUTPUT_DIR=str(assets.output_dir),
+        SLIDEFARM_ASSET_RETENTION_DAYS="30",
+    )
+    used, _ = assets.ingest("acme", [pptx_bytes()], LIMITS)
+    unused, _ = assets.ingest("acme", [pdf_bytes()], LIMITS)
+    job, _ = store.create(small_deck(), title="deck", owner="acme")  # queued
+    assets.link(job.id, [used.id])
+    _age(store, used.id, 45)
+    _age(store, unused.id, 45)
+    assert Sweeper(store, settings, "a@host1", lambda _j, _c: None).sweep_once(
+        force_orphan_scan=True
+    )
+    assert assets.get(used.id).id == used.id and assets.path(used).exists()
+    with pytest.raises(AssetNotFound):
+        assets.get(unused.id)
+    assert not assets.path(unused).exists()
 
 
 def _race(*actions: Callable[[], object]) -> None:
