@@ -17,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import owner_scope, principal
 from api.errors import ApiError, BadRequest, NotFound
+from api.files import check_range
 from api.services import services
 from core.sniff import DOCUMENT_KINDS, MEDIA_TYPES
 from storage.assets import Asset, AssetLimits, AssetStore
@@ -132,6 +133,7 @@ def content(asset_id: str) -> Response:
     path = _store().path(asset)
     if not path.is_file():
         raise NotFound("the asset's file is missing from the output storage", code="file_missing")
+    check_range(asset.size_bytes)
     download = asset.kind in DOCUMENT_KINDS
     response = send_file(
         path,
