@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core.config import Settings
 from storage import JobStore, Status, StorageError
-from storage.assets import AssetStore
+from storage.assets import AssetStore, incoming_dir
 from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager
@@ -28,6 +28,9 @@ from storage.registry import WorkerRegistry
 log = logging.getLogger("slidefarm.sweeper")
 
 LEASE_NAME = "sweeper"
+#: An upload's scratch file untouched this long is left over from a crash
+#: (a live upload writes to it as its bytes arrive).
+INCOMING_GRACE = 3600.0
 
 
 class Sweeper:
@@ -187,8 +190,17 @@ class Sweeper:
             if (owner is None or owner[0] is not Status.COMPLETED) and _mtime(entry) < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
+        incoming = incoming_dir(output)
+        if incoming.is_dir():
+            # An upload's scratch file is renamed or removed by its request;
+            # one this old belongs to an API process that died mid-upload.
+            stale_upload = time.time() - INCOMING_GRACE
+            for entry in incoming.iterdir():
+                if _mtime(entry) < stale_upload:
+                    entry.unlink(missing_ok=True)
+                    removed += 1
         if removed:
-            log.warning("sweeper: removed %d orphaned output folder(s)", removed)
+            log.warning("sweeper: removed %d orphaned output folder(s) or upload(s)", removed)
         return removed
 
 

@@ -4,7 +4,9 @@ and retention that deletes only what no job links to."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -206,6 +208,21 @@ def test_the_sweepers_retention_pass_deletes_unused_assets_only(
     with pytest.raises(AssetNotFound):
         assets.get(unused.id)
     assert not assets.path(unused).exists()
+
+
+def test_the_orphan_scan_removes_uploads_left_by_a_crash_only(
+    db_url: str, store: JobStore, assets: AssetStore
+) -> None:
+    settings = Settings(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(assets.output_dir))
+    folder = assets.output_dir / "assets" / ".incoming"
+    folder.mkdir(parents=True)
+    left, live = folder / "upload-left", folder / "upload-live"
+    left.write_bytes(b"half an upload")
+    live.write_bytes(b"arriving")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(left, (hours_ago, hours_ago))
+    Sweeper(store, settings, "a@host1", lambda _j, _c: None).remove_orphans()
+    assert not left.exists() and live.exists()
 
 
 def _race(*actions: Callable[[], object]) -> None:
