@@ -19,14 +19,17 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from api.assets import asset_json
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, iso, job_json
 from api.submission import submit_deck
 from core.config import Settings, get_settings
 from core.deck import Deck
+from core.sniff import AssetRefused
 from storage import JobStore, Status, StorageError
 from storage.access import AccessStore, InvalidTenantName, UnknownTenant
+from storage.assets import AssetLimits, AssetStore
 from storage.files import remove_job_files
 from storage.models import DEFAULT_TENANT
 from storage.registry import WorkerRegistry
@@ -274,6 +277,72 @@ def jobs_delete(ctx: Context, job_id: str) -> None:
         fail(f"no such job: {job_id}")
     remove_job_files(ctx.settings.output_dir, job_id)
     click.echo(f"{job_id}: deleted")
+
+
+# -- assets ------------------------------------------------------------------
+
+
+@main.group()
+def assets() -> None:
+    """Upload, list and delete a tenant's images and documents."""
+
+
+def _asset_store(ctx: Context) -> AssetStore:
+    return AssetStore(ctx.store, ctx.settings.output_dir)
+
+
+@assets.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True)
+@json_option
+@pass_ctx
+def assets_upload(ctx: Context, file: Path, tenant: str, as_json: bool) -> None:
+    """Store FILE (PNG, JPEG, WebP, GIF, PDF or PPTX, judged by its bytes)."""
+    limits = AssetLimits.from_settings(ctx.settings)
+    try:
+        with file.open("rb") as data:
+            asset, created = _asset_store(ctx).ingest(
+                tenant, iter(lambda: data.read(1 << 16), b""), limits
+            )
+    except AssetRefused as error:
+        fail(str(error))
+        return
+    if as_json:
+        emit({**asset_json(asset), "created": created})
+        return
+    again = "" if created else " (already stored)"
+    click.echo(f"{asset.id}: {asset.kind}, {asset.size_bytes} bytes{again}")
+
+
+@assets.command("list")
+@click.option("--tenant", default=None, help="One tenant's assets (default: every tenant's).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50)
+@json_option
+@pass_ctx
+def assets_list(ctx: Context, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Assets, newest first."""
+    page = _asset_store(ctx).list_assets(owner=tenant, limit=limit)
+    if as_json:
+        emit({"assets": [asset_json(a) for a in page.assets], "next_cursor": page.next_cursor})
+        return
+    click.echo(
+        table(
+            [
+                (a.id, a.owner, a.kind, a.size_bytes, iso(a.created_at), iso(a.last_used_at))
+                for a in page.assets
+            ],
+            ["ID", "TENANT", "KIND", "BYTES", "CREATED", "LAST USED"],
+        )
+    )
+
+
+@assets.command("delete")
+@click.argument("asset_id")
+@pass_ctx
+def assets_delete(ctx: Context, asset_id: str) -> None:
+    """Delete an asset and its file (refused while a queued or processing job uses it)."""
+    _asset_store(ctx).delete(asset_id)
+    click.echo(f"{asset_id}: deleted")
 
 
 # -- workers, stats, cleanup ---------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from core.sniff import AssetRefused
 from core.urls import UnsafeCallback
 from storage import (
     DatabaseUnavailable,
@@ -23,6 +24,7 @@ from storage import (
     JobNotFound,
     QuotaExceeded,
 )
+from storage.assets import AssetInUse, AssetNotFound, AssetQuotaExceeded, AssetTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,28 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(JobNotFound)
     def _not_found(exc: JobNotFound) -> Response:
         return error_response(404, "job_not_found", str(exc))
+
+    @app.errorhandler(AssetNotFound)
+    def _asset_not_found(exc: AssetNotFound) -> Response:
+        return error_response(404, "asset_not_found", "no such asset")
+
+    @app.errorhandler(AssetInUse)
+    def _asset_in_use(exc: AssetInUse) -> Response:
+        return error_response(409, "asset_in_use", str(exc))
+
+    # 413, not 429: waiting does not help, only deleting assets does; and
+    # not 422: the upload itself is valid, there is just no room for it.
+    @app.errorhandler(AssetQuotaExceeded)
+    def _asset_quota(exc: AssetQuotaExceeded) -> Response:
+        return error_response(413, "asset_quota_exceeded", str(exc))
+
+    @app.errorhandler(AssetTooLarge)
+    def _asset_too_large(exc: AssetTooLarge) -> Response:
+        return error_response(413, "asset_too_large", str(exc))
+
+    @app.errorhandler(AssetRefused)
+    def _asset_refused(exc: AssetRefused) -> Response:
+        return error_response(422, exc.code, str(exc), [{"field": "file", "message": str(exc)}])
 
     @app.errorhandler(IdempotencyConflict)
     def _idempotency(exc: IdempotencyConflict) -> Response:

@@ -14,10 +14,13 @@ from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from api.assets import MULTIPART_SLACK
 from api.jobs import MAX_IDEMPOTENCY_KEY
 from api.schemas import RESPONSE_MODELS, Submission
 from api.services import services
 from core.deck import NO_NUL_PATTERN
+from core.sniff import MEDIA_TYPES
+from storage.assets import CURSOR_PATTERN as ASSET_CURSOR_PATTERN
 from storage.jobs import CURSOR_PATTERN, MAX_LIST_LIMIT
 from storage.models import Status
 
@@ -186,10 +189,140 @@ def _file(media_type: str, what: str) -> dict[str, Doc]:
     }
 
 
+ASSET_ID: Doc = {
+    "name": "asset_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+ASSET_LOCATION: Doc = {
+    "description": "The asset's URL, `/v1/assets/{asset_id}`",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_BINARY: Doc = {"type": "string", "format": "binary"}
+
+
+def _asset_operations() -> dict[str, Doc]:
+    asset_answer = {"description": "The asset", "content": _json("Asset")}
+    return {
+        "/v1/assets": {
+            "post": {
+                "operationId": "uploadAsset",
+                "summary": "Upload an image or document (PNG, JPEG, WebP, GIF, PDF, PPTX), "
+                "judged by its bytes; the same bytes again are the same asset",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {"schema": _BINARY},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {"file": _BINARY},
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "201": {**asset_answer, "headers": {"Location": ASSET_LOCATION}},
+                    "200": {
+                        "description": "These bytes were already this tenant's asset",
+                        "content": _json("Asset"),
+                        "headers": {"Location": ASSET_LOCATION},
+                    },
+                    **_errors(400, 401, 403, 503),
+                    "413": _error(
+                        "`asset_too_large`: over SLIDEFARM_MAX_ASSET_BYTES (or "
+                        "SLIDEFARM_MAX_IMAGE_ASSET_BYTES for an image; a multipart "
+                        f"body may add {MULTIPART_SLACK} bytes of framing); "
+                        "`asset_quota_exceeded`: the tenant's stored bytes would pass "
+                        "SLIDEFARM_MAX_ASSET_STORAGE_BYTES"
+                    ),
+                    "422": _error(
+                        "Not an accepted kind (`unsupported_asset_type`, SVG included), "
+                        "damaged or a zip bomb (`invalid_asset`), or more pixels than "
+                        "SLIDEFARM_MAX_ASSET_PIXELS (`asset_too_many_pixels`)"
+                    ),
+                },
+            },
+            "get": {
+                "operationId": "listAssets",
+                "summary": "Assets, newest first, a page at a time",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIST_LIMIT,
+                            "default": 50,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "`next_cursor` of the previous page",
+                        "schema": {"type": "string", "pattern": ASSET_CURSOR_PATTERN},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "One page", "content": _json("AssetList")},
+                    **_errors(400, 401, 503),
+                },
+            },
+        },
+        "/v1/assets/{asset_id}": {
+            "parameters": [ASSET_ID],
+            "get": {
+                "operationId": "getAsset",
+                "summary": "The asset's metadata",
+                "responses": {"200": asset_answer, **_errors(401, 404, 503)},
+            },
+            "delete": {
+                "operationId": "deleteAsset",
+                "summary": "The asset and its file are gone; 409 while a queued or "
+                "processing job uses it",
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    **_errors(401, 403, 404, 503),
+                    "409": _error("`asset_in_use`: a queued or processing job uses it"),
+                },
+            },
+        },
+        "/v1/assets/{asset_id}/content": {
+            "parameters": [ASSET_ID],
+            "get": {
+                "operationId": "getAssetContent",
+                "summary": "The bytes, with the sniffed Content-Type and "
+                "`X-Content-Type-Options: nosniff`; PDF and PPTX as attachments",
+                "parameters": [RANGE],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            media: {"schema": {"type": "string", "contentMediaType": media}}
+                            for media in MEDIA_TYPES.values()
+                        },
+                    },
+                    "206": {"description": "Part of the file (a Range request)"},
+                    "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+                    "416": _error("The range starts past the end of the file"),
+                    **_errors(400, 401, 404, 503),
+                },
+            },
+        },
+    }
+
+
 def _operations() -> dict[str, Doc]:
     """Every operation: summary, parameters, request body and every answer."""
     statuses = [s.value for s in Status]
     return {
+        **_asset_operations(),
         "/v1/jobs": {
             "post": {
                 "operationId": "submitJob",
@@ -462,6 +595,17 @@ _JOB_LINKS: Doc = {
 }
 
 
+#: Where an uploaded asset's id leads.
+_ASSET_LINKS: Doc = {
+    name: {"operationId": op, "parameters": {"asset_id": "$response.body#/id"}}
+    for name, op in (
+        ("GetAsset", "getAsset"),
+        ("GetAssetContent", "getAssetContent"),
+        ("DeleteAsset", "deleteAsset"),
+    )
+}
+
+
 def _components() -> Doc:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(Submission, "validation")]
     models += [(model, "serialization") for model in RESPONSE_MODELS]
@@ -501,6 +645,8 @@ def build_document(*, auth_required: bool) -> Doc:
             else:
                 operation["security"] = [{"bearerAuth": []}]
     paths["/v1/jobs"]["post"]["responses"]["202"]["links"] = _JOB_LINKS
+    for status in ("200", "201"):
+        paths["/v1/assets"]["post"]["responses"][status]["links"] = _ASSET_LINKS
     return {
         "openapi": "3.1.0",
         "info": {

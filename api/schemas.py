@@ -265,6 +265,34 @@ class Ready(_Body):
     checks: ReadyChecks
 
 
+class Asset(_Body):
+    """An uploaded image or document, as the API shows it."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    owner: str
+    kind: Literal["png", "jpeg", "webp", "gif", "pdf", "pptx"] = Field(
+        description="Decided from the bytes, never the file name or declared type"
+    )
+    media_type: str
+    size_bytes: int = Field(ge=1)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    width: int | None = Field(description="Images: pixels; else null")
+    height: int | None = Field(description="Images: pixels; else null")
+    pages: int | None = Field(description="PPTX: slides; else null")
+    created_at: datetime
+    last_used_at: datetime = Field(
+        description="The last upload of these bytes or use by a job; retention counts from it"
+    )
+    content_url: str
+
+
+class AssetList(_Body):
+    assets: list[Asset]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page"
+    )
+
+
 #: Every model the document names, in ``components.schemas``.
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Error,
@@ -276,4 +304,6 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Stats,
     Health,
     Ready,
+    Asset,
+    AssetList,
 )

@@ -121,6 +121,29 @@ class Settings(BaseSettings):
     #: Seconds one attempt may render before it fails (and its files go).
     render_timeout: float = Field(default=1800.0, gt=0, validation_alias="SLIDEFARM_RENDER_TIMEOUT")
 
+    # --- Assets (uploaded images and documents) ---
+    #: Largest upload, in bytes (a PDF or PPTX; the body is refused at this size).
+    max_asset_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, validation_alias="SLIDEFARM_MAX_ASSET_BYTES"
+    )
+    #: Largest image upload (PNG, JPEG, WebP, GIF), in bytes.
+    max_image_asset_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, validation_alias="SLIDEFARM_MAX_IMAGE_ASSET_BYTES"
+    )
+    #: Most pixels (width x height) an image asset may have: well under
+    #: Pillow's own decompression-bomb guard, which stays on.
+    max_asset_pixels: int = Field(
+        default=40_000_000, ge=1, validation_alias="SLIDEFARM_MAX_ASSET_PIXELS"
+    )
+    #: Bytes of assets one tenant may keep stored (0: no cap).
+    max_asset_storage_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=0, validation_alias="SLIDEFARM_MAX_ASSET_STORAGE_BYTES"
+    )
+    #: Days after its last upload that an asset no job links to is deleted.
+    asset_retention_days: float = Field(
+        default=30.0, gt=0, validation_alias="SLIDEFARM_ASSET_RETENTION_DAYS"
+    )
+
     # --- Completion webhooks ---
     #: Comma-separated CIDRs that callbacks may reach although they are not
     #: public addresses (e.g. ``127.0.0.1/32`` in tests). Empty: public only.

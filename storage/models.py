@@ -330,6 +330,46 @@ class WebhookDeliveryRow(Base):
     __table_args__ = (Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),)
 
 
+class AssetRow(Base):
+    """An uploaded file of one tenant, stored once per tenant by its SHA-256."""
+
+    __tablename__ = "assets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: The last upload of these bytes or link to a job: retention counts from here.
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        # The same bytes are one asset per tenant, never shared across tenants.
+        UniqueConstraint("owner", "sha256"),
+        Index("ix_assets_owner_created_at", "owner", "created_at", "id"),
+        Index("ix_assets_last_used_at", "last_used_at"),
+    )
+
+
+class JobAssetRow(Base):
+    """A job uses an asset: while the job is queued or processing the asset stays."""
+
+    __tablename__ = "job_assets"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index("ix_job_assets_asset_id", "asset_id"),)
+
+
 # Table handles for Core statements, one definition each.
 jobs_table = cast(Table, JobRow.__table__)
 files_table = cast(Table, JobFileRow.__table__)
@@ -342,3 +382,5 @@ buckets_table = cast(Table, RateBucketRow.__table__)
 tenants_table = cast(Table, TenantRow.__table__)
 keys_table = cast(Table, ApiKeyRow.__table__)
 sessions_table = cast(Table, SessionRow.__table__)
+assets_table = cast(Table, AssetRow.__table__)
+job_assets_table = cast(Table, JobAssetRow.__table__)

@@ -1,4 +1,5 @@
-"""The sweeper: recovery, re-dispatch, webhooks due, retention and orphan clean-up.
+"""The sweeper: recovery, re-dispatch, webhooks due, retention (of jobs and of
+assets) and orphan clean-up.
 
 It runs as a thread in every worker's main process, but only the holder of
 the ``sweeper`` lease (a database row) sweeps, so there is exactly one at a
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from core.config import Settings
 from storage import JobStore, Status, StorageError
+from storage.assets import AssetStore, incoming_dir
 from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager
@@ -26,6 +28,9 @@ from storage.registry import WorkerRegistry
 log = logging.getLogger("slidefarm.sweeper")
 
 LEASE_NAME = "sweeper"
+#: An upload's scratch file untouched this long is left over from a crash
+#: (a live upload writes to it as its bytes arrive).
+INCOMING_GRACE = 3600.0
 
 
 class Sweeper:
@@ -132,6 +137,13 @@ class Sweeper:
             for job_id in self.store.delete_older_than(self.settings.retention_days):
                 remove_job_files(self.settings.output_dir, job_id)
             lease.check()
+            # After the jobs: a job deleted just now unlinks its assets (the
+            # links cascade), and they age out from their last use.
+            assets = AssetStore(self.store, self.settings.output_dir)
+            gone = assets.delete_unused_older_than(self.settings.asset_retention_days)
+            if gone:
+                log.info("sweeper: deleted %d asset(s) unused for a while", len(gone))
+            lease.check()
             self.remove_orphans(lease)
 
     def remove_orphans(self, lease: KeptLease | None = None) -> int:
@@ -178,8 +190,17 @@ class Sweeper:
             if (owner is None or owner[0] is not Status.COMPLETED) and _mtime(entry) < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
+        incoming = incoming_dir(output)
+        if incoming.is_dir():
+            # An upload's scratch file is renamed or removed by its request;
+            # one this old belongs to an API process that died mid-upload.
+            stale_upload = time.time() - INCOMING_GRACE
+            for entry in incoming.iterdir():
+                if _mtime(entry) < stale_upload:
+                    entry.unlink(missing_ok=True)
+                    removed += 1
         if removed:
-            log.warning("sweeper: removed %d orphaned output folder(s)", removed)
+            log.warning("sweeper: removed %d orphaned output folder(s) or upload(s)", removed)
         return removed
 
 

@@ -75,6 +75,34 @@ def fuzz_config(operations: tuple[dict[str, Any], ...] = (), **extra: Any) -> An
                         },
                     },
                 },
+                {
+                    # A well-formed Range past the end of an asset is rightly 416.
+                    "include-name": "GET /v1/assets/{asset_id}/content",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": [
+                                "2xx",
+                                "3xx",
+                                "401",
+                                "403",
+                                "404",
+                                "416",
+                                "5xx",
+                            ]
+                        },
+                    },
+                },
+                {
+                    # An upload is judged by its bytes: bytes the document's
+                    # schema allows (any binary) are rightly refused with 422
+                    # unless they are an image or a document.
+                    "include-name": "POST /v1/assets",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "401", "403", "413", "422", "5xx"]
+                        },
+                    },
+                },
                 *operations,
             ],
         }

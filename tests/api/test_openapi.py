@@ -160,3 +160,18 @@ def test_the_document_is_built_once_per_app(sqlite_app: Any) -> None:
     cached = sqlite_app.extensions["slidefarm.openapi"]
     client.get("/openapi.json")
     assert sqlite_app.extensions["slidefarm.openapi"] is cached
+
+
+def test_the_asset_routes_are_documented() -> None:
+    paths = build_document(auth_required=True)["paths"]
+    upload = paths["/v1/assets"]["post"]
+    assert set(upload["requestBody"]["content"]) == {
+        "application/octet-stream",
+        "multipart/form-data",
+    }
+    assert {"200", "201", "413", "422"} <= set(upload["responses"])
+    assert upload["responses"]["201"]["links"]["GetAsset"]["operationId"] == "getAsset"
+    assert set(paths["/v1/assets/{asset_id}"]) == {"parameters", "get", "delete"}
+    assert "409" in paths["/v1/assets/{asset_id}"]["delete"]["responses"]
+    content = paths["/v1/assets/{asset_id}/content"]["get"]["responses"]["200"]["content"]
+    assert {"image/png", "application/pdf"} <= set(content)

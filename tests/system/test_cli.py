@@ -134,3 +134,27 @@ def test_db_upgrade_and_copy_from_sqlite_to_postgres(pg_server: Any, tmp_path: P
         assert again.returncode == 0 and "0 jobs" in again.stdout  # idempotent
     finally:
         drop_pg_database(pg_server, target)
+
+
+def test_assets_upload_list_and_delete(db_url: str, tmp_path: Path) -> None:
+    from tests.support.assets import pdf_bytes, svg_bytes
+
+    env = stack_env(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"))
+    document = tmp_path / "photo.png"  # a PDF, whatever its name says
+    document.write_bytes(pdf_bytes())
+    made = run_json(env, "assets", "upload", str(document), "--tenant", "acme")
+    assert made["kind"] == "pdf" and made["created"] and made["owner"] == "acme"
+    again = run_json(env, "assets", "upload", str(document), "--tenant", "acme")
+    assert again["id"] == made["id"] and not again["created"]
+    listed = run_json(env, "assets", "list", "--tenant", "acme")
+    assert [a["id"] for a in listed["assets"]] == [made["id"]]
+    assert run_json(env, "assets", "list", "--tenant", "globex")["assets"] == []
+    svg = tmp_path / "logo.svg"
+    svg.write_bytes(svg_bytes())
+    refused = run(env, "assets", "upload", str(svg))
+    assert refused.returncode != 0 and "SVG is not accepted" in refused.stderr
+    deleted = run(env, "assets", "delete", made["id"])
+    assert deleted.returncode == 0, deleted.stderr
+    assert run_json(env, "assets", "list")["assets"] == []
+    missing = run(env, "assets", "delete", made["id"])
+    assert missing.returncode != 0 and "no asset" in missing.stderr
