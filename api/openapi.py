@@ -20,7 +20,6 @@ from api.schemas import RESPONSE_MODELS, Submission
 from api.services import services
 from core.deck import NO_NUL_PATTERN
 from core.sniff import MEDIA_TYPES
-from storage.assets import CURSOR_PATTERN as ASSET_CURSOR_PATTERN
 from storage.jobs import CURSOR_PATTERN, MAX_LIST_LIMIT
 from storage.models import Status
 
@@ -266,7 +265,7 @@ def _asset_operations() -> dict[str, Doc]:
                         "in": "query",
                         "required": False,
                         "description": "`next_cursor` of the previous page",
-                        "schema": {"type": "string", "pattern": ASSET_CURSOR_PATTERN},
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
                     },
                 ],
                 "responses": {

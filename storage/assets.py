@@ -20,7 +20,7 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, 
 
 from core.config import Settings
 from core.sniff import IMAGE_KINDS, AssetRefused, Sniffed, sniff
+from storage.cursors import decode_cursor, encode_cursor
 from storage.db import Database, HasDatabase, database_of
-from storage.errors import InvalidCursor, StorageError
+from storage.errors import StorageError
 from storage.jobs.locks import take_write_lock
 from storage.jobs.values import utcnow
 from storage.models import Status, assets_table, job_assets_table, jobs_table
@@ -38,8 +39,6 @@ ASSETS_DIR = "assets"
 INCOMING_DIR = ".incoming"
 #: First key of the advisory lock that serializes one tenant's asset changes.
 ADVISORY_ASSETS = 0x5F1E
-CURSOR_PATTERN = r"^[0-9]{1,17}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SAFE_OWNER = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _ACTIVE = [Status.QUEUED.value, Status.PROCESSING.value]
 
@@ -136,18 +135,6 @@ def asset_path(output_dir: Path, owner: str, sha256: str) -> Path:
 def incoming_dir(output_dir: Path) -> Path:
     """Where uploads are written before they are renamed into place."""
     return output_dir / ASSETS_DIR / INCOMING_DIR
-
-
-def encode_cursor(asset: Asset) -> str:
-    """The cursor of the page that follows ``asset``."""
-    return f"{(asset.created_at - _EPOCH) // timedelta(microseconds=1)}_{asset.id}"
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise InvalidCursor()
-    micros, asset_id = cursor.split("_")
-    return _EPOCH + timedelta(microseconds=int(micros)), asset_id
 
 
 def _lock_owner(conn: Connection, owner: str) -> None:
@@ -314,7 +301,7 @@ class AssetStore:
         if owner is not None:
             query = query.where(assets_table.c.owner == owner)
         if cursor is not None:
-            created, last_id = _decode_cursor(cursor)
+            created, last_id = decode_cursor(cursor)
             query = query.where(
                 (assets_table.c.created_at < created)
                 | and_(assets_table.c.created_at == created, assets_table.c.id < last_id)
@@ -323,7 +310,10 @@ class AssetStore:
         with self.db.transaction(single=True) as conn:
             rows = conn.execute(query.limit(limit + 1)).all()
         assets = [_asset(r) for r in rows[:limit]]
-        return AssetPage(assets, encode_cursor(assets[-1]) if len(rows) > limit else None)
+        return AssetPage(
+            assets,
+            encode_cursor(assets[-1].created_at, assets[-1].id) if len(rows) > limit else None,
+        )
 
     def stored_bytes(self, owner: str) -> int:
         """The bytes of ``owner``'s assets."""

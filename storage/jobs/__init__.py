@@ -7,7 +7,8 @@ Modules by concern: :mod:`~storage.jobs.values` (snapshots),
 :mod:`~storage.jobs.maintenance`.
 """
 
-from storage.jobs.queries import CURSOR_PATTERN, MAX_LIST_LIMIT
+from storage.cursors import CURSOR_PATTERN
+from storage.jobs.queries import MAX_LIST_LIMIT
 from storage.jobs.statements import OUTCOME_COUNTERS, worker_finished, worker_started
 from storage.jobs.store import JobStore
 from storage.jobs.submissions import CREATE_TRIES, IDEMPOTENCY_TTL

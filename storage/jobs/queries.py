@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.engine import RowMapping
 
-from storage.errors import InvalidCursor, JobNotFound
+from storage.cursors import decode_cursor, encode_cursor
+from storage.errors import JobNotFound
 from storage.jobs.base import StoreBase
 from storage.jobs.statements import load_job
 from storage.jobs.values import Job, JobEvent, JobFile, Page, is_job_id
 from storage.models import DEFAULT_TENANT, Status, events_table, files_table, jobs_table
 
 MAX_LIST_LIMIT = 500
-
-#: ``<created_at in microseconds since 1970 UTC>_<job id>``. Every string of
-#: this shape is a cursor the store can resume from, so the API can document
-#: exactly which cursors it accepts (and refuse the rest with 400).
-CURSOR_PATTERN = (
-    r"^[0-9]{1,17}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
-    r"-[0-9a-f]{12}$"
-)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def encode_cursor(job: Job) -> str:
-    """The cursor of the page that follows ``job``."""
-    return f"{(job.created_at - _EPOCH) // timedelta(microseconds=1)}_{job.id}"
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """``(created_at, id)`` of the job a cursor follows; :class:`InvalidCursor`
-    if it is not one :func:`encode_cursor` could have made."""
-    # fullmatch: a trailing newline does not slip past ``$``.
-    if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise InvalidCursor()
-    micros, job_id = cursor.split("_")
-    return _EPOCH + timedelta(microseconds=int(micros)), job_id
 
 
 def snapshot(conn: Connection, job_id: str) -> Job | None:
@@ -146,7 +121,7 @@ class Queries(StoreBase):
             page_rows = rows[:limit]
             files = files_of(conn, page_rows)
         jobs = [Job.from_row(r, files.get(r["id"], [])) for r in page_rows]
-        next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return Page(jobs, next_cursor)
 
     def history(self, job_id: str) -> list[JobEvent]:

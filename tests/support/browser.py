@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.services import REQUIRE_SERVICES
+from tests.support.services import missing
 
 CHROMIUM = os.environ.get("SLIDEFARM_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -25,14 +25,16 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def require_chromium() -> None:
+    """Debian's Chromium, which ``make test`` installs, or skip (fail in CI)."""
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        missing(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """A launched Chromium with a fresh, empty profile."""
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        message = f"Chromium not installed at {CHROMIUM} (apt-get install chromium)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

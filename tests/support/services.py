@@ -14,7 +14,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis
@@ -43,12 +43,17 @@ NO_LIMITS = {
 }
 
 
-def unavailable(what: str, error: Exception) -> None:
-    """Skip the test, or fail it when services are required."""
-    message = f"{what} is not reachable: {error}"
+def missing(message: str) -> NoReturn:
+    """Something a test needs is not there: skip it, or fail it when services
+    (and the tools ``make test`` installs) are required, as in CI."""
     if REQUIRE_SERVICES:
         pytest.fail(message + " (SLIDEFARM_REQUIRE_SERVICES is set)", pytrace=False)
     pytest.skip(message)
+
+
+def unavailable(what: str, error: Exception) -> NoReturn:
+    """A service is not reachable: see :func:`missing`."""
+    missing(f"{what} is not reachable: {error}")
 
 
 def alembic_upgrade(url: str) -> None:

@@ -19,7 +19,7 @@ from core.deck import Deck
 from tests.support import ROOT
 from tests.support.decks import small_deck
 from tests.support.fresh_fonts_probe import SAMPLES
-from tests.support.services import REQUIRE_SERVICES
+from tests.support.services import missing
 from tests.support.stack import Stack, stack_env
 from workers.fonts import SYSTEM_FONT_DIRS, font_chain
 from workers.slides import missing_glyphs
@@ -113,10 +113,7 @@ def test_every_script_draws_real_glyphs_with_system_fonts_hidden(tmp_path: Path)
 
 def test_colour_emoji_font_is_drawn_at_its_strike_and_scaled() -> None:
     if not COLOR_EMOJI.is_file():
-        message = f"{COLOR_EMOJI} missing (make fonts installs fonts-noto-color-emoji)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"{COLOR_EMOJI} missing (make fonts installs fonts-noto-color-emoji)")
     size = 40
     with_system, shipped_only = font_chain(system=True), font_chain(system=False)
     colour = Typesetter(size, with_system)

@@ -29,9 +29,9 @@ from core.config import Settings
 from core.deck import Deck
 from storage import JobStore
 from storage.files import VIDEO_FILE
-from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from tests.support.decks import small_deck
-from tests.support.services import REQUIRE_SERVICES
+from tests.support.services import missing
 from workers.pipeline import Outcome, run_attempt
 from workers.slides import THEMES, render_slide, save_png
 from workers.video import FADE_BATCH, encode, fade_batch, frame_counts
@@ -75,10 +75,7 @@ DURATIONS = [0.5, 1.3, 2.04, 0.7, 1.0, 0.9, 0.6, 1.1, 0.5, 0.8]
 @pytest.fixture(scope="module")
 def ffprobe() -> str:
     if not Path(FFPROBE).exists() or shutil.which(FFPROBE) is None:
-        message = f"ffprobe not installed at {FFPROBE} (make ffprobe, or apt-get install ffmpeg)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + " (SLIDEFARM_REQUIRE_SERVICES is set)", pytrace=False)
-        pytest.skip(message)
+        missing(f"ffprobe not installed at {FFPROBE} (make ffprobe, or apt-get install ffmpeg)")
     return FFPROBE
 
 
@@ -363,11 +360,7 @@ DECODERS = {
 def test_chromium_shows_the_slide_colours(
     served: tuple[str, Path], tmp_path: Path, decoder: str
 ) -> None:
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        message = f"Chromium not installed at {CHROMIUM} (apt-get install chromium)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     url, video = served

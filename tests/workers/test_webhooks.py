@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from core.urls import check_callback_url
 from storage.deliveries import DeliveryResult
-from tests.support.services import REQUIRE_SERVICES
+from tests.support.services import missing
 from tests.support.stack import free_port
 from tests.support.webhooks import BODY, LOCAL, Receiver
 from workers.delivery import deliver
@@ -64,11 +62,7 @@ def test_redirects_are_not_followed(receiver: Receiver) -> None:
 
 def test_https_certificates_are_verified_against_the_host_name(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
-        if REQUIRE_SERVICES:
-            pytest.fail(
-                "openssl is not installed (SLIDEFARM_REQUIRE_SERVICES is set)", pytrace=False
-            )
-        pytest.skip("openssl is not installed")
+        missing("openssl is not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         [
