@@ -6,9 +6,18 @@ it, so both sides agree on every field and default.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: Landscape (16:9) width and height of each resolution; the resolution names
 #: the frame's short side whatever its aspect ratio.
@@ -51,20 +60,109 @@ NOT_BLANK_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
 Text = Annotated[str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 
 
+#: An asset id: a UUID, lower case and hyphenated, exactly as the API hands it out.
+ASSET_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+#: An image a worker fetches: https only, printable ASCII without spaces or
+#: backslashes (the worker's SSRF guard judges the host when it fetches).
+IMAGE_URL_PATTERN = r"^https://[!-\[\]-~]+$"
+MAX_IMAGE_URL = 2048
+#: Slides a deck may have, written or pages of a document.
+MAX_SLIDES = 200
+#: How long a slide shows unless it says otherwise, in seconds.
+DEFAULT_DURATION = 3.0
+
+AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN, description="An asset's id.")]
+ImageRef = Annotated[
+    str,
+    Field(
+        max_length=MAX_IMAGE_URL,
+        pattern=f"(?:{ASSET_ID_PATTERN})|(?:{IMAGE_URL_PATTERN})",
+        description=(
+            "An image asset's id (POST /v1/assets), or an https URL the render "
+            "host fetches once (through the same guard as webhooks) and keeps as an asset."
+        ),
+    ),
+]
+
+
+def is_asset_id(value: str) -> bool:
+    """Whether ``value`` names an asset (else it is an image URL)."""
+    return re.fullmatch(ASSET_ID_PATTERN, value) is not None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+#: What a slide of a document deck (``source``) may set: the rest comes from the page.
+OVERRIDE_FIELDS = frozenset({"title", "duration", "transition", "notes"})
+
+
 class Slide(_Strict):
-    """One slide: a title, a body, bullets and how long it shows."""
+    """One slide: a title, a body, bullets, an image and how long it shows."""
 
     title: Text = Field(default="", max_length=200)
     body: Text = Field(default="", max_length=2000)
     bullets: list[Annotated[Text, Field(max_length=300)]] = Field(
         default_factory=list, max_length=12
     )
-    duration: float = Field(default=3.0, ge=0.5, le=60.0, allow_inf_nan=False)
+    duration: float = Field(default=DEFAULT_DURATION, ge=0.5, le=60.0, allow_inf_nan=False)
     notes: Text = Field(default="", max_length=10_000)
+    transition: Literal["none", "fade"] | None = Field(
+        default=None,
+        description="How this slide comes in; unset: the deck's options.transition.",
+    )
+    image: ImageRef | None = None
+    layout: Literal["full", "left", "right", "background"] | None = Field(
+        default=None,
+        description=(
+            "Where the image goes: full (the whole frame, text over it), left or "
+            "right (beside the text; stacked above it on an upright frame), "
+            "background (behind the text). Unset: right when the slide has a body "
+            "or bullets, else full."
+        ),
+    )
+    fit: Literal["cover", "contain"] = Field(
+        default="cover",
+        description="full and left/right: fill the area (cropping) or fit inside it.",
+    )
+    scrim: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.9,
+        allow_inf_nan=False,
+        description=(
+            "Opacity of the dark veil over a full or background image so text "
+            "stays readable; unset: 0.55 when text is drawn over the image, else 0."
+        ),
+    )
+    caption: Text = Field(default="", max_length=300)
+
+    @model_validator(mode="after")
+    def _image_fields_need_an_image(self) -> Slide:
+        if self.image is None:
+            given = sorted(self.customised() & {"layout", "scrim", "caption", "fit"})
+            if given:
+                raise ValueError(f"{', '.join(given)} need an image")
+        return self
+
+    def customised(self) -> set[str]:
+        """The fields set to something other than their default (a stored
+        deck spells every field out, so which were given is not enough)."""
+        return {
+            name
+            for name, field in type(self).model_fields.items()
+            if getattr(self, name) != field.get_default(call_default_factory=True)
+        }
+
+    @property
+    def image_layout(self) -> str | None:
+        """Where the image goes, the default applied; ``None`` without one."""
+        if self.image is None:
+            return None
+        if self.layout is not None:
+            return self.layout
+        return "right" if self.body.strip() or self.bullets else "full"
 
 
 class Options(_Strict):
@@ -91,14 +189,41 @@ class Options(_Strict):
         return frame_size(self.resolution, self.aspect)
 
 
+class Source(_Strict):
+    """A document to render, one slide per page: an uploaded PDF or PPTX."""
+
+    asset: AssetId
+
+
+#: A document deck's title when it gives none.
+UNTITLED = "Untitled presentation"
+
+
 class Deck(_Strict):
-    """A whole deck, as submitted."""
+    """A whole deck, as submitted: written slides, or a document (``source``)
+    whose pages are the slides and whose ``slides`` only override their
+    title, duration, transition and notes, page by page."""
 
     title: Text = Field(
         min_length=1, max_length=200, json_schema_extra={"pattern": NOT_BLANK_PATTERN}
     )
-    slides: list[Slide] = Field(min_length=1, max_length=200)
+    source: Source | None = Field(
+        default=None,
+        description=(
+            "Render this PDF or PPTX asset, one slide per page; then slides[i] "
+            "may set only title, duration, transition and notes of page i+1."
+        ),
+    )
+    slides: list[Slide] = Field(default_factory=list, max_length=MAX_SLIDES)
     options: Options = Field(default_factory=Options)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _document_title(cls, data: object) -> object:
+        # A document deck may leave its title out; a written deck may not.
+        if isinstance(data, dict) and data.get("source") is not None and "title" not in data:
+            return {**data, "title": UNTITLED}
+        return data
 
     @field_validator("title")
     @classmethod
@@ -107,7 +232,40 @@ class Deck(_Strict):
             raise ValueError("the title must not be blank")
         return value
 
+    @field_validator("slides")
+    @classmethod
+    def _slides_fit_the_kind(cls, slides: list[Slide], info: ValidationInfo) -> list[Slide]:
+        # ``source`` is declared before ``slides``, so it is known here.
+        if info.data.get("source") is None:
+            if not slides:
+                raise ValueError("a deck needs at least one slide (or a source document)")
+            return slides
+        for n, slide in enumerate(slides, start=1):
+            extra = sorted(slide.customised() - OVERRIDE_FIELDS)
+            if extra:
+                raise ValueError(
+                    f"slide {n}: a source document's slides may set only "
+                    f"{', '.join(sorted(OVERRIDE_FIELDS))}, not {', '.join(extra)}"
+                )
+        return slides
+
     @property
     def total_seconds(self) -> float:
-        """How long the video lasts."""
+        """How long the video lasts (a document deck: its overridden pages so far)."""
         return sum(s.duration for s in self.slides)
+
+    def seconds_for(self, pages: int) -> float:
+        """How long a document deck of ``pages`` pages lasts."""
+        given = self.slides[:pages]
+        return sum(s.duration for s in given) + DEFAULT_DURATION * max(pages - len(given), 0)
+
+    def asset_ids(self) -> list[str]:
+        """The assets the deck names by id (its source, its slides' images), in order, once each."""
+        named = [self.source.asset] if self.source is not None else []
+        named += [s.image for s in self.slides if s.image is not None and is_asset_id(s.image)]
+        return list(dict.fromkeys(named))
+
+    def image_urls(self) -> list[str]:
+        """The image URLs the deck names, in order, once each."""
+        urls = [s.image for s in self.slides if s.image is not None and not is_asset_id(s.image)]
+        return list(dict.fromkeys(urls))
