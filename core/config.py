@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import exc
 from sqlalchemy.engine import URL, make_url
@@ -47,6 +47,15 @@ def database_backend(url: str) -> str:
     """The backend ``url`` names (``sqlite``, ``postgresql``, ...), whatever
     its spelling and driver."""
     return parse_database_url(url).get_backend_name()
+
+
+def _networks(cidrs: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of a comma-separated CIDR list (checked by the settings)."""
+    return [
+        ipaddress.ip_network(part.strip(), strict=False)
+        for part in cidrs.split(",")
+        if part.strip()
+    ]
 
 
 class Settings(BaseSettings):
@@ -161,6 +170,13 @@ class Settings(BaseSettings):
         default=86400.0, ge=0, validation_alias="SLIDEFARM_WEBHOOK_ROTATION_GRACE"
     )
 
+    # --- Slide images fetched from URLs ---
+    #: Comma-separated CIDRs that image URLs may reach although they are not
+    #: public addresses (a private CDN; ``127.0.0.1/32`` in tests). Empty: public only.
+    fetch_allow: str = Field(default="", validation_alias="SLIDEFARM_FETCH_ALLOW")
+    #: Seconds one image fetch may take in all: every redirect, connect and read.
+    fetch_timeout: float = Field(default=15.0, gt=0, validation_alias="SLIDEFARM_FETCH_TIMEOUT")
+
     # --- HTTP: other sites, signed links and proxies ---
     #: Comma-separated origins (``https://app.example``) whose pages may call
     #: the API from a browser (CORS). Empty: none.
@@ -207,25 +223,27 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("webhook_allow")
+    @field_validator("webhook_allow", "fetch_allow")
     @classmethod
-    def _cidrs(cls, value: str) -> str:
+    def _cidrs(cls, value: str, info: ValidationInfo) -> str:
         for part in value.split(","):
             if part.strip():
                 try:
                     ipaddress.ip_network(part.strip(), strict=False)
                 except ValueError as exc:
-                    raise ValueError(f"SLIDEFARM_WEBHOOK_ALLOW: {exc}") from exc
+                    name = f"SLIDEFARM_{(info.field_name or '').upper()}"
+                    raise ValueError(f"{name}: {exc}") from exc
         return value
 
     @property
     def webhook_allow_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """The networks of :attr:`webhook_allow`."""
-        return [
-            ipaddress.ip_network(part.strip(), strict=False)
-            for part in self.webhook_allow.split(",")
-            if part.strip()
-        ]
+        return _networks(self.webhook_allow)
+
+    @property
+    def fetch_allow_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks of :attr:`fetch_allow`."""
+        return _networks(self.fetch_allow)
 
     @property
     def active_job_cap(self) -> int | None:

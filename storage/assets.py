@@ -33,7 +33,7 @@ from storage.db import Database, HasDatabase, database_of
 from storage.errors import StorageError
 from storage.jobs.locks import take_write_lock
 from storage.jobs.values import utcnow
-from storage.models import Status, assets_table, job_assets_table, jobs_table
+from storage.models import Status, assets_table, job_assets_table, job_urls_table, jobs_table
 
 ASSETS_DIR = "assets"
 INCOMING_DIR = ".incoming"
@@ -392,6 +392,40 @@ class AssetStore:
         new = [{"job_id": job_id, "asset_id": a} for a in ids if a not in linked]
         if new:
             conn.execute(insert(job_assets_table), new)
+
+    def fetched(self, job_id: str, url: str) -> str | None:
+        """The id of the asset job ``job_id`` made of the image at ``url``
+        (see :meth:`remember_fetch`), or ``None`` if it has not fetched it."""
+        with self.db.transaction(single=True) as conn:
+            found = conn.execute(
+                select(job_urls_table.c.asset_id).where(
+                    job_urls_table.c.job_id == job_id, job_urls_table.c.url == url
+                )
+            ).scalar()
+        return None if found is None else str(found)
+
+    def remember_fetch(self, job_id: str, url: str, asset_id: str) -> None:
+        """Record that job ``job_id`` fetched ``url`` as ``asset_id`` (an asset
+        of the job's owner), and link the asset to the job, in one
+        transaction: a retry of the job reuses it, and it stays while the job
+        does. :class:`AssetNotFound` if the asset is not the job's owner's."""
+        with self.db.transaction() as conn:
+            self._link(conn, job_id, [asset_id])
+            known = conn.execute(
+                select(job_urls_table.c.asset_id).where(
+                    job_urls_table.c.job_id == job_id, job_urls_table.c.url == url
+                )
+            ).first()
+            if known is None:
+                conn.execute(
+                    insert(job_urls_table).values(job_id=job_id, url=url, asset_id=asset_id)
+                )
+            else:
+                conn.execute(
+                    update(job_urls_table)
+                    .where(job_urls_table.c.job_id == job_id, job_urls_table.c.url == url)
+                    .values(asset_id=asset_id)
+                )
 
     def delete_unused_older_than(
         self, days: float, *, now: datetime | None = None, limit: int = 500

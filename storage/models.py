@@ -370,6 +370,23 @@ class JobAssetRow(Base):
     __table_args__ = (Index("ix_job_assets_asset_id", "asset_id"),)
 
 
+class JobUrlRow(Base):
+    """An image URL a job fetched and the asset its bytes became: a retry of
+    the job reuses the asset instead of fetching again."""
+
+    __tablename__ = "job_urls"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(Text, primary_key=True)
+    asset_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("assets.id", ondelete="CASCADE"), nullable=False
+    )
+
+    __table_args__ = (Index("ix_job_urls_asset_id", "asset_id"),)
+
+
 # Table handles for Core statements, one definition each.
 jobs_table = cast(Table, JobRow.__table__)
 files_table = cast(Table, JobFileRow.__table__)
@@ -384,3 +401,4 @@ keys_table = cast(Table, ApiKeyRow.__table__)
 sessions_table = cast(Table, SessionRow.__table__)
 assets_table = cast(Table, AssetRow.__table__)
 job_assets_table = cast(Table, JobAssetRow.__table__)
+job_urls_table = cast(Table, JobUrlRow.__table__)

@@ -7,9 +7,11 @@ reads a half-written file. The outcome is decided in one place,
 :func:`run_attempt`:
 
 - completed: files in place, the job completed;
-- failed: a deterministic error (the deck cannot be rendered), or a
+- failed: a deterministic error (the deck cannot be rendered, an image it
+  names cannot be used or its URL is refused), or a
   transient one with no attempts left; no files left behind;
-- retrying: a transient error (database or broker hiccup, ffmpeg crash) with
+- retrying: a transient error (database or broker hiccup, ffmpeg crash, an
+  image URL's network failure, 5xx or time limit) with
   attempts left; the job is queued again after an exponential backoff;
 - cancelled: a cancel was asked for; files removed;
 - timed out: the attempt rendered longer than ``SLIDEFARM_RENDER_TIMEOUT``;
@@ -49,6 +51,8 @@ from storage.files import (
     remove_job_files,
     slide_file,
 )
+from workers.assets import AssetUnavailable, JobAssets
+from workers.fetch import ImageFetchFailed
 from workers.fonts import font_chain
 from workers.heartbeat import (
     AttemptLost,
@@ -57,6 +61,7 @@ from workers.heartbeat import (
     RenderTimedOut,
     StoreUnavailable,
 )
+from workers.images import resolve_images
 from workers.slides import THEMES, missing_glyphs, render_slide, save_png, save_thumbnail
 from workers.text import MissingGlyphs
 from workers.video import EncodeError, EncodeStopped, encode
@@ -129,11 +134,23 @@ def _publish(settings: Settings, job_id: str, attempt: int, scratch: Path) -> No
     raise RuntimeError(f"could not publish the files of job {job_id}")
 
 
-def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings, timings: _Timings) -> None:
+def _render(
+    lease: Lease,
+    deck: Deck,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    assets: JobAssets,
+) -> None:
     fonts = font_chain(settings.system_fonts)
     if not settings.noop_render and (problem := missing_glyphs(deck, fonts)) is not None:
         # Before any slide is drawn: the deck cannot render, so retrying is useless.
         raise RenderError(problem)
+    pictures = None
+    if not settings.noop_render and any(s.image is not None for s in deck.slides):
+        # Every image fetched and loaded before any slide is drawn.
+        background = THEMES[deck.options.theme].background
+        pictures = resolve_images(assets, deck, settings, background)
     started = time.monotonic()
     count = len(deck.slides)
     images: list[Path] = []
@@ -142,7 +159,7 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings, timings
     for i in range(count):
         lease.check()
         if not settings.noop_render:
-            image = render_slide(deck, i, fonts)
+            image = render_slide(deck, i, fonts, pictures)
             rel = slide_file(i + 1)
             pending.append((rel, save_png(image, scratch / rel)))
             if i == 0:
@@ -222,7 +239,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
                 deck = Deck.model_validate(job.deck)
             except ValidationError as invalid:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
-            _render(lease, deck, scratch, settings, timings)
+            _render(lease, deck, scratch, settings, timings, JobAssets(store, job, settings))
             lease.check()
             _publish(settings, job.id, attempt, scratch)
             # Refused means a newer attempt holds the job: the folder just
@@ -247,8 +264,10 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.CANCELLED)
     except RenderTimedOut as timed_out:
         result = AttemptResult(Outcome.FAILED, str(timed_out))
-    except (RenderError, MissingGlyphs) as failure:
+    except (RenderError, MissingGlyphs, AssetUnavailable) as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
+    except ImageFetchFailed as failure:
+        result = AttemptResult(Outcome.RETRYING, str(failure))
     except (StoreUnavailable, DatabaseUnavailable) as failure:
         result = AttemptResult(Outcome.RETRYING, f"database unavailable: {failure}")
     except EncodeError as failure:

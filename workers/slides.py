@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from core.deck import Deck, Slide
 from workers.fonts import FontChain, default_chain
+from workers.images import SlideImages
 from workers.text import (
     MissingGlyphs,
     Typesetter,
@@ -129,8 +130,11 @@ def _cut_blocks(ts: Typesetter, blocks: list[_Block], box: Box, gap: int) -> lis
 
 
 def _drawn_text(slide: Slide) -> str:
-    """Every character the slide shows (notes are not drawn)."""
-    return "\n".join([clean(slide.title), clean(slide.body), *map(clean, slide.bullets)])
+    """Every character the slide shows, its image's caption too (notes are not drawn)."""
+    parts = [clean(slide.title), clean(slide.body), *map(clean, slide.bullets)]
+    if slide.caption:
+        parts.append(clean(slide.caption))
+    return "\n".join(parts)
 
 
 def missing_glyphs(deck: Deck, fonts: FontChain | None = None) -> str | None:
@@ -219,10 +223,95 @@ def frame_layout(width: int, height: int) -> Layout:
     )
 
 
-def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Image.Image:
+#: Share of the content width an image beside the text takes (left/right).
+IMAGE_SHARE = 0.45
+#: Share of the content height an image above the text takes (left/right, upright).
+STACKED_SHARE = 0.42
+#: The veil over a full or background image under text, unless the slide sets one.
+DEFAULT_SCRIM = 0.55
+#: Text over a veiled image: light colours whatever the theme.
+OVER_IMAGE = Theme((0, 0, 0), (255, 255, 255), (229, 231, 235), (96, 165, 250), (209, 213, 219))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where one slide's image, caption and text go."""
+
+    text: Box  # the title and body's box
+    image: Box | None  # the image's box (``None``: no image; the whole frame: full/background)
+    caption: Box | None  # the caption's line
+    scrim: float
+    colors: Theme  # the text's colours
+
+
+def _plan(slide: Slide, layout: Layout, theme: Theme, caption_height: int) -> _Plan:
+    """The boxes of ``slide``'s elements on ``layout`` (see docs/design.md,
+    "Images on slides")."""
+    content = layout.content
+    where = slide.image_layout
+    has_text = bool(slide.title.strip() or slide.body.strip() or slide.bullets)
+    caption = bool(slide.caption.strip())
+    if where in ("full", "background"):
+        scrim = slide.scrim if slide.scrim is not None else (DEFAULT_SCRIM if has_text else 0.0)
+        frame = Box(0, 0, layout.width, layout.height)
+        line = Box(content.left, layout.footer_top, content.right, layout.footer_top)
+        return _Plan(
+            content, frame, line if caption else None, scrim, OVER_IMAGE if scrim > 0 else theme
+        )
+    scrim = slide.scrim or 0.0
+    gap = max(layout.title_gap, caption_height // 3)
+    below = caption_height + gap if caption else 0
+    if layout.width < layout.height:
+        # Upright: a column beside the text would be too narrow; stack, image first.
+        gutter = layout.rule_gap
+        bottom = content.top + int(content.height * STACKED_SHARE)
+        image = Box(content.left, content.top, content.right, bottom - below)
+        text = Box(content.left, bottom + gutter, content.right, content.bottom)
+    else:
+        gutter = int(content.width * 0.05)
+        side = int(content.width * IMAGE_SHARE)
+        if where == "left":
+            image = Box(content.left, content.top, content.left + side, content.bottom - below)
+            text = Box(image.right + gutter, content.top, content.right, content.bottom)
+        else:
+            image = Box(content.right - side, content.top, content.right, content.bottom - below)
+            text = Box(content.left, content.top, image.left - gutter, content.bottom)
+    line = Box(image.left, image.bottom + gap, image.right, image.bottom + gap)
+    return _Plan(text, image, line if caption else None, scrim, theme)
+
+
+def _draw_image(image: Image.Image, slide: Slide, plan: _Plan, pictures: SlideImages) -> None:
+    box = plan.image
+    assert box is not None and slide.image is not None
+    fit = "cover" if slide.image_layout == "background" else slide.fit
+    x, y = box.left, box.top
+    if slide.image_layout in ("left", "right") and fit == "contain":
+        # Inside a column the picture keeps its shape, centred on the slide's
+        # own background (no letterbox bars in the column).
+        source = pictures.images[slide.image]
+        scale = min(box.width / source.width, box.height / source.height)
+        size = (max(1, round(source.width * scale)), max(1, round(source.height * scale)))
+        picture = pictures.placed(slide.image, size, "cover")
+        x += (box.width - size[0]) // 2
+        y += (box.height - size[1]) // 2
+    else:
+        picture = pictures.placed(slide.image, (box.width, box.height), fit)
+    if plan.scrim > 0:
+        veil = Image.new("RGB", picture.size, (0, 0, 0))
+        picture = Image.blend(picture, veil, plan.scrim)
+    image.paste(picture, (x, y))
+
+
+def render_slide(
+    deck: Deck,
+    index: int,
+    fonts: FontChain | None = None,
+    images: SlideImages | None = None,
+) -> Image.Image:
     """Slide ``index`` (from 0) of ``deck`` as an RGB image at the deck's
-    size and aspect ratio. Raises :class:`~workers.text.MissingGlyphs` for a
-    character that no font has."""
+    size and aspect ratio; a slide with an image takes it from ``images``
+    (:func:`workers.images.resolve_images`). Raises
+    :class:`~workers.text.MissingGlyphs` for a character that no font has."""
     width, height = deck.options.size
     layout = frame_layout(width, height)
     theme = THEMES[deck.options.theme]
@@ -239,9 +328,47 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
 
     image = Image.new("RGB", (width, height), theme.background)
     draw = ImageDraw.Draw(image)
+    footer = setter(layout.footer_size)
+    colors = theme
     content = layout.content
+    if slide.image is not None:
+        if images is None:
+            raise ValueError(f"slide {index + 1} has an image but no images were loaded")
+        plan = _plan(slide, layout, theme, footer.line_height)
+        _draw_image(image, slide, plan, images)
+        colors = plan.colors
+        content = plan.text
     draw.rectangle(layout.bar, fill=theme.accent)
+    _draw_text(image, draw, slide, content, layout, setter, colors)
 
+    number = f"{index + 1} / {len(deck.slides)}"
+    number_left = layout.content.right - int(footer.width(number))
+    if slide.image is not None and plan.caption is not None:
+        line = plan.caption
+        right = line.right
+        if line.top == layout.footer_top:  # over a full image: left of the page number
+            right = min(right, number_left - footer.size)
+        lines = footer.wrap(clean(slide.caption), right - line.left)
+        caption = fit_lines(footer, lines, 1, right - line.left)
+        if caption:
+            footer.draw_line(image, line.left, right, line.top, caption[0], colors.muted)
+    footer.draw_line(
+        image, number_left, layout.content.right, layout.footer_top, number, colors.muted
+    )
+    return image
+
+
+def _draw_text(
+    image: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    slide: Slide,
+    content: Box,
+    layout: Layout,
+    setter: Setter,
+    colors: Theme,
+) -> None:
+    """The title, its rule and the body inside ``content``: shrunk to fit, then
+    cut with an ellipsis; centred by a third of the free room on an upright frame."""
     # Measure everything first: a centred layout needs the block's height.
     top = content.top
     title = clean(slide.title) if slide.title else ""
@@ -270,12 +397,12 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
         ts, lines = title_set
         y = content.top + shift
         for line in lines:
-            ts.draw_line(image, content.left, content.right, y, line, theme.title)
+            ts.draw_line(image, content.left, content.right, y, line, colors.title)
             y += ts.line_height
         ry = rule_y + shift
         draw.rectangle(
             (content.left, ry, content.left + layout.rule[0], ry + layout.rule[1]),
-            fill=theme.accent,
+            fill=colors.accent,
         )
 
     if body_set is not None:
@@ -285,17 +412,13 @@ def render_slide(deck: Deck, index: int, fonts: FontChain | None = None) -> Imag
             for n, line in enumerate(block.lines):
                 if block.bullet and n == 0:
                     ts.draw_line(
-                        image, content.left, content.left + block.indent, y, BULLET, theme.accent
+                        image, content.left, content.left + block.indent, y, BULLET, colors.accent
                     )
-                ts.draw_line(image, content.left + block.indent, content.right, y, line, theme.text)
+                ts.draw_line(
+                    image, content.left + block.indent, content.right, y, line, colors.text
+                )
                 y += ts.line_height
             y += gap
-
-    footer = setter(layout.footer_size)
-    number = f"{index + 1} / {len(deck.slides)}"
-    number_left = content.right - int(footer.width(number))
-    footer.draw_line(image, number_left, content.right, layout.footer_top, number, theme.muted)
-    return image
 
 
 def save_png(image: Image.Image, path: Path) -> int:
