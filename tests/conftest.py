@@ -4,6 +4,7 @@ here by name."""
 
 from tests.support.browser import browser
 from tests.support.clients import anonymous_client, app, app_settings, client
+from tests.support.images import image_server
 from tests.support.services import (
     db_url,
     pg_server,
@@ -24,6 +25,7 @@ __all__ = [
     "client",
     "db_url",
     "fault_stack",
+    "image_server",
     "pg_redis_stack",
     "pg_server",
     "pg_url",
