@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,9 @@ from workers.fetch import ImageRefused, fetch_image
 RESAMPLE = Image.Resampling.LANCZOS
 #: Formats a slide image may be in (what :mod:`core.sniff` accepts as images).
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif"}
+_ORIENTATION = 0x0112
+#: EXIF orientations that turn the image a quarter: its width becomes its height.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 RGB = tuple[int, int, int]
@@ -72,9 +75,11 @@ def load_image(
                         f"{what} has {width}x{height} = {width * height} pixels, more than "
                         f"the {max_pixels} allowed (SLIDEFARM_MAX_ASSET_PIXELS)"
                     )
+                turned = opened.getexif().get(_ORIENTATION) in _QUARTER_TURNS
                 if bound is not None and opened.format == "JPEG":
                     # Decode at a reduced DCT scale when the frame needs far fewer pixels.
-                    opened.draft(opened.mode, _needed(opened.size, bound))
+                    frame = (bound[1], bound[0]) if turned else bound
+                    opened.draft(opened.mode, _needed(opened.size, frame))
                 opened.seek(0)  # a GIF's (or animated WebP's) first frame
                 opened.load()
                 upright = ImageOps.exif_transpose(opened)
@@ -94,9 +99,10 @@ def load_image(
 
 def _needed(size: tuple[int, int], bound: tuple[int, int]) -> tuple[int, int]:
     """The smallest size of ``size``'s shape that still covers ``bound``
-    either way up (EXIF may turn the image), never larger than ``size``."""
+    (every box a slide draws an image in lies inside the frame), never
+    larger than ``size``."""
     width, height = size
-    scale = max(bound[0] / width, bound[1] / height, bound[1] / width, bound[0] / height)
+    scale = max(bound[0] / width, bound[1] / height)
     if scale >= 1:
         return size
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
@@ -187,15 +193,21 @@ def _first_slide(deck: Deck, ref: str) -> int:
 
 
 def resolve_images(
-    assets: JobAssets, deck: Deck, settings: Settings, background: RGB
+    assets: JobAssets,
+    deck: Deck,
+    settings: Settings,
+    background: RGB,
+    check: Callable[[], None] = lambda: None,
 ) -> SlideImages:
     """Every image ``deck``'s slides show, loaded: URLs first (each fetched
     once per job: a retry reuses the asset its first fetch stored), then
     assets by id. :class:`~workers.assets.AssetUnavailable` (or
     :class:`~workers.fetch.ImageRefused`) names the slide when one cannot be
-    used; :class:`~workers.fetch.ImageFetchFailed` is transient."""
+    used; :class:`~workers.fetch.ImageFetchFailed` is transient. ``check``
+    runs before each fetch and load (the lease's: a cancel stops it)."""
     files: dict[str, Path] = {}
     for url in deck.image_urls():
+        check()
         what = f"slide {_first_slide(deck, url)}'s image {url}"
         asset_id = assets.store.fetched(assets.job.id, url)
         if asset_id is None:
@@ -206,18 +218,17 @@ def resolve_images(
             continue
         what = f"slide {_first_slide(deck, asset_id)}'s image"
         files[asset_id] = assets.file(asset_id, IMAGE_KINDS, what)[1]
-    frame = deck.options.size
-    loaded = {
-        ref: load_image(
+    loaded: dict[str, Image.Image] = {}
+    for ref, path in files.items():
+        check()
+        named = "" if is_asset_id(ref) else f" {ref}"
+        loaded[ref] = load_image(
             path,
             max_pixels=settings.max_asset_pixels,
             background=background,
-            bound=frame,
-            what=f"slide {_first_slide(deck, ref)}'s image"
-            + ("" if is_asset_id(ref) else f" {ref}"),
+            bound=deck.options.size,
+            what=f"slide {_first_slide(deck, ref)}'s image{named}",
         )
-        for ref, path in files.items()
-    }
     return SlideImages(loaded, background)
 
 

@@ -150,7 +150,7 @@ def _render(
     if not settings.noop_render and any(s.image is not None for s in deck.slides):
         # Every image fetched and loaded before any slide is drawn.
         background = THEMES[deck.options.theme].background
-        pictures = resolve_images(assets, deck, settings, background)
+        pictures = resolve_images(assets, deck, settings, background, lease.check)
     started = time.monotonic()
     count = len(deck.slides)
     images: list[Path] = []

@@ -324,8 +324,13 @@ def test_large_images_are_shrunk_to_what_the_frame_needs(tmp_path: Path) -> None
     path = tmp_path / "large.jpg"
     path.write_bytes(encoded(Image.new("RGB", (4000, 3000), GREEN), "JPEG"))
     image = load_image(path, max_pixels=10**8, background=(0, 0, 0), bound=(854, 480))
-    # Enough to cover 854x480 either way up, no more.
-    assert min(image.size) >= 854 and min(image.size) < 1000
+    # Enough to cover 854x480, no more.
+    assert image.width == 854 and 480 <= image.height <= 642
+    turned = tmp_path / "turned.jpg"
+    turned.write_bytes(exif_rotated_jpeg((2000, 1000)))  # upright: 1000x2000
+    image = load_image(turned, max_pixels=10**8, background=(0, 0, 0), bound=(854, 480))
+    assert image.width == 854 and image.height >= 1700
+    assert near(image.getpixel((400, 100)), (220, 30, 30), 12)  # red on top
 
 
 def test_helpers_cover_and_contain() -> None:
