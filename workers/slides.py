@@ -8,7 +8,7 @@ no font has is not drawn at all (:class:`~workers.text.MissingGlyphs`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -280,7 +280,8 @@ def _plan(slide: Slide, layout: Layout, theme: Theme, caption_height: int) -> _P
     return _Plan(text, image, line if caption else None, scrim, theme)
 
 
-def _draw_image(image: Image.Image, slide: Slide, plan: _Plan, pictures: SlideImages) -> None:
+def _draw_image(image: Image.Image, slide: Slide, plan: _Plan, pictures: SlideImages) -> Box:
+    """Paste the slide's image (veiled by the plan's scrim); where it went."""
     box = plan.image
     assert box is not None and slide.image is not None
     fit = "cover" if slide.image_layout == "background" else slide.fit
@@ -300,6 +301,7 @@ def _draw_image(image: Image.Image, slide: Slide, plan: _Plan, pictures: SlideIm
         veil = Image.new("RGB", picture.size, (0, 0, 0))
         picture = Image.blend(picture, veil, plan.scrim)
     image.paste(picture, (x, y))
+    return Box(x, y, x + picture.width, y + picture.height)
 
 
 def render_slide(
@@ -335,7 +337,11 @@ def render_slide(
         if images is None:
             raise ValueError(f"slide {index + 1} has an image but no images were loaded")
         plan = _plan(slide, layout, theme, footer.line_height)
-        _draw_image(image, slide, plan, images)
+        drawn = _draw_image(image, slide, plan, images)
+        if plan.caption is not None and plan.caption.top != layout.footer_top:
+            # Right under the picture (a contained one may be shorter than its box).
+            top = plan.caption.top - (plan.image.bottom if plan.image else 0) + drawn.bottom
+            plan = replace(plan, caption=Box(plan.caption.left, top, plan.caption.right, top))
         colors = plan.colors
         content = plan.text
     draw.rectangle(layout.bar, fill=theme.accent)

@@ -346,3 +346,39 @@ def test_each_placement_is_computed_once() -> None:
     first = pictures.placed(REF, (40, 30), "cover")
     assert pictures.placed(REF, (40, 30), "cover") is first
     assert pictures.placed(REF, (40, 30), "contain") is not first
+
+
+def test_a_caption_follows_a_contained_picture(tmp_path: Path) -> None:
+    square = encoded(Image.new("RGB", (200, 50), GREEN), "PNG")  # short in its column
+    slide = {"title": "T", "layout": "left", "fit": "contain"}
+    image = draw(tmp_path, {**slide, "caption": "Figure 1"}, data=square)
+    picture = bbox_of(image, GREEN)
+    assert picture is not None
+    layout = frame_layout(*image.size)
+    content = layout.content
+    column = (content.left, picture[3], content.left + int(content.width * 0.45), content.bottom)
+    below = image.crop(column)
+    background = Image.new("RGB", below.size, THEMES["light"].background)
+    caption = ImageChops.difference(below, background).getbbox()
+    assert caption is not None
+    assert caption[1] <= 2 * layout.footer_size  # just under the picture, not the column's foot
+    assert content.bottom - picture[3] > 4 * layout.footer_size  # (which is further down)
+
+
+@pytest.mark.parametrize("aspect", ASPECTS)
+def test_slides_without_an_image_are_drawn_as_if_no_slide_had_one(
+    tmp_path: Path, aspect: str
+) -> None:
+    plain = {**TEXT, "title": "No image here"}
+    alone = Deck.model_validate(
+        {"title": "t", "slides": [plain, {"title": "x"}], "options": {"aspect": aspect}}
+    )
+    mixed = Deck.model_validate(
+        {
+            "title": "t",
+            "slides": [plain, {"title": "x", "image": REF}],
+            "options": {"aspect": aspect},
+        }
+    )
+    pictures = loaded(tmp_path, image_bytes("PNG"), mixed)
+    assert render_slide(alone, 0).tobytes() == render_slide(mixed, 0, images=pictures).tobytes()
