@@ -170,29 +170,6 @@ def test_a_job_cannot_link_another_tenants_asset(assets: AssetStore, store: JobS
         assets.link(job.id, [theirs.id])
 
 
-def test_a_fetched_url_is_remembered_per_job_and_keeps_its_asset(
-    assets: AssetStore, store: JobStore
-) -> None:
-    url = "https://cdn.example/logo.png"
-    fetched, _ = assets.ingest("acme", [image_bytes("PNG")], LIMITS)
-    theirs, _ = assets.ingest("globex", [image_bytes("JPEG")], LIMITS)
-    job, _ = store.create(small_deck(), title="deck", owner="acme")
-    other, _ = store.create(small_deck(), title="deck", owner="acme")
-    assert assets.fetched(job.id, url) is None
-    with pytest.raises(AssetNotFound):
-        assets.remember_fetch(job.id, url, theirs.id)
-    assert assets.fetched(job.id, url) is None  # nothing half-written
-    assets.remember_fetch(job.id, url, fetched.id)
-    assets.remember_fetch(job.id, url, fetched.id)  # again: still one record
-    assert assets.fetched(job.id, url) == fetched.id
-    assert assets.fetched(other.id, url) is None  # per job
-    with pytest.raises(AssetInUse):  # linked: kept while the job is queued
-        assets.delete(fetched.id, owner="acme")
-    store.delete(job.id)
-    assert assets.fetched(job.id, url) is None
-    assets.delete(fetched.id, owner="acme")
-
-
 def test_retention_deletes_old_unlinked_assets_only(assets: AssetStore, store: JobStore) -> None:
     old_unlinked, _ = assets.ingest("acme", [image_bytes("PNG", (10, 10))], LIMITS)
     old_linked, _ = assets.ingest("acme", [image_bytes("PNG", (11, 10))], LIMITS)
