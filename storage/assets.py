@@ -410,7 +410,7 @@ class AssetStore:
         transaction: a retry of the job reuses it, and it stays while the job
         does. :class:`AssetNotFound` if the asset is not the job's owner's."""
         with self.db.transaction() as conn:
-            self._link(conn, job_id, [asset_id])
+            self.link(job_id, [asset_id], conn=conn)
             known = conn.execute(
                 select(job_urls_table.c.asset_id).where(
                     job_urls_table.c.job_id == job_id, job_urls_table.c.url == url
