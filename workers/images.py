@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -49,6 +49,35 @@ class ImageUnavailable(AssetUnavailable):
     pixels): the job fails, retrying would not help."""
 
 
+def probe_image(path: Path, *, max_pixels: int, what: str = "the image") -> tuple[int, int]:
+    """The size of the image at ``path`` from its header, nothing decoded;
+    :class:`ImageUnavailable` as :func:`load_image` would raise it for the
+    format and the pixel count."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                return _checked(opened, max_pixels, what)
+    except ImageUnavailable:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageUnavailable(f"{what} is refused as a decompression bomb: {error}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageUnavailable(f"{what} is damaged or not an image: {error}") from error
+
+
+def _checked(opened: Image.Image, max_pixels: int, what: str) -> tuple[int, int]:
+    if opened.format not in _FORMATS:
+        raise ImageUnavailable(f"{what} is a {opened.format}, not an accepted image")
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageUnavailable(
+            f"{what} has {width}x{height} = {width * height} pixels, more than "
+            f"the {max_pixels} allowed (SLIDEFARM_MAX_ASSET_PIXELS)"
+        )
+    return width, height
+
+
 def load_image(
     path: Path,
     *,
@@ -67,14 +96,7 @@ def load_image(
             # here a warning is a refusal, as at upload.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
-                if opened.format not in _FORMATS:
-                    raise ImageUnavailable(f"{what} is a {opened.format}, not an accepted image")
-                width, height = opened.size
-                if width * height > max_pixels:
-                    raise ImageUnavailable(
-                        f"{what} has {width}x{height} = {width * height} pixels, more than "
-                        f"the {max_pixels} allowed (SLIDEFARM_MAX_ASSET_PIXELS)"
-                    )
+                _checked(opened, max_pixels, what)
                 turned = opened.getexif().get(_ORIENTATION) in _QUARTER_TURNS
                 if bound is not None and opened.format == "JPEG":
                     # Decode at a reduced DCT scale when the frame needs far fewer pixels.
@@ -167,25 +189,61 @@ def fitted(image: Image.Image, size: tuple[int, int], fit: str, background: RGB)
     return cover(image, size) if fit == "cover" else contain(image, size, background)
 
 
-@dataclass
-class SlideImages:
-    """A deck's images, each loaded once, by the reference the slides use
-    (an asset id or a URL), and each placement computed once: one logo on 50
-    slides is decoded once and resized once per size it is drawn at."""
+#: Decoded images (and, apart, placements) a job keeps, in frames' worth of
+#: pixels: a deck of 200 distinct photos never holds them all at once.
+CACHED_FRAMES = 6
 
-    images: Mapping[str, Image.Image]
-    background: RGB
-    _placed: dict[tuple[str, tuple[int, int], str], Image.Image] = field(default_factory=dict)
+
+class _PixelCache:
+    """Images by key, least recently used first out once they hold more
+    than ``budget`` pixels (the newest always stays)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.items: OrderedDict[Hashable, Image.Image] = OrderedDict()
+        self.pixels = 0
+
+    def get(self, key: Hashable, make: Callable[[], Image.Image]) -> Image.Image:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        image = make()
+        self.items[key] = image
+        self.pixels += image.width * image.height
+        while self.pixels > self.budget and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.pixels -= old.width * old.height
+        return image
+
+
+class SlideImages:
+    """A deck's images by the reference the slides use (an asset id or a
+    URL): each decoded once (by ``load``) and each placement resized once,
+    while they fit the budget of :data:`CACHED_FRAMES` frames. One logo on
+    50 slides is decoded once; 200 distinct photos are never all in memory."""
+
+    def __init__(
+        self,
+        load: Callable[[str], Image.Image] | Mapping[str, Image.Image],
+        background: RGB,
+        frame: tuple[int, int] = (1920, 1080),
+    ) -> None:
+        """``load(ref)`` decodes an image (a mapping: images already decoded)."""
+        self._load = load.__getitem__ if isinstance(load, Mapping) else load
+        self.background = background
+        budget = CACHED_FRAMES * frame[0] * frame[1]
+        self._images = _PixelCache(budget)
+        self._placed = _PixelCache(budget)
+
+    def image(self, ref: str) -> Image.Image:
+        """The decoded image ``ref`` (shared: do not draw on it)."""
+        return self._images.get(ref, lambda: self._load(ref))
 
     def placed(self, ref: str, size: tuple[int, int], fit: str) -> Image.Image:
         """The image ``ref`` at ``size`` by ``fit`` (shared: do not draw on it)."""
-        key = (ref, size, fit)
-        if key not in self._placed:
-            image = self.images.get(ref)
-            if image is None:
-                raise KeyError(f"the image {ref} was not loaded for this deck")
-            self._placed[key] = fitted(image, size, fit, self.background)
-        return self._placed[key]
+        return self._placed.get(
+            (ref, size, fit), lambda: fitted(self.image(ref), size, fit, self.background)
+        )
 
 
 def _first_slide(deck: Deck, ref: str) -> int:
@@ -199,12 +257,13 @@ def resolve_images(
     background: RGB,
     check: Callable[[], None] = lambda: None,
 ) -> SlideImages:
-    """Every image ``deck``'s slides show, loaded: URLs first (each fetched
+    """Every image ``deck``'s slides show, ready to load: URLs first (each fetched
     once per job: a retry reuses the asset its first fetch stored), then
     assets by id. :class:`~workers.assets.AssetUnavailable` (or
     :class:`~workers.fetch.ImageRefused`) names the slide when one cannot be
-    used; :class:`~workers.fetch.ImageFetchFailed` is transient. ``check``
-    runs before each fetch and load (the lease's: a cancel stops it)."""
+    used; :class:`~workers.fetch.ImageFetchFailed` is transient. Each file's
+    header is checked here; its pixels are decoded when a slide draws it.
+    ``check`` runs before each fetch and check (the lease's: a cancel stops it)."""
     files: dict[str, Path] = {}
     for url in deck.image_urls():
         check()
@@ -218,18 +277,25 @@ def resolve_images(
             continue
         what = f"slide {_first_slide(deck, asset_id)}'s image"
         files[asset_id] = assets.file(asset_id, IMAGE_KINDS, what)[1]
-    loaded: dict[str, Image.Image] = {}
+    names: dict[str, str] = {}
     for ref, path in files.items():
         check()
         named = "" if is_asset_id(ref) else f" {ref}"
-        loaded[ref] = load_image(
-            path,
+        names[ref] = f"slide {_first_slide(deck, ref)}'s image{named}"
+        # The header now (a refused file fails the job before any slide is
+        # drawn); the pixels when a slide needs them.
+        probe_image(path, max_pixels=settings.max_asset_pixels, what=names[ref])
+
+    def load(ref: str) -> Image.Image:
+        return load_image(
+            files[ref],
             max_pixels=settings.max_asset_pixels,
             background=background,
             bound=deck.options.size,
-            what=f"slide {_first_slide(deck, ref)}'s image{named}",
+            what=names[ref],
         )
-    return SlideImages(loaded, background)
+
+    return SlideImages(load, background, deck.options.size)
 
 
 def _fetch_as_asset(assets: JobAssets, url: str, settings: Settings, what: str) -> str:

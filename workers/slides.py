@@ -289,7 +289,7 @@ def _draw_image(image: Image.Image, slide: Slide, plan: _Plan, pictures: SlideIm
     if slide.image_layout in ("left", "right") and fit == "contain":
         # Inside a column the picture keeps its shape, centred on the slide's
         # own background (no letterbox bars in the column).
-        source = pictures.images[slide.image]
+        source = pictures.image(slide.image)
         scale = min(box.width / source.width, box.height / source.height)
         size = (max(1, round(source.width * scale)), max(1, round(source.height * scale)))
         picture = pictures.placed(slide.image, size, "cover")

@@ -15,7 +15,15 @@ from core.deck import ASPECTS, Deck
 from tests.support.assets import image_bytes
 from tests.support.images import display_p3_like_profile, encoded, exif_rotated_jpeg
 from workers.fonts import font_chain
-from workers.images import ImageUnavailable, SlideImages, contain, cover, load_image
+from workers.images import (
+    CACHED_FRAMES,
+    ImageUnavailable,
+    SlideImages,
+    contain,
+    cover,
+    load_image,
+    probe_image,
+)
 from workers.slides import DEFAULT_SCRIM, THEMES, frame_layout, missing_glyphs, render_slide
 from workers.text import MissingGlyphs
 
@@ -315,9 +323,15 @@ def test_too_many_pixels_or_a_swapped_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(encoded(Image.new("RGB", (200, 100), GREEN), "PNG"))
     with pytest.raises(ImageUnavailable, match="SLIDEFARM_MAX_ASSET_PIXELS"):
         load_image(path, max_pixels=19_999, background=(0, 0, 0))
+    with pytest.raises(ImageUnavailable, match="SLIDEFARM_MAX_ASSET_PIXELS"):
+        probe_image(path, max_pixels=19_999)  # the header alone says so
+    assert probe_image(path, max_pixels=20_000) == (200, 100)
     path.write_bytes(b"%PDF-1.7 not an image any more")
-    with pytest.raises(ImageUnavailable, match="damaged or not an image"):
-        load_image(path, max_pixels=10**6, background=(0, 0, 0))
+    for check in (probe_image, load_image):
+        with pytest.raises(ImageUnavailable, match="damaged or not an image"):
+            check(
+                path, max_pixels=10**6, **({"background": (0, 0, 0)} if check is load_image else {})
+            )
 
 
 def test_large_images_are_shrunk_to_what_the_frame_needs(tmp_path: Path) -> None:
@@ -382,3 +396,22 @@ def test_slides_without_an_image_are_drawn_as_if_no_slide_had_one(
     )
     pictures = loaded(tmp_path, image_bytes("PNG"), mixed)
     assert render_slide(alone, 0).tobytes() == render_slide(mixed, 0, images=pictures).tobytes()
+
+
+def test_an_image_is_decoded_once_while_it_fits_and_memory_stays_bounded() -> None:
+    decoded: list[str] = []
+
+    def load(ref: str) -> Image.Image:
+        decoded.append(ref)
+        return Image.new("RGB", (160, 90), GREEN)
+
+    frame = (160, 90)  # the budget: CACHED_FRAMES frames' worth of pixels
+    pictures = SlideImages(load, (0, 0, 0), frame)
+    for _ in range(50):  # one logo on 50 slides
+        pictures.placed("logo", (80, 45), "cover")
+    assert decoded == ["logo"]
+    for n in range(CACHED_FRAMES * 3):  # many distinct photos
+        pictures.image(f"photo{n}")
+    assert len(decoded) == 1 + CACHED_FRAMES * 3
+    held = pictures._images.pixels  # what stays decoded
+    assert held <= CACHED_FRAMES * frame[0] * frame[1]
