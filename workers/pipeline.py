@@ -27,15 +27,18 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from pydantic import ValidationError
 
 from core.config import Settings
 from core.deck import Deck
+from core.sniff import DOCUMENT_KINDS
 from storage import DatabaseUnavailable, Job, JobNotFound, JobStore, Stage, Status, StorageError
 from storage.files import (
     ATTEMPT_MARKER,
@@ -48,6 +51,16 @@ from storage.files import (
     remove_earlier_attempts,
     remove_job_files,
     slide_file,
+)
+from workers.assets import AssetUnavailable, JobAssets
+from workers.documents import (
+    MANIFEST_FILE,
+    DocumentError,
+    check_pages,
+    expand,
+    manifest,
+    open_document,
+    render_pages,
 )
 from workers.fonts import font_chain
 from workers.heartbeat import (
@@ -129,7 +142,19 @@ def _publish(settings: Settings, job_id: str, attempt: int, scratch: Path) -> No
     raise RuntimeError(f"could not publish the files of job {job_id}")
 
 
-def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings, timings: _Timings) -> None:
+def _render(
+    lease: Lease,
+    deck: Deck,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    assets: JobAssets | None = None,
+) -> None:
+    if deck.source is not None:
+        if assets is None:
+            raise RenderError("a document deck needs its job's assets")
+        _render_document(lease, deck, scratch, settings, timings, assets)
+        return
     fonts = font_chain(settings.system_fonts)
     if not settings.noop_render and (problem := missing_glyphs(deck, fonts)) is not None:
         # Before any slide is drawn: the deck cannot render, so retrying is useless.
@@ -164,7 +189,71 @@ def _render(lease: Lease, deck: Deck, scratch: Path, settings: Settings, timings
         lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
         timings.encode = 0.0
         return
+    _encode(lease, deck, images, scratch, settings, timings)
 
+
+def _render_document(
+    lease: Lease,
+    deck: Deck,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    assets: JobAssets,
+) -> None:
+    """A document deck (docs/design.md, "Document decks"): its pages, each
+    rendered into the slide files as it comes, then the same encode."""
+    assert deck.source is not None
+    started = time.monotonic()
+    asset, path = assets.file(deck.source.asset, DOCUMENT_KINDS, "the source document")
+    work = Path(tempfile.mkdtemp(prefix="slidefarm-doc-"))
+    try:
+        document = open_document(
+            asset.kind, path, work, settings, lambda pages: check_pages(deck, pages, settings)
+        )
+        lease.check()
+        slides = expand(deck, document)
+        deck = deck.model_copy(update={"slides": slides})
+        count = len(slides)
+        manifest_bytes = manifest(document, slides)
+        (scratch / MANIFEST_FILE).write_bytes(manifest_bytes)
+        pending: list[tuple[str, int]] = [(MANIFEST_FILE, len(manifest_bytes))]
+        images: list[Path] = []
+        last_write = time.monotonic()
+        pattern = str(scratch / slide_file(1)).replace("001.png", "{:03d}.png")
+        background = THEMES[deck.options.theme].background
+        for n, image in render_pages(
+            document, deck.options.size, background, pattern, settings, work
+        ):
+            lease.check()
+            pending.append((slide_file(n), image.stat().st_size))
+            if n == 1:
+                with Image.open(image) as first:
+                    pending.append(
+                        (THUMBNAIL_FILE, save_thumbnail(first, scratch / THUMBNAIL_FILE))
+                    )
+            images.append(image)
+            if time.monotonic() - last_write >= PROGRESS_EVERY and n < count:
+                last_write = time.monotonic()
+                lease.add_files(pending)
+                pending = []
+                lease.progress(SLIDES_SHARE * n / count, Stage.RENDERING_SLIDES)
+        if len(images) != count:
+            raise DocumentError(f"the document rendered {len(images)} of its {count} pages")
+        lease.add_files(pending)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    timings.render = time.monotonic() - started
+    _encode(lease, deck, images, scratch, settings, timings)
+
+
+def _encode(
+    lease: Lease,
+    deck: Deck,
+    images: list[Path],
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+) -> None:
     lease.progress(SLIDES_SHARE, Stage.ENCODING_VIDEO)
     started = time.monotonic()
     last_write = started
@@ -222,7 +311,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
                 deck = Deck.model_validate(job.deck)
             except ValidationError as invalid:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
-            _render(lease, deck, scratch, settings, timings)
+            _render(lease, deck, scratch, settings, timings, JobAssets(store, job, settings))
             lease.check()
             _publish(settings, job.id, attempt, scratch)
             # Refused means a newer attempt holds the job: the folder just
@@ -247,7 +336,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.CANCELLED)
     except RenderTimedOut as timed_out:
         result = AttemptResult(Outcome.FAILED, str(timed_out))
-    except (RenderError, MissingGlyphs) as failure:
+    except (RenderError, MissingGlyphs, AssetUnavailable, DocumentError) as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
     except (StoreUnavailable, DatabaseUnavailable) as failure:
         result = AttemptResult(Outcome.RETRYING, f"database unavailable: {failure}")
