@@ -48,6 +48,11 @@ _LOAD_ERRORS = {
 }
 
 
+OUT_OF_MEMORY = (
+    "the document needs more memory than a render may use (SLIDEFARM_DOCUMENT_MEMORY_MB)"
+)
+
+
 class Refused(Exception):
     """The document cannot be rendered; the message says why, for the user."""
 
@@ -70,7 +75,22 @@ def open_pdf(path: str) -> Any:
         return pdfium.PdfDocument(path)
     except pdfium.PdfiumError as error:
         code = getattr(error, "err_code", None)
+        if not code or (code == 4 and not _mentions(path, b"/Encrypt")):
+            # pdfium refuses a page tree of no pages without an error code
+            # (or with a stale one): it is not a password it lacks.
+            raise Refused("the PDF has no pages (or its page tree is damaged)") from error
         raise Refused(_LOAD_ERRORS.get(code or 0, f"the PDF cannot be read: {error}")) from error
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    """Whether the file at ``path`` holds ``word`` anywhere (read in chunks)."""
+    tail = b""
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            if word in tail + chunk:
+                return True
+            tail = chunk[-len(word) :]
+    return False
 
 
 def outline_titles(pdf: Any, pages: int) -> list[str]:
@@ -183,7 +203,7 @@ def main(argv: list[str]) -> int:
         emit({"error": str(refused)})
         return 2
     except MemoryError:
-        emit({"error": "the document needs more memory than a render may use"})
+        emit({"error": OUT_OF_MEMORY})
         return 2
     return 0
 
