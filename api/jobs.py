@@ -33,6 +33,7 @@ from storage import Job, Status
 from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
+from storage.serialize import slide_count
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -396,7 +397,7 @@ def thumbnail(job_id: str) -> Response:
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
 def slide(job_id: str, n: int) -> Response:
     job = scoped_job(job_id)
-    count = len(job.deck.get("slides", []))
+    count = slide_count(job)
     if not 1 <= n <= count:
         raise NotFound(
             f"slide {n} does not exist: slides are numbered 1 to {count}", code="slide_not_found"
