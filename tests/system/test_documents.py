@@ -30,9 +30,13 @@ pytestmark = pytest.mark.e2e
 def upload(stack: Stack, data: bytes, name: str) -> str:
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     auth = bearer(stack.token) if stack.token else {}
     request = urllib.request.Request(
         stack.base + "/v1/assets",
