@@ -14,7 +14,7 @@ failure the user can act on, then exit status 2):
 - ``render PDF PATTERN WIDTH HEIGHT R G B``: each page in turn, rendered at
   the scale that fits the frame and centred on the ``R G B`` background,
   written to ``PATTERN.format(n)``: one ``{"page": n, "bytes": size}`` per
-  page, then ``{"done": true, "maxrss_kib": ...}``;
+  page, then ``{"done": true, "peak_kib": ...}`` (its peak resident memory);
 - ``pptx-text PPTX``: ``{"slides": [[title, notes], ...]}`` of the visible
   slides, in order.
 
@@ -149,7 +149,19 @@ def render(path: str, pattern: str, width: int, height: int, background: tuple[i
         del bitmap, picture, frame
         page.close()
         emit({"page": n, "bytes": target.stat().st_size})
-    emit({"done": True, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    emit({"done": True, "peak_kib": peak_kib()})
+
+
+def peak_kib() -> int:
+    """This process's peak resident memory since its exec (``VmHWM``; the
+    rusage figure would include the parent's size at fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def pptx_text(path: str) -> None:

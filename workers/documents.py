@@ -149,7 +149,8 @@ class _Child:
                 start_new_session=True,
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )
-        self.maxrss_kib: int | None = None
+        #: The child's peak resident memory, once it has said so.
+        self.peak_kib: int | None = None
 
     def answers(self) -> Iterator[dict[str, Any]]:
         assert self.proc.stdout is not None
@@ -163,6 +164,8 @@ class _Child:
                     answer = json.loads(line)
                     if "error" in answer:
                         raise DocumentError(str(answer["error"]))
+                    if "peak_kib" in answer:
+                        self.peak_kib = int(answer["peak_kib"])
                     yield answer
                 if not selector.select(self.timeout):
                     self.kill()
@@ -180,9 +183,8 @@ class _Child:
         self._reap()
 
     def _reap(self) -> None:
-        _, status, usage = os.wait4(self.proc.pid, 0)
+        _, status = os.waitpid(self.proc.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.maxrss_kib = usage.ru_maxrss
         code = self.proc.returncode
         if code != 0:
             tail = self.errors.read_bytes()[-400:].decode(errors="replace").strip()
@@ -417,5 +419,5 @@ def render_pages(
         document.pages,
         time.monotonic() - started,
         (time.monotonic() - started) / max(document.pages, 1),
-        child.maxrss_kib,
+        child.peak_kib,
     )
