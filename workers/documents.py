@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ class _Child:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
-                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                env=_child_env(),
             )
         #: The child's peak resident memory, once it has said so.
         self.peak_kib: int | None = None
@@ -204,6 +204,17 @@ class _Child:
         self.kill()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+#: What the reader child inherits of the worker's environment: no settings,
+#: no database URL, no secrets; it has nothing to reach.
+_CHILD_ENV = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TMPDIR")
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _CHILD_ENV if k in os.environ}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -399,7 +410,7 @@ def render_pages(
     pattern: str,
     settings: Settings,
     workdir: Path,
-) -> Iterator[tuple[int, Path]]:
+) -> Generator[tuple[int, Path], None, None]:
     """Render every page, one at a time in a child process, to
     ``pattern.format(n)`` (n from 1); yield ``(n, path)`` as each is written.
     Leaving early kills the child."""

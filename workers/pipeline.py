@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,22 +222,23 @@ def _render_document(
         last_write = time.monotonic()
         pattern = str(scratch / slide_file(1)).replace("001.png", "{:03d}.png")
         background = THEMES[deck.options.theme].background
-        for n, image in render_pages(
-            document, deck.options.size, background, pattern, settings, work
-        ):
-            lease.check()
-            pending.append((slide_file(n), image.stat().st_size))
-            if n == 1:
-                with Image.open(image) as first:
-                    pending.append(
-                        (THUMBNAIL_FILE, save_thumbnail(first, scratch / THUMBNAIL_FILE))
-                    )
-            images.append(image)
-            if time.monotonic() - last_write >= PROGRESS_EVERY and n < count:
-                last_write = time.monotonic()
-                lease.add_files(pending)
-                pending = []
-                lease.progress(SLIDES_SHARE * n / count, Stage.RENDERING_SLIDES)
+        pages = render_pages(document, deck.options.size, background, pattern, settings, work)
+        # closing: a stop (cancel, lost lease, timeout) kills the reader at once.
+        with closing(pages):
+            for n, image in pages:
+                lease.check()
+                pending.append((slide_file(n), image.stat().st_size))
+                if n == 1:
+                    with Image.open(image) as first:
+                        pending.append(
+                            (THUMBNAIL_FILE, save_thumbnail(first, scratch / THUMBNAIL_FILE))
+                        )
+                images.append(image)
+                if time.monotonic() - last_write >= PROGRESS_EVERY and n < count:
+                    last_write = time.monotonic()
+                    lease.add_files(pending)
+                    pending = []
+                    lease.progress(SLIDES_SHARE * n / count, Stage.RENDERING_SLIDES)
         if len(images) != count:
             raise DocumentError(f"the document rendered {len(images)} of its {count} pages")
         lease.add_files(pending)

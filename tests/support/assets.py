@@ -67,6 +67,15 @@ def png_claiming(width: int, height: int) -> bytes:
     )
 
 
+def zip_bomb_content_types() -> bytes:
+    """A ``[Content_Types].xml`` that declares a presentation (and nothing else)."""
+    return (
+        b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+        b'content-types"><Override PartName="/ppt/presentation.xml" ContentType="application/'
+        b'vnd.openxmlformats-officedocument.presentationml.presentation.main+xml"/></Types>'
+    )
+
+
 def zip_bomb_pptx(entries: int = 4, mib_each: int = 512) -> bytes:
     """A PPTX-shaped zip (``[Content_Types].xml`` declaring a presentation,
     ``ppt/presentation.xml``) plus ``entries`` members of ``mib_each`` MiB of
@@ -80,11 +89,7 @@ def zip_bomb_pptx(entries: int = 4, mib_each: int = 512) -> bytes:
     for _ in range(mib_each):
         crc = zlib.crc32(mib, crc)
     size = mib_each << 20
-    content_types = (
-        b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
-        b'content-types"><Override PartName="/ppt/presentation.xml" ContentType="application/'
-        b'vnd.openxmlformats-officedocument.presentationml.presentation.main+xml"/></Types>'
-    )
+    content_types = zip_bomb_content_types()
     members: list[tuple[str, bytes, int, int, int]] = [
         ("[Content_Types].xml", content_types, 0, zlib.crc32(content_types), len(content_types)),
         ("ppt/presentation.xml", b"<p/>", 0, zlib.crc32(b"<p/>"), 4),

@@ -5,12 +5,15 @@ fails clearly and quickly while the next job still renders."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,12 @@ from tests.support.assets import (
     pdf_with_rectangle,
     pptx_with_content,
     raw_pdf,
+    zip_bomb_content_types,
     zip_bomb_pptx,
 )
 from tests.support.media import probe
 from tests.support.services import missing
-from workers.documents import LIBREOFFICE_MISSING, MANIFEST_FILE
+from workers.documents import LIBREOFFICE_MISSING, MANIFEST_FILE, convert_pptx
 from workers.pipeline import Outcome, run_attempt
 from workers.slides import THEMES
 
@@ -388,3 +392,55 @@ def test_a_source_that_is_not_a_document_fails(
     job, _ = render(store, settings, document_deck(asset))
     assert job.status is Status.FAILED and job.error is not None and message in job.error
     assert Outcome.FAILED.value == job.status.value
+
+
+def _damaged_pptx() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("[Content_Types].xml", zip_bomb_content_types())
+        archive.writestr("ppt/presentation.xml", b"<p:presentation><not xml")
+    return out.getvalue()
+
+
+def test_a_damaged_pptx_fails_clearly(store: JobStore, settings: Settings, soffice: str) -> None:
+    asset = upload(store, settings, _damaged_pptx())
+    job, elapsed = render(store, settings, document_deck(asset))
+    assert job.status is Status.FAILED and job.error is not None
+    assert job.error.startswith("the PPTX is damaged"), job.error
+    assert elapsed < 15
+
+
+def test_concurrent_conversions_each_have_their_own_profile(
+    tmp_path: Path, settings: Settings, soffice: str
+) -> None:
+    source = tmp_path / "deck.pptx"
+    source.write_bytes(pptx_with_content(2))
+    folders = [tmp_path / f"w{n}" for n in range(3)]
+    for folder in folders:
+        folder.mkdir()
+    with ThreadPoolExecutor(3) as pool:
+        pdfs = list(pool.map(lambda f: convert_pptx(source, f, settings), folders))
+    for pdf, folder in zip(pdfs, folders, strict=True):
+        assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF")
+        assert (folder / "profile" / "user").is_dir()  # its own, fresh
+
+
+def test_a_cancel_mid_render_stops_the_reader(store: JobStore, settings: Settings) -> None:
+    asset = upload(store, settings, pdf_of_pages(200))
+    quick = settings.model_copy(update={"heartbeat_interval": 0.05})
+    job, _ = store.create(document_deck(asset, resolution="1080p"), title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+
+    def cancel_once_rendering() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not store.get(job.id).created_files:
+            time.sleep(0.05)
+        store.request_cancel(job.id)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(cancel_once_rendering)
+        assert run_attempt(store, claimed, quick).outcome is Outcome.CANCELLED
+    assert store.get(job.id).created_files == []
+    left = subprocess.run(["pgrep", "-f", "workers.docchild"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "the reader outlived its cancelled job"
