@@ -41,7 +41,12 @@ from tests.support.assets import (
 )
 from tests.support.media import probe
 from tests.support.services import missing
-from workers.documents import LIBREOFFICE_MISSING, MANIFEST_FILE, convert_pptx
+from workers.documents import (
+    LIBREOFFICE_MISSING,
+    MANIFEST_FILE,
+    convert_pptx,
+    no_network_prefix,
+)
 from workers.pipeline import Outcome, run_attempt
 from workers.slides import THEMES
 
@@ -444,3 +449,15 @@ def test_a_cancel_mid_render_stops_the_reader(store: JobStore, settings: Setting
     assert store.get(job.id).created_files == []
     left = subprocess.run(["pgrep", "-f", "workers.docchild"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "the reader outlived its cancelled job"
+
+
+def test_conversions_run_without_a_network_where_the_host_allows_it() -> None:
+    prefix = no_network_prefix()
+    if not prefix:  # the documented fallback: a warning, and the host's network
+        pytest.skip("this host allows no network namespace (unshare -n / -rn)")
+    # /proc/self/net is the namespace's own (/sys still shows the host's).
+    seen = subprocess.run(
+        [*prefix, "cat", "/proc/self/net/dev"], capture_output=True, text=True, check=True
+    )
+    interfaces = [line.split(":")[0].strip() for line in seen.stdout.splitlines()[2:]]
+    assert interfaces == ["lo"]
