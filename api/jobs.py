@@ -27,9 +27,10 @@ from api.schemas import Submission
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.signing import OPEN_KEY_ID, UrlSigner, signed_links
-from api.submission import submit_deck
+from api.submission import DeckAssetsInvalid, submit_deck
 from core.urls import check_callback_url
 from storage import Job, Status
+from storage.assets import AssetStore
 from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
@@ -176,7 +177,22 @@ def submit() -> Response:
             [{"field": "Idempotency-Key", "message": "invalid key"}],
             code="invalid_parameter",
         )
-    job, created = submit_deck(
+    try:
+        job, created = _submit(submission, body, key)
+    except DeckAssetsInvalid as invalid:
+        raise ValidationFailed(
+            f"the deck names {len(invalid.details)} asset(s) it cannot use", invalid.details
+        ) from invalid
+    response = _accepted(job)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tuple[Job, bool]:
+    svc = services()
+    who = principal()
+    return submit_deck(
         svc.store,
         svc.dispatcher,
         submission.deck(),
@@ -186,11 +202,9 @@ def submit() -> Response:
         owner=who.tenant,
         callback_url=submission.callback_url,
         max_active=svc.settings.active_job_cap,
+        assets=AssetStore(svc.store, svc.settings.output_dir),
+        max_video_seconds=svc.settings.max_video_seconds,
     )
-    response = _accepted(job)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
 
 
 def _include_arg() -> set[str]:

@@ -30,6 +30,8 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {
 
 #: Aspect ratios a deck may ask for, landscape first (the default).
 ASPECTS = ("16:9", "9:16", "1:1")
+#: The themes a deck may ask for, the default first.
+THEME_NAMES = ("light", "dark")
 
 
 def frame_size(resolution: str, aspect: str) -> tuple[int, int]:

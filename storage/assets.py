@@ -146,6 +146,35 @@ def _lock_owner(conn: Connection, owner: str) -> None:
         take_write_lock(conn)
 
 
+def link_assets(conn: Connection, job_id: str, asset_ids: Iterable[str]) -> None:
+    """In ``conn``'s transaction, record that job ``job_id`` uses ``asset_ids``
+    (see :meth:`AssetStore.link`)."""
+    ids = sorted(set(asset_ids))
+    if not ids:
+        return
+    # Touching the rows both proves they exist (and are the job's owner's)
+    # and makes a concurrent retention DELETE wait, then see them as
+    # recently used: a job never gets an asset deleted under it.
+    job_owner = select(jobs_table.c.owner).where(jobs_table.c.id == job_id).scalar_subquery()
+    touched = conn.execute(
+        update(assets_table)
+        .where(assets_table.c.id.in_(ids), assets_table.c.owner == job_owner)
+        .values(last_used_at=utcnow())
+    ).rowcount
+    if touched != len(ids):
+        raise AssetNotFound(f"job {job_id} names an asset its tenant does not have")
+    linked = set(
+        conn.execute(
+            select(job_assets_table.c.asset_id).where(
+                job_assets_table.c.job_id == job_id, job_assets_table.c.asset_id.in_(ids)
+            )
+        ).scalars()
+    )
+    new = [{"job_id": job_id, "asset_id": a} for a in ids if a not in linked]
+    if new:
+        conn.execute(insert(job_assets_table), new)
+
+
 class AssetStore:
     """Tenants' assets: their rows in the database and their files on the output storage."""
 
@@ -366,32 +395,9 @@ class AssetStore:
             return
         if conn is None:
             with self.db.transaction() as own:
-                self._link(own, job_id, ids)
+                link_assets(own, job_id, ids)
         else:
-            self._link(conn, job_id, ids)
-
-    def _link(self, conn: Connection, job_id: str, ids: Sequence[str]) -> None:
-        # Touching the rows both proves they exist (and are the job's owner's)
-        # and makes a concurrent retention DELETE wait, then see them as
-        # recently used: a job never gets an asset deleted under it.
-        job_owner = select(jobs_table.c.owner).where(jobs_table.c.id == job_id).scalar_subquery()
-        touched = conn.execute(
-            update(assets_table)
-            .where(assets_table.c.id.in_(ids), assets_table.c.owner == job_owner)
-            .values(last_used_at=utcnow())
-        ).rowcount
-        if touched != len(ids):
-            raise AssetNotFound(f"job {job_id} names an asset its tenant does not have")
-        linked = set(
-            conn.execute(
-                select(job_assets_table.c.asset_id).where(
-                    job_assets_table.c.job_id == job_id, job_assets_table.c.asset_id.in_(ids)
-                )
-            ).scalars()
-        )
-        new = [{"job_id": job_id, "asset_id": a} for a in ids if a not in linked]
-        if new:
-            conn.execute(insert(job_assets_table), new)
+            link_assets(conn, job_id, ids)
 
     def delete_unused_older_than(
         self, days: float, *, now: datetime | None = None, limit: int = 500
