@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_etags
 
+from api.assets import asset_json
 from api.auth import owner_scope, principal
 from api.errors import (
     BadRequest,
@@ -213,9 +214,9 @@ def _include_arg() -> set[str]:
     if raw is None:
         return set()
     include = {part.strip() for part in raw.split(",")}
-    if include - {"history", "deliveries"}:
+    if include - {"history", "deliveries", "assets"}:
         raise BadRequest(
-            "include accepts: history, deliveries",
+            "include accepts: history, deliveries, assets",
             [{"field": "include", "message": f"got {raw[:100]!r}"}],
             code="invalid_parameter",
         )
@@ -292,6 +293,10 @@ def show(job_id: str) -> Response:
         body["history"] = [event_json(e) for e in store.history(job_id)]
     if "deliveries" in include:
         body["deliveries"] = [delivery_json(d) for d in WebhookDeliveries(store).deliveries(job_id)]
+    if "assets" in include:
+        body["assets"] = [
+            asset_json(a) for a in AssetStore(store, services().settings.output_dir).for_job(job_id)
+        ]
     answer = _job_answer(dumps(body).encode())
     if signed:
         # The body carries working links: no cache (a browser's included)
@@ -410,7 +415,7 @@ def thumbnail(job_id: str) -> Response:
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
 def slide(job_id: str, n: int) -> Response:
     job = scoped_job(job_id)
-    count = len(job.deck.get("slides", []))
+    count = job.slide_count
     if not 1 <= n <= count:
         raise NotFound(
             f"slide {n} does not exist: slides are numbered 1 to {count}", code="slide_not_found"

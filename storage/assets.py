@@ -132,6 +132,12 @@ def asset_path(output_dir: Path, owner: str, sha256: str) -> Path:
     return owner_dir(output_dir, owner) / sha256[:2] / sha256
 
 
+def thumbnail_path(output_dir: Path, owner: str, sha256: str) -> Path:
+    """Where the thumbnail of ``owner``'s image with digest ``sha256`` is kept
+    once made (it goes with the asset's file)."""
+    return asset_path(output_dir, owner, sha256).with_name(f"{sha256}.thumb.png")
+
+
 def incoming_dir(output_dir: Path) -> Path:
     """Where uploads are written before they are renamed into place."""
     return output_dir / ASSETS_DIR / INCOMING_DIR
@@ -186,6 +192,21 @@ class AssetStore:
     def path(self, asset: Asset) -> Path:
         """The file of ``asset``."""
         return asset_path(self.output_dir, asset.owner, asset.sha256)
+
+    def thumbnail_path(self, asset: Asset) -> Path:
+        """Where the thumbnail of ``asset`` is kept once made."""
+        return thumbnail_path(self.output_dir, asset.owner, asset.sha256)
+
+    def for_job(self, job_id: str) -> list[Asset]:
+        """The assets job ``job_id`` uses, oldest first."""
+        query = (
+            select(assets_table)
+            .join(job_assets_table, job_assets_table.c.asset_id == assets_table.c.id)
+            .where(job_assets_table.c.job_id == job_id)
+            .order_by(assets_table.c.created_at, assets_table.c.id)
+        )
+        with self.db.transaction(single=True) as conn:
+            return [_asset(r) for r in conn.execute(query).all()]
 
     def ingest(
         self, owner: str, chunks: Iterable[bytes], limits: AssetLimits
@@ -434,3 +455,4 @@ class AssetStore:
                 ).first()
                 if again is None:
                     asset_path(self.output_dir, owner, sha256).unlink(missing_ok=True)
+                    thumbnail_path(self.output_dir, owner, sha256).unlink(missing_ok=True)
