@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from storage.deliveries import WebhookDelivery
-from storage.files import SLIDES_DIR
 from storage.jobs import Job
 
 
@@ -45,14 +44,6 @@ def webhook_json(job: Job) -> dict[str, Any] | None:
     }
 
 
-def slide_count(job: Job) -> int:
-    """How many slides ``job`` has: its deck's, or for a document deck (a
-    ``source``) the pages rendered so far (its slide files)."""
-    if job.deck.get("source") is not None:
-        return sum(1 for f in job.created_files if f.startswith(f"{SLIDES_DIR}/"))
-    return len(job.deck.get("slides", []))
-
-
 def job_json(job: Job) -> dict[str, Any]:
     """The public fields of ``job``."""
     options = job.deck.get("options", {})
@@ -66,7 +57,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "title": job.title,
         "owner": job.owner,
-        "slide_count": slide_count(job),
+        "slide_count": job.slide_count,
         "options": options,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),

@@ -275,7 +275,7 @@ def _encode(
             deck.options.fps,
             video,
             titles=[s.title for s in deck.slides],
-            transition=deck.options.transition,
+            transition=[s.transition or deck.options.transition for s in deck.slides],
             preset=settings.x264_preset,
             fade_color="0x{:02x}{:02x}{:02x}".format(*background),
             on_progress=on_progress,
