@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     )
     #: Seconds one PDF page may take to render (in a child process) before it is killed.
     page_timeout: float = Field(default=60.0, gt=0, validation_alias="SLIDEFARM_PAGE_TIMEOUT")
-    #: Address space, in MiB, of the child process that reads and renders a PDF.
+    #: Address space, in MiB, of the reader child (PDF, python-pptx) and of LibreOffice.
     document_memory_mb: int = Field(
         default=2048, ge=256, validation_alias="SLIDEFARM_DOCUMENT_MEMORY_MB"
     )

@@ -281,12 +281,15 @@ def no_network_prefix() -> tuple[str, ...]:
     return ()
 
 
-def _limits_prefix() -> tuple[str, ...]:
-    """``prlimit`` bounding the converter's output file size and core dumps."""
+def _limits_prefix(settings: Settings) -> tuple[str, ...]:
+    """``prlimit`` bounding the converter's address space (as the reader's),
+    output file size and core dumps."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
+        log.warning("no prlimit: LibreOffice conversions are bounded by time only")
         return ()
-    return (prlimit, f"--fsize={MAX_CONVERTED_BYTES}", "--core=0", "--")
+    memory = settings.document_memory_mb * 1024 * 1024
+    return (prlimit, f"--as={memory}", f"--fsize={MAX_CONVERTED_BYTES}", "--core=0", "--")
 
 
 def convert_pptx(path: Path, workdir: Path, settings: Settings) -> Path:
@@ -302,7 +305,7 @@ def convert_pptx(path: Path, workdir: Path, settings: Settings) -> Path:
         folder.mkdir()
     cmd = [
         *no_network_prefix(),
-        *_limits_prefix(),
+        *_limits_prefix(settings),
         soffice,
         f"-env:UserInstallation={profile.as_uri()}",
         "--headless",
