@@ -49,6 +49,20 @@ class DocumentError(Exception):
     """The document cannot be rendered (retrying would not help)."""
 
 
+class DocumentStopped(Exception):
+    """The caller asked to stop (``should_stop``): the child was killed."""
+
+
+#: Asked between short waits; true means stop now (a cancel, a lost lease, a timeout).
+StopCheck = Callable[[], bool]
+#: How often a wait on a child process asks whether to stop, in seconds.
+POLL = 0.2
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Document:
     """An opened document: the PDF to render and, per page, its title and notes."""
@@ -127,8 +141,11 @@ class _Child:
     """One run of :mod:`workers.docchild`: JSON answers read with a time limit
     per answer; killed (its whole process group) when left early."""
 
-    def __init__(self, args: list[str], settings: Settings, errors: Path) -> None:
+    def __init__(
+        self, args: list[str], settings: Settings, errors: Path, should_stop: StopCheck = _never
+    ) -> None:
         self.timeout = settings.page_timeout
+        self.should_stop = should_stop
         self.errors = errors
         cmd = [
             sys.executable,
@@ -167,12 +184,17 @@ class _Child:
                     if "peak_kib" in answer:
                         self.peak_kib = int(answer["peak_kib"])
                     yield answer
-                if not selector.select(self.timeout):
-                    self.kill()
-                    raise DocumentError(
-                        f"reading the document took longer than {self.timeout:g} s "
-                        "for one page (SLIDEFARM_PAGE_TIMEOUT)"
-                    )
+                deadline = time.monotonic() + self.timeout
+                while not selector.select(min(POLL, max(deadline - time.monotonic(), 0))):
+                    if self.should_stop():
+                        self.kill()
+                        raise DocumentStopped()
+                    if time.monotonic() >= deadline:
+                        self.kill()
+                        raise DocumentError(
+                            f"reading the document took longer than {self.timeout:g} s "
+                            "for one page (SLIDEFARM_PAGE_TIMEOUT)"
+                        )
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
@@ -228,9 +250,11 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _ask(args: list[str], settings: Settings, workdir: Path) -> dict[str, Any]:
+def _ask(
+    args: list[str], settings: Settings, workdir: Path, should_stop: StopCheck
+) -> dict[str, Any]:
     """The one answer of a child command."""
-    child = _Child(args, settings, workdir / "child.err")
+    child = _Child(args, settings, workdir / "child.err", should_stop)
     try:
         answers = list(child.answers())
     finally:
@@ -292,7 +316,9 @@ def _limits_prefix(settings: Settings) -> tuple[str, ...]:
     return (prlimit, f"--as={memory}", f"--fsize={MAX_CONVERTED_BYTES}", "--core=0", "--")
 
 
-def convert_pptx(path: Path, workdir: Path, settings: Settings) -> Path:
+def convert_pptx(
+    path: Path, workdir: Path, settings: Settings, should_stop: StopCheck = _never
+) -> Path:
     """The PDF LibreOffice makes of the PPTX at ``path``, in ``workdir``."""
     soffice = find_soffice(settings)
     workdir = workdir.resolve()
@@ -341,16 +367,22 @@ def convert_pptx(path: Path, workdir: Path, settings: Settings) -> Path:
             cwd=workdir,
             start_new_session=True,
         )
+        deadline = started + settings.convert_timeout
         try:
-            proc.wait(timeout=settings.convert_timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise DocumentError(
-                f"converting the PPTX took longer than {settings.convert_timeout:g} s "
-                "(SLIDEFARM_CONVERT_TIMEOUT)"
-            ) from None
+            while True:
+                try:
+                    proc.wait(timeout=min(POLL, max(deadline - time.monotonic(), 0.001)))
+                    break
+                except subprocess.TimeoutExpired:
+                    if should_stop():
+                        raise DocumentStopped() from None
+                    if time.monotonic() >= deadline:
+                        raise DocumentError(
+                            f"converting the PPTX took longer than {settings.convert_timeout:g} s "
+                            "(SLIDEFARM_CONVERT_TIMEOUT)"
+                        ) from None
         finally:
-            _kill_group(proc)  # whatever it left running
+            _kill_group(proc)  # on a stop or timeout, and whatever it left running
     pdf = out / "deck.pdf"
     log.info(
         "converted a PPTX in %.2fs (exit %s, %s)",
@@ -376,12 +408,13 @@ def open_document(
     workdir: Path,
     settings: Settings,
     check: Callable[[int], None],
+    should_stop: StopCheck = _never,
 ) -> Document:
     """Read the document at ``path`` (``kind`` pdf or pptx): its page count is
     passed to ``check`` (which raises to refuse it) before any page is
     rendered or any PPTX converted."""
     if kind == "pdf":
-        info = _ask(["inspect", str(path)], settings, workdir)
+        info = _ask(["inspect", str(path)], settings, workdir, should_stop)
         pages = int(info["pages"])
         check(pages)
         titles = [str(t) for t in info["titles"]]
@@ -394,10 +427,10 @@ def open_document(
             sniff(stream, max_pixels=settings.max_asset_pixels)
     except AssetRefused as refused:
         raise DocumentError(f"the PPTX is refused: {refused}") from refused
-    texts = _ask(["pptx-text", str(path)], settings, workdir)["slides"]
+    texts = _ask(["pptx-text", str(path)], settings, workdir, should_stop)["slides"]
     check(len(texts))
-    pdf = convert_pptx(path, workdir, settings)
-    info = _ask(["inspect", str(pdf)], settings, workdir)
+    pdf = convert_pptx(path, workdir, settings, should_stop)
+    info = _ask(["inspect", str(pdf)], settings, workdir, should_stop)
     pages = int(info["pages"])
     check(pages)
     if pages != len(texts):
@@ -413,13 +446,15 @@ def render_pages(
     pattern: str,
     settings: Settings,
     workdir: Path,
+    should_stop: StopCheck = _never,
 ) -> Generator[tuple[int, Path], None, None]:
     """Render every page, one at a time in a child process, to
     ``pattern.format(n)`` (n from 1); yield ``(n, path)`` as each is written.
     Leaving early kills the child."""
     width, height = size
     args = ["render", str(document.pdf), pattern, str(width), str(height)]
-    child = _Child([*args, *(str(c) for c in background)], settings, workdir / "render.err")
+    colours = [str(c) for c in background]
+    child = _Child([*args, *colours], settings, workdir / "render.err", should_stop)
     started = time.monotonic()
     try:
         for answer in child.answers():

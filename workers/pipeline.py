@@ -57,6 +57,7 @@ from workers.assets import AssetUnavailable, JobAssets
 from workers.documents import (
     MANIFEST_FILE,
     DocumentError,
+    DocumentStopped,
     check_pages,
     expand,
     manifest,
@@ -209,7 +210,12 @@ def _render_document(
     work = Path(tempfile.mkdtemp(prefix="slidefarm-doc-"))
     try:
         document = open_document(
-            asset.kind, path, work, settings, lambda pages: check_pages(deck, pages, settings)
+            asset.kind,
+            path,
+            work,
+            settings,
+            lambda pages: check_pages(deck, pages, settings),
+            lambda: lease.should_stop,
         )
         lease.check()
         slides = expand(deck, document)
@@ -222,7 +228,15 @@ def _render_document(
         last_write = time.monotonic()
         pattern = str(scratch / slide_file(1)).replace("001.png", "{:03d}.png")
         background = THEMES[deck.options.theme].background
-        pages = render_pages(document, deck.options.size, background, pattern, settings, work)
+        pages = render_pages(
+            document,
+            deck.options.size,
+            background,
+            pattern,
+            settings,
+            work,
+            lambda: lease.should_stop,
+        )
         # closing: a stop (cancel, lost lease, timeout) kills the reader at once.
         with closing(pages):
             for n, image in pages:
@@ -242,6 +256,9 @@ def _render_document(
         if len(images) != count:
             raise DocumentError(f"the document rendered {len(images)} of its {count} pages")
         lease.add_files(pending)
+    except DocumentStopped:
+        lease.check()  # says why: cancelled, lost or out of time
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings.render = time.monotonic() - started

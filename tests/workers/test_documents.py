@@ -461,3 +461,33 @@ def test_conversions_run_without_a_network_where_the_host_allows_it() -> None:
     )
     interfaces = [line.split(":")[0].strip() for line in seen.stdout.splitlines()[2:]]
     assert interfaces == ["lo"]
+
+
+def test_a_cancel_during_the_conversion_kills_libreoffice_within_a_heartbeat(
+    store: JobStore, settings: Settings, soffice: str
+) -> None:
+    asset = upload(store, settings, pptx_with_content(3))
+    quick = settings.model_copy(update={"heartbeat_interval": 0.05})
+    job, _ = store.create(document_deck(asset), title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    cancelled_at: list[float] = []
+
+    def converting() -> bool:
+        found = subprocess.run(["pgrep", "-f", "slidefarm-doc-.*deck.pptx"], capture_output=True)
+        return found.returncode == 0
+
+    def cancel_once_converting() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not converting():
+            time.sleep(0.02)
+        if converting():  # cancelled while LibreOffice runs
+            cancelled_at.append(time.monotonic())
+        store.request_cancel(job.id)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(cancel_once_converting)
+        assert run_attempt(store, claimed, quick).outcome is Outcome.CANCELLED
+        returned = time.monotonic()
+    assert cancelled_at and returned - cancelled_at[0] < 1.5
+    assert not converting(), "LibreOffice outlived its cancelled conversion"
