@@ -70,6 +70,13 @@ def check_deck_assets(
                     f"{MAX_SLIDES} slides",
                     "too_many_pages",
                 )
+            elif len(deck.slides) > source.pages:
+                problem(
+                    "slides",
+                    f"the deck sets {len(deck.slides)} slides but the document has only "
+                    f"{source.pages} pages",
+                    "too_many_overrides",
+                )
             elif (seconds := deck.seconds_for(source.pages)) > max_video_seconds:
                 problem(
                     "source.asset",

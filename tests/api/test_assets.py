@@ -343,6 +343,17 @@ def test_a_document_past_the_deck_limits_is_422_before_any_render(settings: Sett
     error = assert_error(_post_deck(acme, {"source": {"asset": big["id"]}}), 422)
     assert error["details"][0]["type"] == "too_long"
     assert "SLIDEFARM_MAX_VIDEO_SECONDS" in error["details"][0]["message"]
+    # More overrides than pages: the worker would refuse it, so the API does.
+    error = assert_error(
+        _post_deck(acme, {"source": {"asset": big["id"]}, "slides": [{"duration": 1.0}] * 6}), 422
+    )
+    assert error["details"] == [
+        {
+            "field": "slides",
+            "message": "the deck sets 6 slides but the document has only 5 pages",
+            "type": "too_many_overrides",
+        }
+    ]
     # Shorter pages fit: 5 x 2 s.
     fits = _post_deck(acme, {"source": {"asset": big["id"]}, "slides": [{"duration": 2.0}] * 5})
     assert fits.status_code == 202, fits.get_data(as_text=True)
