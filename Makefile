@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint format fonts browser ffprobe screenshots setup clean
+.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice screenshots setup clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,17 @@ ffprobe:
 	    >/dev/null) || echo "ffprobe: install failed, continuing"; \
 	else echo "ffprobe: not root or no apt-get; the video tests will skip"; fi
 
+# Debian's LibreOffice (no GUI) for PPTX decks: a worker converts a PPTX to
+# PDF with `soffice --headless`. Only PPTX jobs need it (make demo does not);
+# a worker without it fails them at once, readably.
+libreoffice:
+	@if command -v soffice >/dev/null; then echo "libreoffice: already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends libreoffice-impress-nogui >/dev/null) \
+	    || echo "libreoffice: install failed, continuing"; \
+	else echo "libreoffice: not root or no apt-get; the PPTX tests will skip"; fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
@@ -57,7 +68,7 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
-test: $(STAMP) fonts browser ffprobe
+test: $(STAMP) fonts browser ffprobe libreoffice
 	$(PY) -m pytest
 
 # The quick loop: no processes, no browser, no chaos run.

@@ -9,7 +9,10 @@ it. Its kind comes from its bytes alone (:mod:`core.sniff`).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
@@ -19,7 +22,7 @@ from api.auth import owner_scope, principal
 from api.errors import ApiError, BadRequest, NotFound
 from api.files import check_range
 from api.services import services
-from core.sniff import DOCUMENT_KINDS, MEDIA_TYPES
+from core.sniff import DOCUMENT_KINDS, IMAGE_KINDS, MEDIA_TYPES
 from storage.assets import Asset, AssetLimits, AssetStore
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
 from storage.serialize import iso
@@ -58,6 +61,9 @@ def asset_json(asset: Asset) -> dict[str, Any]:
         "created_at": iso(asset.created_at),
         "last_used_at": iso(asset.last_used_at),
         "content_url": f"/v1/assets/{asset.id}/content",
+        "thumbnail_url": (
+            f"/v1/assets/{asset.id}/thumbnail" if asset.kind in IMAGE_KINDS else None
+        ),
     }
 
 
@@ -145,6 +151,49 @@ def content(asset_id: str) -> Response:
         max_age=0,
     )
     # The bytes were sniffed: no browser may guess another type for them.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+#: The thumbnail's longer side, in pixels.
+THUMBNAIL_SIDE = 320
+
+
+def _make_thumbnail(source: Path, target: Path, max_pixels: int) -> None:
+    """A PNG of at most :data:`THUMBNAIL_SIDE` pixels a side of the image at
+    ``source`` (its first frame, upright, transparency kept), written to
+    ``target`` atomically."""
+    # Imported here: an API process loads Pillow when it first needs it.
+    from PIL import Image, ImageOps
+
+    with Image.open(source) as image:
+        if image.width * image.height > max_pixels:  # the file was checked at upload
+            raise NotFound("the image is too large to preview", code="no_thumbnail")
+        image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at a fraction
+        upright = ImageOps.exif_transpose(image)
+        small = upright.convert("RGBA" if upright.mode in ("RGBA", "LA", "P", "PA") else "RGB")
+        small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=".thumb-", suffix=".png")
+        with os.fdopen(handle, "wb") as out:
+            small.save(out, "PNG", optimize=True)
+        os.replace(name, target)
+
+
+@bp.get("/<asset_id>/thumbnail")
+def thumbnail(asset_id: str) -> Response:
+    """A small PNG of an image asset (made once, then kept with it)."""
+    asset = _scoped(asset_id)
+    if asset.kind not in IMAGE_KINDS:
+        raise NotFound(f"a {asset.kind.upper()} has no thumbnail", code="no_thumbnail")
+    store = _store()
+    path, target = store.path(asset), store.thumbnail_path(asset)
+    if not path.is_file():
+        raise NotFound("the asset's file is missing from the output storage", code="file_missing")
+    if not target.is_file():
+        _make_thumbnail(path, target, services().settings.max_asset_pixels)
+    response = send_file(
+        target, mimetype="image/png", conditional=True, etag=f"{asset.sha256}-thumb", max_age=0
+    )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 

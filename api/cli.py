@@ -23,13 +23,13 @@ from api.assets import asset_json
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, iso, job_json
-from api.submission import submit_deck
+from api.submission import DeckAssetsInvalid, submit_deck
 from core.config import Settings, get_settings
-from core.deck import Deck
-from core.sniff import AssetRefused
+from core.deck import ASPECTS, RESOLUTIONS, THEME_NAMES, Deck
+from core.sniff import DOCUMENT_KINDS, AssetRefused
 from storage import JobStore, Status, StorageError
 from storage.access import AccessStore, InvalidTenantName, UnknownTenant
-from storage.assets import AssetLimits, AssetStore
+from storage.assets import Asset, AssetLimits, AssetStore
 from storage.files import remove_job_files
 from storage.models import DEFAULT_TENANT
 from storage.registry import WorkerRegistry
@@ -101,8 +101,48 @@ def _bar(progress: float, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {progress * 100:5.1f}%"
 
 
+def _upload(ctx: Context, file: Path, tenant: str) -> tuple[Asset, bool]:
+    """Store ``file`` as an asset of ``tenant`` (one line and a non-zero exit if refused)."""
+    limits = AssetLimits.from_settings(ctx.settings)
+    try:
+        with file.open("rb") as data:
+            return _asset_store(ctx).ingest(tenant, iter(lambda: data.read(1 << 16), b""), limits)
+    except AssetRefused as error:
+        raise click.ClickException(f"{file}: {error}") from error
+
+
+def _document_body(
+    ctx: Context, document: Path, tenant: str, title: str | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    """A document deck's body: ``document`` uploaded, then named as the source."""
+    asset, _ = _upload(ctx, document, tenant)
+    if asset.kind not in DOCUMENT_KINDS:
+        fail(f"{document}: a {asset.kind.upper()}, not a PDF or PPTX")
+    body: dict[str, Any] = {"title": title or document.stem, "source": {"asset": asset.id}}
+    chosen = {k: v for k, v in options.items() if v is not None}
+    if chosen:
+        body["options"] = chosen
+    return body
+
+
 @main.command()
-@click.argument("deck_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "deck_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--pdf",
+    "--pptx",
+    "document",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Upload this PDF or PPTX and render its pages, one slide each (no DECK_FILE).",
+)
+@click.option(
+    "--title", default=None, help="With --pdf/--pptx: the job's title (default: the file's name)."
+)
+@click.option("--resolution", type=click.Choice(list(RESOLUTIONS)), default=None)
+@click.option("--aspect", type=click.Choice(list(ASPECTS)), default=None)
+@click.option("--theme", type=click.Choice(THEME_NAMES), default=None)
+@click.option("--transition", type=click.Choice(["none", "fade"]), default=None)
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--idempotency-key", default=None)
 @click.option(
@@ -112,33 +152,60 @@ def _bar(progress: float, width: int = 30) -> str:
 @pass_ctx
 def submit(
     ctx: Context,
-    deck_file: Path,
+    deck_file: Path | None,
+    document: Path | None,
+    title: str | None,
+    resolution: str | None,
+    aspect: str | None,
+    theme: str | None,
+    transition: str | None,
     wait: bool,
     idempotency_key: str | None,
     tenant: str,
     as_json: bool,
 ) -> None:
-    """Submit DECK_FILE (JSON) as a new job."""
+    """Submit DECK_FILE (JSON) as a new job, or a PDF or PPTX with --pdf FILE.
+
+    The render options override the deck file's."""
+    if (deck_file is None) == (document is None):
+        fail("give either DECK_FILE or --pdf/--pptx FILE")
+    options = {"resolution": resolution, "aspect": aspect, "theme": theme, "transition": transition}
+    if document is not None:
+        body = _document_body(ctx, document, tenant, title, options)
+        source = str(document)
+    else:
+        assert deck_file is not None
+        source = str(deck_file)
+        try:
+            body = json.loads(deck_file.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as error:
+            fail(f"{deck_file}: not valid JSON: {error}")
+            return
+        if isinstance(body, dict) and any(v is not None for v in options.values()):
+            given = body.get("options")
+            chosen = {k: v for k, v in options.items() if v is not None}
+            body["options"] = {**given, **chosen} if isinstance(given, dict) else chosen
     try:
-        body = json.loads(deck_file.read_text(encoding="utf-8"))
         deck = Deck.model_validate(body)
-    except (ValueError, RecursionError) as error:
-        if isinstance(error, ValidationError):
-            fields = ", ".join(
-                ".".join(str(p) for p in e["loc"]) or "(body)" for e in error.errors()
-            )
-            fail(f"{deck_file}: invalid deck ({fields})")
-        fail(f"{deck_file}: not valid JSON: {error}")
+    except ValidationError as error:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in error.errors())
+        fail(f"{source}: invalid deck ({fields})")
         return
-    job, _ = submit_deck(
-        ctx.store,
-        ctx.dispatcher,
-        deck,
-        body,
-        idempotency_key=idempotency_key,
-        max_attempts=ctx.settings.max_attempts,
-        owner=tenant,
-    )
+    try:
+        job, _ = submit_deck(
+            ctx.store,
+            ctx.dispatcher,
+            deck,
+            body,
+            idempotency_key=idempotency_key,
+            max_attempts=ctx.settings.max_attempts,
+            owner=tenant,
+            assets=_asset_store(ctx),
+            max_video_seconds=ctx.settings.max_video_seconds,
+        )
+    except DeckAssetsInvalid as invalid:
+        fail(f"{source}: {invalid}")
+        return
     if not wait:
         emit(job_json(job)) if as_json else click.echo(job.id)
         return
@@ -298,15 +365,7 @@ def _asset_store(ctx: Context) -> AssetStore:
 @pass_ctx
 def assets_upload(ctx: Context, file: Path, tenant: str, as_json: bool) -> None:
     """Store FILE (PNG, JPEG, WebP, GIF, PDF or PPTX, judged by its bytes)."""
-    limits = AssetLimits.from_settings(ctx.settings)
-    try:
-        with file.open("rb") as data:
-            asset, created = _asset_store(ctx).ingest(
-                tenant, iter(lambda: data.read(1 << 16), b""), limits
-            )
-    except AssetRefused as error:
-        fail(str(error))
-        return
+    asset, created = _upload(ctx, file, tenant)
     if as_json:
         emit({**asset_json(asset), "created": created})
         return

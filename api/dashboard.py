@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, redirect, render_template, request, send_from_directory
 from werkzeug.wrappers import Response as WResponse
 
+from api.assets import asset_json
 from api.auth import SESSION_COOKIE, owner_scope, require_admin
 from api.display import output_links, stage_label, time_tag
 from api.errors import Forbidden
@@ -16,6 +17,7 @@ from api.serialize import job_json
 from api.services import services
 from storage import Status
 from storage.access import SESSION_TTL, AccessStore
+from storage.assets import AssetStore
 from storage.stats import Inspector
 
 bp = Blueprint(
@@ -157,9 +159,11 @@ def job_page(job_id: str) -> str:
     """One job, followed live through its event stream."""
     store = services().store
     job = store.get(job_id, owner=owner_scope())
+    assets = AssetStore(store, services().settings.output_dir).for_job(job.id)
     return render_template(
         "job.html",
         job=job_json(job),
+        assets=[asset_json(a) for a in assets],
         active="jobs",
         stale_after=services().settings.stale_after,
         outputs=output_links(job),

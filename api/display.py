@@ -50,6 +50,6 @@ def output_links(job: Job) -> dict[str, str]:
         VIDEO_FILE: url_for("jobs.video", job_id=job.id),
         THUMBNAIL_FILE: url_for("jobs.thumbnail", job_id=job.id),
     }
-    for n in range(1, len(job.deck.get("slides", [])) + 1):
+    for n in range(1, job.slide_count + 1):
         links[slide_file(n)] = url_for("jobs.slide", job_id=job.id, n=n)
     return links

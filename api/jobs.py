@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_etags
 
+from api.assets import asset_json
 from api.auth import owner_scope, principal
 from api.errors import (
     BadRequest,
@@ -27,9 +28,10 @@ from api.schemas import Submission
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.signing import OPEN_KEY_ID, UrlSigner, signed_links
-from api.submission import submit_deck
+from api.submission import DeckAssetsInvalid, submit_deck
 from core.urls import check_callback_url
 from storage import Job, Status
+from storage.assets import AssetStore
 from storage.deliveries import WebhookDeliveries
 from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
@@ -176,7 +178,22 @@ def submit() -> Response:
             [{"field": "Idempotency-Key", "message": "invalid key"}],
             code="invalid_parameter",
         )
-    job, created = submit_deck(
+    try:
+        job, created = _submit(submission, body, key)
+    except DeckAssetsInvalid as invalid:
+        raise ValidationFailed(
+            f"the deck names {len(invalid.details)} asset(s) it cannot use", invalid.details
+        ) from invalid
+    response = _accepted(job)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tuple[Job, bool]:
+    svc = services()
+    who = principal()
+    return submit_deck(
         svc.store,
         svc.dispatcher,
         submission.deck(),
@@ -186,11 +203,9 @@ def submit() -> Response:
         owner=who.tenant,
         callback_url=submission.callback_url,
         max_active=svc.settings.active_job_cap,
+        assets=AssetStore(svc.store, svc.settings.output_dir),
+        max_video_seconds=svc.settings.max_video_seconds,
     )
-    response = _accepted(job)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
 
 
 def _include_arg() -> set[str]:
@@ -199,9 +214,9 @@ def _include_arg() -> set[str]:
     if raw is None:
         return set()
     include = {part.strip() for part in raw.split(",")}
-    if include - {"history", "deliveries"}:
+    if include - {"history", "deliveries", "assets"}:
         raise BadRequest(
-            "include accepts: history, deliveries",
+            "include accepts: history, deliveries, assets",
             [{"field": "include", "message": f"got {raw[:100]!r}"}],
             code="invalid_parameter",
         )
@@ -278,6 +293,10 @@ def show(job_id: str) -> Response:
         body["history"] = [event_json(e) for e in store.history(job_id)]
     if "deliveries" in include:
         body["deliveries"] = [delivery_json(d) for d in WebhookDeliveries(store).deliveries(job_id)]
+    if "assets" in include:
+        body["assets"] = [
+            asset_json(a) for a in AssetStore(store, services().settings.output_dir).for_job(job_id)
+        ]
     answer = _job_answer(dumps(body).encode())
     if signed:
         # The body carries working links: no cache (a browser's included)
@@ -396,7 +415,7 @@ def thumbnail(job_id: str) -> Response:
 @bp.get("/<job_id>/slides/<int(signed=True):n>")
 def slide(job_id: str, n: int) -> Response:
     job = scoped_job(job_id)
-    count = len(job.deck.get("slides", []))
+    count = job.slide_count
     if not 1 <= n <= count:
         raise NotFound(
             f"slide {n} does not exist: slides are numbered 1 to {count}", code="slide_not_found"

@@ -188,6 +188,9 @@ def _file(media_type: str, what: str) -> dict[str, Doc]:
     }
 
 
+#: One name ``?include=`` accepts.
+_INCLUDE = "(?:history|deliveries|assets)"
+
 ASSET_ID: Doc = {
     "name": "asset_id",
     "in": "path",
@@ -314,6 +317,26 @@ def _asset_operations() -> dict[str, Doc]:
                 },
             },
         },
+        "/v1/assets/{asset_id}/thumbnail": {
+            "parameters": [ASSET_ID],
+            "get": {
+                "operationId": "getAssetThumbnail",
+                "summary": "An image asset as a PNG of at most 320 pixels a side "
+                "(upright, its first frame); documents have none (404 `no_thumbnail`)",
+                "responses": {
+                    "200": {
+                        "description": "The thumbnail",
+                        "content": {
+                            "image/png": {
+                                "schema": {"type": "string", "contentMediaType": "image/png"}
+                            }
+                        },
+                    },
+                    "304": {"description": "Not modified (If-None-Match)"},
+                    **_errors(401, 404, 503),
+                },
+            },
+        },
     }
 
 
@@ -397,6 +420,7 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "getJob",
                 "summary": "The job; `?include=history` adds every transition, "
                 "`?include=deliveries` every webhook delivery attempt, "
+                "`?include=assets` the assets it uses (comma-separate to combine), "
                 "`?signed=1` output links that need no key until "
                 "`urls_expire_at`",
                 "parameters": [
@@ -406,12 +430,7 @@ def _operations() -> dict[str, Doc]:
                         "required": False,
                         "schema": {
                             "type": "string",
-                            "enum": [
-                                "history",
-                                "deliveries",
-                                "history,deliveries",
-                                "deliveries,history",
-                            ],
+                            "pattern": f"^{_INCLUDE}(?:,{_INCLUDE})*$",
                         },
                     },
                     {
@@ -600,6 +619,7 @@ _ASSET_LINKS: Doc = {
     for name, op in (
         ("GetAsset", "getAsset"),
         ("GetAssetContent", "getAssetContent"),
+        ("GetAssetThumbnail", "getAssetThumbnail"),
         ("DeleteAsset", "deleteAsset"),
     )
 }

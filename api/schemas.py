@@ -10,11 +10,11 @@ added to a response without being documented here fails the fuzz test.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.deck import Deck, Options
+from core.deck import Deck, Options, deck_json_schema
 from core.urls import MAX_URL_LENGTH
 from storage.models import Stage, Status
 
@@ -41,35 +41,46 @@ CallbackUrl = Annotated[
 ]
 
 
+#: Two decks the document shows: written slides, and a PDF's pages.
+SUBMISSION_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "title": "Quarterly review",
+        "slides": [
+            {
+                "title": "Revenue",
+                "body": "Up 12% on last quarter.",
+                "bullets": ["EMEA +20%", "APAC flat"],
+                "duration": 4.0,
+                "notes": "speaker notes, not drawn",
+            },
+            {"title": "Questions?"},
+        ],
+        "options": {
+            "resolution": "720p",
+            "aspect": "16:9",
+            "theme": "light",
+            "fps": 30,
+            "transition": "none",
+        },
+    },
+    {
+        "source": {"asset": "9b2f0c1e-4d6a-4c8e-9f3b-2a1d5e7c8b90"},
+        "title": "Onboarding (from the PDF)",
+        "slides": [{"duration": 6.0, "notes": "welcome"}, {"transition": "fade"}],
+        "options": {"resolution": "1080p", "aspect": "9:16"},
+    },
+]
+
+
+def _submission_schema(schema: dict[str, Any]) -> None:
+    deck_json_schema(schema)
+    schema["examples"] = SUBMISSION_EXAMPLES
+
+
 class Submission(Deck):
     """The body of ``POST /v1/jobs``: a deck, and where to report its end."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "title": "Quarterly review",
-                    "slides": [
-                        {
-                            "title": "Revenue",
-                            "body": "Up 12% on last quarter.",
-                            "bullets": ["EMEA +20%", "APAC flat"],
-                            "duration": 4.0,
-                            "notes": "speaker notes, not drawn",
-                        },
-                        {"title": "Questions?"},
-                    ],
-                    "options": {
-                        "resolution": "720p",
-                        "aspect": "16:9",
-                        "theme": "light",
-                        "fps": 30,
-                        "transition": "none",
-                    },
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=_submission_schema)
 
     callback_url: CallbackUrl | None = None
 
@@ -150,6 +161,30 @@ class JobEvent(_Body):
     reason: str | None
 
 
+class Asset(_Body):
+    """An uploaded image or document, as the API shows it."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    owner: str
+    kind: Literal["png", "jpeg", "webp", "gif", "pdf", "pptx"] = Field(
+        description="Decided from the bytes, never the file name or declared type"
+    )
+    media_type: str
+    size_bytes: int = Field(ge=1)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    width: int | None = Field(description="Images: pixels; else null")
+    height: int | None = Field(description="Images: pixels; else null")
+    pages: int | None = Field(
+        description="PPTX: slides; else null (a PDF is counted when rendered)"
+    )
+    created_at: datetime
+    last_used_at: datetime = Field(
+        description="The last upload of these bytes or use by a job; retention counts from it"
+    )
+    content_url: str
+    thumbnail_url: str | None = Field(description="Images: a small PNG of it; else null")
+
+
 class Job(_Body):
     """A job as the API shows it (docs/design.md, "The job")."""
 
@@ -162,7 +197,11 @@ class Job(_Body):
     worker: str | None
     title: str
     owner: str = Field(description="The tenant that submitted the job")
-    slide_count: int = Field(ge=0)
+    slide_count: int = Field(
+        ge=0,
+        description="A written deck's slides; a document deck's pages rendered "
+        "so far (0 until counted)",
+    )
     options: Options
     created_at: datetime
     started_at: datetime | None
@@ -180,6 +219,9 @@ class Job(_Body):
         default=None, description="Present when the job has a callback_url"
     )
     history: list[JobEvent] | None = Field(default=None, description="Only with ?include=history")
+    assets: list[Asset] | None = Field(
+        default=None, description="Only with ?include=assets: the assets the job uses"
+    )
     deliveries: list[WebhookDelivery] | None = Field(
         default=None, description="Only with ?include=deliveries"
     )
@@ -263,27 +305,6 @@ class ReadyChecks(_Body):
 class Ready(_Body):
     status: Literal["ready"]
     checks: ReadyChecks
-
-
-class Asset(_Body):
-    """An uploaded image or document, as the API shows it."""
-
-    id: str = Field(json_schema_extra={"format": "uuid"})
-    owner: str
-    kind: Literal["png", "jpeg", "webp", "gif", "pdf", "pptx"] = Field(
-        description="Decided from the bytes, never the file name or declared type"
-    )
-    media_type: str
-    size_bytes: int = Field(ge=1)
-    sha256: str = Field(pattern="^[0-9a-f]{64}$")
-    width: int | None = Field(description="Images: pixels; else null")
-    height: int | None = Field(description="Images: pixels; else null")
-    pages: int | None = Field(description="PPTX: slides; else null")
-    created_at: datetime
-    last_used_at: datetime = Field(
-        description="The last upload of these bytes or use by a job; retention counts from it"
-    )
-    content_url: str
 
 
 class AssetList(_Body):

@@ -118,7 +118,7 @@ def signed_links(signer: UrlSigner, job: Job, key_id: str) -> dict[str, Any]:
         )
 
     ready = job.status is Status.COMPLETED
-    slides = len(job.deck.get("slides", []))
+    slides = job.slide_count
     return {
         "video_url": link("jobs.video", VIDEO_FILE) if ready and job.video_url else None,
         "thumbnail_url": (

@@ -7,9 +7,19 @@ import json
 from typing import Any
 
 from api.dispatch import Dispatcher
-from core.deck import Deck
+from core.deck import MAX_SLIDES, Deck, is_asset_id
+from core.sniff import DOCUMENT_KINDS, IMAGE_KINDS
 from storage import Job, JobStore
+from storage.assets import Asset, AssetNotFound, AssetStore
 from storage.models import DEFAULT_TENANT
+
+
+class DeckAssetsInvalid(ValueError):
+    """The deck names an asset it cannot use; ``details`` says which, field by field."""
+
+    def __init__(self, details: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{d['field']}: {d['message']}" for d in details))
+        self.details = details
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -17,6 +27,77 @@ def request_hash(body: dict[str, Any]) -> str:
     telling an Idempotency-Key replay from a conflicting reuse."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_deck_assets(
+    assets: AssetStore, deck: Deck, owner: str, *, max_video_seconds: float
+) -> None:
+    """:class:`DeckAssetsInvalid` unless every asset ``deck`` names is one of
+    ``owner``'s, of the kind its place needs (a PDF or PPTX source, images on
+    slides), and a source whose page count is known fits the deck limits.
+    Another tenant's asset reads exactly like a missing one."""
+    problems: list[dict[str, str]] = []
+    found: dict[str, Asset | None] = {}
+
+    def lookup(asset_id: str) -> Asset | None:
+        if asset_id not in found:
+            try:
+                found[asset_id] = assets.get(asset_id, owner=owner)
+            except AssetNotFound:
+                found[asset_id] = None
+        return found[asset_id]
+
+    def problem(field: str, message: str, kind: str) -> None:
+        problems.append({"field": field, "message": message, "type": kind})
+
+    if deck.source is not None:
+        source = lookup(deck.source.asset)
+        if source is None:
+            problem("source.asset", f"no asset {deck.source.asset}", "asset_not_found")
+        elif source.kind not in DOCUMENT_KINDS:
+            problem(
+                "source.asset",
+                f"asset {source.id} is a {source.kind.upper()}; a source must be a PDF or PPTX",
+                "wrong_asset_kind",
+            )
+        elif source.pages is not None:
+            if source.pages == 0:
+                problem("source.asset", "the document has no pages", "empty_document")
+            elif source.pages > MAX_SLIDES:
+                problem(
+                    "source.asset",
+                    f"the document has {source.pages} pages; a deck may have at most "
+                    f"{MAX_SLIDES} slides",
+                    "too_many_pages",
+                )
+            elif len(deck.slides) > source.pages:
+                problem(
+                    "slides",
+                    f"the deck sets {len(deck.slides)} slides but the document has only "
+                    f"{source.pages} pages",
+                    "too_many_overrides",
+                )
+            elif (seconds := deck.seconds_for(source.pages)) > max_video_seconds:
+                problem(
+                    "source.asset",
+                    f"its {source.pages} pages would last {seconds:g} s, over "
+                    f"SLIDEFARM_MAX_VIDEO_SECONDS ({max_video_seconds:g})",
+                    "too_long",
+                )
+    for n, slide in enumerate(deck.slides):
+        if slide.image is None or not is_asset_id(slide.image):
+            continue
+        image = lookup(slide.image)
+        if image is None:
+            problem(f"slides.{n}.image", f"no asset {slide.image}", "asset_not_found")
+        elif image.kind not in IMAGE_KINDS:
+            problem(
+                f"slides.{n}.image",
+                f"asset {image.id} is a {image.kind.upper()}, not an image",
+                "wrong_asset_kind",
+            )
+    if problems:
+        raise DeckAssetsInvalid(problems)
 
 
 def submit_deck(
@@ -30,21 +111,47 @@ def submit_deck(
     owner: str = DEFAULT_TENANT,
     callback_url: str | None = None,
     max_active: int | None = None,
+    assets: AssetStore | None = None,
+    max_video_seconds: float | None = None,
 ) -> tuple[Job, bool]:
     """Commit ``owner``'s job, then send its task (never the other way round);
     return the job and whether it is new (``False``: an idempotent replay).
     ``max_active``: refuse (:class:`~storage.QuotaExceeded`) past that many
-    of ``owner``'s jobs queued or processing."""
-    job, created = store.create(
-        deck.model_dump(mode="json"),
-        title=deck.title,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash(body) if idempotency_key else None,
-        attempt_limit=max_attempts,
-        owner=owner,
-        callback_url=callback_url,
-        max_active=max_active,
-    )
+    of ``owner``'s jobs queued or processing.
+
+    A deck that names assets is checked against ``assets`` first
+    (:class:`DeckAssetsInvalid`); the job is linked to them in its insert's
+    transaction, so none is deleted while it is queued or processing (one
+    deleted in between: :class:`DeckAssetsInvalid` too, and no job)."""
+    asset_ids = deck.asset_ids()
+    if asset_ids:
+        if assets is None:
+            raise DeckAssetsInvalid(
+                [{"field": "(body)", "message": "assets are not available here", "type": "asset"}]
+            )
+        check_deck_assets(assets, deck, owner, max_video_seconds=max_video_seconds or float("inf"))
+    try:
+        job, created = store.create(
+            deck.model_dump(mode="json"),
+            title=deck.title,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash(body) if idempotency_key else None,
+            attempt_limit=max_attempts,
+            owner=owner,
+            callback_url=callback_url,
+            max_active=max_active,
+            asset_ids=asset_ids,
+        )
+    except AssetNotFound as gone:
+        raise DeckAssetsInvalid(
+            [
+                {
+                    "field": "(body)",
+                    "message": f"{gone} (deleted meanwhile)",
+                    "type": "asset_not_found",
+                }
+            ]
+        ) from gone
     if created:
         dispatcher.send_render(job.id)
     return job, created

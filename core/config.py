@@ -153,6 +153,20 @@ class Settings(BaseSettings):
         default=30.0, gt=0, validation_alias="SLIDEFARM_ASSET_RETENTION_DAYS"
     )
 
+    # --- Document decks (PDF, PPTX) ---
+    #: The LibreOffice binary that converts PPTX to PDF; unset: ``soffice`` on PATH.
+    soffice: str | None = Field(default=None, validation_alias="SLIDEFARM_SOFFICE")
+    #: Seconds one PPTX to PDF conversion may take before its process group is killed.
+    convert_timeout: float = Field(
+        default=120.0, gt=0, validation_alias="SLIDEFARM_CONVERT_TIMEOUT"
+    )
+    #: Seconds one PDF page may take to render (in a child process) before it is killed.
+    page_timeout: float = Field(default=60.0, gt=0, validation_alias="SLIDEFARM_PAGE_TIMEOUT")
+    #: Address space, in MiB, of the reader child (PDF, python-pptx) and of LibreOffice.
+    document_memory_mb: int = Field(
+        default=2048, ge=256, validation_alias="SLIDEFARM_DOCUMENT_MEMORY_MB"
+    )
+
     # --- Completion webhooks ---
     #: Comma-separated CIDRs that callbacks may reach although they are not
     #: public addresses (e.g. ``127.0.0.1/32`` in tests). Empty: public only.

@@ -7,7 +7,7 @@ it, so both sides agree on every field and default.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +30,8 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {
 
 #: Aspect ratios a deck may ask for, landscape first (the default).
 ASPECTS = ("16:9", "9:16", "1:1")
+#: The themes a deck may ask for, the default first.
+THEME_NAMES = ("light", "dark")
 
 
 def frame_size(resolution: str, aspect: str) -> tuple[int, int]:
@@ -98,8 +100,25 @@ class _Strict(BaseModel):
 OVERRIDE_FIELDS = frozenset({"title", "duration", "transition", "notes"})
 
 
+def _slide_schema(schema: dict[str, Any]) -> None:
+    # The rule the validator below enforces, said in the document too.
+    schema["anyOf"] = [
+        {"required": ["image"], "properties": {"image": {"type": "string"}}},
+        {
+            "properties": {
+                "layout": {"type": "null"},
+                "scrim": {"type": "null"},
+                "fit": {"const": "cover"},
+                "caption": {"maxLength": 0},
+            }
+        },
+    ]
+
+
 class Slide(_Strict):
     """One slide: a title, a body, bullets, an image and how long it shows."""
+
+    model_config = ConfigDict(json_schema_extra=_slide_schema)
 
     title: Text = Field(default="", max_length=200)
     body: Text = Field(default="", max_length=2000)
@@ -199,10 +218,39 @@ class Source(_Strict):
 UNTITLED = "Untitled presentation"
 
 
+def deck_json_schema(schema: dict[str, Any]) -> None:
+    """Add to a deck's JSON Schema the rules its validators enforce across fields."""
+    # Written slides need a title and a slide; a document deck needs neither,
+    # and its slides set only what a page lacks (the validators below).
+    schema["required"] = [name for name in schema.get("required", []) if name != "title"]
+    overrides: dict[str, Any] = {name: {} for name in sorted(OVERRIDE_FIELDS)}
+    schema["anyOf"] = [
+        {
+            "required": ["source"],
+            "properties": {
+                "source": {"type": "object"},
+                "slides": {
+                    "items": {
+                        "type": "object",
+                        "properties": overrides,
+                        "additionalProperties": False,
+                    }
+                },
+            },
+        },
+        {
+            "required": ["title", "slides"],
+            "properties": {"source": {"type": "null"}, "slides": {"minItems": 1}},
+        },
+    ]
+
+
 class Deck(_Strict):
     """A whole deck, as submitted: written slides, or a document (``source``)
     whose pages are the slides and whose ``slides`` only override their
     title, duration, transition and notes, page by page."""
+
+    model_config = ConfigDict(json_schema_extra=deck_json_schema)
 
     title: Text = Field(
         min_length=1, max_length=200, json_schema_extra={"pattern": NOT_BLANK_PATTERN}
@@ -214,7 +262,7 @@ class Deck(_Strict):
             "may set only title, duration, transition and notes of page i+1."
         ),
     )
-    slides: list[Slide] = Field(default_factory=list, max_length=MAX_SLIDES)
+    slides: list[Slide] = Field(default_factory=list, max_length=MAX_SLIDES, validate_default=True)
     options: Options = Field(default_factory=Options)
 
     @model_validator(mode="before")

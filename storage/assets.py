@@ -132,6 +132,12 @@ def asset_path(output_dir: Path, owner: str, sha256: str) -> Path:
     return owner_dir(output_dir, owner) / sha256[:2] / sha256
 
 
+def thumbnail_path(output_dir: Path, owner: str, sha256: str) -> Path:
+    """Where the thumbnail of ``owner``'s image with digest ``sha256`` is kept
+    once made (it goes with the asset's file)."""
+    return asset_path(output_dir, owner, sha256).with_name(f"{sha256}.thumb.png")
+
+
 def incoming_dir(output_dir: Path) -> Path:
     """Where uploads are written before they are renamed into place."""
     return output_dir / ASSETS_DIR / INCOMING_DIR
@@ -146,6 +152,35 @@ def _lock_owner(conn: Connection, owner: str) -> None:
         take_write_lock(conn)
 
 
+def link_assets(conn: Connection, job_id: str, asset_ids: Iterable[str]) -> None:
+    """In ``conn``'s transaction, record that job ``job_id`` uses ``asset_ids``
+    (see :meth:`AssetStore.link`)."""
+    ids = sorted(set(asset_ids))
+    if not ids:
+        return
+    # Touching the rows both proves they exist (and are the job's owner's)
+    # and makes a concurrent retention DELETE wait, then see them as
+    # recently used: a job never gets an asset deleted under it.
+    job_owner = select(jobs_table.c.owner).where(jobs_table.c.id == job_id).scalar_subquery()
+    touched = conn.execute(
+        update(assets_table)
+        .where(assets_table.c.id.in_(ids), assets_table.c.owner == job_owner)
+        .values(last_used_at=utcnow())
+    ).rowcount
+    if touched != len(ids):
+        raise AssetNotFound(f"job {job_id} names an asset its tenant does not have")
+    linked = set(
+        conn.execute(
+            select(job_assets_table.c.asset_id).where(
+                job_assets_table.c.job_id == job_id, job_assets_table.c.asset_id.in_(ids)
+            )
+        ).scalars()
+    )
+    new = [{"job_id": job_id, "asset_id": a} for a in ids if a not in linked]
+    if new:
+        conn.execute(insert(job_assets_table), new)
+
+
 class AssetStore:
     """Tenants' assets: their rows in the database and their files on the output storage."""
 
@@ -157,6 +192,21 @@ class AssetStore:
     def path(self, asset: Asset) -> Path:
         """The file of ``asset``."""
         return asset_path(self.output_dir, asset.owner, asset.sha256)
+
+    def thumbnail_path(self, asset: Asset) -> Path:
+        """Where the thumbnail of ``asset`` is kept once made."""
+        return thumbnail_path(self.output_dir, asset.owner, asset.sha256)
+
+    def for_job(self, job_id: str) -> list[Asset]:
+        """The assets job ``job_id`` uses, oldest first."""
+        query = (
+            select(assets_table)
+            .join(job_assets_table, job_assets_table.c.asset_id == assets_table.c.id)
+            .where(job_assets_table.c.job_id == job_id)
+            .order_by(assets_table.c.created_at, assets_table.c.id)
+        )
+        with self.db.transaction(single=True) as conn:
+            return [_asset(r) for r in conn.execute(query).all()]
 
     def ingest(
         self, owner: str, chunks: Iterable[bytes], limits: AssetLimits
@@ -366,32 +416,9 @@ class AssetStore:
             return
         if conn is None:
             with self.db.transaction() as own:
-                self._link(own, job_id, ids)
+                link_assets(own, job_id, ids)
         else:
-            self._link(conn, job_id, ids)
-
-    def _link(self, conn: Connection, job_id: str, ids: Sequence[str]) -> None:
-        # Touching the rows both proves they exist (and are the job's owner's)
-        # and makes a concurrent retention DELETE wait, then see them as
-        # recently used: a job never gets an asset deleted under it.
-        job_owner = select(jobs_table.c.owner).where(jobs_table.c.id == job_id).scalar_subquery()
-        touched = conn.execute(
-            update(assets_table)
-            .where(assets_table.c.id.in_(ids), assets_table.c.owner == job_owner)
-            .values(last_used_at=utcnow())
-        ).rowcount
-        if touched != len(ids):
-            raise AssetNotFound(f"job {job_id} names an asset its tenant does not have")
-        linked = set(
-            conn.execute(
-                select(job_assets_table.c.asset_id).where(
-                    job_assets_table.c.job_id == job_id, job_assets_table.c.asset_id.in_(ids)
-                )
-            ).scalars()
-        )
-        new = [{"job_id": job_id, "asset_id": a} for a in ids if a not in linked]
-        if new:
-            conn.execute(insert(job_assets_table), new)
+            link_assets(conn, job_id, ids)
 
     def fetched(self, job_id: str, url: str) -> str | None:
         """The id of the asset job ``job_id`` made of the image at ``url``
@@ -462,3 +489,4 @@ class AssetStore:
                 ).first()
                 if again is None:
                     asset_path(self.output_dir, owner, sha256).unlink(missing_ok=True)
+                    thumbnail_path(self.output_dir, owner, sha256).unlink(missing_ok=True)

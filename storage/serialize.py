@@ -57,7 +57,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "title": job.title,
         "owner": job.owner,
-        "slide_count": len(job.deck.get("slides", [])),
+        "slide_count": job.slide_count,
         "options": options,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),

@@ -29,15 +29,19 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from pydantic import ValidationError
 
 from core.config import Settings
 from core.deck import Deck
+from core.sniff import DOCUMENT_KINDS
 from storage import DatabaseUnavailable, Job, JobNotFound, JobStore, Stage, Status, StorageError
 from storage.files import (
     ATTEMPT_MARKER,
@@ -52,6 +56,16 @@ from storage.files import (
     slide_file,
 )
 from workers.assets import AssetUnavailable, JobAssets
+from workers.documents import (
+    MANIFEST_FILE,
+    DocumentError,
+    DocumentStopped,
+    check_pages,
+    expand,
+    manifest,
+    open_document,
+    render_pages,
+)
 from workers.fetch import ImageFetchFailed
 from workers.fonts import font_chain
 from workers.heartbeat import (
@@ -140,15 +154,22 @@ def _render(
     scratch: Path,
     settings: Settings,
     timings: _Timings,
-    assets: JobAssets,
+    assets: JobAssets | None = None,
 ) -> None:
+    if deck.source is not None:
+        if assets is None:
+            raise RenderError("a document deck needs its job's assets")
+        _render_document(lease, deck, scratch, settings, timings, assets)
+        return
     fonts = font_chain(settings.system_fonts)
     if not settings.noop_render and (problem := missing_glyphs(deck, fonts)) is not None:
         # Before any slide is drawn: the deck cannot render, so retrying is useless.
         raise RenderError(problem)
     pictures = None
     if not settings.noop_render and any(s.image is not None for s in deck.slides):
-        # Every image fetched and loaded before any slide is drawn.
+        # Every image fetched and checked before any slide is drawn.
+        if assets is None:
+            raise RenderError("a deck with images needs its job's assets")
         background = THEMES[deck.options.theme].background
         pictures = resolve_images(assets, deck, settings, background, lease.check)
     started = time.monotonic()
@@ -181,7 +202,88 @@ def _render(
         lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
         timings.encode = 0.0
         return
+    _encode(lease, deck, images, scratch, settings, timings)
 
+
+def _render_document(
+    lease: Lease,
+    deck: Deck,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    assets: JobAssets,
+) -> None:
+    """A document deck (docs/design.md, "Document decks"): its pages, each
+    rendered into the slide files as it comes, then the same encode."""
+    assert deck.source is not None
+    started = time.monotonic()
+    asset, path = assets.file(deck.source.asset, DOCUMENT_KINDS, "the source document")
+    work = Path(tempfile.mkdtemp(prefix="slidefarm-doc-"))
+    try:
+        document = open_document(
+            asset.kind,
+            path,
+            work,
+            settings,
+            lambda pages: check_pages(deck, pages, settings),
+            lambda: lease.should_stop,
+        )
+        lease.check()
+        slides = expand(deck, document)
+        deck = deck.model_copy(update={"slides": slides})
+        count = len(slides)
+        manifest_bytes = manifest(document, slides)
+        (scratch / MANIFEST_FILE).write_bytes(manifest_bytes)
+        pending: list[tuple[str, int]] = [(MANIFEST_FILE, len(manifest_bytes))]
+        images: list[Path] = []
+        last_write = time.monotonic()
+        pattern = str(scratch / slide_file(1)).replace("001.png", "{:03d}.png")
+        background = THEMES[deck.options.theme].background
+        pages = render_pages(
+            document,
+            deck.options.size,
+            background,
+            pattern,
+            settings,
+            work,
+            lambda: lease.should_stop,
+        )
+        # closing: a stop (cancel, lost lease, timeout) kills the reader at once.
+        with closing(pages):
+            for n, image in pages:
+                lease.check()
+                pending.append((slide_file(n), image.stat().st_size))
+                if n == 1:
+                    with Image.open(image) as first:
+                        pending.append(
+                            (THUMBNAIL_FILE, save_thumbnail(first, scratch / THUMBNAIL_FILE))
+                        )
+                images.append(image)
+                if time.monotonic() - last_write >= PROGRESS_EVERY and n < count:
+                    last_write = time.monotonic()
+                    lease.add_files(pending)
+                    pending = []
+                    lease.progress(SLIDES_SHARE * n / count, Stage.RENDERING_SLIDES)
+        if len(images) != count:
+            raise DocumentError(f"the document rendered {len(images)} of its {count} pages")
+        lease.add_files(pending)
+    except DocumentStopped:
+        lease.check()  # says why: cancelled, lost or out of time
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    timings.render = time.monotonic() - started
+    _encode(lease, deck, images, scratch, settings, timings)
+
+
+def _encode(
+    lease: Lease,
+    deck: Deck,
+    images: list[Path],
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+) -> None:
     lease.progress(SLIDES_SHARE, Stage.ENCODING_VIDEO)
     started = time.monotonic()
     last_write = started
@@ -201,7 +303,7 @@ def _render(
             deck.options.fps,
             video,
             titles=[s.title for s in deck.slides],
-            transition=deck.options.transition,
+            transition=[s.transition or deck.options.transition for s in deck.slides],
             preset=settings.x264_preset,
             fade_color="0x{:02x}{:02x}{:02x}".format(*background),
             on_progress=on_progress,
@@ -264,7 +366,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.CANCELLED)
     except RenderTimedOut as timed_out:
         result = AttemptResult(Outcome.FAILED, str(timed_out))
-    except (RenderError, MissingGlyphs, AssetUnavailable) as failure:
+    except (RenderError, MissingGlyphs, AssetUnavailable, DocumentError) as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
     except ImageFetchFailed as failure:
         result = AttemptResult(Outcome.RETRYING, str(failure))

@@ -200,6 +200,15 @@ def still_command(
     ]
 
 
+def fades(transitions: Sequence[str]) -> list[tuple[bool, bool]]:
+    """Whether each slide fades in and out, from how each comes in: a slide
+    whose transition is ``fade`` fades in, and the slide before it fades out
+    (a dip to the background between them); the last slide fades out when it
+    faded in, so the video ends as it began."""
+    flags = [t == "fade" for t in transitions]
+    return [(flags[i], flags[i + 1] if i + 1 < len(flags) else flags[i]) for i in range(len(flags))]
+
+
 def fade_command(
     images: Sequence[Path],
     frames: Sequence[int],
@@ -208,24 +217,30 @@ def fade_command(
     preset: str,
     color: str,
     chapters: Path | None = None,
+    flags: Sequence[tuple[bool, bool]] | None = None,
 ) -> list[str]:
-    """Each slide fades in from and out to ``color`` within its own duration,
-    so the total length stays exact; chapters from ``chapters`` if given.
+    """Each slide fades in from and out to ``color`` within its own duration
+    (or only where ``flags``, from :func:`fades`, say so), so the total
+    length stays exact; chapters from ``chapters`` if given.
 
     The fades run on the RGB images (ffmpeg's colour fade works in RGB only),
     each frame then converted to YUV once.
     """
     cmd = _base()
     parts = []
-    for i, (image, count) in enumerate(zip(images, frames, strict=True)):
+    flags = flags if flags is not None else [(True, True)] * len(images)
+    for i, (image, count, (fade_in, fade_out)) in enumerate(
+        zip(images, frames, flags, strict=True)
+    ):
         seconds = count / fps
         cmd += ["-loop", "1", "-framerate", str(fps), "-t", f"{seconds:.6f}", "-i", str(image)]
         fade = min(0.4, seconds / 4)
-        parts.append(
-            f"[{i}:v]fade=t=in:st=0:d={fade:.3f}:color={color},"
-            f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f}:color={color},"
-            f"{TO_YUV},setpts=PTS-STARTPTS[v{i}]"
-        )
+        steps = []
+        if fade_in:
+            steps.append(f"fade=t=in:st=0:d={fade:.3f}:color={color}")
+        if fade_out:
+            steps.append(f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f}:color={color}")
+        parts.append(f"[{i}:v]{','.join([*steps, TO_YUV])},setpts=PTS-STARTPTS[v{i}]")
     chain = "".join(f"[v{i}]" for i in range(len(images)))
     graph = ";".join(parts) + f";{chain}concat=n={len(images)}:v=1:a=0,fps={fps}[out]"
     mapping = ["-map", "[out]"]
@@ -345,7 +360,7 @@ def encode(
     output: Path,
     *,
     titles: Sequence[str] | None = None,
-    transition: str = "none",
+    transition: str | Sequence[str] = "none",
     preset: str = "veryfast",
     fade_color: str = "black",
     on_progress: Callable[[float], None] | None = None,
@@ -355,6 +370,8 @@ def encode(
 
     Each slide starts on a keyframe and is a chapter named by its entry in
     ``titles`` (see :func:`chapter_titles`; "Slide N" for all without them).
+    ``transition``: one for every slide, or each slide's own (how it comes
+    in, see :func:`fades`).
     ``on_progress`` gets the fraction encoded (0..1) as ffmpeg reports it;
     when ``should_stop`` answers true, ffmpeg is killed and
     :class:`EncodeStopped` raised. Raises :class:`EncodeError` with ffmpeg's
@@ -366,19 +383,24 @@ def encode(
     total = sum(frames) / fps
     report = on_progress or (lambda _fraction: None)
     names = chapter_titles(titles if titles is not None else [""] * len(images))
-    batch_size = fade_batch(*_image_size(images[0])) if transition == "fade" else FADE_BATCH
+    each = [transition] * len(images) if isinstance(transition, str) else list(transition)
+    if len(each) != len(images):
+        raise EncodeError(f"{len(each)} transitions for {len(images)} slides")
+    flags = fades(each)
+    faded = any(f for pair in flags for f in pair)
+    batch_size = fade_batch(*_image_size(images[0])) if faded else FADE_BATCH
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
         scratch = Path(folder)
         chapters = scratch / "chapters.ffmetadata"
         chapters.write_text(chapters_metadata(names, frames, fps), encoding="utf-8")
-        if transition != "fade":
+        if not faded:
             cmd = still_command(
                 images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
             )
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         elif len(images) <= batch_size:
-            cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters)
+            cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters, flags)
             _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         else:
             segments: list[Path] = []
@@ -386,7 +408,15 @@ def encode(
             for start in range(0, len(images), batch_size):
                 batch = slice(start, start + batch_size)
                 segment = scratch / f"segment-{start:04d}.mp4"
-                cmd = fade_command(images[batch], frames[batch], fps, segment, preset, fade_color)
+                cmd = fade_command(
+                    images[batch],
+                    frames[batch],
+                    fps,
+                    segment,
+                    preset,
+                    fade_color,
+                    flags=flags[batch],
+                )
 
                 def at(seconds: float, offset: float = done) -> None:
                     report(min((offset + seconds) / total, 1.0))

@@ -142,8 +142,26 @@ const slidefarm = (() => {
         : el("dd", { text: value === null || value === undefined ? "–" : String(value) })]));
     // A produced file links to the route that serves it, once the job completed
     // (only then does the API serve its files).
-    const fileName = (job, path) => (job.status === "completed" && outputs[path]
-      ? el("a", { href: outputs[path] }, [el("code", { text: path })]) : el("code", { text: path }));
+    // A document deck's pages are counted while it renders, after this page
+    // was made: its slides' routes sit beside the thumbnail's.
+    const outputLink = (path) => {
+      const page = /^slides\/(\d+)\.png$/.exec(path);
+      if (outputs[path] || !page || !outputs["thumbnail.jpg"]) return outputs[path];
+      return outputs["thumbnail.jpg"].replace(/thumbnail$/, `slides/${Number(page[1])}`);
+    };
+    const fileName = (job, path) => (job.status === "completed" && outputLink(path)
+      ? el("a", { href: outputLink(path) }, [el("code", { text: path })]) : el("code", { text: path }));
+    // Every slide, small, in order: the contact sheet of a completed job.
+    const sheet = document.getElementById("slides");
+    const showSheet = (job) => {
+      const pages = (job.files || []).map((f) => f.path).filter((p) => /^slides\/\d+\.png$/.test(p)).sort();
+      if (job.status !== "completed" || !pages.length) { sheet.hidden = true; return; }
+      if (!sheet.hidden && sheet.childElementCount === pages.length) return;
+      sheet.replaceChildren(...pages.map((path, i) => el("figure", {}, [
+        el("a", { href: outputLink(path) }, [el("img", { src: outputLink(path), loading: "lazy", alt: `Slide ${i + 1}` })]),
+        el("figcaption", { text: String(i + 1) })])));
+      sheet.hidden = false;
+    };
 
     const render = (data) => {
       job = data;
@@ -184,6 +202,7 @@ const slidefarm = (() => {
         video.hidden = false;
       }
       if (!completed) { thumbnail.hidden = true; video.hidden = true; }
+      showSheet(job);
       document.getElementById("output-pending").hidden = completed;
       document.getElementById("cancel").disabled = !["queued", "processing"].includes(job.status);
       document.getElementById("retry").disabled = !["failed", "cancelled"].includes(job.status);

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, exc, func, literal, select, update
 
+from storage.assets import link_assets
 from storage.errors import IdempotencyConflict, QuotaExceeded, StorageError
 from storage.jobs.history import event_params, log_transition, record_event
 from storage.jobs.locks import take_write_lock
@@ -72,6 +74,7 @@ class Submissions(Queries):
         owner: str = DEFAULT_TENANT,
         callback_url: str | None = None,
         max_active: int | None = None,
+        asset_ids: Sequence[str] = (),
     ) -> tuple[Job, bool]:
         """Record a new queued job; return it and whether it is new.
 
@@ -84,6 +87,10 @@ class Submissions(Queries):
         many queued or processing jobs; the count and the insert are one
         transaction, serialized per owner, so racing submissions from many API
         processes cannot overshoot the cap.
+
+        ``asset_ids``: the assets of ``owner`` the job uses, linked in the
+        insert's transaction (:class:`~storage.assets.AssetNotFound` if one
+        is not there: then there is no job either).
         """
         job_id = str(uuid.uuid4())
         now = utcnow()
@@ -110,7 +117,7 @@ class Submissions(Queries):
             self._expire_idempotency_key(owner, idempotency_key, now)
         for _ in range(CREATE_TRIES):
             try:
-                created = self._insert(values, max_active)
+                created = self._insert(values, max_active, asset_ids)
             except exc.IntegrityError as error:
                 if idempotency_key is None:
                     raise StorageError(f"could not record the job: {error.orig}") from error
@@ -129,7 +136,9 @@ class Submissions(Queries):
             f"{CREATE_TRIES} times in a row; try again"
         )
 
-    def _insert(self, values: dict[str, Any], max_active: int | None) -> Job:
+    def _insert(
+        self, values: dict[str, Any], max_active: int | None, asset_ids: Sequence[str] = ()
+    ) -> Job:
         """One try of :meth:`create`: the row and its history, in one transaction."""
         job_id, owner = values["id"], values["owner"]
         with self.transaction() as conn:
@@ -148,6 +157,8 @@ class Submissions(Queries):
             else:
                 row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
                 record_event(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
+            if asset_ids:
+                link_assets(conn, job_id, asset_ids)
             return Job.from_row(row)
 
     def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:

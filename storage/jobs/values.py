@@ -10,6 +10,7 @@ from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.files import SLIDES_DIR
 from storage.models import DEFAULT_TENANT, Stage, Status
 
 DEFAULT_ATTEMPT_LIMIT = 3
@@ -127,6 +128,14 @@ class Job:
     def created_files(self) -> list[str]:
         """Paths of the files the current attempt produced."""
         return [f.path for f in self.files]
+
+    @property
+    def slide_count(self) -> int:
+        """The deck's slides: a written deck's, or the pages of a document
+        deck (``source``) rendered so far (0 until its worker has counted them)."""
+        if self.deck.get("source") is None:
+            return len(self.deck.get("slides", []))
+        return sum(1 for f in self.files if f.path.startswith(f"{SLIDES_DIR}/"))
 
     @property
     def queue_wait_seconds(self) -> float | None:

@@ -260,3 +260,115 @@ def test_the_stored_bytes_quota_answers_413(settings: Settings) -> None:
     assert "SLIDEFARM_MAX_ASSET_STORAGE_BYTES" in error["message"]
     # Re-uploading what is stored costs nothing.
     assert acme.post("/v1/assets", data=first).status_code == 200
+
+
+# -- decks that name assets ------------------------------------------------------
+
+
+def _post_deck(client: Any, deck: dict[str, Any]) -> Any:
+    return client.post("/v1/jobs", json=deck)
+
+
+def _linked(app: Any, job_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from storage.models import job_assets_table
+
+    svc = app.extensions["slidefarm"]
+    with svc.store.db.transaction(single=True) as conn:
+        return sorted(
+            conn.execute(
+                select(job_assets_table.c.asset_id).where(job_assets_table.c.job_id == job_id)
+            ).scalars()
+        )
+
+
+def test_a_document_deck_links_its_source_and_images_at_submission(app: Any) -> None:
+    acme = Tenant(app, "acme").client
+    document = acme.post("/v1/assets", data=pdf_bytes()).get_json()
+    logo = acme.post("/v1/assets", data=image_bytes("PNG")).get_json()
+    response = _post_deck(acme, {"source": {"asset": document["id"]}, "slides": [{"duration": 5}]})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job = response.get_json()
+    assert job["title"] == "Untitled presentation"
+    assert _linked(app, job["job_id"]) == [document["id"]]
+    written = _post_deck(
+        acme,
+        {
+            "title": "Logos",
+            "slides": [
+                {"title": "One", "image": logo["id"]},
+                {"title": "Two", "image": logo["id"], "layout": "left", "body": "text"},
+            ],
+        },
+    )
+    assert written.status_code == 202, written.get_data(as_text=True)
+    assert _linked(app, written.get_json()["job_id"]) == [logo["id"]]
+    # Linked to a queued job: neither can be deleted under it.
+    for asset in (document, logo):
+        assert_error(acme.delete(f"/v1/assets/{asset['id']}"), 409, "asset_in_use")
+
+
+def test_a_deck_naming_an_unusable_asset_is_422_and_makes_no_job(app: Any) -> None:
+    acme, globex = Tenant(app, "acme").client, Tenant(app, "globex").client
+    image = acme.post("/v1/assets", data=image_bytes("PNG")).get_json()
+    document = acme.post("/v1/assets", data=pdf_bytes()).get_json()
+    theirs = globex.post("/v1/assets", data=pdf_bytes(pages=3)).get_json()
+    missing = "00000000-0000-4000-8000-000000000000"
+    cases = [
+        ({"source": {"asset": missing}}, "source.asset", "asset_not_found"),
+        ({"source": {"asset": theirs["id"]}}, "source.asset", "asset_not_found"),
+        ({"source": {"asset": image["id"]}}, "source.asset", "wrong_asset_kind"),
+        (
+            {"title": "t", "slides": [{"title": "a"}, {"image": document["id"]}]},
+            "slides.1.image",
+            "wrong_asset_kind",
+        ),
+        ({"title": "t", "slides": [{"image": missing}]}, "slides.0.image", "asset_not_found"),
+    ]
+    for deck, field, kind in cases:
+        error = assert_error(_post_deck(acme, deck), 422, "validation_failed")
+        assert [(d["field"], d["type"]) for d in error["details"]] == [(field, kind)], deck
+        if kind == "asset_not_found":  # another tenant's reads exactly like a missing one
+            named = deck["source"]["asset"] if "source" in deck else missing
+            assert error["details"][0]["message"] == f"no asset {named}"
+    assert acme.get("/v1/jobs").get_json()["jobs"] == []
+
+
+def test_a_document_past_the_deck_limits_is_422_before_any_render(settings: Settings) -> None:
+    app = _app(settings, max_video_seconds=10.0)
+    acme = Tenant(app, "acme").client
+    big = acme.post("/v1/assets", data=pptx_bytes(slides=5)).get_json()
+    assert big["pages"] == 5
+    error = assert_error(_post_deck(acme, {"source": {"asset": big["id"]}}), 422)
+    assert error["details"][0]["type"] == "too_long"
+    assert "SLIDEFARM_MAX_VIDEO_SECONDS" in error["details"][0]["message"]
+    # More overrides than pages: the worker would refuse it, so the API does.
+    error = assert_error(
+        _post_deck(acme, {"source": {"asset": big["id"]}, "slides": [{"duration": 1.0}] * 6}), 422
+    )
+    assert error["details"] == [
+        {
+            "field": "slides",
+            "message": "the deck sets 6 slides but the document has only 5 pages",
+            "type": "too_many_overrides",
+        }
+    ]
+    # Shorter pages fit: 5 x 2 s.
+    fits = _post_deck(acme, {"source": {"asset": big["id"]}, "slides": [{"duration": 2.0}] * 5})
+    assert fits.status_code == 202, fits.get_data(as_text=True)
+
+
+def test_a_document_deck_may_only_override_what_a_page_lacks(app: Any) -> None:
+    acme = Tenant(app, "acme").client
+    document = acme.post("/v1/assets", data=pdf_bytes()).get_json()
+    error = assert_error(
+        _post_deck(acme, {"source": {"asset": document["id"]}, "slides": [{"body": "no"}]}), 422
+    )
+    assert "may set only duration, notes, title, transition" in str(error["details"])
+    error = assert_error(_post_deck(acme, {"title": "t", "slides": [{"caption": "x"}]}), 422)
+    assert "need an image" in str(error["details"])
+    error = assert_error(
+        _post_deck(acme, {"title": "t", "slides": [{"image": "http://example.com/a.png"}]}), 422
+    )
+    assert error["details"][0]["field"] == "slides.0.image"

@@ -258,3 +258,43 @@ def test_the_thumbnail_and_the_video_are_labelled(app: Any) -> None:
         == "Thumbnail of “Quarterly <review>”: its first slide"
     )
     assert job.one("video", id="video").attrs["aria-label"] == "Video of “Quarterly <review>”"
+
+
+def test_the_job_page_shows_the_assets_it_uses_with_thumbnails(app: Any) -> None:
+    from PIL import Image
+
+    from tests.support.assets import image_bytes, pdf_bytes
+
+    alice = Tenant(app, "alice")
+    photo = alice.client.post("/v1/assets", data=image_bytes("JPEG", (900, 600))).get_json()
+    document = alice.client.post("/v1/assets", data=pdf_bytes()).get_json()
+    assert photo["thumbnail_url"] == f"/v1/assets/{photo['id']}/thumbnail"
+    assert document["thumbnail_url"] is None
+    written = alice.submit(
+        title="With a photo", slides=[{"title": "Look", "image": photo["id"], "layout": "full"}]
+    )["job_id"]
+    from_pdf = alice.client.post("/v1/jobs", json={"source": {"asset": document["id"]}})
+    assert from_pdf.status_code == 202, from_pdf.get_data(as_text=True)
+    browser = signed_in(app, "alice")
+
+    shown = page(browser, f"/jobs/{written}")
+    figure = shown.one("figure", class_="asset")
+    assert figure.attrs["data-asset-id"] == photo["id"] and "JPEG · 900×600" in figure.text
+    image = shown.one("img", src=photo["thumbnail_url"])
+    served = fetch(browser, image.attrs["src"])
+    assert served.status_code == 200 and served.mimetype == "image/png"
+    import io
+
+    with Image.open(io.BytesIO(served.data)) as thumb:
+        assert thumb.size == (320, 213)
+    # Kept, and served again the same; another tenant's session reads nothing.
+    assert fetch(browser, image.attrs["src"]).data == served.data
+    assert fetch(signed_in(app, "bob"), image.attrs["src"]).status_code == 404
+
+    shown = page(browser, f"/jobs/{from_pdf.get_json()['job_id']}")
+    card = shown.one("a", class_="document")
+    assert card.attrs["href"] == document["content_url"] and card.text.strip() == "PDF"
+    assert fetch(browser, f"/v1/assets/{document['id']}/thumbnail").status_code == 404
+    # ?include=assets gives the same list over the API.
+    job = alice.client.get(f"/v1/jobs/{written}?include=assets").get_json()
+    assert [a["id"] for a in job["assets"]] == [photo["id"]]

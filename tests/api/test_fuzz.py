@@ -35,6 +35,32 @@ from storage.db import dispose_engines
 #: (keys are required, as in production).
 AUTH_HEADERS: dict[str, str] = {}
 
+#: The fuzz tenant's own assets (made by ``fuzz_app``): a generated deck's
+#: asset ids are random UUIDs no tenant has, which the API rightly refuses
+#: (422); ``_real_assets`` puts these in their place, so a schema-valid deck
+#: is a deck the API must accept.
+FUZZ_ASSETS: dict[str, str] = {}
+
+
+def _real_assets(ctx: Any, case: Any, **kwargs: Any) -> None:
+    body = case.body
+    if case.operation.label != "POST /v1/jobs" or not FUZZ_ASSETS or not isinstance(body, dict):
+        return
+    from core.deck import is_asset_id
+
+    source = body.get("source")
+    if isinstance(source, dict) and isinstance(source.get("asset"), str):
+        source["asset"] = FUZZ_ASSETS["document"]
+    for slide in body.get("slides") or []:
+        image = slide.get("image") if isinstance(slide, dict) else None
+        if isinstance(image, str) and is_asset_id(image):
+            slide["image"] = FUZZ_ASSETS["image"]
+
+
+# Global (schemathesis has no per-schema before_call); it acts only while
+# ``fuzz_app`` has made the assets, and only on submissions.
+schemathesis.hook("before_call")(_real_assets)
+
 #: Examples per operation and phase; ~16 operations, so this bounds the run.
 MAX_EXAMPLES = 150
 
@@ -191,8 +217,16 @@ def fuzz_app(tmp_path: Path, sqlite_template: Path) -> Iterator[Any]:
     token = AccessStore(app.extensions["slidefarm"].store).create_key("fuzz").token
     AUTH_HEADERS.clear()
     AUTH_HEADERS["Authorization"] = f"Bearer {token}"
+    from tests.support.assets import image_bytes, pdf_bytes
+
+    client = app.test_client()
+    for name, data in (("image", image_bytes("PNG")), ("document", pdf_bytes())):
+        made = client.post("/v1/assets", data=data, headers=AUTH_HEADERS)
+        assert made.status_code == 201, made.get_data(as_text=True)
+        FUZZ_ASSETS[name] = made.get_json()["id"]
     app.wsgi_app = RequestCounter(app.wsgi_app)
     yield app
+    FUZZ_ASSETS.clear()
     dispose_engines()
 
 

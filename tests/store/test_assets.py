@@ -170,6 +170,24 @@ def test_a_job_cannot_link_another_tenants_asset(assets: AssetStore, store: JobS
         assets.link(job.id, [theirs.id])
 
 
+def test_a_submission_links_its_assets_in_its_own_transaction(
+    assets: AssetStore, store: JobStore
+) -> None:
+    mine, _ = assets.ingest("acme", [pdf_bytes()], LIMITS)
+    theirs, _ = assets.ingest("globex", [image_bytes("PNG")], LIMITS)
+    job, _ = store.create(small_deck(), title="t", owner="acme", asset_ids=[mine.id, mine.id])
+    with pytest.raises(AssetInUse):
+        assets.delete(mine.id)
+    # One asset deleted (or another tenant's) between the check and the
+    # insert: no job, no half-linked row.
+    before = store.list_jobs(limit=100).jobs
+    for wrong in ([theirs.id], [mine.id, "00000000-0000-4000-8000-000000000000"]):
+        with pytest.raises(AssetNotFound):
+            store.create(small_deck(), title="t", owner="acme", asset_ids=wrong)
+    assert [j.id for j in store.list_jobs(limit=100).jobs] == [j.id for j in before]
+    assert job.id in {j.id for j in before}
+
+
 def test_retention_deletes_old_unlinked_assets_only(assets: AssetStore, store: JobStore) -> None:
     old_unlinked, _ = assets.ingest("acme", [image_bytes("PNG", (10, 10))], LIMITS)
     old_linked, _ = assets.ingest("acme", [image_bytes("PNG", (11, 10))], LIMITS)

@@ -67,6 +67,15 @@ def png_claiming(width: int, height: int) -> bytes:
     )
 
 
+def zip_bomb_content_types() -> bytes:
+    """A ``[Content_Types].xml`` that declares a presentation (and nothing else)."""
+    return (
+        b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+        b'content-types"><Override PartName="/ppt/presentation.xml" ContentType="application/'
+        b'vnd.openxmlformats-officedocument.presentationml.presentation.main+xml"/></Types>'
+    )
+
+
 def zip_bomb_pptx(entries: int = 4, mib_each: int = 512) -> bytes:
     """A PPTX-shaped zip (``[Content_Types].xml`` declaring a presentation,
     ``ppt/presentation.xml``) plus ``entries`` members of ``mib_each`` MiB of
@@ -80,11 +89,7 @@ def zip_bomb_pptx(entries: int = 4, mib_each: int = 512) -> bytes:
     for _ in range(mib_each):
         crc = zlib.crc32(mib, crc)
     size = mib_each << 20
-    content_types = (
-        b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
-        b'content-types"><Override PartName="/ppt/presentation.xml" ContentType="application/'
-        b'vnd.openxmlformats-officedocument.presentationml.presentation.main+xml"/></Types>'
-    )
+    content_types = zip_bomb_content_types()
     members: list[tuple[str, bytes, int, int, int]] = [
         ("[Content_Types].xml", content_types, 0, zlib.crc32(content_types), len(content_types)),
         ("ppt/presentation.xml", b"<p/>", 0, zlib.crc32(b"<p/>"), 4),
@@ -112,4 +117,127 @@ def zip_bomb_pptx(entries: int = 4, mib_each: int = 512) -> bytes:
         b"PK\x05\x06"
         + struct.pack("<HHHHIIH", 0, 0, len(members), len(members), len(central), start, 0)
     )
+    return out.getvalue()
+
+
+# -- documents with known contents, and hostile ones ---------------------------
+
+#: The colour of the marks drawn at known places in :func:`pdf_with_rectangle`
+#: and :func:`pptx_with_content` (pure enough to find again in a rendered slide).
+MARK = (220, 20, 60)
+
+
+def pdf_with_rectangle(
+    page: tuple[int, int] = (800, 600), box: tuple[int, int, int, int] = (100, 150, 300, 350)
+) -> bytes:
+    """One white page of ``page`` points with a :data:`MARK` rectangle at
+    ``box`` (left, top, right, bottom, in points from the top left)."""
+    image = Image.new("RGB", page, "white")
+    image.paste(MARK, box)
+    out = io.BytesIO()
+    image.save(out, "PDF", resolution=72.0)  # one pixel is one point
+    return out.getvalue()
+
+
+def raw_pdf(pages: list[bytes], *, media_box: str = "0 0 612 792", extra: bytes = b"") -> bytes:
+    """A PDF written by hand: one page per content stream in ``pages``
+    (an empty list: a page tree of no pages), ``extra`` added to the catalog."""
+    objects: list[bytes] = []
+    n_pages = len(pages)
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(n_pages))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R " + extra + b" >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {n_pages} >>".encode())
+    for i, content in enumerate(pages):
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [{media_box}] /Contents {4 + 2 * i} 0 R "
+            "/Resources << >> >>".encode()
+        )
+        objects.append(
+            f"<< /Length {len(content)} >>\nstream\n".encode() + content + b"\nendstream"
+        )
+    return _write_pdf(objects)
+
+
+def _write_pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
+    out = io.BytesIO()
+    out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
+    start = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    for offset in offsets:
+        out.write(f"{offset:010d} 00000 n \n".encode())
+    out.write(
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R ".encode()
+        + trailer_extra
+        + f" >>\nstartxref\n{start}\n%%EOF\n".encode()
+    )
+    return out.getvalue()
+
+
+def encrypted_pdf() -> bytes:
+    """A PDF under the standard security handler whose user password is not
+    empty: no reader opens it without the password."""
+    content = b"0 0 1 rg 10 10 100 100 re f"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R >>",
+        f"<< /Length {len(content)} >>\nstream\n".encode() + content + b"\nendstream",
+        b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -44 "
+        b"/O <" + b"6c" * 32 + b"> /U <" + b"5a" * 32 + b"> >>",
+    ]
+    return _write_pdf(
+        objects, b"/Encrypt 5 0 R /ID [<0123456789abcdef0123456789abcdef> <0123456789abcdef>]"
+    )
+
+
+def pdf_of_pages(count: int) -> bytes:
+    """A PDF of ``count`` small empty pages (10,000 is about a megabyte)."""
+    return raw_pdf([b""] * count, media_box="0 0 100 100")
+
+
+def huge_page_pdf() -> bytes:
+    """One page of 14,400 x 14,400 points (PDF's largest), filled: at 72 dpi
+    that is 207 million pixels, which a renderer must never allocate."""
+    return raw_pdf([b"1 0 0 rg 0 0 14400 14400 re f"], media_box="0 0 14400 14400")
+
+
+def active_pdf() -> bytes:
+    """A PDF that runs JavaScript when opened and links out: a link
+    annotation to an https URL and an ``/OpenAction`` script (a viewer's
+    business; a renderer draws the page only)."""
+    content = b"0 0.5 0 rg 50 50 200 100 re f"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R /OpenAction 5 0 R "
+        b"/Names << /JavaScript << /Names [(x) 5 0 R] >> >> >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents 4 0 R /Annots [6 0 R] >>",
+        f"<< /Length {len(content)} >>\nstream\n".encode() + content + b"\nendstream",
+        b"<< /S /JavaScript /JS (app.launchURL\\('https://example.com/x', true\\);) >>",
+        b"<< /Type /Annot /Subtype /Link /Rect [50 50 250 150] /Border [0 0 0] "
+        b"/A << /S /URI /URI (https://example.com/) >> >>",
+    ]
+    return _write_pdf(objects)
+
+
+def pptx_with_content(pages: int = 2) -> bytes:
+    """A 4:3 PPTX (10 x 7.5 in) of ``pages`` slides, each titled ``Title N``
+    with a :data:`MARK` picture 3 x 2 in at (1 in, 1 in) from the top left
+    and the speaker notes ``Notes of slide N``."""
+    from pptx.util import Inches
+
+    deck = Presentation()
+    picture = io.BytesIO()
+    Image.new("RGB", (300, 200), MARK).save(picture, "PNG")
+    for n in range(1, pages + 1):
+        slide = deck.slides.add_slide(deck.slide_layouts[5])  # title only
+        slide.shapes.title.text = f"Title {n}"
+        picture.seek(0)
+        slide.shapes.add_picture(picture, Inches(1), Inches(1), Inches(3), Inches(2))
+        slide.notes_slide.notes_text_frame.text = f"Notes of slide {n}"
+    out = io.BytesIO()
+    deck.save(out)
     return out.getvalue()

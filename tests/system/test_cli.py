@@ -158,3 +158,41 @@ def test_assets_upload_list_and_delete(db_url: str, tmp_path: Path) -> None:
     assert run_json(env, "assets", "list")["assets"] == []
     missing = run(env, "assets", "delete", made["id"])
     assert missing.returncode != 0 and "no asset" in missing.stderr
+
+
+def test_submit_pdf_uploads_the_document_and_submits_its_pages(db_url: str, tmp_path: Path) -> None:
+    from tests.support.assets import image_bytes, pdf_bytes
+
+    env = stack_env(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"))
+    document = tmp_path / "Quarterly review.pdf"
+    document.write_bytes(pdf_bytes(pages=3))
+    job = run_json(
+        env,
+        "submit",
+        "--pdf",
+        str(document),
+        "--tenant",
+        "acme",
+        "--aspect",
+        "9:16",
+        "--resolution",
+        "1080p",
+        "--transition",
+        "fade",
+    )
+    assert job["status"] == "queued" and job["title"] == "Quarterly review"
+    deck = JobStore(create_db_engine(db_url)).get(job["job_id"]).deck
+    asset = run_json(env, "assets", "list", "--tenant", "acme")["assets"][0]
+    assert deck["source"] == {"asset": asset["id"]} and asset["kind"] == "pdf"
+    assert deck["options"]["aspect"] == "9:16" and deck["options"]["resolution"] == "1080p"
+    assert deck["options"]["transition"] == "fade"
+    # The document is linked to the queued job: it cannot be deleted under it.
+    busy = run(env, "assets", "delete", asset["id"])
+    assert busy.returncode != 0 and "queued or processing job" in busy.stderr
+    # An image is not a document; DECK_FILE and --pdf are one or the other.
+    picture = tmp_path / "photo.pdf"
+    picture.write_bytes(image_bytes("PNG"))
+    wrong = run(env, "submit", "--pdf", str(picture))
+    assert wrong.returncode != 0 and "not a PDF or PPTX" in wrong.stderr
+    both = run(env, "submit", str(document), "--pdf", str(document))
+    assert both.returncode != 0 and "either DECK_FILE or --pdf" in both.stderr

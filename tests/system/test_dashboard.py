@@ -248,6 +248,17 @@ def test_dashboard_follows_a_job_across_a_worker_death(
     )
     assert job_page.get_attribute("#video", "aria-label") == "Video of “A small deck”"
     assert job_page.is_hidden("#output-pending")
+    # The contact sheet: every slide, in order, each image loaded (lazily:
+    # scrolled to, as a reader would).
+    job_page.locator("#slides").scroll_into_view_if_needed()
+    job_page.wait_for_function(
+        "[...document.querySelectorAll('#slides img')]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length === 4"
+    )
+    sheet = job_page.eval_on_selector_all(
+        "#slides img", "imgs => imgs.map(i => [i.alt, new URL(i.src).pathname])"
+    )
+    assert sheet == [[f"Slide {n}", f"/v1/jobs/{job['job_id']}/slides/{n}"] for n in range(1, 5)]
     job_page.screenshot(path=str(shots / "job.png"), full_page=True)
 
     overview = context.new_page()

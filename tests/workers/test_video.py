@@ -287,6 +287,65 @@ def test_ffmpeg_decodes_the_slide_colours(tmp_path: Path, transition: str) -> No
         assert_close(mean, png_colour(image), "RGB", f"slide {n + 1}")
 
 
+def _frame_luma(video: Path, n: int) -> float:
+    """The mean grey level of frame ``n`` of ``video``, decoded by ffmpeg."""
+    raw = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-vf",
+            f"select=eq(n\\,{n}),scale=32:18",
+            "-frames:v",
+            "1",
+            "-pix_fmt",
+            "gray",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert len(raw) == 32 * 18
+    return sum(raw) / len(raw)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_each_slide_comes_in_its_own_way(
+    tmp_path: Path, batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-slide transitions: a slide that fades in dips from the slide
+    before it through the background colour; a cut stays a cut."""
+    fps = 25
+    images = solid_slides(tmp_path, [(0, 0, 0)] * 4, size=(320, 180))
+    video = tmp_path / "video.mp4"
+    transitions = ["none", "fade", "none", "fade"]
+    if batched:  # one slide per ffmpeg run, then joined
+        monkeypatch.setattr("workers.video.fade_batch", lambda _w, _h: 1)
+    encode(
+        images,
+        [1.0] * 4,
+        fps,
+        video,
+        transition=transitions,
+        preset="ultrafast",
+        fade_color="0xffffff",
+    )
+    white, black = 200, 40
+    assert _frame_luma(video, 0) < black  # slide 1 is cut in: no fade from white
+    assert _frame_luma(video, fps - 1) > white  # ... and dips out before slide 2
+    assert _frame_luma(video, fps) > white  # slide 2 fades in
+    assert _frame_luma(video, 2 * fps - 1) < black  # a cut to slide 3
+    assert _frame_luma(video, 2 * fps) < black
+    assert _frame_luma(video, 3 * fps - 1) > white  # slide 3 dips out before slide 4
+    assert _frame_luma(video, 4 * fps - 1) > white  # slide 4 faded in, so it fades out
+    assert sum(frame_counts([1.0] * 4, fps)) == 4 * fps
+
+
 PAGE = "<!doctype html><video id=video muted preload=auto src=/video.mp4></video>"
 
 #: The mean colour of the 16x16 pixels at the middle of the frame at time ``t``.
