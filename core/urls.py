@@ -14,6 +14,9 @@ import socket
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import urllib3
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -149,6 +152,27 @@ class Target:
         shown = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return shown if self.port == default else f"{shown}:{self.port}"
+
+
+def pinned_pool(target: Target, address: Address, timeout: Any) -> urllib3.HTTPConnectionPool:
+    """A one-connection pool to ``address`` itself (one the guard checked),
+    never to a second resolution of ``target.host``; over https the
+    certificate is checked against ``target.host``. No retries: the caller
+    decides. ``timeout``: a ``urllib3.Timeout`` or seconds."""
+    if target.scheme == "https":
+        return urllib3.HTTPSConnectionPool(
+            str(address),
+            target.port,
+            timeout=timeout,
+            retries=False,
+            maxsize=1,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+        )
+    return urllib3.HTTPConnectionPool(
+        str(address), target.port, timeout=timeout, retries=False, maxsize=1
+    )
 
 
 def parse_callback_url(

@@ -343,6 +343,19 @@ class AssetStore:
             raise AssetNotFound(f"no asset {asset_id}")
         return _asset(row)
 
+    def record_pages(self, asset_id: str, pages: int) -> bool:
+        """Record the page count a worker read from the document ``asset_id``
+        (a PDF is not counted at upload), once: later submissions naming it
+        are then checked against the deck limits at once. ``False`` if it
+        was known already (or the asset is gone)."""
+        with self.db.transaction() as conn:
+            changed = conn.execute(
+                update(assets_table)
+                .where(assets_table.c.id == asset_id, assets_table.c.pages.is_(None))
+                .values(pages=pages)
+            ).rowcount
+        return bool(changed)
+
     def list_assets(
         self, *, owner: str | None, limit: int = 50, cursor: str | None = None
     ) -> AssetPage:

@@ -7,12 +7,15 @@ is checked again here: a job never reads another tenant's file.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from pathlib import Path
 
 from core.config import Settings
-from storage import Job, JobStore
+from storage import Job, JobStore, StorageError
 from storage.assets import Asset, AssetNotFound, AssetStore
+
+log = logging.getLogger("slidefarm.assets")
 
 
 class AssetUnavailable(Exception):
@@ -45,3 +48,14 @@ class JobAssets:
         if not path.is_file():
             raise AssetUnavailable(f"{what}: the file of asset {asset_id} is missing")
         return asset, path
+
+    def record_pages(self, asset: Asset, pages: int) -> None:
+        """Keep the page count of a document whose count was not known at
+        upload (a PDF), so the next deck naming it is checked at submission.
+        Best effort: the render goes on if the database does not answer."""
+        if asset.pages is not None:
+            return
+        try:
+            self.store.record_pages(asset.id, pages)
+        except StorageError:
+            log.warning("asset %s: could not record its %d pages", asset.id, pages)

@@ -21,7 +21,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from core.urls import Address, Network, Target, UnsafeCallback, parse_callback_url
+from core.urls import Address, Network, Target, UnsafeCallback, parse_callback_url, pinned_pool
 from storage.deliveries import DeliveryResult
 
 USER_AGENT = "slidefarm-webhooks"
@@ -51,23 +51,7 @@ def _post(
     target: Target, address: Address, body: bytes, headers: Mapping[str, str], timeout: float
 ) -> int:
     """POST to ``address`` itself, naming ``target.host``; the status code."""
-    pool: urllib3.HTTPConnectionPool
-    limit = urllib3.Timeout(total=timeout)
-    if target.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            str(address),
-            target.port,
-            timeout=limit,
-            retries=False,
-            maxsize=1,
-            server_hostname=target.host,
-            assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED",
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(
-            str(address), target.port, timeout=limit, retries=False, maxsize=1
-        )
+    pool = pinned_pool(target, address, urllib3.Timeout(total=timeout))
     try:
         response = pool.urlopen(
             "POST",

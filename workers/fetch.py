@@ -37,7 +37,15 @@ from urllib3.exceptions import (
     TimeoutError as UrllibTimeout,
 )
 
-from core.urls import Address, Network, Target, Unresolvable, UnsafeCallback, parse_callback_url
+from core.urls import (
+    Address,
+    Network,
+    Target,
+    Unresolvable,
+    UnsafeCallback,
+    parse_callback_url,
+    pinned_pool,
+)
 from workers.assets import AssetUnavailable
 
 USER_AGENT = "slidefarm-images"
@@ -124,16 +132,7 @@ def _get_from(
     if remaining <= 0:
         raise TimeoutError()
     limit = urllib3.Timeout(connect=remaining, read=remaining)
-    pool = urllib3.HTTPSConnectionPool(
-        str(address),
-        target.port,
-        timeout=limit,
-        retries=False,
-        maxsize=1,
-        server_hostname=target.host,
-        assert_hostname=target.host,
-        cert_reqs="CERT_REQUIRED",
-    )
+    pool = pinned_pool(target, address, limit)
     try:
         response = pool.urlopen(
             "GET",

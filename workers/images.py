@@ -21,7 +21,8 @@ import io
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -49,21 +50,29 @@ class ImageUnavailable(AssetUnavailable):
     pixels): the job fails, retrying would not help."""
 
 
-def probe_image(path: Path, *, max_pixels: int, what: str = "the image") -> tuple[int, int]:
-    """The size of the image at ``path`` from its header, nothing decoded;
-    :class:`ImageUnavailable` as :func:`load_image` would raise it for the
-    format and the pixel count."""
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """Pillow's errors as :class:`ImageUnavailable` naming ``what``; its
+    decompression-bomb warning is an error here, as at upload (Pillow only
+    warns past ``MAX_IMAGE_PIXELS``, raising at twice that)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                return _checked(opened, max_pixels, what)
+            yield
     except ImageUnavailable:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageUnavailable(f"{what} is refused as a decompression bomb: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageUnavailable(f"{what} is damaged or not an image: {error}") from error
+
+
+def probe_image(path: Path, *, max_pixels: int, what: str = "the image") -> tuple[int, int]:
+    """The size of the image at ``path`` from its header, nothing decoded;
+    :class:`ImageUnavailable` as :func:`load_image` would raise it for the
+    format and the pixel count."""
+    with _decoding(what), Image.open(path) as opened:
+        return _checked(opened, max_pixels, what)
 
 
 def _checked(opened: Image.Image, max_pixels: int, what: str) -> tuple[int, int]:
@@ -90,28 +99,17 @@ def load_image(
     shrunk if larger than needed to cover a ``bound`` frame (either way up).
     :class:`ImageUnavailable` if it is not a PNG, JPEG, WebP or GIF of at most
     ``max_pixels`` pixels that decodes."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns past MAX_IMAGE_PIXELS (raising at twice that):
-            # here a warning is a refusal, as at upload.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                _checked(opened, max_pixels, what)
-                turned = opened.getexif().get(_ORIENTATION) in _QUARTER_TURNS
-                if bound is not None and opened.format == "JPEG":
-                    # Decode at a reduced DCT scale when the frame needs far fewer pixels.
-                    frame = (bound[1], bound[0]) if turned else bound
-                    opened.draft(opened.mode, _needed(opened.size, frame))
-                opened.seek(0)  # a GIF's (or animated WebP's) first frame
-                opened.load()
-                upright = ImageOps.exif_transpose(opened)
-                image = _to_srgb(upright, opened.info.get("icc_profile"), background)
-    except ImageUnavailable:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageUnavailable(f"{what} is refused as a decompression bomb: {error}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageUnavailable(f"{what} is damaged or not an image: {error}") from error
+    with _decoding(what), Image.open(path) as opened:
+        _checked(opened, max_pixels, what)
+        turned = opened.getexif().get(_ORIENTATION) in _QUARTER_TURNS
+        if bound is not None and opened.format == "JPEG":
+            # Decode at a reduced DCT scale when the frame needs far fewer pixels.
+            frame = (bound[1], bound[0]) if turned else bound
+            opened.draft(opened.mode, _needed(opened.size, frame))
+        opened.seek(0)  # a GIF's (or animated WebP's) first frame
+        opened.load()
+        upright = ImageOps.exif_transpose(opened)
+        image = _to_srgb(upright, opened.info.get("icc_profile"), background)
     if bound is not None:
         target = _needed(image.size, bound)
         if target[0] < image.width:

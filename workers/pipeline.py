@@ -43,6 +43,7 @@ from core.config import Settings
 from core.deck import Deck
 from core.sniff import DOCUMENT_KINDS
 from storage import DatabaseUnavailable, Job, JobNotFound, JobStore, Stage, Status, StorageError
+from storage.assets import Asset
 from storage.files import (
     ATTEMPT_MARKER,
     SLIDES_DIR,
@@ -225,7 +226,7 @@ def _render_document(
             path,
             work,
             settings,
-            lambda pages: check_pages(deck, pages, settings),
+            lambda pages: _counted(assets, asset, deck, pages, settings),
             lambda: lease.should_stop,
         )
         lease.check()
@@ -274,6 +275,14 @@ def _render_document(
         shutil.rmtree(work, ignore_errors=True)
     timings.render = time.monotonic() - started
     _encode(lease, deck, images, scratch, settings, timings)
+
+
+def _counted(assets: JobAssets, asset: Asset, deck: Deck, pages: int, settings: Settings) -> None:
+    """A document's page count is known: kept with the asset (even when it
+    breaks the limits: the next deck naming it is refused at submission),
+    then checked against the deck's limits."""
+    assets.record_pages(asset, pages)
+    check_pages(deck, pages, settings)
 
 
 def _encode(

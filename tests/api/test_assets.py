@@ -354,6 +354,16 @@ def test_a_document_past_the_deck_limits_is_422_before_any_render(settings: Sett
             "type": "too_many_overrides",
         }
     ]
+    # A PDF's pages are counted by the first worker that reads it; from then
+    # on its decks are checked here too.
+    from storage.assets import AssetStore
+
+    document = acme.post("/v1/assets", data=pdf_bytes()).get_json()
+    assert document["pages"] is None
+    svc = app.extensions["slidefarm"]
+    assert AssetStore(svc.store, svc.settings.output_dir).record_pages(document["id"], 300)
+    error = assert_error(_post_deck(acme, {"source": {"asset": document["id"]}}), 422)
+    assert error["details"][0]["type"] == "too_many_pages"
     # Shorter pages fit: 5 x 2 s.
     fits = _post_deck(acme, {"source": {"asset": big["id"]}, "slides": [{"duration": 2.0}] * 5})
     assert fits.status_code == 202, fits.get_data(as_text=True)

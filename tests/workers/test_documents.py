@@ -279,6 +279,9 @@ def test_too_long_a_video_fails_before_any_page_renders(
         "(SLIDEFARM_MAX_VIDEO_SECONDS)"
     )
     assert job.created_files == []
+    # The count is kept with the asset (a PDF is not counted at upload), so
+    # the next deck naming it is checked at submission (tests/api/test_assets.py).
+    assert AssetStore(store, settings.output_dir).get(asset).pages == 30
 
 
 def test_more_overrides_than_pages_fail(store: JobStore, settings: Settings) -> None:

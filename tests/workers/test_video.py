@@ -240,6 +240,41 @@ def test_a_rendered_job_has_a_chapter_per_slide_title(
 # -- the colours as decoders show them ------------------------------------------
 
 
+def _decoded_frame(video: Path, n: int, vf: str, pix_fmt: str) -> bytes:
+    """Frame ``n`` of ``video`` through the filter ``vf``, decoded by ffmpeg
+    (accurate rounding) to raw ``pix_fmt`` bytes."""
+    return subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-vf",
+            f"select=eq(n\\,{n}),{vf}",
+            "-sws_flags",
+            "accurate_rnd+full_chroma_int",
+            "-frames:v",
+            "1",
+            "-pix_fmt",
+            pix_fmt,
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def _frame_luma(video: Path, n: int) -> float:
+    """The mean grey level of frame ``n`` of ``video``, decoded by ffmpeg."""
+    raw = _decoded_frame(video, n, "scale=32:18", "gray")
+    assert len(raw) == 32 * 18
+    return sum(raw) / len(raw)
+
+
 @pytest.mark.parametrize("transition", ["none", "fade"])
 def test_ffmpeg_decodes_the_slide_colours(tmp_path: Path, transition: str) -> None:
     images = solid_slides(tmp_path, COLOURS)
@@ -259,59 +294,12 @@ def test_ffmpeg_decodes_the_slide_colours(tmp_path: Path, transition: str) -> No
         middle = n * fps + fps // 2  # the fades are over by then
         # ffmpeg converts to RGB with the matrix the stream is tagged with;
         # accurate_rnd, or its fast path alone is off by up to 3 levels.
-        raw = subprocess.run(
-            [
-                imageio_ffmpeg.get_ffmpeg_exe(),
-                "-v",
-                "error",
-                "-i",
-                str(video),
-                "-vf",
-                f"select=eq(n\\,{middle}),crop=16:16:{width // 2 - 8}:{height // 2 - 8}",
-                "-sws_flags",
-                "accurate_rnd+full_chroma_int",
-                "-frames:v",
-                "1",
-                "-pix_fmt",
-                "rgb24",
-                "-f",
-                "rawvideo",
-                "-",
-            ],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
+        raw = _decoded_frame(
+            video, middle, f"crop=16:16:{width // 2 - 8}:{height // 2 - 8}", "rgb24"
+        )
         assert len(raw) == 16 * 16 * 3
         mean = [sum(raw[c::3]) / 256 for c in range(3)]
         assert_close(mean, png_colour(image), "RGB", f"slide {n + 1}")
-
-
-def _frame_luma(video: Path, n: int) -> float:
-    """The mean grey level of frame ``n`` of ``video``, decoded by ffmpeg."""
-    raw = subprocess.run(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(),
-            "-v",
-            "error",
-            "-i",
-            str(video),
-            "-vf",
-            f"select=eq(n\\,{n}),scale=32:18",
-            "-frames:v",
-            "1",
-            "-pix_fmt",
-            "gray",
-            "-f",
-            "rawvideo",
-            "-",
-        ],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    assert len(raw) == 32 * 18
-    return sum(raw) / len(raw)
 
 
 @pytest.mark.parametrize("batched", [False, True])
