@@ -74,6 +74,10 @@ MAX_SLIDES = 200
 DEFAULT_DURATION = 3.0
 
 AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN, description="An asset's id.")]
+#: A slide's explicit time on screen.
+Seconds = Annotated[float, Field(ge=0.5, le=60.0, allow_inf_nan=False)]
+#: A voice: ``<engine>:<name>``, e.g. ``espeak-ng:fr`` or ``piper:en_US-joe-medium``.
+VOICE_PATTERN = r"^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.+-]{1,64}$"
 ImageRef = Annotated[
     str,
     Field(
@@ -97,7 +101,7 @@ class _Strict(BaseModel):
 
 
 #: What a slide of a document deck (``source``) may set: the rest comes from the page.
-OVERRIDE_FIELDS = frozenset({"title", "duration", "transition", "notes"})
+OVERRIDE_FIELDS = frozenset({"title", "duration", "transition", "notes", "narration", "audio"})
 
 
 def _slide_schema(schema: dict[str, Any]) -> None:
@@ -125,8 +129,29 @@ class Slide(_Strict):
     bullets: list[Annotated[Text, Field(max_length=300)]] = Field(
         default_factory=list, max_length=12
     )
-    duration: float = Field(default=DEFAULT_DURATION, ge=0.5, le=60.0, allow_inf_nan=False)
+    duration: Seconds | Literal["auto"] | None = Field(
+        default=None,
+        description=(
+            "Seconds on screen (0.5-60), or auto: as long as the slide's audio plus "
+            "options.narration_padding. Unset: auto for a slide with narration or "
+            "audio, else 3 s."
+        ),
+    )
     notes: Text = Field(default="", max_length=10_000)
+    narration: Text = Field(
+        default="",
+        max_length=5_000,
+        description=(
+            "Text the render host speaks over the slide (offline text to speech); "
+            "with options.narrate, unset narration speaks the notes."
+        ),
+    )
+    audio: AssetId | None = Field(
+        default=None,
+        description=(
+            "An uploaded audio asset (WAV, MP3, M4A/AAC, OGG/Opus, FLAC) played over the slide."
+        ),
+    )
     transition: Literal["none", "fade"] | None = Field(
         default=None,
         description="How this slide comes in; unset: the deck's options.transition.",
@@ -174,6 +199,23 @@ class Slide(_Strict):
             if getattr(self, name) != field.get_default(call_default_factory=True)
         }
 
+    def spoken(self, narrate: bool) -> str:
+        """What the slide says aloud: its narration, else (with
+        ``options.narrate``) its notes; ``""`` for none."""
+        if self.narration.strip():
+            return self.narration
+        return self.notes if narrate and self.notes.strip() else ""
+
+    def has_sound(self, narrate: bool) -> bool:
+        """Whether the slide has audio of its own (spoken text or an asset)."""
+        return self.audio is not None or bool(self.spoken(narrate))
+
+    @property
+    def seconds(self) -> float:
+        """Its explicit duration, else the default (an ``auto`` slide's real
+        length is its audio's, known when it is rendered)."""
+        return self.duration if isinstance(self.duration, float) else DEFAULT_DURATION
+
     @property
     def image_layout(self) -> str | None:
         """Where the image goes, the default applied; ``None`` without one."""
@@ -182,6 +224,19 @@ class Slide(_Strict):
         if self.layout is not None:
             return self.layout
         return "right" if self.body.strip() or self.bullets else "full"
+
+
+class Music(_Strict):
+    """Background music: an audio asset looped or cut to the video's length."""
+
+    asset: AssetId
+    volume: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Its gain under the narration (1: as loud as the speech).",
+    )
 
 
 class Options(_Strict):
@@ -201,6 +256,30 @@ class Options(_Strict):
     theme: Literal["light", "dark"] = "light"
     fps: Literal[24, 25, 30] = 30
     transition: Literal["none", "fade"] = "none"
+    narrate: bool = Field(
+        default=False, description="Speak every slide's notes unless it sets its own narration."
+    )
+    voice: str | None = Field(
+        default=None,
+        pattern=VOICE_PATTERN,
+        description=(
+            "The voice that speaks: <engine>:<name> as GET /v1/voices lists them "
+            "(espeak-ng:fr, piper:en_US-joe-medium); unset: the render hosts' default."
+        ),
+    )
+    narration_padding: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="Seconds of silence after a slide's audio when its duration is auto.",
+    )
+    music: Music | None = Field(
+        default=None, description="Background music under the whole video, ducked under speech."
+    )
+    burn_subtitles: bool = Field(
+        default=False, description="Draw the narration's subtitles into the picture too."
+    )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -298,19 +377,29 @@ class Deck(_Strict):
         return slides
 
     @property
+    def has_sound(self) -> bool:
+        """Whether the video gets a sound track (speech, audio or music)."""
+        narrate = self.options.narrate
+        return self.options.music is not None or any(s.has_sound(narrate) for s in self.slides)
+
+    @property
     def total_seconds(self) -> float:
         """How long the video lasts (a document deck: its overridden pages so far)."""
-        return sum(s.duration for s in self.slides)
+        return sum(s.seconds for s in self.slides)
 
     def seconds_for(self, pages: int) -> float:
         """How long a document deck of ``pages`` pages lasts."""
         given = self.slides[:pages]
-        return sum(s.duration for s in given) + DEFAULT_DURATION * max(pages - len(given), 0)
+        return sum(s.seconds for s in given) + DEFAULT_DURATION * max(pages - len(given), 0)
 
     def asset_ids(self) -> list[str]:
-        """The assets the deck names by id (its source, its slides' images), in order, once each."""
+        """The assets the deck names by id (its source, its slides' images and
+        audio, its music), in order, once each."""
         named = [self.source.asset] if self.source is not None else []
         named += [s.image for s in self.slides if s.image is not None and is_asset_id(s.image)]
+        named += [s.audio for s in self.slides if s.audio is not None]
+        if self.options.music is not None:
+            named.append(self.options.music.asset)
         return list(dict.fromkeys(named))
 
     def image_urls(self) -> list[str]:

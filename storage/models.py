@@ -55,7 +55,9 @@ class Stage(enum.StrEnum):
 
     QUEUED = "queued"
     RENDERING_SLIDES = "rendering_slides"
+    SYNTHESIZING = "synthesizing"
     ENCODING_VIDEO = "encoding_video"
+    MIXING = "mixing"
     FINALIZING = "finalizing"
     DONE = "done"
 
@@ -151,6 +153,8 @@ class JobRow(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     render_seconds: Mapped[float | None] = mapped_column(Float)
     encode_seconds: Mapped[float | None] = mapped_column(Float)
+    synth_seconds: Mapped[float | None] = mapped_column(Float)
+    mix_seconds: Mapped[float | None] = mapped_column(Float)
     # Access: the tenant that submitted the job and alone may see it.
     owner: Mapped[str] = mapped_column(String(64), nullable=False, server_default=DEFAULT_TENANT)
     # Completion webhook: where to POST the final job, and how that went.
@@ -235,6 +239,8 @@ class WorkerRow(Base):
     #: Attempts that ended in an automatic retry, and jobs it stopped on request.
     jobs_retried: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     jobs_cancelled: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    #: The voices this worker's host can speak with (ids, engines, languages).
+    voices: Mapped[Any | None] = mapped_column(JSON)
 
 
 class CounterRow(Base):

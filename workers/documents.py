@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
-from core.deck import DEFAULT_DURATION, MAX_SLIDES, Deck, Slide
+from core.deck import MAX_SLIDES, Deck, Slide
 from core.sniff import AssetRefused, sniff
 
 log = logging.getLogger("slidefarm.documents")
@@ -108,7 +108,7 @@ def expand(deck: Deck, document: Document) -> list[Slide]:
             Slide(
                 title=title,
                 notes=notes,
-                duration=given.duration if given is not None else DEFAULT_DURATION,
+                duration=given.duration if given is not None else None,
                 transition=given.transition if given is not None else None,
             )
         )
@@ -125,7 +125,7 @@ def manifest(document: Document, slides: list[Slide]) -> bytes:
                 "page": n,
                 "title": s.title,
                 "notes": s.notes,
-                "duration": s.duration,
+                "duration": s.seconds,
                 "transition": s.transition,
             }
             for n, s in enumerate(slides, 1)

@@ -308,7 +308,7 @@ def _encode(
         background = THEMES[deck.options.theme].background
         encode(
             images,
-            [s.duration for s in deck.slides],
+            [s.seconds for s in deck.slides],
             deck.options.fps,
             video,
             titles=[s.title for s in deck.slides],

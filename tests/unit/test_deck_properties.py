@@ -291,7 +291,7 @@ OUTSIDE: dict[str, tuple[str, Any]] = {
     "duration_inf": ("slides.0.duration", float("inf")),
     "duration_string": ("slides.0.duration", "3"),
     "duration_bool": ("slides.0.duration", True),
-    "duration_null": ("slides.0.duration", None),
+    "duration_word": ("slides.0.duration", "automatic"),
     "slide_unknown_field": ("slides.0.colour", "red"),
     "deck_unknown_field": ("status", "completed"),
     "options_unknown_field": ("options.codec", "h265"),
