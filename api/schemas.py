@@ -162,13 +162,13 @@ class JobEvent(_Body):
 
 
 class Asset(_Body):
-    """An uploaded image or document, as the API shows it."""
+    """An uploaded image, document or audio file, as the API shows it."""
 
     id: str = Field(json_schema_extra={"format": "uuid"})
     owner: str
-    kind: Literal["png", "jpeg", "webp", "gif", "pdf", "pptx"] = Field(
-        description="Decided from the bytes, never the file name or declared type"
-    )
+    kind: Literal[
+        "png", "jpeg", "webp", "gif", "pdf", "pptx", "wav", "mp3", "m4a", "ogg", "flac"
+    ] = Field(description="Decided from the bytes, never the file name or declared type")
     media_type: str
     size_bytes: int = Field(ge=1)
     sha256: str = Field(pattern="^[0-9a-f]{64}$")

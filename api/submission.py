@@ -8,7 +8,7 @@ from typing import Any
 
 from api.dispatch import Dispatcher
 from core.deck import MAX_SLIDES, Deck, is_asset_id
-from core.sniff import DOCUMENT_KINDS, IMAGE_KINDS
+from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS, IMAGE_KINDS
 from storage import Job, JobStore
 from storage.assets import Asset, AssetNotFound, AssetStore
 from storage.models import DEFAULT_TENANT
@@ -34,7 +34,8 @@ def check_deck_assets(
 ) -> None:
     """:class:`DeckAssetsInvalid` unless every asset ``deck`` names is one of
     ``owner``'s, of the kind its place needs (a PDF or PPTX source, images on
-    slides), and a source whose page count is known fits the deck limits.
+    slides, audio for a slide's ``audio`` and ``options.music``), and a
+    source whose page count is known fits the deck limits.
     Another tenant's asset reads exactly like a missing one."""
     problems: list[dict[str, str]] = []
     found: dict[str, Asset | None] = {}
@@ -94,6 +95,20 @@ def check_deck_assets(
             problem(
                 f"slides.{n}.image",
                 f"asset {image.id} is a {image.kind.upper()}, not an image",
+                "wrong_asset_kind",
+            )
+    sounds = [(f"slides.{n}.audio", s.audio) for n, s in enumerate(deck.slides) if s.audio]
+    if deck.options.music is not None:
+        sounds.append(("options.music.asset", deck.options.music.asset))
+    for field, asset_id in sounds:
+        sound = lookup(asset_id)
+        if sound is None:
+            problem(field, f"no asset {asset_id}", "asset_not_found")
+        elif sound.kind not in AUDIO_KINDS:
+            problem(
+                field,
+                f"asset {sound.id} is a {sound.kind.upper()}, not audio "
+                "(WAV, MP3, M4A, Ogg or FLAC)",
                 "wrong_asset_kind",
             )
     if problems:

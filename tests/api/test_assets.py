@@ -13,6 +13,7 @@ import pytest
 from api import create_app
 from core.config import Settings
 from tests.support.assets import (
+    audio_bytes,
     image_bytes,
     pdf_bytes,
     png_claiming,
@@ -34,6 +35,12 @@ KINDS = [
         "pptx",
         "application/vnd.openxmlformats-officedocument.presentationml.presentation",
     ),
+    ("voice.wav", audio_bytes("wav"), "wav", "audio/wav"),
+    ("voice.mp3", audio_bytes("mp3"), "mp3", "audio/mpeg"),
+    ("voice.m4a", audio_bytes("m4a"), "m4a", "audio/mp4"),
+    ("voice.opus", audio_bytes("ogg"), "ogg", "audio/ogg"),
+    ("voice.ogg", audio_bytes("vorbis"), "ogg", "audio/ogg"),
+    ("voice.flac", audio_bytes("flac"), "flac", "audio/flac"),
 ]
 
 
@@ -325,6 +332,26 @@ def test_a_deck_naming_an_unusable_asset_is_422_and_makes_no_job(app: Any) -> No
             "wrong_asset_kind",
         ),
         ({"title": "t", "slides": [{"image": missing}]}, "slides.0.image", "asset_not_found"),
+        (
+            {"title": "t", "slides": [{"title": "a"}, {"audio": image["id"]}]},
+            "slides.1.audio",
+            "wrong_asset_kind",
+        ),
+        ({"title": "t", "slides": [{"audio": missing}]}, "slides.0.audio", "asset_not_found"),
+        (
+            {"title": "t", "slides": [{"title": "a"}], "options": {"music": {"asset": missing}}},
+            "options.music.asset",
+            "asset_not_found",
+        ),
+        (
+            {
+                "title": "t",
+                "slides": [{"title": "a"}],
+                "options": {"music": {"asset": document["id"]}},
+            },
+            "options.music.asset",
+            "wrong_asset_kind",
+        ),
     ]
     for deck, field, kind in cases:
         error = assert_error(_post_deck(acme, deck), 422, "validation_failed")
@@ -375,7 +402,9 @@ def test_a_document_deck_may_only_override_what_a_page_lacks(app: Any) -> None:
     error = assert_error(
         _post_deck(acme, {"source": {"asset": document["id"]}, "slides": [{"body": "no"}]}), 422
     )
-    assert "may set only duration, notes, title, transition" in str(error["details"])
+    assert "may set only audio, duration, narration, notes, title, transition" in str(
+        error["details"]
+    )
     error = assert_error(_post_deck(acme, {"title": "t", "slides": [{"caption": "x"}]}), 422)
     assert "need an image" in str(error["details"])
     error = assert_error(

@@ -241,3 +241,59 @@ def pptx_with_content(pages: int = 2) -> bytes:
     out = io.BytesIO()
     deck.save(out)
     return out.getvalue()
+
+
+#: ffmpeg arguments for each audio kind: (output format, codec).
+AUDIO_FORMATS = {
+    "wav": ("wav", "pcm_s16le"),
+    "mp3": ("mp3", "libmp3lame"),
+    "m4a": ("ipod", "aac"),
+    "ogg": ("ogg", "libopus"),
+    "vorbis": ("ogg", "libvorbis"),
+    "flac": ("flac", "flac"),
+}
+
+
+def audio_bytes(kind: str, seconds: float = 1.0) -> bytes:
+    """A tone of ``seconds`` encoded as ``kind`` (a key of AUDIO_FORMATS) by
+    the bundled ffmpeg."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import imageio_ffmpeg
+
+    fmt, codec = AUDIO_FORMATS[kind]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "a"
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v", "error", "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+                "-c:a", codec, "-f", fmt, str(out),
+            ],
+            check=True,
+        )  # fmt: skip
+        return out.read_bytes()
+
+
+def video_mp4_bytes() -> bytes:
+    """A one-second MP4 with a picture and a sound track (not an audio file)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "v.mp4"
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error",
+                "-f", "lavfi", "-i", "color=c=red:s=64x48:d=1",
+                "-f", "lavfi", "-i", "sine=duration=1",
+                "-c:v", "libx264", "-c:a", "aac", "-shortest", str(out),
+            ],
+            check=True,
+        )  # fmt: skip
+        return out.read_bytes()

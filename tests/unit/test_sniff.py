@@ -10,13 +10,16 @@ import zipfile
 
 import pytest
 
-from core.sniff import MAX_PPTX_UNCOMPRESSED, AssetRefused, sniff
+from core.sniff import AUDIO_KINDS, MAX_PPTX_UNCOMPRESSED, MEDIA_TYPES, AssetRefused, sniff
 from tests.support.assets import (
+    AUDIO_FORMATS,
+    audio_bytes,
     image_bytes,
     pdf_bytes,
     png_claiming,
     pptx_bytes,
     svg_bytes,
+    video_mp4_bytes,
     zip_bomb_pptx,
 )
 
@@ -109,3 +112,49 @@ def test_the_zip_bomb_is_a_real_zip_that_inflates_to_what_it_declares() -> None:
     assert sniff(small, max_pixels=PIXELS).kind == "pptx"
     with zipfile.ZipFile(io.BytesIO(small)) as archive:
         assert archive.read("ppt/media/zero0.bin") == b"\x00" * (2 << 20)
+
+
+@pytest.mark.parametrize("made", sorted(AUDIO_FORMATS))
+def test_audio_is_sniffed_from_its_container(made: str) -> None:
+    kind = "ogg" if made == "vorbis" else made
+    data = audio_bytes(made)
+    assert sniff(data, max_pixels=PIXELS).kind == kind
+    assert sniff(io.BytesIO(data), max_pixels=PIXELS).kind == kind
+    assert MEDIA_TYPES[kind].startswith("audio/") and kind in AUDIO_KINDS
+
+
+@pytest.mark.parametrize("made", sorted(AUDIO_FORMATS))
+def test_truncated_audio_headers_are_refused(made: str) -> None:
+    data = audio_bytes(made)
+    for cut in (12, 30):
+        with pytest.raises(AssetRefused):
+            sniff(data[:cut], max_pixels=PIXELS)
+
+
+def test_a_wav_cut_short_of_its_declared_length_is_refused() -> None:
+    with pytest.raises(AssetRefused, match="truncated") as refused:
+        sniff(audio_bytes("wav")[:5000], max_pixels=PIXELS)
+    assert refused.value.code == "invalid_asset"
+
+
+def test_an_m4a_without_its_moov_box_is_refused() -> None:
+    data = audio_bytes("m4a")
+    with pytest.raises(AssetRefused, match="moov"):
+        sniff(data[: len(data) // 2], max_pixels=PIXELS)
+
+
+def test_an_mp4_video_is_not_audio() -> None:
+    with pytest.raises(AssetRefused, match="holds video"):
+        sniff(video_mp4_bytes(), max_pixels=PIXELS)
+
+
+def test_random_bytes_and_near_misses_are_not_audio() -> None:
+    import random
+
+    generator = random.Random(14)
+    for _ in range(500):
+        with pytest.raises(AssetRefused):
+            sniff(generator.randbytes(4096), max_pixels=PIXELS)
+    for fake in (b"\xff\xfb" + bytes(4000), b"OggS" + bytes(60), b"ID3" + bytes(60)):
+        with pytest.raises(AssetRefused):
+            sniff(fake, max_pixels=PIXELS)
