@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice screenshots setup clean
+.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice espeak screenshots setup clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,17 @@ libreoffice:
 	    || echo "libreoffice: install failed, continuing"; \
 	else echo "libreoffice: not root or no apt-get; the PPTX tests will skip"; fi
 
+# Debian's espeak-ng, the text-to-speech engine every worker can speak with
+# (espeak-ng:<language>). Only jobs with speech need it (make demo does not);
+# a worker with no engine fails them at once, readably. Piper, the optional
+# neural engine, comes from PyPI (the piper extra; the test extra has it).
+espeak:
+	@if command -v espeak-ng >/dev/null; then echo "espeak: espeak-ng already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends espeak-ng >/dev/null) || echo "espeak: install failed, continuing"; \
+	else echo "espeak: not root or no apt-get; the espeak-ng tests will skip"; fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
@@ -68,7 +79,7 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
-test: $(STAMP) fonts browser ffprobe libreoffice
+test: $(STAMP) fonts browser ffprobe libreoffice espeak
 	$(PY) -m pytest
 
 # The quick loop: no processes, no browser, no chaos run.

@@ -187,6 +187,14 @@ class StoreCollector:
             "Attempts recovered from a worker that stopped heartbeating",
             value=stats.recovered_total,
         )
+        speech = CounterMetricFamily(
+            "slidefarm_speech_seconds",
+            "Seconds of speech synthesized, by engine",
+            labels=["engine"],
+        )
+        for engine, seconds in sorted(inspector.speech_seconds().items()):
+            speech.add_metric([engine], seconds)
+        yield speech
         for name, column, help_text in (
             (
                 "slidefarm_queue_wait_seconds",

@@ -153,6 +153,15 @@ def retire(conn: Connection, job_ids: Sequence[str]) -> None:
             )
         ).one()
         deltas.update(zip(_histogram_names(column), map(float, parts), strict=True))
+    add(conn, deltas)
+
+
+#: The counter rows of ``slidefarm_speech_seconds_total``: one per engine.
+SPEECH_PREFIX = "speech_seconds:"
+
+
+def add(conn: Connection, deltas: dict[str, float]) -> None:
+    """Add ``deltas`` to their counter rows (created at 0), in one statement."""
     deltas = {name: value for name, value in deltas.items() if value}
     if not deltas:
         return
@@ -164,3 +173,13 @@ def retire(conn: Connection, job_ids: Sequence[str]) -> None:
             set_={"value": counters_table.c.value + stmt.excluded.value},
         )
     )
+
+
+def speech_seconds(conn: Connection) -> dict[str, float]:
+    """Seconds of speech ever synthesized, by engine."""
+    rows = conn.execute(
+        select(counters_table.c.name, counters_table.c.value).where(
+            counters_table.c.name.startswith(SPEECH_PREFIX)
+        )
+    ).all()
+    return {name[len(SPEECH_PREFIX) :]: float(value) for name, value in rows}

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from storage.counters import DURATION_BUCKETS, histogram, totals
+from storage.counters import DURATION_BUCKETS, histogram, speech_seconds, totals
 from storage.db import Database, HasDatabase, database_of
 from storage.jobs import Job, JobStore, utcnow
 from storage.models import Status, jobs_table
@@ -108,6 +108,11 @@ class Inspector:
         """The latest failed jobs, newest first."""
         page = JobStore(self.db).list_jobs(status=Status.FAILED, limit=limit)
         return page.jobs
+
+    def speech_seconds(self) -> dict[str, float]:
+        """Seconds of speech ever synthesized, by engine (``slidefarm_speech_seconds_total``)."""
+        with self.db.transaction(single=True) as conn:
+            return speech_seconds(conn)
 
     def histogram(self, column: str) -> Histogram:
         """Distribution of ``render_seconds``, ``encode_seconds`` or
