@@ -24,6 +24,7 @@ from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, iso, job_json
 from api.submission import DeckAssetsInvalid, submit_deck
+from api.voices import offered
 from core.config import Settings, get_settings
 from core.deck import ASPECTS, RESOLUTIONS, THEME_NAMES, Deck
 from core.sniff import DOCUMENT_KINDS, AssetRefused
@@ -202,6 +203,7 @@ def submit(
             owner=tenant,
             assets=_asset_store(ctx),
             max_video_seconds=ctx.settings.max_video_seconds,
+            stale_after=ctx.settings.stale_after,
         )
     except DeckAssetsInvalid as invalid:
         fail(f"{source}: {invalid}")
@@ -447,6 +449,29 @@ def workers(ctx: Context, as_json: bool) -> None:
                 "RETRIED",
                 "CANCELLED",
             ],
+        )
+    )
+
+
+@main.command()
+@json_option
+@pass_ctx
+def voices(ctx: Context, as_json: bool) -> None:
+    """The voices live workers offer (as GET /v1/voices lists them)."""
+    found = [
+        o.json()
+        for o in offered(WorkerRegistry(ctx.store).list_workers(), ctx.settings.stale_after)
+    ]
+    if as_json:
+        emit({"voices": found})
+        return
+    if not found:
+        click.echo("no live worker offers a voice (espeak-ng: make espeak; Piper: the piper extra)")
+        return
+    click.echo(
+        table(
+            [(v["id"], v["engine"], v["language"], v["name"], v["workers"]) for v in found],
+            ["VOICE", "ENGINE", "LANGUAGE", "NAME", "WORKERS"],
         )
     )
 

@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from api.auth import owner_scope, require_admin
 from api.serialize import iso, job_json
 from api.services import Services, services
+from api.voices import offered
 from storage import Job, JobNotFound, StorageError
 from storage.registry import WorkerInfo, WorkerRegistry
 from storage.stats import Inspector, Stats
@@ -82,6 +83,14 @@ def workers() -> Response:
     svc = services()
     found = WorkerRegistry(svc.store).list_workers()
     return jsonify({"workers": [worker_json(w, svc.settings.stale_after) for w in found]})
+
+
+@bp.get("/v1/voices")
+def voices() -> Response:
+    """The voices live workers offer, each with how many offer it (any key)."""
+    svc = services()
+    found = offered(WorkerRegistry(svc.store).list_workers(), svc.settings.stale_after)
+    return jsonify({"voices": [o.json() for o in found]})
 
 
 @bp.get("/v1/stats")

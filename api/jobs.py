@@ -205,6 +205,7 @@ def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tu
         max_active=svc.settings.active_job_cap,
         assets=AssetStore(svc.store, svc.settings.output_dir),
         max_video_seconds=svc.settings.max_video_seconds,
+        stale_after=svc.settings.stale_after,
     )
 
 

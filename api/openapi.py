@@ -544,6 +544,16 @@ def _operations() -> dict[str, Doc]:
                 },
             },
         },
+        "/v1/voices": {
+            "get": {
+                "operationId": "listVoices",
+                "summary": "The voices live workers offer (any key)",
+                "responses": {
+                    "200": {"description": "The voices", "content": _json("VoiceList")},
+                    **_errors(401, 503),
+                },
+            },
+        },
         "/v1/stats": {
             "get": {
                 "operationId": "getStats",

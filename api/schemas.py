@@ -263,6 +263,20 @@ class WorkerList(_Body):
     workers: list[Worker]
 
 
+class Voice(_Body):
+    """A voice live workers offer: the id a deck's options.voice names."""
+
+    id: str = Field(description="<engine>:<name>, e.g. espeak-ng:fr or piper:en_US-joe-medium")
+    engine: str = Field(description="espeak-ng or piper")
+    name: str
+    language: str = Field(description="The language it speaks, e.g. en-us")
+    workers: int = Field(ge=1, description="How many live workers offer it")
+
+
+class VoiceList(_Body):
+    voices: list[Voice]
+
+
 class StatusCounts(_Body):
     queued: int = Field(ge=0)
     processing: int = Field(ge=0)
@@ -322,6 +336,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     JobList,
     JobEvent,
     WorkerList,
+    VoiceList,
     Stats,
     Health,
     Ready,

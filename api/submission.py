@@ -7,11 +7,13 @@ import json
 from typing import Any
 
 from api.dispatch import Dispatcher
+from api.voices import voice_problem
 from core.deck import MAX_SLIDES, Deck, is_asset_id
 from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS, IMAGE_KINDS
-from storage import Job, JobStore
+from storage import Job, JobStore, StorageError
 from storage.assets import Asset, AssetNotFound, AssetStore
 from storage.models import DEFAULT_TENANT
+from storage.registry import WorkerRegistry
 
 
 class DeckAssetsInvalid(ValueError):
@@ -115,6 +117,21 @@ def check_deck_assets(
         raise DeckAssetsInvalid(problems)
 
 
+def check_voice(store: JobStore, deck: Deck, stale_after: float) -> None:
+    """:class:`DeckAssetsInvalid` (``options.voice``, ``voice_unavailable``)
+    when no live worker offers the voice ``deck`` needs; accepted when the
+    registry cannot be read (its worker then fails the job if it must)."""
+    try:
+        workers = WorkerRegistry(store).list_workers()
+    except StorageError:
+        return
+    problem = voice_problem(deck, workers, stale_after)
+    if problem is not None:
+        raise DeckAssetsInvalid(
+            [{"field": "options.voice", "message": problem, "type": "voice_unavailable"}]
+        )
+
+
 def submit_deck(
     store: JobStore,
     dispatcher: Dispatcher,
@@ -128,6 +145,7 @@ def submit_deck(
     max_active: int | None = None,
     assets: AssetStore | None = None,
     max_video_seconds: float | None = None,
+    stale_after: float | None = None,
 ) -> tuple[Job, bool]:
     """Commit ``owner``'s job, then send its task (never the other way round);
     return the job and whether it is new (``False``: an idempotent replay).
@@ -137,7 +155,12 @@ def submit_deck(
     A deck that names assets is checked against ``assets`` first
     (:class:`DeckAssetsInvalid`); the job is linked to them in its insert's
     transaction, so none is deleted while it is queued or processing (one
-    deleted in between: :class:`DeckAssetsInvalid` too, and no job)."""
+    deleted in between: :class:`DeckAssetsInvalid` too, and no job).
+
+    With ``stale_after``, a deck that speaks is checked against the voices
+    live workers offer (:func:`check_voice`)."""
+    if stale_after is not None:
+        check_voice(store, deck, stale_after)
     asset_ids = deck.asset_ids()
     if asset_ids:
         if assets is None:

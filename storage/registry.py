@@ -34,6 +34,9 @@ class WorkerInfo:
     jobs_failed: int
     jobs_retried: int
     jobs_cancelled: int
+    #: The voices it offered at registration (``{"id", "engine", "name",
+    #: "language"}`` each); None for a worker that reported none (older).
+    voices: list[dict[str, Any]] | None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> WorkerInfo:
@@ -52,12 +55,16 @@ class WorkerRegistry:
         """On ``db`` (or the database of a store such as the job store)."""
         self.db = database_of(db)
 
-    def register(self, name: str, host: str, pid: int) -> None:
-        """A worker started (or restarted under the same name): a fresh row."""
+    def register(
+        self, name: str, host: str, pid: int, voices: list[dict[str, Any]] | None = None
+    ) -> None:
+        """A worker started (or restarted under the same name): a fresh row,
+        with the voices its host speaks (as the worker lists them)."""
         now = utcnow()
         values = {
             "host": host,
             "pid": pid,
+            "voices": voices,
             "started_at": now,
             "last_seen": now,
             "stopped_at": None,

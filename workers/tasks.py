@@ -14,7 +14,12 @@ import socket
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
 from core.config import get_settings
@@ -24,6 +29,7 @@ from storage.registry import WorkerRegistry
 from workers.celery_app import app
 from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
+from workers.voices import close_voices, voice_records
 from workers.webhooks import deliver_due
 
 log = logging.getLogger("slidefarm.tasks")
@@ -74,15 +80,24 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
     store = _store()
     try:
-        WorkerRegistry(store).register(name, socket.gethostname(), os.getpid())
+        WorkerRegistry(store).register(
+            name, socket.gethostname(), os.getpid(), voices=voice_records()
+        )
     except StorageError:
         log.warning("could not register worker %s (database unavailable)", name)
     _sweeper = Sweeper(store, get_settings(), name, dispatch, send_webhook)
     _sweeper.start()
 
 
+@worker_process_shutdown.connect
+def _close_voices(**_: Any) -> None:
+    # A pool process may end without running atexit: its Piper children go now.
+    close_voices()
+
+
 @worker_shutdown.connect
 def _stop_sweeper(sender: Any = None, **_: Any) -> None:
+    close_voices()
     if _sweeper is None:
         return
     _sweeper.stop()

@@ -55,7 +55,13 @@ SYNTH_TIMEOUT = 120.0
 
 
 class VoiceUnavailable(Exception):
-    """This host has no such voice (or no engine for it)."""
+    """This host has no such voice (or no engine for it).
+
+    Retryable: another render host may have the voice (submission already
+    refused decks whose voice no live worker offers), so the job may go back
+    to the queue; its attempt limit bounds that."""
+
+    retryable = True
 
 
 #: What a job that needs speech fails with on a host without any engine.

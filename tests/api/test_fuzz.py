@@ -55,6 +55,12 @@ def _real_assets(ctx: Any, case: Any, **kwargs: Any) -> None:
         image = slide.get("image") if isinstance(slide, dict) else None
         if isinstance(image, str) and is_asset_id(image):
             slide["image"] = FUZZ_ASSETS["image"]
+        if isinstance(slide, dict) and isinstance(slide.get("audio"), str):
+            slide["audio"] = FUZZ_ASSETS["audio"]
+    options = body.get("options")
+    music = options.get("music") if isinstance(options, dict) else None
+    if isinstance(music, dict) and isinstance(music.get("asset"), str):
+        music["asset"] = FUZZ_ASSETS["audio"]
 
 
 # Global (schemathesis has no per-schema before_call); it acts only while
@@ -217,10 +223,15 @@ def fuzz_app(tmp_path: Path, sqlite_template: Path) -> Iterator[Any]:
     token = AccessStore(app.extensions["slidefarm"].store).create_key("fuzz").token
     AUTH_HEADERS.clear()
     AUTH_HEADERS["Authorization"] = f"Bearer {token}"
-    from tests.support.assets import image_bytes, pdf_bytes
+    from tests.support.assets import audio_bytes, image_bytes, pdf_bytes
 
     client = app.test_client()
-    for name, data in (("image", image_bytes("PNG")), ("document", pdf_bytes())):
+    made_assets = (
+        ("image", image_bytes("PNG")),
+        ("document", pdf_bytes()),
+        ("audio", audio_bytes("wav", 0.2)),
+    )
+    for name, data in made_assets:
         made = client.post("/v1/assets", data=data, headers=AUTH_HEADERS)
         assert made.status_code == 201, made.get_data(as_text=True)
         FUZZ_ASSETS[name] = made.get_json()["id"]

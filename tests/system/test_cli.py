@@ -74,6 +74,13 @@ def test_cli_against_a_running_stack(pg_redis_stack: Stack, tmp_path: Path) -> N
 
     workers = run_json(env, "workers")
     assert [w["name"].split("@")[0] for w in workers["workers"]] == ["cli"]
+    # The worker registered the voices its host speaks: espeak-ng and Piper's joe.
+    voices = {v["id"]: v for v in run_json(env, "voices")["voices"]}
+    assert (
+        voices["espeak-ng:en"]["workers"] == 1 and voices["espeak-ng:en"]["engine"] == "espeak-ng"
+    )
+    assert voices["piper:en_US-joe-medium"]["language"] == "en-us"
+    assert "piper:en_US-joe-medium" in run(env, "voices").stdout
     stats = run_json(env, "stats")
     assert stats["total"] == 2 and stats["queue_depth"] is not None
 
