@@ -12,6 +12,7 @@ A voice id is ``<engine>:<name>`` (``core.deck.VOICE_PATTERN``):
   not per job), feeds it one line of text per utterance and reads back the
   file it wrote; a child that died is started again, and every child is
   killed when the worker process ends (:func:`close_voices`, also at exit).
+  A child's environment holds none of the worker's settings or secrets.
 
 ``synthesize`` returns the seconds of audio it wrote; the caller records them
 with :func:`record_synthesized` (``slidefarm_speech_seconds_total``).
@@ -193,6 +194,8 @@ def _espeak_speak(voice: Voice, text: str, out: Path) -> None:
 # -- Piper -------------------------------------------------------------------
 
 _PIPER_DIST = "piper-tts"
+#: What a Piper child inherits of the worker's environment.
+_PIPER_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OMP_NUM_THREADS", "PYTHONPATH")
 
 
 @cache
@@ -238,8 +241,9 @@ class _PiperChild:
         self.folder = Path(tempfile.mkdtemp(prefix="slidefarm-piper-"))
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.lock = threading.Lock()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIDEFARM_")}
-        env["PYTHONIOENCODING"] = "utf-8"
+        # None of the worker's settings or secrets (DATABASE_URL, brokers, keys).
+        env = {k: os.environ[k] for k in _PIPER_ENV if k in os.environ}
+        env.update(PYTHONIOENCODING="utf-8", PYTHONDONTWRITEBYTECODE="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "piper", "-m", voice.engine_voice, "-d", str(self.folder)],
             stdin=subprocess.PIPE,

@@ -85,6 +85,19 @@ def test_the_piper_model_is_loaded_once_per_process(tmp_path: Path) -> None:
     assert _peak_and_seconds(tmp_path / "two.wav")[0] > 3000
 
 
+def test_the_piper_child_gets_no_settings_or_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _need_piper()
+    voices.close_voices()
+    monkeypatch.setenv("DATABASE_URL", "postgresql://user:secret@db/slidefarm")
+    monkeypatch.setenv("SLIDEFARM_SECRET_KEY", "x" * 40)
+    voices.synthesize(JOE, "Hello.", tmp_path / "hello.wav")
+    environ = Path(f"/proc/{voices.piper_pid(JOE)}/environ").read_bytes()
+    assert b"secret" not in environ and b"SLIDEFARM_" not in environ
+    voices.close_voices()
+
+
 def test_a_killed_piper_child_is_started_again(tmp_path: Path) -> None:
     _need_piper()
     voices.synthesize(JOE, "Before.", tmp_path / "before.wav")
