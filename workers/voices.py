@@ -51,6 +51,8 @@ ESPEAK = "espeak-ng"
 PIPER = "piper"
 #: The voice a deck gets when it names none and the host has it.
 DEFAULT_VOICE = "espeak-ng:en"
+#: What a text with nothing to pronounce (no letter or digit) becomes: silence.
+SILENT_SECONDS = 0.25
 #: Seconds one synthesis may take before it is killed.
 SYNTH_TIMEOUT = 120.0
 
@@ -135,7 +137,8 @@ def synthesize(
     voice_id: str, text: str, out: Path, should_stop: Callable[[], bool] | None = None
 ) -> float:
     """Speak ``text`` with ``voice_id`` into the WAV file ``out`` (mono, the
-    engine's sample rate); return the seconds of audio written.
+    engine's sample rate); return the seconds of audio written. A text with
+    no letter or digit is :data:`SILENT_SECONDS` of silence.
     :class:`VoiceUnavailable` for a voice this host lacks (:data:`NO_ENGINE`
     when it has no engine at all), :class:`SynthesisFailed` if the engine
     fails."""
@@ -144,11 +147,23 @@ def synthesize(
         if not available_voices():
             raise VoiceUnavailable(NO_ENGINE)
         raise VoiceUnavailable(f"this render host has no voice {voice_id!r}")
-    if voice.engine == PIPER:
+    if not any(c.isalnum() for c in text):
+        # Nothing to pronounce ("...", an emoji): silence, not an engine's
+        # crash (Piper's CLI dies writing an empty WAV) or a spelled-out dot.
+        _silence(out, SILENT_SECONDS)
+    elif voice.engine == PIPER:
         _piper_child(voice).speak(text, out, should_stop)
     else:
         _espeak_speak(voice, text, out)
     return wav_seconds(out)
+
+
+def _silence(out: Path, seconds: float, rate: int = 22050) -> None:
+    with wave.open(str(out), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(rate)
+        audio.writeframes(bytes(2 * round(seconds * rate)))
 
 
 def wav_seconds(path: Path) -> float:

@@ -129,6 +129,17 @@ def test_a_stop_request_interrupts_piper(tmp_path: Path) -> None:
     assert voices.synthesize(JOE, "Still here.", tmp_path / "again.wav") > 0.3
 
 
+@pytest.mark.parametrize("voice", ["espeak-ng:en", JOE])
+def test_nothing_to_pronounce_is_a_moment_of_silence(voice: str, tmp_path: Path) -> None:
+    (_need_piper if voice == JOE else _need_espeak)()
+    pid = voices.piper_pid(JOE)
+    for text in ("...", " — ", "🙂"):
+        seconds = voices.synthesize(voice, text, tmp_path / "quiet.wav")
+        assert seconds == pytest.approx(voices.SILENT_SECONDS, abs=1e-3)
+        assert _peak_and_seconds(tmp_path / "quiet.wav") == (0, seconds)
+    assert voices.piper_pid(JOE) == pid  # no child crashed on it
+
+
 def test_an_unknown_voice_is_unavailable(tmp_path: Path) -> None:
     _need_espeak()
     with pytest.raises(VoiceUnavailable, match="no voice 'piper:nobody'"):
