@@ -155,6 +155,23 @@ def test_images_have_their_own_smaller_limit(settings: Settings) -> None:
     assert acme.post("/v1/assets", data=pdf_bytes()).status_code == 201
 
 
+def test_audio_counts_under_the_asset_limit_not_the_image_one(settings: Settings) -> None:
+    sound = audio_bytes("wav")
+    acme = Tenant(_app(settings, max_image_asset_bytes=len(sound) // 10), "acme").client
+    assert acme.post("/v1/assets", data=sound).status_code == 201
+    acme = Tenant(_app(settings, max_asset_bytes=len(sound) - 1), "globex").client
+    error = assert_error(acme.post("/v1/assets", data=sound), 413, "asset_too_large")
+    assert "SLIDEFARM_MAX_ASSET_BYTES" in error["message"]
+
+
+def test_an_mp4_video_is_refused_as_audio(app: Any) -> None:
+    from tests.support.assets import video_mp4_bytes
+
+    acme = Tenant(app, "acme").client
+    error = assert_error(acme.post("/v1/assets", data=video_mp4_bytes()), 422)
+    assert "holds video" in error["message"]
+
+
 class EndlessZeros(io.RawIOBase):
     """An upload that never ends, counting what the server read of it."""
 
