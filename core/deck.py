@@ -6,6 +6,7 @@ it, so both sides agree on every field and default.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -74,8 +77,36 @@ MAX_SLIDES = 200
 DEFAULT_DURATION = 3.0
 
 AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN, description="An asset's id.")]
-#: A slide's explicit time on screen.
-Seconds = Annotated[float, Field(ge=0.5, le=60.0, allow_inf_nan=False)]
+MIN_SECONDS, MAX_SECONDS = 0.5, 60.0
+
+
+def _duration(value: object) -> float | str | None:
+    # One rule, one error at ``slides.N.duration`` (a union would report
+    # each of its members): seconds in range, "auto", or unset.
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError('must be a number of seconds or "auto"')
+    seconds = float(value)
+    if not math.isfinite(seconds) or not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ValueError(f'must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds, or "auto"')
+    return seconds
+
+
+#: A slide's time on screen: seconds, ``"auto"`` (its audio's length) or unset.
+Duration = Annotated[
+    float | Literal["auto"] | None,
+    PlainValidator(_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": MIN_SECONDS, "maximum": MAX_SECONDS},
+                {"const": "auto"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 #: A voice: ``<engine>:<name>``, e.g. ``espeak-ng:fr`` or ``piper:en_US-joe-medium``.
 VOICE_PATTERN = r"^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.+-]{1,64}$"
 ImageRef = Annotated[
@@ -129,7 +160,7 @@ class Slide(_Strict):
     bullets: list[Annotated[Text, Field(max_length=300)]] = Field(
         default_factory=list, max_length=12
     )
-    duration: Seconds | Literal["auto"] | None = Field(
+    duration: Duration = Field(
         default=None,
         description=(
             "Seconds on screen (0.5-60), or auto: as long as the slide's audio plus "

@@ -48,8 +48,15 @@ def test_submission_fills_defaults(client: FlaskClient, settings: Settings) -> N
         "theme": "light",
         "fps": 30,
         "transition": "none",
+        "narrate": False,
+        "voice": None,
+        "narration_padding": 0.5,
+        "music": None,
+        "burn_subtitles": False,
     }
-    assert stored.deck["slides"][0]["duration"] == 3.0
+    # Unset: 3 s for a silent slide, its audio's length for one with sound.
+    assert stored.deck["slides"][0]["duration"] is None
+    assert job["slide_count"] == 1
 
 
 @pytest.mark.parametrize(
