@@ -156,6 +156,18 @@ class Lease:
             self._lost.set()
         self.check()
 
+    def finish(self, action: Callable[[], LeaseState | bool]) -> None:
+        """The attempt's last fenced write (its completion): heartbeats stop
+        first. A heartbeat racing it would find the job no longer processing
+        once the write commits and call the lease lost, turning a completed
+        job into a "lost" attempt; after this, nothing renews the lease, and
+        only the write's own answer says whether it landed."""
+        self.check()
+        self._stop.set()
+        self._thread.join(timeout=max(self.interval * 2, 5.0))
+        self.check()  # a heartbeat's last answer (cancel, lost) still counts
+        self.write(action)
+
     def progress(self, progress: float, stage: Stage) -> None:
         """Record progress and stage for this attempt."""
         self.write(lambda: self.store.record_progress(self.job_id, self.attempt, progress, stage))

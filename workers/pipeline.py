@@ -356,7 +356,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
             # Refused means a newer attempt holds the job: the folder just
             # published is replaced when that attempt publishes, or removed
             # as an orphan by the sweeper if it never does.
-            lease.write(
+            lease.finish(
                 lambda: store.complete(
                     job.id,
                     attempt,

@@ -98,6 +98,41 @@ def test_heartbeat_renews_the_lease_and_notices_its_loss(store: JobStore) -> Non
             lease.check()
 
 
+def test_a_heartbeat_racing_the_completion_never_makes_it_a_lost_attempt(
+    store: JobStore,
+) -> None:
+    """The completion's commit leaves the job no longer processing: a
+    heartbeat landing between that commit and the write's own check used to
+    call the lease lost, so a completed job's attempt ended "lost" (seen once
+    in a while with 50 ms heartbeats). The last write stops heartbeats first."""
+
+    def slow_completion(job_id: str) -> bool:
+        done = store.complete(
+            job_id,
+            1,
+            video_url="v",
+            thumbnail_url="t",
+            slide_image_path="slides",
+            render_seconds=0.1,
+            encode_seconds=0.1,
+        )
+        time.sleep(0.3)  # six heartbeats' time after the commit
+        return done
+
+    job, _ = store.create(small_deck(), title="t")
+    assert store.claim(job.id, "w@h") is not None
+    with Lease(store, job.id, 1, interval=0.05) as lease:
+        lease.finish(lambda: slow_completion(job.id))
+        assert not lease.lost
+    assert store.get(job.id).status is Status.COMPLETED
+
+    # The old way, a plain write, shows the race the test guards against.
+    job, _ = store.create(small_deck(), title="t")
+    assert store.claim(job.id, "w@h") is not None
+    with Lease(store, job.id, 1, interval=0.05) as lease, pytest.raises(AttemptLost):
+        lease.write(lambda: slow_completion(job.id))
+
+
 def _scratch(settings: Settings, job_id: str, attempt: int, content: bytes) -> Path:
     folder = settings.output_dir / ".partial" / f"{job_id}.{attempt}"
     folder.mkdir(parents=True)
