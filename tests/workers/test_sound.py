@@ -1,0 +1,270 @@
+"""Narrated decks in-process against the real store, with the real espeak-ng
+and ffmpeg: the sound track, its timing and loudness, subtitles, music, the
+speech cache and stops (docs/design.md, "Sound")."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+import pytest
+
+from core.config import Settings
+from storage import JobStore, Stage, Status
+from tests.support.decks import small_deck
+from workers.audio import SAMPLE_RATE, subrip, timed_cues, webvtt
+from workers.pipeline import Outcome, run_attempt
+from workers.speech import CACHE_DIR, Cue, sentences
+from workers.video import frame_counts
+
+FFPROBE = "/usr/bin/ffprobe"
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+EBUR128 = ["-af", "ebur128=peak=true", "-f", "null", "-"]
+MONO = ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le"]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or not Path(FFPROBE).exists(),
+    reason="needs espeak-ng and ffprobe (make test installs them)",
+)
+
+
+@pytest.fixture
+def worker_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"heartbeat_interval": 0.05})
+
+
+def probe(video: Path, *args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [FFPROBE, "-v", "error", "-of", "json", *args, str(video)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def narrated(texts: list[str | None], **options: Any) -> dict[str, Any]:
+    deck = small_deck(slides=len(texts), duration=1.0, **options)
+    for slide, text in zip(deck["slides"], texts, strict=True):
+        if text is not None:
+            slide["narration"] = text
+            del slide["duration"]  # auto
+    return deck
+
+
+def render(store: JobStore, settings: Settings, deck: dict[str, Any]) -> str:
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    result = run_attempt(store, claimed, settings)
+    assert result.outcome is Outcome.COMPLETED, result.error
+    return job.id
+
+
+def streams(video: Path) -> dict[str, dict[str, Any]]:
+    found = probe(video, "-show_streams")["streams"]
+    return {s["codec_type"]: s for s in found}
+
+
+def ebur128(video: Path) -> tuple[float, float]:
+    """Integrated loudness (LUFS) and true peak (dBTP) of the audio."""
+    done = subprocess.run(
+        [FFMPEG, "-hide_banner", "-nostats", "-i", str(video), "-map", "0:a", *EBUR128],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    summary = done.stderr[done.stderr.rindex("Summary:") :]
+    integrated = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))  # type: ignore[union-attr]
+    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))  # type: ignore[union-attr]
+    return integrated, peak
+
+
+def samples(video: Path, tmp: Path) -> list[float]:
+    """The audio's mono level per 1/1000 s window (absolute peak, 0..1)."""
+    raw = tmp / "audio.raw"
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", "-i", str(video), "-map", "0:a", *MONO, str(raw)],
+        check=True,
+        timeout=60,
+    )
+    data = memoryview(raw.read_bytes()).cast("h")
+    step = SAMPLE_RATE // 1000
+    return [
+        max(abs(v) for v in data[i : i + step]) / 32768 for i in range(0, len(data) - step, step)
+    ]
+
+
+def onsets(levels: list[float], threshold: float = 0.02, gap_ms: int = 150) -> list[int]:
+    """Milliseconds where sound starts after at least ``gap_ms`` of quiet."""
+    found: list[int] = []
+    quiet = gap_ms
+    for ms, level in enumerate(levels):
+        if level >= threshold:
+            if quiet >= gap_ms:
+                found.append(ms)
+            quiet = 0
+        else:
+            quiet += 1
+    return found
+
+
+def test_sentences_split_on_latin_and_cjk_ends() -> None:
+    assert sentences("One. Two?  Three! four") == ["One.", "Two?", "Three!", "four"]
+    assert sentences('He said "yes." Then left.') == ['He said "yes."', "Then left."]
+    assert sentences("一つ。二つ？「三つ。」四つ！") == ["一つ。", "二つ？", "「三つ。」", "四つ！"]
+    assert sentences(" \n ") == []
+    assert sentences("no end") == ["no end"]
+
+
+def test_subtitle_documents_are_well_formed() -> None:
+    cues = [Cue("Hello <b> & you.", 0.0, 1.25), Cue("Two\nlines --> one", 1.25, 61.5)]
+    vtt = webvtt(cues)
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.250\nHello &lt;b> &amp; you.\n")
+    assert "00:00:01.250 --> 00:01:01.500\nTwo lines → one\n" in vtt
+    srt = subrip(cues)
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:01,250\nHello <b> & you.\n\n2\n")
+
+
+def test_a_narrated_deck_has_a_normalised_track_timed_to_its_slides(
+    store: JobStore, worker_settings: Settings, tmp_path: Path
+) -> None:
+    deck = narrated(["Hello there. This is the first slide.", None, "The last slide speaks."])
+    job_id = render(store, worker_settings, deck)
+    done = store.get(job_id)
+    assert done.status is Status.COMPLETED and done.stage is Stage.DONE
+    assert done.synth_seconds is not None and done.mix_seconds is not None
+    assert {"subtitles.vtt", "subtitles.srt", "video.mp4"} <= set(done.created_files)
+    folder = worker_settings.output_dir / job_id
+    video = folder / "video.mp4"
+    found = streams(video)
+    audio, picture, text = found["audio"], found["video"], found["subtitle"]
+    assert audio["codec_name"] == "aac" and audio["sample_rate"] == "48000"
+    assert audio["channels"] == 2
+    assert text["codec_name"] == "mov_text" and text["tags"]["language"] == "eng"
+    frame = 1 / 30
+    assert abs(float(audio["duration"]) - float(picture["duration"])) <= frame
+    # Chapters and colour tags survive the remux.
+    chapters = probe(video, "-show_chapters")["chapters"]
+    assert [c["tags"]["title"] for c in chapters] == ["Slide 1", "Slide 2", "Slide 3"]
+    assert picture["color_space"] == "bt709" and b"colrnclx" in video.read_bytes()
+    # Loudness: -16 LUFS within 1 LU, true peak at most -1.5 dBTP.
+    integrated, peak = ebur128(video)
+    assert abs(integrated + 16) <= 1.0, integrated
+    assert peak <= -1.5, peak
+    # Speech starts at the first frame of each narrated slide.
+    starts = [float(c["start_time"]) for c in chapters]
+    heard = onsets(samples(video, tmp_path))
+    for slide in (0, 2):
+        near = [ms for ms in heard if abs(ms / 1000 - starts[slide]) <= 0.25]
+        assert near, (slide, starts, heard)
+        assert near[0] / 1000 >= starts[slide] - frame
+    # The cues sit inside their slides.
+    vtt = (folder / "subtitles.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n")
+    times = re.findall(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})", vtt)
+    assert len(times) == 3
+    ends = [*starts[1:], float(picture["duration"])]
+    spans = [(starts[0], ends[0]), (starts[0], ends[0]), (starts[2], ends[2])]
+    for (a, b), t in zip(spans, times, strict=True):
+        begin = int(t[0]) * 3600 + int(t[1]) * 60 + int(t[2]) + int(t[3]) / 1000
+        end = int(t[4]) * 3600 + int(t[5]) * 60 + int(t[6]) + int(t[7]) / 1000
+        assert a - 0.001 <= begin < end <= b + 0.001
+
+
+def test_a_silent_deck_has_no_audio_track(store: JobStore, worker_settings: Settings) -> None:
+    job_id = render(store, worker_settings, small_deck(slides=2, duration=0.5))
+    video = worker_settings.output_dir / job_id / "video.mp4"
+    assert "audio" not in streams(video) and "subtitle" not in streams(video)
+    done = store.get(job_id)
+    assert done.synth_seconds is None and done.mix_seconds is None
+    assert "subtitles.vtt" not in done.created_files
+
+
+def test_an_explicit_duration_shorter_than_the_narration_fails_clearly(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    deck = narrated([None, "This sentence is far too long to be said in half a second."])
+    deck["slides"][1]["duration"] = 0.5
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    result = run_attempt(store, claimed, worker_settings)
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert re.fullmatch(
+        r"slide 2: its narration lasts \d+\.\d s, longer than its duration "
+        r'of 0\.5 s \(use "auto"\)',
+        result.error,
+    ), result.error
+    assert store.get(job.id).status is Status.FAILED
+    assert not (worker_settings.output_dir / job.id).exists()
+
+
+def test_a_rerender_synthesizes_nothing_again(store: JobStore, worker_settings: Settings) -> None:
+    deck = narrated(["A sentence to cache. And a second one."])
+    render(store, worker_settings, deck)
+    cache = worker_settings.output_dir / CACHE_DIR
+    first = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
+    assert len(first) == 2
+    render(store, worker_settings, deck)
+    again = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
+    assert again == first
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".synth-")]
+
+
+def test_cues_are_clipped_to_their_slides() -> None:
+    from workers.audio import SlideSound
+    from workers.speech import Speech
+
+    speech = Speech((Path("a.wav"),), (Cue("x", 0.0, 0.9),))
+    cues = timed_cues([None, SlideSound(speech, None)], frame_counts([1.0, 0.5], 30), 30)
+    assert cues == [Cue("x", 1.0, 1.5)]
+
+
+def test_a_wav_written_by_espeak_is_read(tmp_path: Path) -> None:
+    out = tmp_path / "x.wav"
+    subprocess.run(["espeak-ng", "-w", str(out), "hello"], check=True, timeout=30)
+    with wave.open(str(out)) as reader:
+        assert reader.getnframes() > 0
+
+
+def test_cancel_mid_synthesis_stops_the_job(store: JobStore, worker_settings: Settings) -> None:
+    long_text = " ".join(f"Sentence number {n} of a long narration." for n in range(60))
+    deck = narrated([long_text, long_text.replace("long", "longer")])
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+
+    def cancel_when_synthesizing() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if store.get(job.id).stage is Stage.SYNTHESIZING:
+                store.request_cancel(job.id)
+                return
+            time.sleep(0.02)
+
+    canceller = threading.Thread(target=cancel_when_synthesizing)
+    canceller.start()
+    started = time.monotonic()
+    result = run_attempt(store, claimed, worker_settings)
+    canceller.join()
+    assert result.outcome is Outcome.CANCELLED
+    assert time.monotonic() - started < 10
+    assert store.get(job.id).status is Status.CANCELLED
+    assert not (worker_settings.output_dir / job.id).exists()
+    mine = ["pgrep", "-P", str(os.getpid()), "espeak-ng"]
+    children = subprocess.run(mine, capture_output=True, text=True)
+    assert children.stdout.strip() == ""
