@@ -33,7 +33,14 @@ from core.urls import check_callback_url
 from storage import Job, Status
 from storage.assets import AssetStore
 from storage.deliveries import WebhookDeliveries
-from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
+from storage.files import (
+    SUBTITLES_SRT,
+    SUBTITLES_VTT,
+    THUMBNAIL_FILE,
+    VIDEO_FILE,
+    remove_job_files,
+    slide_file,
+)
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -410,6 +417,30 @@ def thumbnail(job_id: str) -> Response:
         "image/jpeg",
         download=" - thumbnail.jpg" if _flag_arg("download") else None,
     )
+
+
+def _subtitles(job_id: str, name: str, mimetype: str) -> Response:
+    job = scoped_job(job_id)
+    if job.status is Status.COMPLETED and name not in job.created_files:
+        raise NotFound("the job has no subtitles: its deck is not narrated", code="no_subtitles")
+    suffix = name.rpartition(".")[2]
+    return serve_output(
+        job,
+        name,
+        "subtitles",
+        mimetype,
+        download=f" - subtitles.{suffix}" if _flag_arg("download") else None,
+    )
+
+
+@bp.get("/<job_id>/subtitles.vtt")
+def subtitles_vtt(job_id: str) -> Response:
+    return _subtitles(job_id, SUBTITLES_VTT, "text/vtt")  # Flask adds charset=utf-8
+
+
+@bp.get("/<job_id>/subtitles.srt")
+def subtitles_srt(job_id: str) -> Response:
+    return _subtitles(job_id, SUBTITLES_SRT, "application/x-subrip")
 
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")

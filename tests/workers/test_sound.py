@@ -268,3 +268,30 @@ def test_cancel_mid_synthesis_stops_the_job(store: JobStore, worker_settings: Se
     mine = ["pgrep", "-P", str(os.getpid()), "espeak-ng"]
     children = subprocess.run(mine, capture_output=True, text=True)
     assert children.stdout.strip() == ""
+
+
+def test_subtitles_are_served_once_completed_and_listed_on_the_dashboard(
+    app: Any, client: Any, store: JobStore, worker_settings: Settings
+) -> None:
+    from tests.support.clients import assert_error, fetch
+
+    job_id = client.post("/v1/jobs", json=narrated(["Served. Twice."])).get_json()["job_id"]
+    assert_error(client.get(f"/v1/jobs/{job_id}/subtitles.vtt"), 404, "not_ready")
+    claimed = store.claim(job_id, "w@h")
+    assert claimed is not None
+    assert run_attempt(store, claimed, worker_settings).outcome is Outcome.COMPLETED
+    vtt = fetch(client, f"/v1/jobs/{job_id}/subtitles.vtt")
+    assert vtt.status_code == 200
+    assert vtt.headers["Content-Type"] == "text/vtt; charset=utf-8"
+    assert vtt.get_data(as_text=True).startswith("WEBVTT\n\n1\n00:00:00.000 --> ")
+    srt = fetch(client, f"/v1/jobs/{job_id}/subtitles.srt")
+    assert srt.status_code == 200 and srt.mimetype == "application/x-subrip"
+    assert srt.get_data(as_text=True).startswith("1\n00:00:00,000 --> ")
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert f"/v1/jobs/{job_id}/subtitles.vtt" in page and 'id="subtitle-links"' in page
+
+    silent = client.post("/v1/jobs", json=small_deck(slides=1, duration=0.5)).get_json()
+    claimed = store.claim(silent["job_id"], "w@h")
+    assert claimed is not None
+    assert run_attempt(store, claimed, worker_settings).outcome is Outcome.COMPLETED
+    assert_error(client.get(f"/v1/jobs/{silent['job_id']}/subtitles.srt"), 404, "no_subtitles")
