@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -77,7 +78,10 @@ READ_ONLY_FIELDS = frozenset(
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(body)"
+    # A union's member tags ("constrained-float", "literal['auto']") name no
+    # field: ``slides.0.duration`` is what the client sent wrong.
+    parts = [str(p) for p in loc if not isinstance(p, str) or re.fullmatch(r"\w+", p)]
+    return ".".join(parts) or "(body)"
 
 
 def _read_body() -> bytes:

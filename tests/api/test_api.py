@@ -48,8 +48,13 @@ def test_submission_fills_defaults(client: FlaskClient, settings: Settings) -> N
         "theme": "light",
         "fps": 30,
         "transition": "none",
+        "narrate": False,
+        "voice": None,
+        "narration_padding": 0.5,
+        "music": None,
+        "burn_subtitles": False,
     }
-    assert stored.deck["slides"][0]["duration"] == 3.0
+    assert stored.deck["slides"][0]["duration"] is None  # 3 s, or auto with sound
 
 
 @pytest.mark.parametrize(
