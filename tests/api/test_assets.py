@@ -375,7 +375,9 @@ def test_a_document_deck_may_only_override_what_a_page_lacks(app: Any) -> None:
     error = assert_error(
         _post_deck(acme, {"source": {"asset": document["id"]}, "slides": [{"body": "no"}]}), 422
     )
-    assert "may set only audio, duration, narration, notes, title, transition" in str(error["details"])
+    assert "may set only audio, duration, narration, notes, title, transition" in str(
+        error["details"]
+    )
     error = assert_error(_post_deck(acme, {"title": "t", "slides": [{"caption": "x"}]}), 422)
     assert "need an image" in str(error["details"])
     error = assert_error(

@@ -295,3 +295,126 @@ def test_subtitles_are_served_once_completed_and_listed_on_the_dashboard(
     assert claimed is not None
     assert run_attempt(store, claimed, worker_settings).outcome is Outcome.COMPLETED
     assert_error(client.get(f"/v1/jobs/{silent['job_id']}/subtitles.srt"), 404, "no_subtitles")
+
+
+def tone(tmp: Path, seconds: float, frequency: int, name: str) -> Path:
+    out = tmp / name
+    sine = f"sine=frequency={frequency}:duration={seconds}:sample_rate=44100"
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", sine, str(out)],
+        check=True,
+        timeout=60,
+    )
+    return out
+
+
+def audio_asset(store: JobStore, settings: Settings, source: Path) -> str:
+    """An audio asset of the default tenant (stored directly: uploads sniff
+    audio once feat-voices lands)."""
+    import hashlib
+
+    from core.sniff import Sniffed
+    from storage.assets import AssetStore, incoming_dir
+    from storage.models import DEFAULT_TENANT
+
+    data = source.read_bytes()
+    staged = incoming_dir(settings.output_dir) / source.name
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    asset, _ = AssetStore(store, settings.output_dir).add(
+        DEFAULT_TENANT,
+        staged,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        sniffed=Sniffed("wav"),  # type: ignore[arg-type]
+        quota=None,
+    )
+    return asset.id
+
+
+def band_levels(video: Path, tmp: Path, frequency: int) -> list[float]:
+    """RMS per 10 ms of the audio around ``frequency`` only."""
+    raw = tmp / "band.raw"
+    band = f"bandpass=f={frequency}:width_type=h:w=200"
+    band = f"{band},{band}"
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(video),
+            "-map",
+            "0:a",
+            "-af",
+            band,
+            *MONO,
+            str(raw),
+        ],
+        check=True,
+        timeout=60,
+    )
+    data = memoryview(raw.read_bytes()).cast("h")
+    step = SAMPLE_RATE // 100
+    return [
+        (sum(v * v for v in data[i : i + step]) / step) ** 0.5 / 32768
+        for i in range(0, len(data) - step, step)
+    ]
+
+
+def test_music_is_looped_under_the_video_and_ducked_under_speech(
+    store: JobStore, worker_settings: Settings, tmp_path: Path
+) -> None:
+    music = audio_asset(store, worker_settings, tone(tmp_path, 0.7, 7000, "music.wav"))
+    deck = narrated(["Speech over the music, long enough to be heard.", None])
+    deck["slides"][1]["duration"] = 2.0
+    deck["options"]["music"] = {"asset": music, "volume": 0.5}
+    job_id = render(store, worker_settings, deck)
+    video = worker_settings.output_dir / job_id / "video.mp4"
+    chapters = probe(video, "-show_chapters")["chapters"]
+    speech_end = float(chapters[0]["end_time"]) - 0.5  # the padding
+    total = float(chapters[-1]["end_time"])
+    levels = band_levels(video, tmp_path, 7000)
+    under_speech = levels[30 : int(speech_end * 100) - 20]
+    in_the_gap = levels[int((speech_end + 1.0) * 100) : int(total * 100) - 10]
+    speech_level = sum(under_speech) / len(under_speech)
+    gap_level = sum(in_the_gap) / len(in_the_gap)
+    assert gap_level > 0.01  # looped: 0.7 s of music still plays at the end
+    assert speech_level < gap_level * 0.6, (speech_level, gap_level)
+    integrated, peak = ebur128(video)
+    assert abs(integrated + 16) <= 1.0 and peak <= -1.5
+
+
+def test_uploaded_audio_sets_an_auto_slide_and_has_no_cues(
+    store: JobStore, worker_settings: Settings, tmp_path: Path
+) -> None:
+    clip = audio_asset(store, worker_settings, tone(tmp_path, 1.2, 440, "clip.wav"))
+    deck = small_deck(slides=2, duration=1.0)
+    deck["slides"][1]["audio"] = clip
+    del deck["slides"][1]["duration"]
+    job_id = render(store, worker_settings, deck)
+    done = store.get(job_id)
+    assert "subtitles.vtt" not in done.created_files
+    video = worker_settings.output_dir / job_id / "video.mp4"
+    chapters = probe(video, "-show_chapters")["chapters"]
+    assert float(chapters[1]["start_time"]) == pytest.approx(1.0)
+    assert float(chapters[1]["end_time"]) == pytest.approx(1.0 + 1.2 + 0.5, abs=1 / 30)
+    assert "subtitle" not in streams(video) and "audio" in streams(video)
+    heard = onsets(samples(video, tmp_path))
+    assert heard and abs(heard[0] / 1000 - 1.0) <= 1 / 30, heard
+
+
+def test_an_unreadable_audio_asset_fails_naming_the_slide(
+    store: JobStore, worker_settings: Settings, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF\0\0\0\0WAVEjunk" * 10)
+    deck = small_deck(slides=2, duration=1.0)
+    deck["slides"][1]["audio"] = audio_asset(store, worker_settings, junk)
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    result = run_attempt(store, claimed, worker_settings)
+    assert result.outcome is Outcome.FAILED and result.error is not None
+    assert result.error.startswith("slide 2's audio: the audio cannot be decoded"), result.error
