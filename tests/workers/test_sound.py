@@ -418,3 +418,33 @@ def test_an_unreadable_audio_asset_fails_naming_the_slide(
     result = run_attempt(store, claimed, worker_settings)
     assert result.outcome is Outcome.FAILED and result.error is not None
     assert result.error.startswith("slide 2's audio: the audio cannot be decoded"), result.error
+
+
+def test_a_pptx_deck_narrates_its_notes(
+    store: JobStore, worker_settings: Settings, tmp_path: Path
+) -> None:
+    if shutil.which("soffice") is None:
+        pytest.skip("LibreOffice is not installed (make libreoffice)")
+    from storage.assets import AssetLimits, AssetStore
+    from storage.models import DEFAULT_TENANT
+    from tests.support.assets import pptx_with_content
+
+    limits = AssetLimits.from_settings(worker_settings)
+    asset, _ = AssetStore(store, worker_settings.output_dir).ingest(
+        DEFAULT_TENANT, [pptx_with_content(2)], limits
+    )
+    deck = {
+        "source": {"asset": asset.id},
+        "slides": [{"narration": "Said instead of the notes."}],
+        "options": {"resolution": "480p", "narrate": True},
+    }
+    job_id = render(store, worker_settings, deck)
+    folder = worker_settings.output_dir / job_id
+    vtt = (folder / "subtitles.vtt").read_text(encoding="utf-8")
+    assert [line for line in vtt.splitlines() if line and line[0].isalpha()][1:] == [
+        "Said instead of the notes.",
+        "Notes of slide 2",
+    ]
+    found = streams(folder / "video.mp4")
+    assert found["audio"]["codec_name"] == "aac" and found["subtitle"]["codec_name"] == "mov_text"
+    assert abs(float(found["audio"]["duration"]) - float(found["video"]["duration"])) <= 1 / 30
