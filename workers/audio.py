@@ -327,7 +327,9 @@ def _mix_graph(music: Music | None, samples: int, tail: str) -> str:
             "[bed][key]sidechaincompress=threshold=0.01:ratio=12:attack=10:release=400[ducked];"
             "[voice][ducked]amix=inputs=2:duration=first:normalize=0[mix]"
         )
-    fmt = f"aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo"
+    # loudnorm's output timestamps may jump (a gap of a few frames, which the
+    # MP4 then keeps as a hole): the samples are renumbered as they come.
+    fmt = f"aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,asetpts=N/SR/TB"
     return f"{head};[mix]{tail}{fmt},apad=whole_len={samples},atrim=end_sample={samples}[a]"
 
 
