@@ -386,23 +386,28 @@ def test_music_is_looped_under_the_video_and_ducked_under_speech(
     assert abs(integrated + 16) <= 1.0 and peak <= -1.5
 
 
-def test_uploaded_audio_sets_an_auto_slide_and_has_no_cues(
+def test_uploaded_audio_sets_an_auto_slide_and_starts_on_its_first_frame(
     store: JobStore, worker_settings: Settings, tmp_path: Path
 ) -> None:
     clip = audio_asset(store, worker_settings, tone(tmp_path, 1.2, 440, "clip.wav"))
-    deck = small_deck(slides=2, duration=1.0)
-    deck["slides"][1]["audio"] = clip
-    del deck["slides"][1]["duration"]
+    # Speech first (loudnorm then works on a real signal), a silent slide,
+    # then the clip: it must start on its slide's first frame.
+    deck = narrated(["Speech first.", None, None])
+    deck["slides"][2]["audio"] = clip
+    del deck["slides"][2]["duration"]
     job_id = render(store, worker_settings, deck)
     done = store.get(job_id)
-    assert "subtitles.vtt" not in done.created_files
+    vtt = (worker_settings.output_dir / job_id / "subtitles.vtt").read_text(encoding="utf-8")
+    assert vtt.count(" --> ") == 1  # the speech's; the clip has no text
+    assert "subtitles.vtt" in done.created_files
     video = worker_settings.output_dir / job_id / "video.mp4"
     chapters = probe(video, "-show_chapters")["chapters"]
-    assert float(chapters[1]["start_time"]) == pytest.approx(1.0)
-    assert float(chapters[1]["end_time"]) == pytest.approx(1.0 + 1.2 + 0.5, abs=1 / 30)
-    assert "subtitle" not in streams(video) and "audio" in streams(video)
-    heard = onsets(samples(video, tmp_path))
-    assert heard and abs(heard[0] / 1000 - 1.0) <= 1 / 30, heard
+    start = float(chapters[2]["start_time"])
+    assert float(chapters[2]["end_time"]) - start == pytest.approx(1.2 + 0.5, abs=1 / 30)
+    found = streams(video)
+    assert abs(float(found["audio"]["duration"]) - float(found["video"]["duration"])) <= 1 / 30
+    heard = [ms for ms in onsets(samples(video, tmp_path)) if ms / 1000 >= start - 0.2]
+    assert heard and abs(heard[0] / 1000 - start) <= 1 / 30, (start, heard)
 
 
 def test_an_unreadable_audio_asset_fails_naming_the_slide(
