@@ -30,8 +30,10 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from core.deck import Deck
+from workers.burn import cue_images, overlay_graph
+from workers.fonts import FontChain
 from workers.speech import Cue, Speech, wav_seconds
-from workers.video import EncodeError, _run, frame_counts, slide_starts
+from workers.video import EncodeError, _run, _x264, frame_counts, slide_starts
 
 #: The asset kinds a slide's audio or the music may be. Switch to
 #: ``core.sniff.AUDIO_KINDS`` when it lands; everything imports it from here.
@@ -310,6 +312,17 @@ def subrip(cues: Sequence[Cue]) -> str:
 
 
 @dataclass(frozen=True)
+class Burn:
+    """Subtitles to draw into the picture: one PNG per cue, and how to
+    re-encode the video (its frames per slide and x264 preset)."""
+
+    images: list[Path]
+    cues: list[Cue]
+    frames: list[int]
+    preset: str
+
+
+@dataclass(frozen=True)
 class Music:
     """Decoded background music and its gain."""
 
@@ -389,9 +402,11 @@ def mix_and_mux(
     output: Path,
     scratch: Path,
     should_stop: Callable[[], bool] | None = None,
+    burn: Burn | None = None,
 ) -> None:
     """Mix the narration (and music), normalise it and mux it with ``video``
-    (its stream copied) and the SubRip ``subtitles`` into ``output``."""
+    (its stream copied; re-encoded with the cues drawn in when ``burn``) and
+    the SubRip ``subtitles`` into ``output``."""
     measured = _measure(video, narration, music, samples, scratch, should_stop)
     if measured is None:
         loudnorm = ""
@@ -406,14 +421,15 @@ def mix_and_mux(
     subtitle_input = 3 if music is not None else 2
     if subtitles is not None:
         cmd += ["-f", "srt", "-i", str(subtitles)]
-    cmd += [
-        "-filter_complex",
-        _mix_graph(music, samples, loudnorm),
-        "-map",
-        "0:v",
-        "-map",
-        "[a]",
-    ]
+    graph = _mix_graph(music, samples, loudnorm)
+    video_map, video_codec = "0:v", ["-c:v", "copy"]
+    if burn is not None:
+        first = subtitle_input + (1 if subtitles is not None else 0)
+        for image in burn.images:
+            cmd += ["-i", str(image)]
+        graph += ";" + overlay_graph(burn.cues, first)
+        video_map, video_codec = "[v]", _x264(burn.preset, fps, burn.frames)
+    cmd += ["-filter_complex", graph, "-map", video_map, "-map", "[a]"]
     if subtitles is not None:
         cmd += [
             "-map",
@@ -428,8 +444,7 @@ def mix_and_mux(
         "0",
         "-map_metadata",
         "0",
-        "-c:v",
-        "copy",
+        *video_codec,
         "-c:a",
         "aac",
         "-b:a",
@@ -456,9 +471,14 @@ def add_sound(
     cues: Sequence[Cue],
     language: str,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    burn_fonts: FontChain | None = None,
+    size: tuple[int, int] = (0, 0),
+    preset: str = "veryfast",
 ) -> None:
     """Give ``video`` (made from ``durations``) its sound track and, when
-    ``cues``, its subtitle track, replacing the file atomically."""
+    ``cues``, its subtitle track, replacing the file atomically; with
+    ``burn_fonts``, the cues are drawn into the picture too."""
     frames = frame_counts(durations, fps)
     with tempfile.TemporaryDirectory(prefix="slidefarm-audio-") as folder:
         scratch = Path(folder)
@@ -468,6 +488,10 @@ def add_sound(
         if cues:
             subtitles = scratch / "subtitles.srt"
             subtitles.write_text(subrip(cues), encoding="utf-8")
+        burn = None
+        if burn_fonts is not None and cues:
+            images = cue_images(cues, size, burn_fonts, scratch)
+            burn = Burn(images, list(cues), frames, preset)
         mixed = video.with_name(video.stem + ".sound.mp4")
         try:
             mix_and_mux(
@@ -481,6 +505,7 @@ def add_sound(
                 mixed,
                 scratch,
                 should_stop,
+                burn,
             )
             os.replace(mixed, video)
         finally:

@@ -232,7 +232,7 @@ def _render(
         sounds, music, language = _synthesize(lease, deck, assets, work, settings, timings, budget)
         durations = slide_durations(deck, sounds, settings.max_video_seconds)
         _encode(lease, deck, images, durations, scratch, settings, timings, budget)
-        _mix(lease, deck, sounds, durations, music, language, scratch, timings, budget)
+        _mix(lease, deck, sounds, durations, music, language, scratch, settings, timings, budget)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -487,16 +487,30 @@ def _mix(
     music: Music | None,
     language: str,
     scratch: Path,
+    settings: Settings,
     timings: _Timings,
     budget: _Budget,
 ) -> None:
-    """The sound track and subtitles into the video; the subtitle files."""
+    """The sound track and subtitles into the video (drawn into the picture
+    too with ``options.burn_subtitles``); the subtitle files."""
     started = time.monotonic()
     fps = deck.options.fps
     cues = timed_cues(sounds, frame_counts(durations, fps), fps)
     video = scratch / VIDEO_FILE
     try:
-        add_sound(video, sounds, durations, fps, music, cues, language, lambda: lease.should_stop)
+        add_sound(
+            video,
+            sounds,
+            durations,
+            fps,
+            music,
+            cues,
+            language,
+            lambda: lease.should_stop,
+            burn_fonts=font_chain(settings.system_fonts) if deck.options.burn_subtitles else None,
+            size=deck.options.size,
+            preset=settings.x264_preset,
+        )
     except EncodeStopped:
         lease.check()
         raise

@@ -29,6 +29,7 @@ from workers.video import frame_counts
 FFPROBE = "/usr/bin/ffprobe"
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 EBUR128 = ["-af", "ebur128=peak=true", "-f", "null", "-"]
+GRAY_FRAME = ["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"]
 MONO = ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le"]
 
 pytestmark = pytest.mark.skipif(
@@ -453,3 +454,73 @@ def test_a_pptx_deck_narrates_its_notes(
     found = streams(folder / "video.mp4")
     assert found["audio"]["codec_name"] == "aac" and found["subtitle"]["codec_name"] == "mov_text"
     assert abs(float(found["audio"]["duration"]) - float(found["video"]["duration"])) <= 1 / 30
+
+
+def gray_frame(video: Path, seconds: float, size: tuple[int, int]) -> bytes:
+    """The luma of the frame shown at ``seconds``."""
+    done = subprocess.run(
+        [FFMPEG, "-v", "error", "-i", str(video), "-ss", f"{seconds:.3f}", *GRAY_FRAME],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert len(done.stdout) == size[0] * size[1]
+    return done.stdout
+
+
+def band_brightness(frame: bytes, size: tuple[int, int]) -> tuple[int, int]:
+    """Brightest and darkest luma in the bottom fifth of the frame."""
+    width, height = size
+    band = frame[width * (height * 4 // 5) :]
+    return max(band), min(band)
+
+
+def test_burnt_subtitles_are_drawn_while_their_cue_lasts(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    deck = narrated(["A sentence drawn into the picture.", None], burn_subtitles=True)
+    deck["options"]["theme"] = "light"
+    deck["slides"][1]["duration"] = 1.0
+    job_id = render(store, worker_settings, deck)
+    folder = worker_settings.output_dir / job_id
+    video = folder / "video.mp4"
+    size = (854, 480)
+    chapters = probe(video, "-show_chapters")["chapters"]
+    assert [c["tags"]["title"] for c in chapters] == ["Slide 1", "Slide 2"]
+    vtt = (folder / "subtitles.vtt").read_text(encoding="utf-8")
+    start, end = re.findall(r"(\d\d:\d\d:\d\d\.\d{3}) --> (\d\d:\d\d:\d\d\.\d{3})", vtt)[0]
+    seconds = [int(t[6:8]) + int(t[9:]) / 1000 for t in (start, end)]
+    during = band_brightness(gray_frame(video, sum(seconds) / 2, size), size)
+    after = band_brightness(gray_frame(video, seconds[1] + 0.25, size), size)
+    from PIL import Image
+
+    with Image.open(folder / "slides" / "001.png") as slide:
+        own = band_brightness(slide.convert("L").tobytes(), size)
+    # The dark band (and white text) while the cue lasts; the slide as drawn after it.
+    assert during[1] < 40 and during[0] > 200, (during, own)
+    assert abs(after[1] - own[1]) <= 12 and abs(after[0] - own[0]) <= 12, (after, own)
+    assert own[1] > 60
+    picture = streams(video)["video"]
+    assert picture["color_space"] == "bt709" and picture["color_range"] == "tv"
+    assert b"colrnclx" in video.read_bytes()
+    keyframes = probe(
+        video, "-select_streams", "v", "-skip_frame", "nokey", "-show_frames", "-show_entries",
+        "frame=pts_time",
+    )["frames"]  # fmt: skip
+    times = [round(float(f["pts_time"]), 3) for f in keyframes]
+    assert round(float(chapters[1]["start_time"]), 3) in times
+
+
+def test_a_cue_image_keeps_rtl_and_cjk_text_inside_the_frame() -> None:
+    from workers.burn import cue_image
+    from workers.fonts import font_chain
+
+    fonts = font_chain(False)
+    for text in ["مرحبا بكم في العرض التقديمي " * 6, "これは非常に長い字幕です。" * 12]:
+        image = cue_image(text, (480, 854), fonts)
+        assert image.size == (480, 854)
+        alpha = image.getchannel("A")
+        box = alpha.getbbox()
+        assert box is not None and box[3] <= 854 and box[1] > 854 // 2
+        white = image.convert("L").point(lambda v: 255 if v > 200 else 0).getbbox()
+        assert white is not None and white[0] >= 480 * 0.04 and white[2] <= 480 * 0.96
