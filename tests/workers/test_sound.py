@@ -524,3 +524,66 @@ def test_a_cue_image_keeps_rtl_and_cjk_text_inside_the_frame() -> None:
         assert box is not None and box[3] <= 854 and box[1] > 854 // 2
         white = image.convert("L").point(lambda v: 255 if v > 200 else 0).getbbox()
         assert white is not None and white[0] >= 480 * 0.04 and white[2] <= 480 * 0.96
+
+
+def test_the_render_timeout_covers_synthesis_and_mixing(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    long_text = " ".join(f"Timed sentence {n} of a narration that runs long." for n in range(80))
+    deck = narrated([long_text, long_text.replace("runs", "goes on")])
+    deck["options"]["resolution"] = "480p"
+    limited = worker_settings.model_copy(update={"render_timeout": 1.5, "heartbeat_interval": 0.1})
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    started = time.monotonic()
+    result = run_attempt(store, claimed, limited)
+    assert time.monotonic() - started < 1.5 + 2.0
+    assert result.outcome is Outcome.FAILED
+    assert result.error == "render timed out after 1.5 s (SLIDEFARM_RENDER_TIMEOUT)"
+    failed = store.get(job.id)
+    assert failed.stage in (Stage.SYNTHESIZING, Stage.ENCODING_VIDEO, Stage.MIXING)
+    assert not (limited.output_dir / job.id).exists()
+    partial = limited.output_dir / ".partial"
+    assert not partial.exists() or list(partial.iterdir()) == []
+    mine = ["pgrep", "-P", str(os.getpid())]
+    assert subprocess.run(mine, capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_progress_runs_through_the_sound_stages_and_never_decreases(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    deck = narrated(["First slide speaks.", "Second slide speaks too.", None, "Last."])
+    job, _ = store.create(deck, title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    seen: list[tuple[float, Stage]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            current = store.get(job.id)
+            seen.append((current.progress, current.stage))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert run_attempt(store, claimed, worker_settings).outcome is Outcome.COMPLETED
+    finally:
+        done.set()
+        watcher.join()
+    progress = [p for p, _ in seen]
+    assert progress == sorted(progress)
+    order = [
+        Stage.RENDERING_SLIDES,
+        Stage.SYNTHESIZING,
+        Stage.ENCODING_VIDEO,
+        Stage.MIXING,
+        Stage.FINALIZING,
+        Stage.DONE,
+    ]
+    stages = [s for _, s in seen]
+    ranks = [order.index(s) for s in stages]
+    assert ranks == sorted(ranks), stages
+    assert Stage.MIXING in stages or Stage.SYNTHESIZING in stages
