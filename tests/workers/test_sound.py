@@ -587,3 +587,16 @@ def test_progress_runs_through_the_sound_stages_and_never_decreases(
     ranks = [order.index(s) for s in stages]
     assert ranks == sorted(ranks), stages
     assert Stage.MIXING in stages or Stage.SYNTHESIZING in stages
+
+
+def test_a_deck_naming_audio_it_does_not_have_is_a_422_naming_the_field(client: Any) -> None:
+    from tests.support.clients import assert_error
+
+    deck = small_deck(slides=2)
+    deck["slides"][1]["audio"] = "00000000-0000-4000-8000-000000000001"
+    deck["options"]["music"] = {"asset": "00000000-0000-4000-8000-000000000002"}
+    error = assert_error(client.post("/v1/jobs", json=deck), 422, "validation_failed")
+    assert [(d["field"], d["type"]) for d in error["details"]] == [
+        ("slides.1.audio", "asset_not_found"),
+        ("options.music.asset", "asset_not_found"),
+    ]
