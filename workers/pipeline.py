@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import logging
 import os
 import random
@@ -231,10 +232,23 @@ def _render(
     try:
         sounds, music, language = _synthesize(lease, deck, assets, work, settings, timings, budget)
         durations = slide_durations(deck, sounds, settings.max_video_seconds)
+        if deck.source is not None:
+            _retime_manifest(lease, scratch, durations)
         _encode(lease, deck, images, durations, scratch, settings, timings, budget)
         _mix(lease, deck, sounds, durations, music, language, scratch, settings, timings, budget)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _retime_manifest(lease: Lease, scratch: Path, durations: list[float]) -> None:
+    """``slides.json`` with each slide's real duration, now that its sound set it."""
+    path = scratch / MANIFEST_FILE
+    body = json.loads(path.read_bytes())
+    for entry, seconds in zip(body["slides"], durations, strict=True):
+        entry["duration"] = round(seconds, 6)
+    data = json.dumps(body, ensure_ascii=False, indent=1).encode()
+    path.write_bytes(data)
+    lease.add_files([(MANIFEST_FILE, len(data))])
 
 
 def _check_audio(deck: Deck, assets: JobAssets) -> None:

@@ -453,6 +453,12 @@ def test_a_pptx_deck_narrates_its_notes(
     ]
     found = streams(folder / "video.mp4")
     assert found["audio"]["codec_name"] == "aac" and found["subtitle"]["codec_name"] == "mov_text"
+    chapters = probe(folder / "video.mp4", "-show_chapters")["chapters"]
+    manifest = json.loads((folder / "slides.json").read_text(encoding="utf-8"))
+    lengths = [float(c["end_time"]) - float(c["start_time"]) for c in chapters]
+    for entry, length in zip(manifest["slides"], lengths, strict=True):
+        assert entry["duration"] == pytest.approx(length, abs=0.001)
+        assert entry["duration"] != 3.0
     assert abs(float(found["audio"]["duration"]) - float(found["video"]["duration"])) <= 1 / 30
 
 
