@@ -9,15 +9,16 @@ subtitles and the mux into the MP4, all with the ffmpeg imageio-ffmpeg ships.
    narration WAV, silence where a slide has none.
 2. Music, if any, is looped under the whole video at its volume and ducked
    under the narration (``sidechaincompress`` keyed by the narration).
-3. The mix is normalised in two passes of ``loudnorm`` (-16 LUFS
-   integrated, true peak -1.5 dBTP, linear with the measured values), encoded
+3. The mix is normalised to -16 LUFS integrated with true peaks at most
+   -1.5 dBTP: its loudness measured by ``ebur128``, the gain that asks for
+   applied before a limiter running at 4x the sample rate, the gain corrected
+   once by a second measurement (see :func:`_normalising`); then encoded
    AAC 48 kHz stereo and muxed with the video stream copied, the chapters
    and colour tags kept, and the subtitles as a ``mov_text`` track.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -44,10 +45,9 @@ CHANNELS = 2
 #: Loudness targets: integrated LUFS, true peak dBTP, loudness range LU.
 TARGET_I = -16.0
 TARGET_TP = -1.5
-#: The true peak loudnorm aims at: below the target, as AAC's encoding
-#: overshoots the peaks of what it is given by a few tenths of a dB.
+#: The limiter's ceiling: below the target, as AAC's encoding overshoots
+#: the peaks of what it is given by a few tenths of a dB.
 LIMIT_TP = -2.5
-TARGET_LRA = 11.0
 #: Fade at each end of a slide's audio, in seconds.
 EDGE_FADE = 0.02
 #: Below this integrated loudness the track is silence: not normalised.
@@ -340,8 +340,8 @@ def _mix_graph(music: Music | None, samples: int, tail: str) -> str:
             "[bed][key]sidechaincompress=threshold=0.01:ratio=12:attack=10:release=400[ducked];"
             "[voice][ducked]amix=inputs=2:duration=first:normalize=0[mix]"
         )
-    # loudnorm's output timestamps may jump (a gap of a few frames, which the
-    # MP4 then keeps as a hole): the samples are renumbered as they come.
+    # A filter's output timestamps may jump (loudnorm's did: a gap of a few
+    # frames, which the MP4 keeps as a hole): the samples are renumbered.
     fmt = f"aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,asetpts=N/SR/TB"
     return f"{head};[mix]{tail}{fmt},apad=whole_len={samples},atrim=end_sample={samples}[a]"
 
@@ -353,21 +353,32 @@ def _inputs(video: Path, narration: Path, music: Music | None) -> list[str]:
     return cmd
 
 
-def _measure(
+def _limited(gain: float) -> str:
+    # The gain, then a limiter at 4x the rate, where its sample peaks are
+    # the true peaks a meter sees (within a fraction of a dB).
+    return (
+        f"volume={gain:.3f}dB,aresample={4 * SAMPLE_RATE},"
+        f"alimiter=limit={10 ** (LIMIT_TP / 20):.4f}:attack=1:release=50:level=false,"
+        f"aresample={SAMPLE_RATE},"
+    )
+
+
+def _loudness(
     video: Path,
     narration: Path,
     music: Music | None,
     samples: int,
     scratch: Path,
     should_stop: Callable[[], bool] | None,
-) -> dict[str, str] | None:
-    """loudnorm's first pass over the mix; ``None`` for silence."""
-    loudnorm = f"loudnorm=I={TARGET_I}:TP={LIMIT_TP}:LRA={TARGET_LRA}:print_format=json,"
+    chain: str,
+) -> float | None:
+    """The integrated loudness (ebur128, LUFS) of the mix after ``chain``;
+    ``None`` for silence."""
     cmd = [
         *_ffmpeg(),
         *_inputs(video, narration, music),
         "-filter_complex",
-        _mix_graph(music, samples, loudnorm),
+        _mix_graph(music, samples, chain + "ebur128=peak=true,"),
         "-map",
         "[a]",
         "-loglevel",
@@ -378,17 +389,34 @@ def _measure(
     ]
     _run(cmd, scratch, _ignore, should_stop)
     log = (scratch / "stderr.log").read_text("utf-8", "replace")
-    found = re.findall(r"\{[^{}]*\"input_i\"[^{}]*\}", log)
-    if not found:
-        raise EncodeError("loudnorm printed no measurement")
-    measured: dict[str, str] = json.loads(found[-1])
-    try:
-        level = float(measured["input_i"])
-    except ValueError:
+    if "Summary:" not in log:
+        raise EncodeError("ebur128 printed no summary")
+    found = re.search(r"I:\s+(-?[\d.]+|-inf) LUFS", log[log.rindex("Summary:") :])
+    if found is None or found.group(1) == "-inf" or float(found.group(1)) < SILENT_LUFS:
         return None
-    if not math.isfinite(level) or level < SILENT_LUFS:
-        return None
-    return measured
+    return float(found.group(1))
+
+
+def _normalising(
+    video: Path,
+    narration: Path,
+    music: Music | None,
+    samples: int,
+    scratch: Path,
+    should_stop: Callable[[], bool] | None,
+) -> str:
+    """The filters that bring the mix to :data:`TARGET_I` under
+    :data:`LIMIT_TP`: the gain its measured loudness asks for and a limiter,
+    the gain corrected once by what the limiter took (speech loses well
+    under a dB there); ``""`` for silence."""
+    level = _loudness(video, narration, music, samples, scratch, should_stop, "")
+    if level is None:
+        return ""
+    gain = TARGET_I - level
+    limited = _loudness(video, narration, music, samples, scratch, should_stop, _limited(gain))
+    if limited is not None:
+        gain += TARGET_I - limited
+    return _limited(gain)
 
 
 def mix_and_mux(
@@ -407,21 +435,12 @@ def mix_and_mux(
     """Mix the narration (and music), normalise it and mux it with ``video``
     (its stream copied; re-encoded with the cues drawn in when ``burn``) and
     the SubRip ``subtitles`` into ``output``."""
-    measured = _measure(video, narration, music, samples, scratch, should_stop)
-    if measured is None:
-        loudnorm = ""
-    else:
-        loudnorm = (
-            f"loudnorm=I={TARGET_I}:TP={LIMIT_TP}:LRA={TARGET_LRA}"
-            f":measured_I={measured['input_i']}:measured_TP={measured['input_tp']}"
-            f":measured_LRA={measured['input_lra']}:measured_thresh={measured['input_thresh']}"
-            f":offset={measured['target_offset']}:linear=true,"
-        )
+    normalise = _normalising(video, narration, music, samples, scratch, should_stop)
     cmd = [*_ffmpeg(), *_inputs(video, narration, music)]
     subtitle_input = 3 if music is not None else 2
     if subtitles is not None:
         cmd += ["-f", "srt", "-i", str(subtitles)]
-    graph = _mix_graph(music, samples, loudnorm)
+    graph = _mix_graph(music, samples, normalise)
     video_map, video_codec = "0:v", ["-c:v", "copy"]
     if burn is not None:
         first = subtitle_input + (1 if subtitles is not None else 0)
