@@ -12,7 +12,7 @@ from flask import url_for
 from markupsafe import Markup
 
 from storage import Job, Status
-from storage.files import THUMBNAIL_FILE, VIDEO_FILE, slide_file
+from storage.files import SUBTITLES_SRT, SUBTITLES_VTT, THUMBNAIL_FILE, VIDEO_FILE, slide_file
 
 #: Statuses that end a job before it completes; the stage then says where.
 _STOPPED = frozenset({Status.FAILED.value, Status.CANCELLED.value})
@@ -50,6 +50,12 @@ def output_links(job: Job) -> dict[str, str]:
         VIDEO_FILE: url_for("jobs.video", job_id=job.id),
         THUMBNAIL_FILE: url_for("jobs.thumbnail", job_id=job.id),
     }
+    for name, endpoint in (
+        (SUBTITLES_VTT, "jobs.subtitles_vtt"),
+        (SUBTITLES_SRT, "jobs.subtitles_srt"),
+    ):
+        if name in job.created_files:
+            links[name] = url_for(endpoint, job_id=job.id)
     for n in range(1, job.slide_count + 1):
         links[slide_file(n)] = url_for("jobs.slide", job_id=job.id, n=n)
     return links

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -33,7 +34,14 @@ from core.urls import check_callback_url
 from storage import Job, Status
 from storage.assets import AssetStore
 from storage.deliveries import WebhookDeliveries
-from storage.files import THUMBNAIL_FILE, VIDEO_FILE, remove_job_files, slide_file
+from storage.files import (
+    SUBTITLES_SRT,
+    SUBTITLES_VTT,
+    THUMBNAIL_FILE,
+    VIDEO_FILE,
+    remove_job_files,
+    slide_file,
+)
 from storage.jobs import MAX_LIST_LIMIT, is_job_id
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -70,7 +78,10 @@ READ_ONLY_FIELDS = frozenset(
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(body)"
+    # A union's member tags ("constrained-float", "literal['auto']") name no
+    # field: ``slides.0.duration`` is what the client sent wrong.
+    parts = [str(p) for p in loc if not isinstance(p, str) or re.fullmatch(r"\w+", p)]
+    return ".".join(parts) or "(body)"
 
 
 def _read_body() -> bytes:
@@ -411,6 +422,30 @@ def thumbnail(job_id: str) -> Response:
         "image/jpeg",
         download=" - thumbnail.jpg" if _flag_arg("download") else None,
     )
+
+
+def _subtitles(job_id: str, name: str, mimetype: str) -> Response:
+    job = scoped_job(job_id)
+    if job.status is Status.COMPLETED and name not in job.created_files:
+        raise NotFound("the job has no subtitles: its deck is not narrated", code="no_subtitles")
+    suffix = name.rpartition(".")[2]
+    return serve_output(
+        job,
+        name,
+        "subtitles",
+        mimetype,
+        download=f" - subtitles.{suffix}" if _flag_arg("download") else None,
+    )
+
+
+@bp.get("/<job_id>/subtitles.vtt")
+def subtitles_vtt(job_id: str) -> Response:
+    return _subtitles(job_id, SUBTITLES_VTT, "text/vtt")  # Flask adds charset=utf-8
+
+
+@bp.get("/<job_id>/subtitles.srt")
+def subtitles_srt(job_id: str) -> Response:
+    return _subtitles(job_id, SUBTITLES_SRT, "application/x-subrip")
 
 
 @bp.get("/<job_id>/slides/<int(signed=True):n>")

@@ -508,6 +508,32 @@ def _operations() -> dict[str, Doc]:
                 },
             },
         },
+        "/v1/jobs/{job_id}/subtitles.vtt": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "getSubtitlesVtt",
+                "summary": "A narrated deck's subtitles (WebVTT); 404 until completed, "
+                "or `no_subtitles` for a deck without narration",
+                "parameters": [RANGE, DOWNLOAD],
+                "responses": {
+                    **_file("text/vtt", "The subtitles"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}/subtitles.srt": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "getSubtitlesSrt",
+                "summary": "A narrated deck's subtitles (SubRip); 404 until completed, "
+                "or `no_subtitles` for a deck without narration",
+                "parameters": [RANGE, DOWNLOAD],
+                "responses": {
+                    **_file("application/x-subrip", "The subtitles"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
         "/v1/jobs/{job_id}/slides/{n}": {
             "parameters": [JOB_ID, SLIDE_N],
             "get": {

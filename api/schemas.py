@@ -122,6 +122,8 @@ class Timings(_Body):
     queue_wait_seconds: float | None
     render_seconds: float | None
     encode_seconds: float | None
+    synth_seconds: float | None = Field(description="Speech synthesis time (narrated decks)")
+    mix_seconds: float | None = Field(description="Sound mixing and muxing time (decks with sound)")
 
 
 class Webhook(_Body):

@@ -61,3 +61,8 @@ def published_attempt(folder: Path) -> int | None:
         return int((folder / ATTEMPT_MARKER).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+#: A narrated deck's subtitles (docs/design.md, "Sound").
+SUBTITLES_VTT = "subtitles.vtt"
+SUBTITLES_SRT = "subtitles.srt"

@@ -74,6 +74,8 @@ def job_json(job: Job) -> dict[str, Any]:
             "queue_wait_seconds": _seconds(job.queue_wait_seconds),
             "render_seconds": _seconds(job.render_seconds),
             "encode_seconds": _seconds(job.encode_seconds),
+            "synth_seconds": _seconds(job.synth_seconds),
+            "mix_seconds": _seconds(job.mix_seconds),
         },
         "webhook": webhook_json(job),
     }

@@ -98,7 +98,8 @@ def check_pages(deck: Deck, pages: int, settings: Settings) -> None:
 
 def expand(deck: Deck, document: Document) -> list[Slide]:
     """One slide per page: the page's own title and notes unless the deck's
-    override for that page sets them; its duration and transition if set."""
+    override for that page sets them; its duration, transition, narration
+    and audio if set (with ``options.narrate`` the notes are spoken)."""
     slides = []
     for i in range(document.pages):
         given = deck.slides[i] if i < len(deck.slides) else None
@@ -110,6 +111,8 @@ def expand(deck: Deck, document: Document) -> list[Slide]:
                 notes=notes,
                 duration=given.duration if given is not None else None,
                 transition=given.transition if given is not None else None,
+                narration=given.narration if given is not None else "",
+                audio=given.audio if given is not None else None,
             )
         )
     return slides

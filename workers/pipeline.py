@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import logging
 import os
 import random
@@ -41,12 +42,14 @@ from pydantic import ValidationError
 
 from core.config import Settings
 from core.deck import Deck
-from core.sniff import DOCUMENT_KINDS
+from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS
 from storage import DatabaseUnavailable, Job, JobNotFound, JobStore, Stage, Status, StorageError
 from storage.assets import Asset
 from storage.files import (
     ATTEMPT_MARKER,
     SLIDES_DIR,
+    SUBTITLES_SRT,
+    SUBTITLES_VTT,
     THUMBNAIL_FILE,
     VIDEO_FILE,
     job_dir,
@@ -57,6 +60,18 @@ from storage.files import (
     slide_file,
 )
 from workers.assets import AssetUnavailable, JobAssets
+from workers.audio import (
+    Music,
+    SlideSound,
+    SoundError,
+    add_sound,
+    decode,
+    language_tag,
+    slide_durations,
+    subrip,
+    timed_cues,
+    webvtt,
+)
 from workers.documents import (
     MANIFEST_FILE,
     DocumentError,
@@ -78,8 +93,17 @@ from workers.heartbeat import (
 )
 from workers.images import resolve_images
 from workers.slides import THEMES, missing_glyphs, render_slide, save_png, save_thumbnail
+from workers.speech import SpeechStopped, speak
 from workers.text import MissingGlyphs
-from workers.video import EncodeError, EncodeStopped, encode
+from workers.video import EncodeError, EncodeStopped, encode, frame_counts
+from workers.voices import (
+    NO_ENGINE,
+    SynthesisFailed,
+    VoiceUnavailable,
+    available_voices,
+    default_voice,
+    record_synthesized,
+)
 
 log = logging.getLogger("slidefarm.pipeline")
 
@@ -113,6 +137,36 @@ class RenderError(Exception):
 class _Timings:
     render: float | None = None
     encode: float | None = None
+    synth: float | None = None
+    mix: float | None = None
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """Shares of an attempt's progress: slides, synthesis, encode, mixing
+    (the rest is publishing)."""
+
+    slides: float
+    synth: float
+    encode: float
+    mix: float
+
+    @property
+    def synthesized(self) -> float:
+        return self.slides + self.synth
+
+    @property
+    def encoded(self) -> float:
+        return self.synthesized + self.encode
+
+    @property
+    def mixed(self) -> float:
+        return self.encoded + self.mix
+
+
+SILENT = _Budget(SLIDES_SHARE, 0.0, ENCODE_SHARE, 0.0)
+#: A deck with sound: synthesis and mixing take their shares from the others.
+SOUND = _Budget(0.30, 0.15, 0.35, 0.15)
 
 
 def backoff(settings: Settings, attempt: int) -> float:
@@ -157,11 +211,70 @@ def _render(
     timings: _Timings,
     assets: JobAssets | None = None,
 ) -> None:
+    # A document deck's notes become narration once its pages are read, so
+    # ``narrate`` alone budgets for sound there.
+    sound = deck.has_sound or (deck.source is not None and deck.options.narrate)
+    budget = SOUND if sound and not settings.noop_render else SILENT
+    if deck.has_sound and not settings.noop_render:
+        if assets is None:
+            raise RenderError("a deck with sound needs its job's assets")
+        _check_audio(deck, assets)  # before any slide is drawn
     if deck.source is not None:
         if assets is None:
             raise RenderError("a document deck needs its job's assets")
-        _render_document(lease, deck, scratch, settings, timings, assets)
+        deck, images = _render_document(lease, deck, scratch, settings, timings, assets, budget)
+    else:
+        images = _render_written(lease, deck, scratch, settings, timings, assets, budget)
+        if settings.noop_render:
+            lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
+            timings.encode = 0.0
+            return
+    if not deck.has_sound:
+        _encode(lease, deck, images, [s.seconds for s in deck.slides], scratch, settings, timings)
         return
+    assert assets is not None
+    work = scratch / ".sound"  # removed before publishing, or with the scratch
+    work.mkdir()
+    try:
+        sounds, music, language = _synthesize(lease, deck, assets, work, settings, timings, budget)
+        durations = slide_durations(deck, sounds, settings.max_video_seconds)
+        if deck.source is not None:
+            _retime_manifest(lease, scratch, durations)
+        _encode(lease, deck, images, durations, scratch, settings, timings, budget)
+        _mix(lease, deck, sounds, durations, music, language, scratch, settings, timings, budget)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _retime_manifest(lease: Lease, scratch: Path, durations: list[float]) -> None:
+    """``slides.json`` with each slide's real duration, now that its sound set it."""
+    path = scratch / MANIFEST_FILE
+    body = json.loads(path.read_bytes())
+    for entry, seconds in zip(body["slides"], durations, strict=True):
+        entry["duration"] = round(seconds, 6)
+    data = json.dumps(body, ensure_ascii=False, indent=1).encode()
+    path.write_bytes(data)
+    lease.add_files([(MANIFEST_FILE, len(data))])
+
+
+def _check_audio(deck: Deck, assets: JobAssets) -> None:
+    """Every audio asset the deck names is the owner's, audio, and in place."""
+    for n, slide in enumerate(deck.slides, start=1):
+        if slide.audio is not None:
+            assets.file(slide.audio, AUDIO_KINDS, f"slide {n}'s audio")
+    if deck.options.music is not None:
+        assets.file(deck.options.music.asset, AUDIO_KINDS, "the music")
+
+
+def _render_written(
+    lease: Lease,
+    deck: Deck,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    assets: JobAssets | None,
+    budget: _Budget,
+) -> list[Path]:
     fonts = font_chain(settings.system_fonts)
     if not settings.noop_render and (problem := missing_glyphs(deck, fonts)) is not None:
         # Before any slide is drawn: the deck cannot render, so retrying is useless.
@@ -195,15 +308,11 @@ def _render(
             if pending:
                 lease.add_files(pending)
                 pending = []
-            lease.progress(SLIDES_SHARE * (i + 1) / count, Stage.RENDERING_SLIDES)
+            lease.progress(budget.slides * (i + 1) / count, Stage.RENDERING_SLIDES)
     if pending:
         lease.add_files(pending)
     timings.render = time.monotonic() - started
-    if settings.noop_render:
-        lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
-        timings.encode = 0.0
-        return
-    _encode(lease, deck, images, scratch, settings, timings)
+    return images
 
 
 def _render_document(
@@ -213,9 +322,12 @@ def _render_document(
     settings: Settings,
     timings: _Timings,
     assets: JobAssets,
-) -> None:
+    budget: _Budget,
+) -> tuple[Deck, list[Path]]:
     """A document deck (docs/design.md, "Document decks"): its pages, each
-    rendered into the slide files as it comes, then the same encode."""
+    rendered into the slide files as it comes; returns the deck with its
+    pages as slides (their notes narrate with ``options.narrate``) and the
+    slide images, for the same sound and encode as a written deck."""
     assert deck.source is not None
     started = time.monotonic()
     asset, path = assets.file(deck.source.asset, DOCUMENT_KINDS, "the source document")
@@ -264,7 +376,7 @@ def _render_document(
                     last_write = time.monotonic()
                     lease.add_files(pending)
                     pending = []
-                    lease.progress(SLIDES_SHARE * n / count, Stage.RENDERING_SLIDES)
+                    lease.progress(budget.slides * n / count, Stage.RENDERING_SLIDES)
         if len(images) != count:
             raise DocumentError(f"the document rendered {len(images)} of its {count} pages")
         lease.add_files(pending)
@@ -274,7 +386,7 @@ def _render_document(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings.render = time.monotonic() - started
-    _encode(lease, deck, images, scratch, settings, timings)
+    return deck, images
 
 
 def _counted(assets: JobAssets, asset: Asset, deck: Deck, pages: int, settings: Settings) -> None:
@@ -289,11 +401,13 @@ def _encode(
     lease: Lease,
     deck: Deck,
     images: list[Path],
+    durations: list[float],
     scratch: Path,
     settings: Settings,
     timings: _Timings,
+    budget: _Budget = SILENT,
 ) -> None:
-    lease.progress(SLIDES_SHARE, Stage.ENCODING_VIDEO)
+    lease.progress(budget.synthesized, Stage.ENCODING_VIDEO)
     started = time.monotonic()
     last_write = started
 
@@ -301,14 +415,14 @@ def _encode(
         nonlocal last_write
         if time.monotonic() - last_write >= PROGRESS_EVERY:
             last_write = time.monotonic()
-            lease.progress(SLIDES_SHARE + ENCODE_SHARE * fraction, Stage.ENCODING_VIDEO)
+            lease.progress(budget.synthesized + budget.encode * fraction, Stage.ENCODING_VIDEO)
 
     video = scratch / VIDEO_FILE
     try:
         background = THEMES[deck.options.theme].background
         encode(
             images,
-            [s.seconds for s in deck.slides],
+            durations,
             deck.options.fps,
             video,
             titles=[s.title for s in deck.slides],
@@ -323,7 +437,119 @@ def _encode(
         raise
     timings.encode = time.monotonic() - started
     lease.add_file(VIDEO_FILE, video.stat().st_size)
-    lease.progress(SLIDES_SHARE + ENCODE_SHARE, Stage.FINALIZING)
+    after = budget.encoded
+    lease.progress(after, Stage.MIXING if budget.mix else Stage.FINALIZING)
+
+
+def _synthesize(
+    lease: Lease,
+    deck: Deck,
+    assets: JobAssets,
+    work: Path,
+    settings: Settings,
+    timings: _Timings,
+    budget: _Budget,
+) -> tuple[list[SlideSound | None], Music | None, str]:
+    """Every slide's sound (speech from the cache or the voice, uploaded
+    audio decoded), the music decoded, and the subtitles' language tag."""
+    lease.progress(budget.slides, Stage.SYNTHESIZING)
+    started = time.monotonic()
+    last_write = started
+    narrate = deck.options.narrate
+    voice = deck.options.voice or default_voice()
+    known = {v.id: v for v in available_voices()}
+    language = language_tag(known[voice].language) if voice in known else "und"
+
+    def stop() -> bool:
+        return lease.should_stop
+
+    sounds: list[SlideSound | None] = []
+    made: list[float] = []  # seconds of speech synthesized (cache misses)
+    count = len(deck.slides)
+    try:
+        for n, slide in enumerate(deck.slides, start=1):
+            lease.check()
+            if not slide.has_sound(narrate):
+                sounds.append(None)
+                continue
+            speech = None
+            if slide.spoken(narrate):
+                if voice is None:
+                    raise VoiceUnavailable(NO_ENGINE)
+                speech = speak(settings.output_dir, voice, slide.spoken(narrate), stop, made.append)
+            decoded, seconds = None, 0.0
+            if slide.audio is not None:
+                what = f"slide {n}'s audio"
+                _, path = assets.file(slide.audio, AUDIO_KINDS, what)
+                decoded = work / f"audio-{n:03d}.wav"
+                seconds = decode(path, decoded, what, work, stop)
+            sounds.append(SlideSound(speech, decoded, seconds))
+            if time.monotonic() - last_write >= PROGRESS_EVERY and n < count:
+                last_write = time.monotonic()
+                lease.progress(budget.slides + budget.synth * n / count, Stage.SYNTHESIZING)
+        music = None
+        if deck.options.music is not None:
+            _, path = assets.file(deck.options.music.asset, AUDIO_KINDS, "the music")
+            decoded = work / "music.wav"
+            decode(path, decoded, "the music", work, stop)
+            music = Music(decoded, deck.options.music.volume)
+    except (SpeechStopped, EncodeStopped):
+        lease.check()  # says why: cancelled, lost or out of time
+        raise
+    finally:
+        if made and voice is not None:
+            try:  # /metrics: slidefarm_speech_seconds_total, whatever the outcome
+                record_synthesized(lease.store, voice, sum(made))
+            except StorageError:
+                log.warning("could not count %.1f s of speech", sum(made))
+    timings.synth = time.monotonic() - started
+    return sounds, music, language
+
+
+def _mix(
+    lease: Lease,
+    deck: Deck,
+    sounds: list[SlideSound | None],
+    durations: list[float],
+    music: Music | None,
+    language: str,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    budget: _Budget,
+) -> None:
+    """The sound track and subtitles into the video (drawn into the picture
+    too with ``options.burn_subtitles``); the subtitle files."""
+    started = time.monotonic()
+    fps = deck.options.fps
+    cues = timed_cues(sounds, frame_counts(durations, fps), fps)
+    video = scratch / VIDEO_FILE
+    try:
+        add_sound(
+            video,
+            sounds,
+            durations,
+            fps,
+            music,
+            cues,
+            language,
+            lambda: lease.should_stop,
+            burn_fonts=font_chain(settings.system_fonts) if deck.options.burn_subtitles else None,
+            size=deck.options.size,
+            preset=settings.x264_preset,
+        )
+    except EncodeStopped:
+        lease.check()
+        raise
+    files = [(VIDEO_FILE, video.stat().st_size)]
+    if cues:
+        for name, text in ((SUBTITLES_VTT, webvtt(cues)), (SUBTITLES_SRT, subrip(cues))):
+            data = text.encode("utf-8")
+            (scratch / name).write_bytes(data)
+            files.append((name, len(data)))
+    lease.add_files(files)
+    timings.mix = time.monotonic() - started
+    lease.progress(budget.mixed, Stage.FINALIZING)
 
 
 def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
@@ -365,6 +591,8 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
                     slide_image_path=SLIDES_DIR,
                     render_seconds=timings.render,
                     encode_seconds=timings.encode,
+                    synth_seconds=timings.synth,
+                    mix_seconds=timings.mix,
                 )
             )
             result = AttemptResult(Outcome.COMPLETED)
@@ -375,13 +603,21 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.CANCELLED)
     except RenderTimedOut as timed_out:
         result = AttemptResult(Outcome.FAILED, str(timed_out))
-    except (RenderError, MissingGlyphs, AssetUnavailable, DocumentError) as failure:
+    except (
+        RenderError,
+        MissingGlyphs,
+        AssetUnavailable,
+        DocumentError,
+        SoundError,
+    ) as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
     except ImageFetchFailed as failure:
         result = AttemptResult(Outcome.RETRYING, str(failure))
     except (StoreUnavailable, DatabaseUnavailable) as failure:
         result = AttemptResult(Outcome.RETRYING, f"database unavailable: {failure}")
-    except EncodeError as failure:
+    except (EncodeError, SynthesisFailed, VoiceUnavailable) as failure:
+        # VoiceUnavailable: another render host may have the voice (submission
+        # refuses one no live worker offers); the attempt budget bounds it.
         result = AttemptResult(Outcome.RETRYING, str(failure))
     except Exception as failure:  # decided and recorded below, never swallowed silently
         if _deleted(store, job.id):
@@ -427,7 +663,13 @@ def _write_outcome(
     if result.outcome is Outcome.RETRYING:
         error = f"gave up after {attempt} attempts: {error}"
     recorded = store.fail(
-        job.id, attempt, error, render_seconds=timings.render, encode_seconds=timings.encode
+        job.id,
+        attempt,
+        error,
+        render_seconds=timings.render,
+        encode_seconds=timings.encode,
+        synth_seconds=timings.synth,
+        mix_seconds=timings.mix,
     )
     return recorded, AttemptResult(Outcome.FAILED, error)
 

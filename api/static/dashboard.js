@@ -182,7 +182,9 @@ const slidefarm = (() => {
       dl(timings, [
         ["waiting in the queue", seconds(job.timings.queue_wait_seconds)],
         ["rendering slides", seconds(job.timings.render_seconds)],
+        ["synthesizing speech", seconds(job.timings.synth_seconds)],
         ["encoding video", seconds(job.timings.encode_seconds)],
+        ["mixing sound", seconds(job.timings.mix_seconds)],
         ["total", seconds(between(job.started_at, job.completed_at))],
       ]);
       document.querySelector("#files tbody").replaceChildren(...(job.files || []).map((f) =>
@@ -198,6 +200,21 @@ const slidefarm = (() => {
         const player = document.getElementById("video");
         player.poster = job.thumbnail_url; // the first slide, not a black frame, until it plays
         player.src = job.video_url;
+        // A narrated deck: its subtitles as a track the player can show, and links.
+        const vtt = outputs["subtitles.vtt"];
+        const hasSubtitles = vtt && (job.files || []).some((f) => f.path === "subtitles.vtt");
+        if (hasSubtitles && !player.querySelector("track")) {
+          // The voice's language (espeak-ng:fr, piper:en_US-joe-medium); the host's default is English.
+          const voice = (job.options && job.options.voice) || "espeak-ng:en";
+          const lang = voice.split(":")[1].split(/[-_]/)[0] || "en";
+          player.append(el("track", { kind: "subtitles", src: vtt, srclang: lang, label: "Narration" }));
+        }
+        const links = document.getElementById("subtitle-links");
+        if (hasSubtitles) {
+          document.getElementById("subtitles-vtt").href = vtt;
+          document.getElementById("subtitles-srt").href = outputs["subtitles.srt"];
+          links.hidden = false;
+        }
         document.getElementById("video-download").href = job.video_url;
         video.hidden = false;
       }

@@ -253,6 +253,8 @@ def claim_job(dialect: str) -> Any:
             not_before=None,
             render_seconds=None,
             encode_seconds=None,
+            synth_seconds=None,
+            mix_seconds=None,
         )
         .returning(*jobs_table.c)
     )
@@ -316,6 +318,8 @@ def complete_job(dialect: str) -> Any:
             "cancel_requested": False,
             "render_seconds": bindparam("c_render", type_=Float()),
             "encode_seconds": bindparam("c_encode", type_=Float()),
+            "synth_seconds": bindparam("c_synth", type_=Float()),
+            "mix_seconds": bindparam("c_mix", type_=Float()),
         },
         final=True,
         where=[jobs_table.c.cancel_requested.is_(False)],

@@ -283,6 +283,8 @@ class Transitions(StoreBase):
         slide_image_path: str,
         render_seconds: float | None = None,
         encode_seconds: float | None = None,
+        synth_seconds: float | None = None,
+        mix_seconds: float | None = None,
     ) -> LeaseState:
         """``processing -> completed`` for ``attempt``, outputs already in place:
         ``HELD`` if it completed, ``CANCEL_REQUESTED`` if a cancel came in
@@ -297,6 +299,8 @@ class Transitions(StoreBase):
             "c_now": utcnow(),
             "c_render": render_seconds,
             "c_encode": encode_seconds,
+            "c_synth": synth_seconds,
+            "c_mix": mix_seconds,
         }
         # The worker's registry row counts it, in the same write.
         if (
@@ -328,6 +332,8 @@ class Transitions(StoreBase):
         *,
         render_seconds: float | None = None,
         encode_seconds: float | None = None,
+        synth_seconds: float | None = None,
+        mix_seconds: float | None = None,
     ) -> bool:
         """``processing -> failed`` for ``attempt`` with a readable ``error``."""
         error = redact_secrets(error)
@@ -344,6 +350,8 @@ class Transitions(StoreBase):
                 "cancel_requested": False,
                 "render_seconds": render_seconds,
                 "encode_seconds": encode_seconds,
+                "synth_seconds": synth_seconds,
+                "mix_seconds": mix_seconds,
             },
             to_status=Status.FAILED,
             reason=error,

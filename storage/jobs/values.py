@@ -100,6 +100,8 @@ class Job:
     not_before: datetime | None = None
     render_seconds: float | None = None
     encode_seconds: float | None = None
+    synth_seconds: float | None = None
+    mix_seconds: float | None = None
     owner: str = DEFAULT_TENANT
     callback_url: str | None = None
     webhook_status: str | None = None

@@ -219,6 +219,8 @@ def test_timings_appear_once_claimed(client: FlaskClient, store: JobStore) -> No
         "queue_wait_seconds": None,
         "render_seconds": None,
         "encode_seconds": None,
+        "synth_seconds": None,
+        "mix_seconds": None,
     }
     assert store.claim(job_id, "a@host1") is not None
     claimed = client.get(f"/v1/jobs/{job_id}").get_json()["timings"]
@@ -232,8 +234,12 @@ def test_timings_appear_once_claimed(client: FlaskClient, store: JobStore) -> No
         slide_image_path="slides",
         render_seconds=1.23456,
         encode_seconds=0.5,
+        synth_seconds=0.25,
+        mix_seconds=0.75,
     )
     done = client.get(f"/v1/jobs/{job_id}").get_json()["timings"]
     assert done["render_seconds"] == pytest.approx(1.235)
     assert done["encode_seconds"] == pytest.approx(0.5)
+    assert done["synth_seconds"] == pytest.approx(0.25)
+    assert done["mix_seconds"] == pytest.approx(0.75)
     assert done["queue_wait_seconds"] == claimed["queue_wait_seconds"]
