@@ -144,6 +144,10 @@ def _document_body(
 @click.option("--aspect", type=click.Choice(list(ASPECTS)), default=None)
 @click.option("--theme", type=click.Choice(THEME_NAMES), default=None)
 @click.option("--transition", type=click.Choice(["none", "fade"]), default=None)
+@click.option(
+    "--narrate", is_flag=True, default=None, help="Speak each slide's notes (a PPTX's too)."
+)
+@click.option("--voice", default=None, help="The voice, as `slidefarm voices` lists them.")
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--idempotency-key", default=None)
 @click.option(
@@ -160,6 +164,8 @@ def submit(
     aspect: str | None,
     theme: str | None,
     transition: str | None,
+    narrate: bool | None,
+    voice: str | None,
     wait: bool,
     idempotency_key: str | None,
     tenant: str,
@@ -170,7 +176,14 @@ def submit(
     The render options override the deck file's."""
     if (deck_file is None) == (document is None):
         fail("give either DECK_FILE or --pdf/--pptx FILE")
-    options = {"resolution": resolution, "aspect": aspect, "theme": theme, "transition": transition}
+    options = {
+        "resolution": resolution,
+        "aspect": aspect,
+        "theme": theme,
+        "transition": transition,
+        "narrate": narrate or None,
+        "voice": voice,
+    }
     if document is not None:
         body = _document_body(ctx, document, tenant, title, options)
         source = str(document)

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     asset_retention_days: float = Field(
         default=30.0, gt=0, validation_alias="SLIDEFARM_ASSET_RETENTION_DAYS"
     )
+    #: Days a synthesized sentence stays in the speech cache after its last use.
+    speech_cache_days: float = Field(
+        default=7.0, gt=0, validation_alias="SLIDEFARM_SPEECH_CACHE_DAYS"
+    )
 
     # --- Document decks (PDF, PPTX) ---
     #: The LibreOffice binary that converts PPTX to PDF; unset: ``soffice`` on PATH.

@@ -129,11 +129,14 @@ def _cut_blocks(ts: Typesetter, blocks: list[_Block], box: Box, gap: int) -> lis
     return kept
 
 
-def _drawn_text(slide: Slide) -> str:
-    """Every character the slide shows, its image's caption too (notes are not drawn)."""
+def _drawn_text(slide: Slide, subtitles: bool = False, narrate: bool = False) -> str:
+    """Every character the slide shows: its image's caption too, and with
+    ``subtitles`` (burned in) what it says aloud; notes are not drawn."""
     parts = [clean(slide.title), clean(slide.body), *map(clean, slide.bullets)]
     if slide.caption:
         parts.append(clean(slide.caption))
+    if subtitles and slide.spoken(narrate):
+        parts.append(clean(slide.spoken(narrate)))
     return "\n".join(parts)
 
 
@@ -142,8 +145,9 @@ def missing_glyphs(deck: Deck, fonts: FontChain | None = None) -> str | None:
     the slides it is on; None when every character has a font."""
     chain = fonts or default_chain()
     slides_of: dict[str, list[int]] = {}
+    burn, narrate = deck.options.burn_subtitles, deck.options.narrate
     for number, slide in enumerate(deck.slides, start=1):
-        for ch in uncovered(_drawn_text(slide), chain):
+        for ch in uncovered(_drawn_text(slide, burn, narrate), chain):
             slides_of.setdefault(ch, []).append(number)
     if not slides_of:
         return None

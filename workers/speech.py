@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,7 +116,12 @@ def cached_wav(
     key = cache_key(voice_id, text)
     path = output_dir / CACHE_DIR / key[:2] / f"{key}.wav"
     if path.is_file():
-        return path
+        try:
+            os.utime(path)  # used now: the cache keeps what is used (prune_cache)
+            return path
+        except FileNotFoundError:
+            pass  # pruned this very moment: speak it again
+
     if should_stop is not None and should_stop():
         raise SpeechStopped()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,35 @@ def cached_wav(
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+#: A synthesis's temporary file older than this belongs to a worker that died.
+STALE_TEMPORARY = 3600.0
+
+
+def prune_cache(output_dir: Path, days: float, *, now: float | None = None) -> int:
+    """Delete cached speech unused for ``days`` (a hit renews a file's
+    mtime) and temporary files of syntheses that died; the count removed.
+    A job that needs a pruned sentence speaks it again."""
+    root = output_dir / CACHE_DIR
+    if not root.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    cutoff, stale = now - days * 86400.0, now - STALE_TEMPORARY
+    removed = 0
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            try:
+                mtime = entry.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            temporary = entry.name.startswith(".synth-")
+            if mtime < (stale if temporary else cutoff):
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def speak(

@@ -24,6 +24,7 @@ from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager
 from storage.registry import WorkerRegistry
+from workers.speech import prune_cache
 
 log = logging.getLogger("slidefarm.sweeper")
 
@@ -143,6 +144,10 @@ class Sweeper:
             gone = assets.delete_unused_older_than(self.settings.asset_retention_days)
             if gone:
                 log.info("sweeper: deleted %d asset(s) unused for a while", len(gone))
+            lease.check()
+            pruned = prune_cache(self.settings.output_dir, self.settings.speech_cache_days)
+            if pruned:
+                log.info("sweeper: pruned %d sentence(s) from the speech cache", pruned)
             lease.check()
             self.remove_orphans(lease)
 

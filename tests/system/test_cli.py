@@ -186,6 +186,9 @@ def test_submit_pdf_uploads_the_document_and_submits_its_pages(db_url: str, tmp_
         "1080p",
         "--transition",
         "fade",
+        "--narrate",
+        "--voice",
+        "espeak-ng:fr",
     )
     assert job["status"] == "queued" and job["title"] == "Quarterly review"
     deck = JobStore(create_db_engine(db_url)).get(job["job_id"]).deck
@@ -193,6 +196,7 @@ def test_submit_pdf_uploads_the_document_and_submits_its_pages(db_url: str, tmp_
     assert deck["source"] == {"asset": asset["id"]} and asset["kind"] == "pdf"
     assert deck["options"]["aspect"] == "9:16" and deck["options"]["resolution"] == "1080p"
     assert deck["options"]["transition"] == "fade"
+    assert deck["options"]["narrate"] is True and deck["options"]["voice"] == "espeak-ng:fr"
     # The document is linked to the queued job: it cannot be deleted under it.
     busy = run(env, "assets", "delete", asset["id"])
     assert busy.returncode != 0 and "queued or processing job" in busy.stderr

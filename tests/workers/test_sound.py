@@ -218,12 +218,40 @@ def test_a_rerender_synthesizes_nothing_again(store: JobStore, worker_settings: 
     deck = narrated(["A sentence to cache. And a second one."])
     render(store, worker_settings, deck)
     cache = worker_settings.output_dir / CACHE_DIR
-    first = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
+
+    def files() -> dict[Path, tuple[int, bytes]]:
+        # A synthesis replaces the file (a new inode); a hit only renews its mtime.
+        return {p: (p.stat().st_ino, p.read_bytes()) for p in cache.rglob("*.wav")}
+
+    first = files()
     assert len(first) == 2
     render(store, worker_settings, deck)
-    again = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
-    assert again == first
+    assert files() == first
     assert not [p for p in cache.rglob("*") if p.name.startswith(".synth-")]
+
+
+def test_the_cache_keeps_what_is_used_and_the_sweeper_prunes_the_rest(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    from workers.speech import prune_cache
+    from workers.sweeper import Sweeper
+
+    deck = narrated(["Kept because it is used. Also kept."])
+    render(store, worker_settings, deck)
+    cache = worker_settings.output_dir / CACHE_DIR
+    used = sorted(cache.rglob("*.wav"))
+    old = time.time() - 30 * 86400
+    unused = used[0].parent / ("0" * 64 + ".wav")
+    shutil.copy(used[0], unused)
+    dead = used[0].parent / ".synth-dead.wav"
+    dead.write_bytes(b"half")
+    for path in [*used, unused, dead]:
+        os.utime(path, (old, old))
+    render(store, worker_settings, deck)  # hits renew the used sentences
+    Sweeper(store, worker_settings, "w@h", lambda *_: None).sweep_once(force_orphan_scan=True)
+    assert sorted(cache.rglob("*.wav")) == used
+    assert not unused.exists() and not dead.exists()
+    assert prune_cache(worker_settings.output_dir, 7.0) == 0
 
 
 def test_cues_are_clipped_to_their_slides() -> None:
@@ -606,3 +634,16 @@ def test_a_deck_naming_audio_it_does_not_have_is_a_422_naming_the_field(client: 
         ("slides.1.audio", "asset_not_found"),
         ("options.music.asset", "asset_not_found"),
     ]
+
+
+def test_burned_subtitles_are_checked_for_glyphs_like_every_drawn_text() -> None:
+    from core.deck import Deck
+    from workers.slides import missing_glyphs
+
+    text = "A hieroglyph \U00013000 spoken."
+    spoken = Deck.model_validate(narrated([text]))
+    assert missing_glyphs(spoken) is None  # only heard: no glyph needed
+    burned = Deck.model_validate(narrated([text], burn_subtitles=True))
+    assert missing_glyphs(burned) == (
+        "no font covers U+13000 '\U00013000' (EGYPTIAN HIEROGLYPH A001) on slide 1"
+    )
