@@ -2,12 +2,14 @@
 FROM python:3.11-slim
 # Optional: the package brings the fonts for every script it accepts (CJK
 # included). Debian's adds colour emoji and the rarer scripts on top.
+# espeak-ng speaks narration in about 100 languages (Piper, GPL, is an
+# optional extra: pip install slidefarm[piper]).
 # LibreOffice renders PPTX decks (about 400 MB); build with
 # --build-arg WITH_LIBREOFFICE=0 for hosts that take PDF and JSON decks only:
 # their PPTX jobs fail with "pptx needs LibreOffice on the render host".
 ARG WITH_LIBREOFFICE=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends fonts-noto-core fonts-noto-color-emoji \
+ && apt-get install -y --no-install-recommends fonts-noto-core fonts-noto-color-emoji espeak-ng \
     $([ "$WITH_LIBREOFFICE" = 1 ] && echo libreoffice-impress-nogui) \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
