@@ -28,13 +28,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
-
 from core.deck import Deck
 from workers.burn import cue_images, overlay_graph
 from workers.fonts import FontChain
 from workers.speech import Cue, Speech, wav_seconds
-from workers.video import EncodeError, _run, _x264, frame_counts, slide_starts
+from workers.video import (
+    EncodeError,
+    ffmpeg_command,
+    frame_counts,
+    run_ffmpeg,
+    slide_starts,
+    x264_args,
+)
 
 #: The asset kinds a slide's audio or the music may be. Switch to
 
@@ -97,20 +102,6 @@ def language_tag(language: str) -> str:
     return _ISO639_2.get(primary, "und")
 
 
-def _ffmpeg() -> list[str]:
-    return [
-        imageio_ffmpeg.get_ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-y",
-        "-loglevel",
-        "error",
-        "-progress",
-        "pipe:1",
-        "-nostats",
-    ]
-
-
 def _ignore(_seconds: float) -> None:
     return None
 
@@ -121,7 +112,7 @@ def decode(
     """Decode an uploaded audio file to a 48 kHz stereo WAV at ``out`` and say
     how long it plays; :class:`SoundError` naming ``what`` if ffmpeg cannot."""
     cmd = [
-        *_ffmpeg(),
+        *ffmpeg_command(),
         "-i",
         str(source),
         "-map",
@@ -138,7 +129,7 @@ def decode(
         str(out),
     ]
     try:
-        _run(cmd, scratch, _ignore, should_stop)
+        run_ffmpeg(cmd, scratch, _ignore, should_stop)
     except EncodeError as error:
         raise SoundError(f"{what}: the audio cannot be decoded ({error})") from error
     seconds = wav_seconds(out)
@@ -190,7 +181,7 @@ def _slide_track(
     should_stop: Callable[[], bool] | None,
 ) -> None:
     """One slide's audio as a 48 kHz stereo WAV of exactly ``samples`` samples."""
-    cmd = _ffmpeg()
+    cmd = ffmpeg_command()
     labels: list[str] = []
     parts: list[str] = []
     files = list(sound.speech.files) if sound.speech is not None else []
@@ -220,7 +211,7 @@ def _slide_track(
         f"{common}[out]"
     )
     cmd += ["-filter_complex", ";".join(parts), "-map", "[out]", "-c:a", "pcm_s16le", str(out)]
-    _run(cmd, scratch, _ignore, should_stop)
+    run_ffmpeg(cmd, scratch, _ignore, should_stop)
 
 
 def narration_track(
@@ -373,7 +364,7 @@ def _loudness(
     """The integrated loudness (ebur128, LUFS) of the mix after ``chain``;
     ``None`` for silence."""
     cmd = [
-        *_ffmpeg(),
+        *ffmpeg_command(),
         *_inputs(video, narration, music),
         "-filter_complex",
         _mix_graph(music, samples, chain + "ebur128=peak=true,"),
@@ -385,7 +376,7 @@ def _loudness(
         "null",
         "-",
     ]
-    _run(cmd, scratch, _ignore, should_stop)
+    run_ffmpeg(cmd, scratch, _ignore, should_stop)
     log = (scratch / "stderr.log").read_text("utf-8", "replace")
     if "Summary:" not in log:
         raise EncodeError("ebur128 printed no summary")
@@ -434,7 +425,7 @@ def mix_and_mux(
     (its stream copied; re-encoded with the cues drawn in when ``burn``) and
     the SubRip ``subtitles`` into ``output``."""
     normalise = _normalising(video, narration, music, samples, scratch, should_stop)
-    cmd = [*_ffmpeg(), *_inputs(video, narration, music)]
+    cmd = [*ffmpeg_command(), *_inputs(video, narration, music)]
     subtitle_input = 3 if music is not None else 2
     if subtitles is not None:
         cmd += ["-f", "srt", "-i", str(subtitles)]
@@ -445,7 +436,7 @@ def mix_and_mux(
         for image in burn.images:
             cmd += ["-i", str(image)]
         graph += ";" + overlay_graph(burn.cues, first)
-        video_map, video_codec = "[v]", _x264(burn.preset, fps, burn.frames)
+        video_map, video_codec = "[v]", x264_args(burn.preset, fps, burn.frames)
     cmd += ["-filter_complex", graph, "-map", video_map, "-map", "[a]"]
     if subtitles is not None:
         cmd += [
@@ -476,7 +467,7 @@ def mix_and_mux(
         "+faststart",
         str(output),
     ]
-    _run(cmd, scratch, _ignore, should_stop)
+    run_ffmpeg(cmd, scratch, _ignore, should_stop)
 
 
 def add_sound(

@@ -123,7 +123,9 @@ def fade_batch(width: int, height: int) -> int:
     return max(1, min(FADE_BATCH, FADE_BATCH_PIXELS // (width * height)))
 
 
-def _x264(preset: str, fps: int, frames: Sequence[int]) -> list[str]:
+def x264_args(preset: str, fps: int, frames: Sequence[int]) -> list[str]:
+    """x264 options for ``frames`` frames at ``fps``: still-image tuning, 4:2:0,
+    a keyframe at every slide's first frame."""
     return [
         "-frames:v",
         str(sum(frames)),
@@ -153,7 +155,8 @@ def _mp4(fps: int) -> list[str]:
     return ["-movie_timescale", str(fps * 1000), "-movflags", "+faststart"]
 
 
-def _base() -> list[str]:
+def ffmpeg_command() -> list[str]:
+    """The bundled ffmpeg, quiet, overwriting, its progress on stdout (for :func:`run_ffmpeg`)."""
     return [
         imageio_ffmpeg.get_ffmpeg_exe(),
         "-hide_banner",
@@ -180,7 +183,7 @@ def still_command(
     the chapters from the ffmetadata file ``chapters``."""
     concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
     return [
-        *_base(),
+        *ffmpeg_command(),
         "-f",
         "concat",
         "-safe",
@@ -194,7 +197,7 @@ def still_command(
         "1",
         "-vf",
         f"{TO_YUV},fps={fps}",
-        *_x264(preset, fps, frames),
+        *x264_args(preset, fps, frames),
         *_mp4(fps),
         str(output),
     ]
@@ -226,7 +229,7 @@ def fade_command(
     The fades run on the RGB images (ffmpeg's colour fade works in RGB only),
     each frame then converted to YUV once.
     """
-    cmd = _base()
+    cmd = ffmpeg_command()
     parts = []
     flags = flags if flags is not None else [(True, True)] * len(images)
     for i, (image, count, (fade_in, fade_out)) in enumerate(
@@ -252,7 +255,7 @@ def fade_command(
         "-filter_complex",
         graph,
         *mapping,
-        *_x264(preset, fps, frames),
+        *x264_args(preset, fps, frames),
         *_mp4(fps),
         str(output),
     ]
@@ -266,7 +269,7 @@ def join_command(
     lines += ["file '" + str(p.resolve()).replace("'", "'\\''") + "'" for p in segments]
     list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [
-        *_base(),
+        *ffmpeg_command(),
         "-f",
         "concat",
         "-safe",
@@ -289,7 +292,7 @@ def join_command(
 STOP_POLL = 0.05
 
 
-def _run(
+def run_ffmpeg(
     cmd: list[str],
     scratch: Path,
     on_time: Callable[[float], None],
@@ -398,10 +401,10 @@ def encode(
             cmd = still_command(
                 images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
             )
-            _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+            run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         elif len(images) <= batch_size:
             cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters, flags)
-            _run(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+            run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
         else:
             segments: list[Path] = []
             done = 0.0
@@ -421,10 +424,10 @@ def encode(
                 def at(seconds: float, offset: float = done) -> None:
                     report(min((offset + seconds) / total, 1.0))
 
-                _run(cmd, scratch, at, should_stop)
+                run_ffmpeg(cmd, scratch, at, should_stop)
                 done += sum(frames[batch]) / fps
                 segments.append(segment)
-            _run(
+            run_ffmpeg(
                 join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
                 scratch,
                 lambda _t: None,
