@@ -32,7 +32,13 @@ JSON = "application/json"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 #: Routes a signed link's token opens as well as a key.
 SIGNED_PATHS = frozenset(
-    {"/v1/jobs/{job_id}/video", "/v1/jobs/{job_id}/thumbnail", "/v1/jobs/{job_id}/slides/{n}"}
+    {
+        "/v1/jobs/{job_id}/video",
+        "/v1/jobs/{job_id}/thumbnail",
+        "/v1/jobs/{job_id}/slides/{n}",
+        "/v1/jobs/{job_id}/subtitles.vtt",
+        "/v1/jobs/{job_id}/subtitles.srt",
+    }
 )
 
 Doc = dict[str, Any]
@@ -437,7 +443,8 @@ def _operations() -> dict[str, Doc]:
                         "name": "signed",
                         "in": "query",
                         "required": False,
-                        "description": "`1`: `video_url`, `thumbnail_url` and `slide_urls` are "
+                        "description": "`1`: `video_url`, `thumbnail_url`, `slide_urls` and "
+                        "`subtitle_urls` are "
                         "absolute links carrying a token (SLIDEFARM_SIGNED_URL_TTL)",
                         "schema": {"type": "string", "enum": ["0", "1"]},
                     },

@@ -187,6 +187,13 @@ class Asset(_Body):
     thumbnail_url: str | None = Field(description="Images: a small PNG of it; else null")
 
 
+class SubtitleUrls(_Body):
+    """A narrated job's subtitle files, as signed links."""
+
+    vtt: str
+    srt: str
+
+
 class Job(_Body):
     """A job as the API shows it (docs/design.md, "The job")."""
 
@@ -231,6 +238,11 @@ class Job(_Body):
         default=None,
         description="Only with ?signed=1: each slide's signed link, slide 1 "
         "first; null until the job has completed",
+    )
+    subtitle_urls: SubtitleUrls | None = Field(
+        default=None,
+        description="Only with ?signed=1: the subtitle files' signed links; null "
+        "until the job has completed, and for a deck without narration",
     )
     urls_expire_at: datetime | None = Field(
         default=None, description="Only with ?signed=1: when its links stop working"

@@ -27,7 +27,7 @@ from typing import Any
 from flask import url_for
 
 from storage import Job, Status
-from storage.files import THUMBNAIL_FILE, VIDEO_FILE, slide_file
+from storage.files import SUBTITLES_SRT, SUBTITLES_VTT, THUMBNAIL_FILE, VIDEO_FILE, slide_file
 from storage.serialize import iso
 
 #: The query parameter that carries a token.
@@ -52,6 +52,10 @@ def signed_output(endpoint: str | None, view_args: dict[str, Any] | None) -> str
         return THUMBNAIL_FILE
     if endpoint == "jobs.slide" and view_args is not None:
         return slide_file(int(view_args["n"]))
+    if endpoint == "jobs.subtitles_vtt":
+        return SUBTITLES_VTT
+    if endpoint == "jobs.subtitles_srt":
+        return SUBTITLES_SRT
     return None
 
 
@@ -104,8 +108,9 @@ class UrlSigner:
 
 def signed_links(signer: UrlSigner, job: Job, key_id: str) -> dict[str, Any]:
     """The fields ``?signed=1`` puts in the job: absolute, signed
-    ``video_url``, ``thumbnail_url`` and ``slide_urls`` once the job has
-    completed (``null`` before), and when they stop working."""
+    ``video_url``, ``thumbnail_url``, ``slide_urls`` and (a narrated deck)
+    ``subtitle_urls`` once the job has completed (``null`` before), and when
+    they stop working."""
     expires = signer.expiry()
 
     def link(endpoint: str, relative: str, **args: Any) -> str:
@@ -127,6 +132,14 @@ def signed_links(signer: UrlSigner, job: Job, key_id: str) -> dict[str, Any]:
         "slide_urls": (
             [link("jobs.slide", slide_file(n), n=n) for n in range(1, slides + 1)]
             if ready
+            else None
+        ),
+        "subtitle_urls": (
+            {
+                "vtt": link("jobs.subtitles_vtt", SUBTITLES_VTT),
+                "srt": link("jobs.subtitles_srt", SUBTITLES_SRT),
+            }
+            if ready and SUBTITLES_VTT in job.created_files
             else None
         ),
         "urls_expire_at": iso(datetime.fromtimestamp(expires, UTC)),

@@ -186,6 +186,36 @@ def test_signed_links_open_each_output_without_a_key(app: Any, alice: Tenant) ->
     assert plain["video_url"] == f"/v1/jobs/{job_id}/video" and "slide_urls" not in plain
 
 
+def test_a_narrated_jobs_subtitles_have_signed_links_too(app: Any, alice: Tenant) -> None:
+    svc = app.extensions["slidefarm"]
+    silent = alice.client.get(f"/v1/jobs/{completed(app, alice)}?signed=1").get_json()
+    assert silent["subtitle_urls"] is None  # no narration, no subtitles
+    job_id = alice.submit()["job_id"]
+    job = svc.store.claim(job_id, "w@h")
+    folder = svc.settings.output_dir / job_id
+    folder.mkdir(parents=True)
+    vtt, srt = (
+        b"WEBVTT\n\n00:00.000 --> 00:01.000\nHello.\n",
+        b"1\n00:00:00,000 --> 00:00:01,000\nHello.\n",
+    )
+    (folder / "subtitles.vtt").write_bytes(vtt)
+    (folder / "subtitles.srt").write_bytes(srt)
+    assert svc.store.add_files(
+        job_id, job.attempts, [("subtitles.vtt", len(vtt)), ("subtitles.srt", len(srt))]
+    )
+    svc.store.complete(
+        job_id, job.attempts, video_url="v", thumbnail_url="t", slide_image_path="slides"
+    )
+    links = alice.client.get(f"/v1/jobs/{job_id}?signed=1").get_json()["subtitle_urls"]
+    browser = app.test_client()  # no key, no cookie
+    got = fetch(browser, path_of(links["vtt"]))
+    assert got.status_code == 200 and got.data == vtt and got.mimetype == "text/vtt"
+    assert fetch(browser, path_of(links["srt"])).data == srt
+    # A token opens only its own file.
+    token = parse_qs(urlsplit(links["vtt"]).query)["token"][0]
+    assert fetch(browser, f"/v1/jobs/{job_id}/subtitles.srt?token={token}").status_code == 403
+
+
 def test_a_job_not_yet_completed_has_no_signed_links(app: Any, alice: Tenant) -> None:
     job_id = alice.submit()["job_id"]
     job = alice.client.get(f"/v1/jobs/{job_id}?signed=1").get_json()
