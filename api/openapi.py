@@ -194,6 +194,21 @@ def _file(media_type: str, what: str) -> dict[str, Doc]:
     }
 
 
+#: The two parameters of every cursor-paged list.
+LIMIT: Doc = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 50},
+}
+CURSOR: Doc = {
+    "name": "cursor",
+    "in": "query",
+    "required": False,
+    "description": "`next_cursor` of the previous page",
+    "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+}
+
 #: One name ``?include=`` accepts.
 _INCLUDE = "(?:history|deliveries|assets)"
 
@@ -258,24 +273,8 @@ def _asset_operations() -> dict[str, Doc]:
                 "operationId": "listAssets",
                 "summary": "Assets, newest first, a page at a time",
                 "parameters": [
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_LIST_LIMIT,
-                            "default": 50,
-                        },
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "required": False,
-                        "description": "`next_cursor` of the previous page",
-                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
-                    },
+                    LIMIT,
+                    CURSOR,
                 ],
                 "responses": {
                     "200": {"description": "One page", "content": _json("AssetList")},
@@ -388,24 +387,8 @@ def _operations() -> dict[str, Doc]:
                         "required": False,
                         "schema": {"type": "string", "enum": statuses},
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_LIST_LIMIT,
-                            "default": 50,
-                        },
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "required": False,
-                        "description": "`next_cursor` of the previous page",
-                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
-                    },
+                    LIMIT,
+                    CURSOR,
                     {
                         "name": "q",
                         "in": "query",

@@ -40,15 +40,10 @@ def check_deck_assets(
     source whose page count is known fits the deck limits.
     Another tenant's asset reads exactly like a missing one."""
     problems: list[dict[str, str]] = []
-    found: dict[str, Asset | None] = {}
+    found = assets.find(deck.asset_ids(), owner=owner)  # one query for them all
 
     def lookup(asset_id: str) -> Asset | None:
-        if asset_id not in found:
-            try:
-                found[asset_id] = assets.get(asset_id, owner=owner)
-            except AssetNotFound:
-                found[asset_id] = None
-        return found[asset_id]
+        return found.get(asset_id)
 
     def problem(field: str, message: str, kind: str) -> None:
         problems.append({"field": field, "message": message, "type": kind})

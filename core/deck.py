@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -131,6 +132,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+#: What only a slide with an image may set.
+IMAGE_FIELDS = ("layout", "scrim", "caption", "fit")
+
 #: What a slide of a document deck (``source``) may set: the rest comes from the page.
 OVERRIDE_FIELDS = frozenset({"title", "duration", "transition", "notes", "narration", "audio"})
 
@@ -216,18 +220,20 @@ class Slide(_Strict):
     @model_validator(mode="after")
     def _image_fields_need_an_image(self) -> Slide:
         if self.image is None:
-            given = sorted(self.customised() & {"layout", "scrim", "caption", "fit"})
+            given = sorted(self.customised(IMAGE_FIELDS))
             if given:
                 raise ValueError(f"{', '.join(given)} need an image")
         return self
 
-    def customised(self) -> set[str]:
-        """The fields set to something other than their default (a stored
-        deck spells every field out, so which were given is not enough)."""
+    def customised(self, among: Collection[str] | None = None) -> set[str]:
+        """The fields (of ``among``, else all) set to something other than
+        their default (a stored deck spells every field out, so which were
+        given is not enough)."""
+        fields = type(self).model_fields
         return {
             name
-            for name, field in type(self).model_fields.items()
-            if getattr(self, name) != field.get_default(call_default_factory=True)
+            for name in (fields if among is None else among)
+            if getattr(self, name) != fields[name].get_default(call_default_factory=True)
         }
 
     def spoken(self, narrate: bool) -> str:

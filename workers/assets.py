@@ -29,7 +29,6 @@ class JobAssets:
     def __init__(self, store: JobStore, job: Job, settings: Settings) -> None:
         self.store = AssetStore(store, settings.output_dir)
         self.job = job
-        self.settings = settings
 
     def file(self, asset_id: str, kinds: Collection[str], what: str) -> tuple[Asset, Path]:
         """The asset ``asset_id`` of the job's owner and its file;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,19 @@ def margins_are_background(image: Image.Image, theme: str) -> bool:
         region.getcolors(1) == [(region.width * region.height, background)]
         for region in (right, bottom)
     )
+
+
+def ffprobe_json(ffprobe: str, video: Path, *args: str) -> dict[str, Any]:
+    """ffprobe's JSON answer about ``video`` (``args``: what to show)."""
+    result = subprocess.run(
+        [ffprobe, "-v", "error", "-of", "json", *args, str(video)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
 
 
 def probe(path: Path) -> tuple[dict[str, Any], int]:

@@ -457,7 +457,7 @@ def test_a_cancel_mid_render_stops_the_reader(store: JobStore, settings: Setting
 def test_conversions_run_without_a_network_where_the_host_allows_it() -> None:
     prefix = no_network_prefix()
     if not prefix:  # the documented fallback: a warning, and the host's network
-        pytest.skip("this host allows no network namespace (unshare -n / -rn)")
+        missing("this host allows no network namespace (unshare -n / -rn)")
     # /proc/self/net is the namespace's own (/sys still shows the host's).
     seen = subprocess.run(
         [*prefix, "cat", "/proc/self/net/dev"], capture_output=True, text=True, check=True

@@ -21,6 +21,8 @@ import pytest
 from core.config import Settings
 from storage import JobStore, Stage, Status
 from tests.support.decks import small_deck
+from tests.support.media import ffprobe_json
+from tests.support.services import missing
 from workers.audio import SAMPLE_RATE, subrip, timed_cues, webvtt
 from workers.pipeline import Outcome, run_attempt
 from workers.speech import CACHE_DIR, Cue, sentences
@@ -32,27 +34,17 @@ EBUR128 = ["-af", "ebur128=peak=true", "-f", "null", "-"]
 GRAY_FRAME = ["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"]
 MONO = ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le"]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or not Path(FFPROBE).exists(),
-    reason="needs espeak-ng and ffprobe (make test installs them)",
-)
+
+@pytest.fixture(autouse=True)
+def _speech_tools() -> None:
+    # Skipped only outside CI: with SLIDEFARM_REQUIRE_SERVICES a missing tool fails.
+    if shutil.which("espeak-ng") is None or not Path(FFPROBE).exists():
+        missing("needs espeak-ng and ffprobe (make test installs them)")
 
 
 @pytest.fixture
 def worker_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"heartbeat_interval": 0.05})
-
-
-def probe(video: Path, *args: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [FFPROBE, "-v", "error", "-of", "json", *args, str(video)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
 
 
 def narrated(texts: list[str | None], **options: Any) -> dict[str, Any]:
@@ -74,7 +66,7 @@ def render(store: JobStore, settings: Settings, deck: dict[str, Any]) -> str:
 
 
 def streams(video: Path) -> dict[str, dict[str, Any]]:
-    found = probe(video, "-show_streams")["streams"]
+    found = ffprobe_json(FFPROBE, video, "-show_streams")["streams"]
     return {s["codec_type"]: s for s in found}
 
 
@@ -158,7 +150,7 @@ def test_a_narrated_deck_has_a_normalised_track_timed_to_its_slides(
     frame = 1 / 30
     assert abs(float(audio["duration"]) - float(picture["duration"])) <= frame
     # Chapters and colour tags survive the remux.
-    chapters = probe(video, "-show_chapters")["chapters"]
+    chapters = ffprobe_json(FFPROBE, video, "-show_chapters")["chapters"]
     assert [c["tags"]["title"] for c in chapters] == ["Slide 1", "Slide 2", "Slide 3"]
     assert picture["color_space"] == "bt709" and b"colrnclx" in video.read_bytes()
     # Loudness: -16 LUFS within 1 LU, true peak at most -1.5 dBTP.
@@ -401,7 +393,7 @@ def test_music_is_looped_under_the_video_and_ducked_under_speech(
     deck["options"]["music"] = {"asset": music, "volume": 0.5}
     job_id = render(store, worker_settings, deck)
     video = worker_settings.output_dir / job_id / "video.mp4"
-    chapters = probe(video, "-show_chapters")["chapters"]
+    chapters = ffprobe_json(FFPROBE, video, "-show_chapters")["chapters"]
     speech_end = float(chapters[0]["end_time"]) - 0.5  # the padding
     total = float(chapters[-1]["end_time"])
     levels = band_levels(video, tmp_path, 7000)
@@ -430,7 +422,7 @@ def test_uploaded_audio_sets_an_auto_slide_and_starts_on_its_first_frame(
     assert vtt.count(" --> ") == 1  # the speech's; the clip has no text
     assert "subtitles.vtt" in done.created_files
     video = worker_settings.output_dir / job_id / "video.mp4"
-    chapters = probe(video, "-show_chapters")["chapters"]
+    chapters = ffprobe_json(FFPROBE, video, "-show_chapters")["chapters"]
     start = float(chapters[2]["start_time"])
     assert float(chapters[2]["end_time"]) - start == pytest.approx(1.2 + 0.5, abs=1 / 30)
     found = streams(video)
@@ -458,7 +450,7 @@ def test_a_pptx_deck_narrates_its_notes(
     store: JobStore, worker_settings: Settings, tmp_path: Path
 ) -> None:
     if shutil.which("soffice") is None:
-        pytest.skip("LibreOffice is not installed (make libreoffice)")
+        missing("LibreOffice is not installed (make libreoffice)")
     from storage.assets import AssetLimits, AssetStore
     from storage.models import DEFAULT_TENANT
     from tests.support.assets import pptx_with_content
@@ -481,7 +473,7 @@ def test_a_pptx_deck_narrates_its_notes(
     ]
     found = streams(folder / "video.mp4")
     assert found["audio"]["codec_name"] == "aac" and found["subtitle"]["codec_name"] == "mov_text"
-    chapters = probe(folder / "video.mp4", "-show_chapters")["chapters"]
+    chapters = ffprobe_json(FFPROBE, folder / "video.mp4", "-show_chapters")["chapters"]
     manifest = json.loads((folder / "slides.json").read_text(encoding="utf-8"))
     lengths = [float(c["end_time"]) - float(c["start_time"]) for c in chapters]
     for entry, length in zip(manifest["slides"], lengths, strict=True):
@@ -519,7 +511,7 @@ def test_burnt_subtitles_are_drawn_while_their_cue_lasts(
     folder = worker_settings.output_dir / job_id
     video = folder / "video.mp4"
     size = (854, 480)
-    chapters = probe(video, "-show_chapters")["chapters"]
+    chapters = ffprobe_json(FFPROBE, video, "-show_chapters")["chapters"]
     assert [c["tags"]["title"] for c in chapters] == ["Slide 1", "Slide 2"]
     vtt = (folder / "subtitles.vtt").read_text(encoding="utf-8")
     start, end = re.findall(r"(\d\d:\d\d:\d\d\.\d{3}) --> (\d\d:\d\d:\d\d\.\d{3})", vtt)[0]
@@ -537,7 +529,7 @@ def test_burnt_subtitles_are_drawn_while_their_cue_lasts(
     picture = streams(video)["video"]
     assert picture["color_space"] == "bt709" and picture["color_range"] == "tv"
     assert b"colrnclx" in video.read_bytes()
-    keyframes = probe(
+    keyframes = ffprobe_json(FFPROBE,
         video, "-select_streams", "v", "-skip_frame", "nokey", "-show_frames", "-show_entries",
         "frame=pts_time",
     )["frames"]  # fmt: skip

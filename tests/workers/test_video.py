@@ -9,7 +9,6 @@ Debian's, driven by Playwright.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import imageio_ffmpeg
 import pytest
@@ -31,6 +29,7 @@ from storage import JobStore
 from storage.files import VIDEO_FILE
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from tests.support.decks import small_deck
+from tests.support.media import ffprobe_json
 from tests.support.services import missing
 from workers.pipeline import Outcome, run_attempt
 from workers.slides import THEMES, render_slide, save_png
@@ -77,19 +76,6 @@ def ffprobe() -> str:
     if not Path(FFPROBE).exists() or shutil.which(FFPROBE) is None:
         missing(f"ffprobe not installed at {FFPROBE} (make ffprobe, or apt-get install ffmpeg)")
     return FFPROBE
-
-
-def probe(ffprobe: str, video: Path, *args: str) -> dict[str, Any]:
-    """ffprobe's JSON answer about ``video``."""
-    result = subprocess.run(
-        [ffprobe, "-v", "error", "-of", "json", *args, str(video)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
 
 
 def solid_slides(
@@ -160,7 +146,7 @@ def test_video_is_tagged_bt709_limited_range(
     ffprobe: str, encoded: tuple[Path, int, list[int]]
 ) -> None:
     video, _, _ = encoded
-    stream = probe(ffprobe, video, "-select_streams", "v", "-show_streams")["streams"][0]
+    stream = ffprobe_json(ffprobe, video, "-select_streams", "v", "-show_streams")["streams"][0]
     assert stream["color_space"] == "bt709"
     assert stream["color_primaries"] == "bt709"
     assert stream["color_transfer"] == "bt709"
@@ -178,7 +164,7 @@ def test_every_slide_starts_on_a_keyframe(
     ffprobe: str, encoded: tuple[Path, int, list[int]]
 ) -> None:
     video, fps, frames = encoded
-    answer = probe(
+    answer = ffprobe_json(
         ffprobe,
         video,
         "-select_streams",
@@ -194,7 +180,7 @@ def test_every_slide_starts_on_a_keyframe(
     assert all(f["key_frame"] == 1 for f in answer["frames"])
     assert all(k.denominator == 1 for k in keyframes), keyframes
     assert set(slide_starts(frames)) <= set(keyframes), (slide_starts(frames), keyframes)
-    counted = probe(
+    counted = ffprobe_json(
         ffprobe,
         video,
         "-select_streams",
@@ -210,7 +196,7 @@ def test_each_slide_is_a_chapter_named_by_its_title(
     ffprobe: str, encoded: tuple[Path, int, list[int]]
 ) -> None:
     video, fps, frames = encoded
-    chapters = probe(ffprobe, video, "-show_chapters")["chapters"]
+    chapters = ffprobe_json(ffprobe, video, "-show_chapters")["chapters"]
     assert len(chapters) == len(frames)
     starts = slide_starts(frames)
     ends = [*starts[1:], sum(frames)]
@@ -232,7 +218,7 @@ def test_a_rendered_job_has_a_chapter_per_slide_title(
     assert claimed is not None
     assert run_attempt(store, claimed, settings).outcome is Outcome.COMPLETED
     video = settings.output_dir / job.id / VIDEO_FILE
-    chapters = probe(ffprobe, video, "-show_chapters")["chapters"]
+    chapters = ffprobe_json(ffprobe, video, "-show_chapters")["chapters"]
     assert [c["tags"]["title"] for c in chapters] == ["Slide 1", "Slide 2", "Q&A = 10; #2"]
     assert [float(c["start_time"]) for c in chapters] == [0.0, 0.5, 1.0]
 
@@ -453,7 +439,7 @@ def test_each_size_encodes_to_an_mp4_of_its_size_and_exact_length(
         save_png(render_slide(deck, i), images[-1])
     video = tmp_path / "video.mp4"
     encode(images, durations, 30, video, transition=transition, preset=preset)
-    answer = probe(ffprobe, video, "-select_streams", "v", "-count_frames", "-show_streams")
+    answer = ffprobe_json(ffprobe, video, "-select_streams", "v", "-count_frames", "-show_streams")
     stream = answer["streams"][0]
     assert (stream["width"], stream["height"]) == deck.options.size
     assert int(stream["nb_read_frames"]) == sum(frame_counts(durations, 30))
