@@ -119,6 +119,19 @@ class Settings(BaseSettings):
     key_cache_ttl: float = Field(default=1.0, ge=0, validation_alias="SLIDEFARM_KEY_CACHE_TTL")
     #: Per-tenant cap on queued plus processing jobs (0: no cap).
     max_active_jobs: int = Field(default=20, ge=0, validation_alias="SLIDEFARM_MAX_ACTIVE_JOBS")
+    # --- What runs next (docs/design.md, "What runs next") ---
+    #: Most jobs of one tenant processing at once, unless the tenant has its
+    #: own ``max_running`` (0: no cap; the claim itself enforces it).
+    max_running: int = Field(default=0, ge=0, validation_alias="SLIDEFARM_MAX_RUNNING")
+    #: Highest ``priority`` a tenant's jobs may ask for, unless the tenant has
+    #: its own ``max_priority`` (admins may use up to 100).
+    max_priority: int = Field(
+        default=10, ge=-100, le=100, validation_alias="SLIDEFARM_MAX_PRIORITY"
+    )
+    #: How far ahead a submission's ``run_at`` may be, in days.
+    max_schedule_days: float = Field(
+        default=30.0, gt=0, validation_alias="SLIDEFARM_MAX_SCHEDULE_DAYS"
+    )
     #: Submissions per second per API key (token bucket refill rate) ...
     submit_rate: float = Field(default=5.0, gt=0, validation_alias="SLIDEFARM_SUBMIT_RATE")
     #: ... and how many may come at once (the bucket's size).

@@ -33,14 +33,20 @@ from storage.db import Database, HasDatabase, database_of
 from storage.errors import StorageError
 from storage.jobs.locks import take_write_lock
 from storage.jobs.values import utcnow
-from storage.models import Status, assets_table, job_assets_table, job_urls_table, jobs_table
+from storage.models import (
+    ACTIVE_STATUSES,
+    assets_table,
+    job_assets_table,
+    job_urls_table,
+    jobs_table,
+)
 
 ASSETS_DIR = "assets"
 INCOMING_DIR = ".incoming"
 #: First key of the advisory lock that serializes one tenant's asset changes.
 ADVISORY_ASSETS = 0x5F1E
 _SAFE_OWNER = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
-_ACTIVE = [Status.QUEUED.value, Status.PROCESSING.value]
+_ACTIVE = [status.value for status in ACTIVE_STATUSES]
 
 
 class AssetNotFound(StorageError):

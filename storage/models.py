@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -36,6 +37,7 @@ from sqlalchemy.types import TypeDecorator
 class Status(enum.StrEnum):
     """Where a job is in its life (docs/design.md, "A job's life")."""
 
+    SCHEDULED = "scheduled"  # waits for its run_at, then queued
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -48,6 +50,13 @@ class Status(enum.StrEnum):
 
 
 FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+#: A job that is not final: it counts against its tenant's active-job quota
+#: and keeps the assets it uses.
+ACTIVE_STATUSES = frozenset({Status.SCHEDULED, Status.QUEUED, Status.PROCESSING})
+
+#: The range of a job's ``priority`` (higher runs first; 0 by default).
+MIN_PRIORITY = -100
+MAX_PRIORITY = 100
 
 
 class Stage(enum.StrEnum):
@@ -157,6 +166,11 @@ class JobRow(Base):
     mix_seconds: Mapped[float | None] = mapped_column(Float)
     # Access: the tenant that submitted the job and alone may see it.
     owner: Mapped[str] = mapped_column(String(64), nullable=False, server_default=DEFAULT_TENANT)
+    # Scheduling (docs/design.md, "What runs next"): higher priority first, then
+    # the tenant furthest below its fair share, then submission order.
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    #: When a ``scheduled`` job becomes ``queued`` (as the submission asked).
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Completion webhook: where to POST the final job, and how that went.
     callback_url: Mapped[str | None] = mapped_column(Text)
     webhook_status: Mapped[str | None] = mapped_column(String(16))
@@ -184,6 +198,13 @@ class JobRow(Base):
         # The sweeper: stale processing jobs and forgotten queued ones.
         Index("ix_jobs_status_last_heartbeat", "status", "last_heartbeat"),
         Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
+        # The sweeper: scheduled jobs coming due.
+        Index(
+            "ix_jobs_scheduled_run_at",
+            "run_at",
+            postgresql_where=text("status = 'scheduled'"),
+            sqlite_where=text("status = 'scheduled'"),
+        ),
     )
 
 
@@ -274,6 +295,12 @@ class TenantRow(Base):
     webhook_secret_previous: Mapped[str | None] = mapped_column(String(128))
     previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: Its share of the workers relative to other tenants' (fair share).
+    weight: Mapped[float] = mapped_column(Float, nullable=False, server_default="1")
+    #: Most jobs of it processing at once (``None``: SLIDEFARM_MAX_RUNNING).
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    #: Highest priority its jobs may ask for (``None``: SLIDEFARM_MAX_PRIORITY).
+    max_priority: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKeyRow(Base):
@@ -395,6 +422,18 @@ class JobUrlRow(Base):
 
 # Table handles for Core statements, one definition each.
 jobs_table = cast(Table, JobRow.__table__)
+
+# The claim: each tenant's queued jobs in the order they run (a partial index:
+# it holds only what waits, however many rows have finished).
+Index(
+    "ix_jobs_queued_owner_priority",
+    jobs_table.c.owner,
+    jobs_table.c.priority.desc(),
+    jobs_table.c.queued_at,
+    jobs_table.c.id,
+    postgresql_where=text("status = 'queued'"),
+    sqlite_where=text("status = 'queued'"),
+)
 files_table = cast(Table, JobFileRow.__table__)
 events_table = cast(Table, JobEventRow.__table__)
 deliveries_table = cast(Table, WebhookDeliveryRow.__table__)

@@ -62,6 +62,8 @@ CREATE_COLUMNS = (
     "created_at",
     "queued_at",
     "dispatched_at",
+    "priority",
+    "run_at",
 )
 
 #: The ``workers`` column that counts each way an attempt can end.

@@ -16,7 +16,7 @@ from storage.jobs.locks import take_write_lock
 from storage.jobs.queries import Queries
 from storage.jobs.statements import POSTGRESQL, insert_job
 from storage.jobs.values import DEFAULT_ATTEMPT_LIMIT, Job, utcnow
-from storage.models import DEFAULT_TENANT, Stage, Status, jobs_table
+from storage.models import ACTIVE_STATUSES, DEFAULT_TENANT, Stage, Status, jobs_table
 
 #: First key of the advisory lock that serializes one owner's submissions.
 ADVISORY_QUOTA = 0x5F1D
@@ -47,7 +47,7 @@ def check_quota(conn: Connection, owner: str, max_active: int) -> None:
             select(jobs_table.c.id)
             .where(
                 jobs_table.c.owner == owner,
-                jobs_table.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]),
+                jobs_table.c.status.in_([status.value for status in ACTIVE_STATUSES]),
             )
             .limit(max_active)
             .subquery()
@@ -75,6 +75,8 @@ class Submissions(Queries):
         callback_url: str | None = None,
         max_active: int | None = None,
         asset_ids: Sequence[str] = (),
+        priority: int = 0,
+        run_at: datetime | None = None,
     ) -> tuple[Job, bool]:
         """Record a new queued job; return it and whether it is new.
 
@@ -91,12 +93,18 @@ class Submissions(Queries):
         ``asset_ids``: the assets of ``owner`` the job uses, linked in the
         insert's transaction (:class:`~storage.assets.AssetNotFound` if one
         is not there: then there is no job either).
+
+        ``priority``: higher runs first (the caller checks the tenant may ask
+        for it). ``run_at``: a later time makes the job ``scheduled`` until
+        then (the sweeper queues it when it comes due); a time already past
+        queues it now.
         """
         job_id = str(uuid.uuid4())
         now = utcnow()
+        scheduled = run_at is not None and run_at > now
         values = {
             "id": job_id,
-            "status": Status.QUEUED.value,
+            "status": (Status.SCHEDULED if scheduled else Status.QUEUED).value,
             "stage": Stage.QUEUED.value,
             "progress": 0.0,
             "attempts": 0,
@@ -108,10 +116,12 @@ class Submissions(Queries):
             "owner": owner,
             "callback_url": callback_url,
             "created_at": now,
-            "queued_at": now,
+            "queued_at": None if scheduled else now,
             # Optimistic: the caller sends the task right after the commit; if
             # that send fails, the sweeper sends it again after the timeout.
-            "dispatched_at": now,
+            "dispatched_at": None if scheduled else now,
+            "priority": priority,
+            "run_at": run_at,
         }
         if idempotency_key is not None:
             self._expire_idempotency_key(owner, idempotency_key, now)
@@ -141,6 +151,7 @@ class Submissions(Queries):
     ) -> Job:
         """One try of :meth:`create`: the row and its history, in one transaction."""
         job_id, owner = values["id"], values["owner"]
+        status = Status(values["status"])
         with self.transaction() as conn:
             if max_active is not None:
                 check_quota(conn, owner, max_active)
@@ -148,15 +159,15 @@ class Submissions(Queries):
                 row = (
                     conn.execute(
                         insert_job(POSTGRESQL),
-                        {**values, **event_params(None, Status.QUEUED, "submitted")},
+                        {**values, **event_params(None, status, "submitted")},
                     )
                     .mappings()
                     .one()
                 )
-                log_transition(job_id, None, Status.QUEUED, 0, None, "submitted")
+                log_transition(job_id, None, status, 0, None, "submitted")
             else:
                 row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
-                record_event(conn, job_id, None, Status.QUEUED, 0, None, "submitted")
+                record_event(conn, job_id, None, status, 0, None, "submitted")
             if asset_ids:
                 link_assets(conn, job_id, asset_ids)
             return Job.from_row(row)

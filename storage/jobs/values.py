@@ -103,6 +103,8 @@ class Job:
     synth_seconds: float | None = None
     mix_seconds: float | None = None
     owner: str = DEFAULT_TENANT
+    priority: int = 0
+    run_at: datetime | None = None
     callback_url: str | None = None
     webhook_status: str | None = None
     webhook_attempts: int = 0
