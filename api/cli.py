@@ -494,7 +494,9 @@ def voices(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def stats(ctx: Context, as_json: bool) -> None:
     """Counts by status, queue depth and throughput."""
-    data = stats_json(Inspector(ctx.store).stats(), ctx.dispatcher.queue_depth())
+    data = stats_json(
+        Inspector(ctx.store).stats(), ctx.dispatcher.queue_depth(), ctx.settings.max_running
+    )
     if as_json:
         emit(data)
         return
@@ -509,6 +511,27 @@ def stats(ctx: Context, as_json: bool) -> None:
     ):
         value = data[key]
         click.echo(f"{key.replace('_', ' '):>22}: {'-' if value is None else value}")
+    if data["tenants"]:
+        click.echo()
+        click.echo(
+            table(
+                [
+                    (
+                        t["tenant"],
+                        t["queued"],
+                        t["running"],
+                        t["max_running"] or "-",
+                        t["scheduled"],
+                        "-"
+                        if t["oldest_eligible_seconds"] is None
+                        else t["oldest_eligible_seconds"],
+                        t["weight"],
+                    )
+                    for t in data["tenants"]
+                ],
+                ["TENANT", "QUEUED", "RUNNING", "MAX", "SCHEDULED", "OLDEST (s)", "WEIGHT"],
+            )
+        )
 
 
 def parse_age(text: str) -> timedelta:

@@ -13,6 +13,7 @@ from api.assets import asset_json
 from api.auth import SESSION_COOKIE, owner_scope, require_admin
 from api.display import output_links, stage_label, time_tag
 from api.errors import Forbidden
+from api.inspect import tenant_queue_json
 from api.serialize import job_json
 from api.services import services
 from storage import Status
@@ -189,6 +190,7 @@ def overview_page() -> str:
         "overview.html",
         stats=stats,
         failures=failures,
+        tenants=[tenant_queue_json(t, svc.settings.max_running) for t in stats.tenants],
         queue_depth=svc.dispatcher.queue_depth(),
         active="overview",
     )

@@ -26,8 +26,9 @@ from api.serialize import iso, job_json
 from api.services import Services, services
 from api.voices import offered
 from storage import Job, JobNotFound, StorageError
+from storage.models import Status
 from storage.registry import WorkerInfo, WorkerRegistry
-from storage.stats import Inspector, Stats
+from storage.stats import Inspector, Stats, TenantQueue
 
 bp = Blueprint("inspect", __name__)
 
@@ -57,11 +58,32 @@ def worker_json(worker: WorkerInfo, stale_after: float) -> dict[str, Any]:
     }
 
 
-def stats_json(stats: Stats, queue_depth: int | None) -> dict[str, Any]:
+def tenant_queue_json(queue: TenantQueue, max_running: int) -> dict[str, Any]:
+    """One tenant's queue; ``max_running``: SLIDEFARM_MAX_RUNNING, for a
+    tenant without its own."""
+    cap = queue.max_running if queue.max_running is not None else max_running
+    return {
+        "tenant": queue.tenant,
+        "queued": queue.queued,
+        "queued_by_priority": {str(p): n for p, n in queue.queued_by_priority.items()},
+        "running": queue.running,
+        "scheduled": queue.scheduled,
+        "oldest_eligible_seconds": _round(queue.oldest_eligible_age),
+        "weight": queue.weight,
+        "max_running": cap or None,
+    }
+
+
+def stats_json(stats: Stats, queue_depth: int | None, max_running: int = 0) -> dict[str, Any]:
+    """The farm's overview (``/v1/stats``, ``slidefarm stats``); ``queue_depth``:
+    wake-ups waiting on the broker; ``max_running``: SLIDEFARM_MAX_RUNNING."""
     return {
         "counts": {status.value: count for status, count in stats.counts.items()},
         "total": sum(stats.counts.values()),
         "queue_depth": queue_depth,
+        "scheduled": stats.counts.get(Status.SCHEDULED, 0),
+        "next_run_at": iso(stats.next_run_at),
+        "tenants": [tenant_queue_json(t, max_running) for t in stats.tenants],
         "oldest_queued_seconds": _round(stats.oldest_queued_age),
         "oldest_heartbeat_seconds": _round(stats.oldest_heartbeat_age),
         "completed_last_hour": stats.completed_last_hour,
@@ -98,7 +120,11 @@ def stats() -> Response:
     """Counts by status, queue depth, throughput and the oldest queued job's age (admins)."""
     require_admin()
     svc = services()
-    return jsonify(stats_json(Inspector(svc.store).stats(), svc.dispatcher.queue_depth()))
+    return jsonify(
+        stats_json(
+            Inspector(svc.store).stats(), svc.dispatcher.queue_depth(), svc.settings.max_running
+        )
+    )
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
@@ -229,6 +255,7 @@ class StoreCollector:
             "Age of the oldest queued job",
             value=stats.oldest_queued_age or 0.0,
         )
+        yield from _tenant_families(stats.tenants)
         depth = self.svc.dispatcher.queue_depth()
         if depth is not None:
             yield GaugeMetricFamily(
@@ -240,6 +267,32 @@ class StoreCollector:
             if w.alive(self.svc.settings.stale_after)
         )
         yield GaugeMetricFamily("slidefarm_workers_alive", "Workers seen recently", value=alive)
+
+
+def _tenant_families(tenants: list[TenantQueue]) -> Iterator[Any]:
+    """Each tenant's queue: what waits by priority, what runs, what is
+    scheduled, and how long its oldest eligible job has waited."""
+    queued = GaugeMetricFamily(
+        "slidefarm_queued_jobs", "Queued jobs by tenant and priority", labels=["tenant", "priority"]
+    )
+    running = GaugeMetricFamily(
+        "slidefarm_running_jobs", "Processing jobs by tenant", labels=["tenant"]
+    )
+    scheduled = GaugeMetricFamily(
+        "slidefarm_scheduled_jobs", "Scheduled jobs by tenant", labels=["tenant"]
+    )
+    oldest = GaugeMetricFamily(
+        "slidefarm_oldest_eligible_age_seconds",
+        "How long each tenant's oldest claimable job has waited (0: none waits)",
+        labels=["tenant"],
+    )
+    for t in tenants:
+        for priority, count in t.queued_by_priority.items():
+            queued.add_metric([t.tenant, str(priority)], count)
+        running.add_metric([t.tenant], t.running)
+        scheduled.add_metric([t.tenant], t.scheduled)
+        oldest.add_metric([t.tenant], t.oldest_eligible_age or 0.0)
+    yield from (queued, running, scheduled, oldest)
 
 
 @bp.get("/metrics")

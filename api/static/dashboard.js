@@ -308,6 +308,14 @@ const slidefarm = (() => {
         document.getElementById("queue-depth").textContent = stats.queue_depth === null ? "?" : String(stats.queue_depth);
         document.getElementById("oldest-queued").textContent = seconds(stats.oldest_queued_seconds);
         document.getElementById("last-hour").textContent = String(stats.completed_last_hour);
+        const tenants = document.querySelector("#tenants tbody");
+        tenants.replaceChildren(...(stats.tenants.length ? stats.tenants.map((t) => el("tr", { "data-tenant": t.tenant }, [
+          el("td", { text: t.tenant }), el("td", { text: String(t.queued) }),
+          el("td", {}, Object.entries(t.queued_by_priority).sort((a, b) => Number(b[0]) - Number(a[0])).map(([p, n]) => el("span", { class: "badge", text: `${p}: ${n}` }))),
+          el("td", { text: String(t.running) }), el("td", { text: t.max_running === null ? "–" : String(t.max_running) }),
+          el("td", { text: String(t.scheduled) }), el("td", { text: seconds(t.oldest_eligible_seconds) }),
+          el("td", { text: String(t.weight) }),
+        ])) : [el("tr", {}, [el("td", { colspan: "8", class: "muted", text: "nothing waits or runs" })])]));
       } catch (error) { /* the next poll tries again */ }
     };
     setInterval(refresh, 2000);

@@ -163,6 +163,21 @@ def test_timestamps_are_time_elements_with_readable_text(app: Any) -> None:
     assert created.attrs["data-relative"] == "1"  # the script shows "2 min ago"
 
 
+def test_overview_shows_each_tenants_queue(app: Any) -> None:
+    store: JobStore = app.extensions["slidefarm"].store
+    alice = Tenant(app, "alice")
+    first = alice.submit()["job_id"]
+    alice.submit()
+    store.claim(first, "w@host")
+    admin = signed_in(app, "ops", admin=True)
+    overview = page(admin, "/overview")
+    (row,) = [tr for tr in overview.all("tr") if tr.attrs.get("data-tenant") == "alice"]
+    # tenant, queued, by priority, running, max running, scheduled, oldest eligible, weight
+    shown = cells(overview, row)
+    assert shown[:2] == ["alice", "1"] and shown[2] == "0: 1"
+    assert shown[3:6] == ["1", "–", "0"] and shown[6].endswith(" s") and shown[7] == "1.0"
+
+
 def cells(page_: Page, row: Element) -> list[str]:
     """The text of each cell of ``row``."""
     found: list[str] = []

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from api import create_app
 from core.config import Settings
 from storage import JobStore, Stage, utcnow
+from storage.access import AccessStore
+from storage.models import tenants_table
 from storage.registry import WorkerRegistry
 from tests.support.clients import admin_client
 from tests.support.decks import small_deck
@@ -55,6 +58,7 @@ def test_stats_count_jobs_and_throughput(client: FlaskClient, store: JobStore) -
     _finish(store, ids[0])
     body = client.get("/v1/stats").get_json()
     assert body["counts"] == {
+        "scheduled": 0,
         "queued": 2,
         "processing": 0,
         "completed": 1,
@@ -65,6 +69,55 @@ def test_stats_count_jobs_and_throughput(client: FlaskClient, store: JobStore) -
     assert body["completed_per_minute"][-1] == 1 and len(body["completed_per_minute"]) == 60
     assert body["queue_depth"] == 3  # three messages on the embedded broker
     assert body["oldest_queued_seconds"] is not None and body["submitted_total"] == 3
+
+
+def test_stats_and_metrics_show_each_tenants_queue(client: FlaskClient, store: JobStore) -> None:
+    deck = small_deck()
+    for priority in (0, 0, 5):
+        store.create(deck, title="a", owner="acme", priority=priority)
+    running = store.create(deck, title="a", owner="acme")[0]
+    store.claim(running.id, "w@host")
+    store.create(deck, title="b", owner="bolt")
+    later = utcnow() + timedelta(hours=1)
+    store.create(deck, title="b", owner="bolt", run_at=later)
+    AccessStore(store).ensure_tenant("acme")
+    with store.db.transaction() as conn:  # acme's own limits, as an admin sets them
+        conn.execute(
+            update(tenants_table)
+            .where(tenants_table.c.name == "acme")
+            .values(weight=2.0, max_running=3)
+        )
+    body = client.get("/v1/stats").get_json()
+    assert body["counts"]["scheduled"] == 1 and body["scheduled"] == 1
+    assert body["next_run_at"] is not None
+    tenants = {t["tenant"]: t for t in body["tenants"]}
+    assert tenants["acme"] == {
+        "tenant": "acme",
+        "queued": 3,
+        "queued_by_priority": {"5": 1, "0": 2},
+        "running": 1,
+        "scheduled": 0,
+        "oldest_eligible_seconds": tenants["acme"]["oldest_eligible_seconds"],
+        "weight": 2.0,
+        "max_running": 3,
+    }
+    assert tenants["acme"]["oldest_eligible_seconds"] >= 0
+    assert tenants["bolt"]["queued"] == 1 and tenants["bolt"]["scheduled"] == 1
+    assert tenants["bolt"]["weight"] == 1.0 and tenants["bolt"]["max_running"] is None
+
+    text = client.get("/metrics").get_data(as_text=True)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    queued = {
+        (s.labels["tenant"], s.labels["priority"]): s.value
+        for s in families["slidefarm_queued_jobs"].samples
+    }
+    assert queued == {("acme", "5"): 1, ("acme", "0"): 2, ("bolt", "0"): 1}
+    running_by = {s.labels["tenant"]: s.value for s in families["slidefarm_running_jobs"].samples}
+    assert running_by == {"acme": 1, "bolt": 0}
+    scheduled = {s.labels["tenant"]: s.value for s in families["slidefarm_scheduled_jobs"].samples}
+    assert scheduled == {"acme": 0, "bolt": 1}
+    oldest = families["slidefarm_oldest_eligible_age_seconds"].samples
+    assert {s.labels["tenant"] for s in oldest} == {"acme", "bolt"}
 
 
 def test_metrics_parse_as_prometheus_text(client: FlaskClient, store: JobStore) -> None:

@@ -266,6 +266,10 @@ def test_dashboard_follows_a_job_across_a_worker_death(
     overview.wait_for_function(
         "document.querySelector('[data-status=\"completed\"]').textContent === '2'", timeout=10_000
     )
+    # The per-tenant queue is redrawn by the script from /v1/stats: all done, nothing waits.
+    overview.wait_for_function(
+        "document.querySelector('#tenants tbody').textContent === 'nothing waits or runs'"
+    )
     overview.screenshot(path=str(shots / "overview.png"))
     print(f"\nscreenshots in {shots}")
     context.close()
