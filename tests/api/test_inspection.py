@@ -55,6 +55,7 @@ def test_stats_count_jobs_and_throughput(client: FlaskClient, store: JobStore) -
     _finish(store, ids[0])
     body = client.get("/v1/stats").get_json()
     assert body["counts"] == {
+        "scheduled": 0,
         "queued": 2,
         "processing": 0,
         "completed": 1,
