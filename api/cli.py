@@ -240,6 +240,12 @@ def submit(
     # (as the API hashes its whole body).
     asked = {k: v for k, v in (("priority", priority), ("run_at", run_at)) if v is not None}
     try:
+        schedule = check_schedule(
+            priority,
+            start,
+            ceiling=MAX_PRIORITY,  # an operator: as an admin key
+            max_schedule_days=ctx.settings.max_schedule_days,
+        )
         job, _ = submit_deck(
             ctx.store,
             ctx.dispatcher,
@@ -251,13 +257,8 @@ def submit(
             assets=_asset_store(ctx),
             max_video_seconds=ctx.settings.max_video_seconds,
             stale_after=ctx.settings.stale_after,
-            priority=check_schedule(
-                priority,
-                start,
-                ceiling=MAX_PRIORITY,  # an operator: as an admin key
-                max_schedule_days=ctx.settings.max_schedule_days,
-            ),
-            run_at=start,
+            priority=schedule.priority,
+            run_at=schedule.run_at,
         )
     except SubmissionInvalid as invalid:
         fail(f"{source}: {invalid}")

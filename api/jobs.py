@@ -214,7 +214,7 @@ def submit() -> Response:
 def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tuple[Job, bool]:
     svc = services()
     who = principal()
-    priority = check_schedule(
+    schedule = check_schedule(
         submission.priority if "priority" in submission.model_fields_set else None,
         submission.run_at,
         ceiling=priority_ceiling(
@@ -235,8 +235,8 @@ def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tu
         assets=AssetStore(svc.store, svc.settings.output_dir),
         max_video_seconds=svc.settings.max_video_seconds,
         stale_after=svc.settings.stale_after,
-        priority=priority,
-        run_at=submission.run_at,
+        priority=schedule.priority,
+        run_at=schedule.run_at,
     )
 
 

@@ -308,8 +308,8 @@ class Job(_Body):
         ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher runs first (as submitted)"
     )
     run_at: datetime | None = Field(
-        description="The time the submission asked it to run at (null: at once); "
-        "a scheduled job is queued then"
+        description="No earlier than this, as submitted (null: at once; a time "
+        "already past reads the submission's time); a scheduled job is queued then"
     )
     slide_count: int = Field(
         ge=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from api.dispatch import Dispatcher
 from api.voices import voice_problem
@@ -41,6 +41,13 @@ def priority_ceiling(store: JobStore, tenant: str, *, admin: bool, default: int)
     return default if limits.max_priority is None else limits.max_priority
 
 
+class Schedule(NamedTuple):
+    """What a submission gets: its priority, and when it may run (``None``: now)."""
+
+    priority: int
+    run_at: datetime | None
+
+
 def check_schedule(
     priority: int | None,
     run_at: datetime | None,
@@ -48,11 +55,13 @@ def check_schedule(
     ceiling: int,
     max_schedule_days: float,
     now: datetime | None = None,
-) -> int:
-    """The priority a submission gets, after checking what it asks for:
-    ``priority`` (``None``: unset, so 0, or ``ceiling`` if lower) at most
-    ``ceiling`` (:func:`priority_ceiling`), and ``run_at`` at most
-    ``max_schedule_days`` ahead. :class:`SubmissionInvalid` otherwise."""
+) -> Schedule:
+    """Check what a submission asks for and say what it gets: ``priority``
+    (``None``: unset, so 0, or ``ceiling`` if lower) at most ``ceiling``
+    (:func:`priority_ceiling`), and ``run_at`` at most ``max_schedule_days``
+    ahead; a ``run_at`` already past becomes ``now`` (the job runs now, and no
+    time before it, however far back, is stored). :class:`SubmissionInvalid`
+    otherwise."""
     problems: list[dict[str, str]] = []
     if priority is None:
         priority = min(0, ceiling)
@@ -77,7 +86,7 @@ def check_schedule(
         )
     if problems:
         raise SubmissionInvalid(problems)
-    return priority
+    return Schedule(priority, None if run_at is None else max(run_at, now))
 
 
 def request_hash(body: dict[str, Any]) -> str:
