@@ -17,22 +17,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from api.assets import asset_json
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
+from api.schemas import RunAt
 from api.serialize import event_json, iso, job_json
-from api.submission import DeckAssetsInvalid, submit_deck
+from api.submission import SubmissionInvalid, check_schedule, submit_deck
 from api.voices import offered
 from core.config import Settings, get_settings
 from core.deck import ASPECTS, RESOLUTIONS, THEME_NAMES, Deck
 from core.sniff import DOCUMENT_KINDS, AssetRefused
 from storage import JobStore, Status, StorageError
-from storage.access import AccessStore, InvalidTenantName, UnknownTenant
+from storage.access import (
+    KEEP,
+    AccessStore,
+    InvalidLimit,
+    InvalidTenantName,
+    Keep,
+    TenantLimits,
+    UnknownTenant,
+)
 from storage.assets import Asset, AssetLimits, AssetStore
 from storage.files import remove_job_files
-from storage.models import DEFAULT_TENANT
+from storage.models import DEFAULT_TENANT, MAX_PRIORITY, MIN_PRIORITY
 from storage.registry import WorkerRegistry
 from storage.stats import Inspector
 
@@ -96,6 +105,9 @@ def main() -> None:
 
 # -- submit ----------------------------------------------------------------
 
+#: ``--run-at`` read by the rule the API reads ``run_at`` with.
+_RUN_AT: TypeAdapter[Any] = TypeAdapter(RunAt)
+
 
 def _bar(progress: float, width: int = 30) -> str:
     filled = round(progress * width)
@@ -148,6 +160,19 @@ def _document_body(
     "--narrate", is_flag=True, default=None, help="Speak each slide's notes (a PPTX's too)."
 )
 @click.option("--voice", default=None, help="The voice, as `slidefarm voices` lists them.")
+@click.option(
+    "--priority",
+    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
+    default=None,
+    help="Higher runs first (default 0); the CLI, like an admin key, may use up to 100.",
+)
+@click.option(
+    "--run-at",
+    default=None,
+    metavar="TIME",
+    help="Run no earlier than TIME, ISO 8601 with its zone offset "
+    "(2026-12-01T09:30:00Z); the job is scheduled until then.",
+)
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--idempotency-key", default=None)
 @click.option(
@@ -166,6 +191,8 @@ def submit(
     transition: str | None,
     narrate: bool | None,
     voice: str | None,
+    priority: int | None,
+    run_at: str | None,
     wait: bool,
     idempotency_key: str | None,
     tenant: str,
@@ -176,6 +203,10 @@ def submit(
     The render options override the deck file's."""
     if (deck_file is None) == (document is None):
         fail("give either DECK_FILE or --pdf/--pptx FILE")
+    try:
+        start = _RUN_AT.validate_python(run_at)
+    except ValidationError as error:
+        raise click.BadParameter(error.errors()[0]["msg"], param_hint="--run-at") from error
     options = {
         "resolution": resolution,
         "aspect": aspect,
@@ -205,20 +236,31 @@ def submit(
         fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in error.errors())
         fail(f"{source}: invalid deck ({fields})")
         return
+    # What the deck file does not say, hashed with it for --idempotency-key
+    # (as the API hashes its whole body).
+    asked = {k: v for k, v in (("priority", priority), ("run_at", run_at)) if v is not None}
     try:
+        schedule = check_schedule(
+            priority,
+            start,
+            ceiling=MAX_PRIORITY,  # an operator: as an admin key
+            max_schedule_days=ctx.settings.max_schedule_days,
+        )
         job, _ = submit_deck(
             ctx.store,
             ctx.dispatcher,
             deck,
-            body,
+            {**body, **asked} if isinstance(body, dict) else body,
             idempotency_key=idempotency_key,
             max_attempts=ctx.settings.max_attempts,
             owner=tenant,
             assets=_asset_store(ctx),
             max_video_seconds=ctx.settings.max_video_seconds,
             stale_after=ctx.settings.stale_after,
+            priority=schedule.priority,
+            run_at=schedule.run_at,
         )
-    except DeckAssetsInvalid as invalid:
+    except SubmissionInvalid as invalid:
         fail(f"{source}: {invalid}")
         return
     if not wait:
@@ -280,13 +322,14 @@ def jobs_list(
                     j.status.value,
                     f"{j.progress * 100:.0f}%",
                     j.stage.value,
+                    j.priority,
                     j.attempts,
                     j.worker or "",
                     j.title[:40],
                 )
                 for j in page.jobs
             ],
-            ["ID", "STATUS", "PROGRESS", "STAGE", "ATTEMPTS", "WORKER", "TITLE"],
+            ["ID", "STATUS", "PROGRESS", "STAGE", "PRIORITY", "ATTEMPTS", "WORKER", "TITLE"],
         )
     )
 
@@ -332,7 +375,7 @@ def jobs_show(ctx: Context, job_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def jobs_cancel(ctx: Context, job_id: str, as_json: bool) -> None:
-    """Cancel a queued or processing job."""
+    """Cancel a scheduled, queued or processing job."""
     job = ctx.store.request_cancel(job_id)
     emit(job_json(job)) if as_json else click.echo(
         f"{job.id}: {'cancel requested' if job.cancel_requested else job.status.value}"
@@ -414,7 +457,7 @@ def assets_list(ctx: Context, tenant: str | None, limit: int, as_json: bool) -> 
 @click.argument("asset_id")
 @pass_ctx
 def assets_delete(ctx: Context, asset_id: str) -> None:
-    """Delete an asset and its file (refused while a queued or processing job uses it)."""
+    """Delete an asset and its file (refused while a job that has not ended uses it)."""
     _asset_store(ctx).delete(asset_id)
     click.echo(f"{asset_id}: deleted")
 
@@ -668,6 +711,137 @@ def keys_rotate(ctx: Context, tenant: str) -> None:
     click.echo(
         f"the previous secret also signs for {ctx.settings.webhook_rotation_grace:g} s", err=True
     )
+
+
+# -- tenants -----------------------------------------------------------------------
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants and their limits: share of the workers, running jobs, priority."""
+
+
+def _limits_json(limits: TenantLimits, settings: Settings) -> dict[str, Any]:
+    """A tenant's limits as set (``null``: the setting) and as in force."""
+    return {
+        "tenant": limits.tenant,
+        "weight": limits.weight,
+        "max_running": limits.max_running,
+        "max_priority": limits.max_priority,
+        "effective": {
+            "max_running": settings.max_running
+            if limits.max_running is None
+            else limits.max_running,
+            "max_priority": settings.max_priority
+            if limits.max_priority is None
+            else limits.max_priority,
+        },
+    }
+
+
+def _limit_cell(value: int | None, setting: int, zero: str = "") -> str:
+    shown = setting if value is None else value
+    text = zero if zero and shown == 0 else str(shown)
+    return f"{text} (default)" if value is None else text
+
+
+def _limits_table(rows: list[dict[str, Any]], settings: Settings) -> str:
+    return table(
+        [
+            (
+                r["tenant"],
+                f"{r['weight']:g}",
+                _limit_cell(r["max_running"], settings.max_running, zero="no cap"),
+                _limit_cell(r["max_priority"], settings.max_priority),
+            )
+            for r in rows
+        ],
+        ["TENANT", "WEIGHT", "MAX RUNNING", "MAX PRIORITY"],
+    )
+
+
+@tenants.command("list")
+@json_option
+@pass_ctx
+def tenants_list(ctx: Context, as_json: bool) -> None:
+    """Every tenant with its weight, max running jobs and max priority."""
+    rows = [_limits_json(t, ctx.settings) for t in AccessStore(ctx.store).all_limits()]
+    if as_json:
+        emit({"tenants": rows})
+        return
+    click.echo(_limits_table(rows, ctx.settings))
+
+
+def _cap(low: int, high: int | None) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback: an integer from ``low`` (to ``high``), ``default``
+    (``None``: back to the setting), or unset (:data:`KEEP`)."""
+
+    def convert(_: click.Context, param: click.Parameter, value: str | None) -> int | Keep | None:
+        if value is None:
+            return KEEP
+        if value == "default":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            number = low - 1
+        if number < low or (high is not None and number > high):
+            span = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise click.BadParameter(f"{value!r}: an integer {span}, or default")
+        return number
+
+    return convert
+
+
+@tenants.command("limits")
+@click.argument("name")
+@click.option(
+    "--weight",
+    type=float,
+    default=None,
+    help="Its share of the workers against other tenants' (above 0; default 1).",
+)
+@click.option(
+    "--max-running",
+    callback=_cap(0, None),
+    metavar="N|default",
+    help="Most of its jobs processing at once (0: no cap; default: SLIDEFARM_MAX_RUNNING).",
+)
+@click.option(
+    "--max-priority",
+    callback=_cap(MIN_PRIORITY, MAX_PRIORITY),
+    metavar="P|default",
+    help="Highest priority its jobs may ask for (default: SLIDEFARM_MAX_PRIORITY).",
+)
+@json_option
+@pass_ctx
+def tenants_limits(
+    ctx: Context,
+    name: str,
+    weight: float | None,
+    max_running: int | Keep | None,
+    max_priority: int | Keep | None,
+    as_json: bool,
+) -> None:
+    """Show NAME's limits, changing those given first."""
+    try:
+        limits = AccessStore(ctx.store).set_limits(
+            name,
+            weight=KEEP if weight is None else weight,
+            max_running=max_running,
+            max_priority=max_priority,
+        )
+    except UnknownTenant:
+        fail(f"no tenant {name} (slidefarm keys create --tenant {name} makes one)")
+        return
+    except InvalidLimit as error:
+        fail(str(error))
+        return
+    row = _limits_json(limits, ctx.settings)
+    if as_json:
+        emit(row)
+        return
+    click.echo(_limits_table([row], ctx.settings))
 
 
 # -- database --------------------------------------------------------------------

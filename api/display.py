@@ -34,11 +34,22 @@ def time_tag(value: str | None, relative: bool = False) -> Markup:
 def stage_label(job: Mapping[str, Any]) -> str:
     """The stage as a person reads it, never at odds with the status: the
     store leaves a job cancelled in the queue at stage ``queued``, which
-    shows as "cancelled while queued"."""
+    shows as "cancelled while queued" ("while scheduled" if it was cancelled
+    before its ``run_at``); a scheduled job waits for its start time."""
     status, stage = job["status"], str(job["stage"]).replace("_", " ")
     if status == Status.COMPLETED.value:
         return "done"
+    if status == Status.SCHEDULED.value:
+        return "waiting for its start time"
     if status in _STOPPED:
+        run_at, ended = job.get("run_at"), job.get("completed_at")
+        if (
+            job.get("started_at") is None
+            and run_at
+            and ended
+            and datetime.fromisoformat(run_at) > datetime.fromisoformat(ended)
+        ):
+            stage = Status.SCHEDULED.value  # cancelled before it ever reached the queue
         return f"{status} while {stage}"
     return stage
 

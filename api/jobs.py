@@ -29,7 +29,13 @@ from api.schemas import Submission
 from api.serialize import delivery_json, event_json, job_json
 from api.services import services
 from api.signing import OPEN_KEY_ID, UrlSigner, signed_links
-from api.submission import DeckAssetsInvalid, submit_deck
+from api.submission import (
+    DeckAssetsInvalid,
+    SubmissionInvalid,
+    check_schedule,
+    priority_ceiling,
+    submit_deck,
+)
 from core.urls import check_callback_url
 from storage import Job, Status
 from storage.assets import AssetStore
@@ -195,6 +201,10 @@ def submit() -> Response:
         raise ValidationFailed(
             f"the deck names {len(invalid.details)} asset(s) it cannot use", invalid.details
         ) from invalid
+    except SubmissionInvalid as invalid:
+        raise ValidationFailed(
+            f"the submission asks for what it may not: {invalid}", invalid.details
+        ) from invalid
     response = _accepted(job)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -204,6 +214,14 @@ def submit() -> Response:
 def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tuple[Job, bool]:
     svc = services()
     who = principal()
+    schedule = check_schedule(
+        submission.priority if "priority" in submission.model_fields_set else None,
+        submission.run_at,
+        ceiling=priority_ceiling(
+            svc.store, who.tenant, admin=who.admin, default=svc.settings.max_priority
+        ),
+        max_schedule_days=svc.settings.max_schedule_days,
+    )
     return submit_deck(
         svc.store,
         svc.dispatcher,
@@ -217,6 +235,8 @@ def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tu
         assets=AssetStore(svc.store, svc.settings.output_dir),
         max_video_seconds=svc.settings.max_video_seconds,
         stale_after=svc.settings.stale_after,
+        priority=schedule.priority,
+        run_at=schedule.run_at,
     )
 
 
@@ -319,12 +339,12 @@ def show(job_id: str) -> Response:
 
 @bp.post("/<job_id>/cancel")
 def cancel(job_id: str) -> Response:
-    """Queued: cancelled at once. Processing: flagged; the worker stops within
-    one heartbeat. 409 once finished."""
+    """Scheduled or queued: cancelled at once. Processing: flagged; the worker
+    stops within one heartbeat. 409 once finished."""
     svc = services()
     job = svc.store.request_cancel(job_id, owner=owner_scope())
     if job.status.is_final and job.callback_url is not None:
-        svc.dispatcher.send_webhook(job.id)  # cancelled while queued: armed now
+        svc.dispatcher.send_webhook(job.id)  # cancelled before it ran: armed now
     response = jsonify(job_json(job))
     response.status_code = 202
     return response

@@ -95,7 +95,10 @@ ERRORS: dict[str, Doc] = {
     "409": _error("Conflicts with the job's state, or an Idempotency-Key reused with another body"),
     "413": _error("The body is larger than 1 MiB"),
     "415": _error("The body is not JSON (Content-Type: application/json)"),
-    "422": _error("The deck breaks the schema; `details` names each field"),
+    "422": _error(
+        "The deck breaks the schema, or asks for what it may not (a priority above "
+        "the tenant's maximum, a run_at too far ahead); `details` names each field"
+    ),
     "429": _error("Over a quota: submission rate or active jobs", **{"Retry-After": RETRY_AFTER}),
     "503": _error(
         "A dependency (database, broker) is unavailable, or signed links were "
@@ -353,7 +356,8 @@ def _operations() -> dict[str, Doc]:
         "/v1/jobs": {
             "post": {
                 "operationId": "submitJob",
-                "summary": "Submit a deck: the job is recorded, then queued",
+                "summary": "Submit a deck: the job is recorded, then queued (or scheduled "
+                "until its run_at)",
                 "parameters": [
                     {
                         "name": "Idempotency-Key",
@@ -456,7 +460,8 @@ def _operations() -> dict[str, Doc]:
             "parameters": [JOB_ID],
             "post": {
                 "operationId": "cancelJob",
-                "summary": "Queued: cancelled at once; processing: stops within a heartbeat",
+                "summary": "Scheduled or queued: cancelled at once; processing: stops "
+                "within a heartbeat",
                 "responses": {
                     **_job_answer("202", "Cancelled or cancelling"),
                     **_errors(401, 403, 404, 409, 503),

@@ -9,14 +9,16 @@ added to a response without being documented here fails the fuzz test.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from core.deck import Deck, Options, deck_json_schema
 from core.urls import MAX_URL_LENGTH
-from storage.models import Stage, Status
+from storage.models import MAX_PRIORITY, MIN_PRIORITY, Stage, Status
 
 #: http or https; a host name whose last label starts with a letter (so no
 #: numeric spellings of addresses such as ``http://2130706433/``) or a
@@ -38,6 +40,88 @@ CallbackUrl = Annotated[
         pattern=CALLBACK_URL_PATTERN,
         description="Where the final job JSON is POSTed (signed)",
     ),
+]
+
+
+#: An RFC 3339 date-time (``T`` or ``t``, ``Z`` or ``z``); the offset is
+#: optional here only so that a time without one gets its own message.
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
+def _run_at(value: object) -> datetime | None:
+    """An RFC 3339 time with its zone offset, as an aware UTC datetime. One
+    rule, one error at ``run_at`` (pydantic's strict mode takes no string)."""
+    if value is None:
+        return None
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError(
+            "datetime_format",
+            "must be an ISO 8601 (RFC 3339) time with its zone offset, "
+            "e.g. 2026-12-01T09:30:00Z or 2026-12-01T10:30:00+01:00",
+        )
+    day, clock, fraction, offset = match.groups()
+    if offset is None:
+        raise PydanticCustomError(
+            "timezone_aware",
+            "needs a zone offset (Z or +hh:mm): a time without one could be in any zone",
+        )
+    fraction = f".{fraction[:6]}" if fraction else ""
+    try:
+        moment = datetime.fromisoformat(f"{day}T{clock}{fraction}{offset.upper()}")
+    except ValueError as error:
+        raise PydanticCustomError(
+            "datetime_format", "is not a valid time: {reason}", {"reason": str(error)}
+        ) from error
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # Within hours of year 1 or 9999: before or after every other time.
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+#: When a job may start: a time with its zone offset (RFC 3339), or unset (now).
+RunAt = Annotated[
+    datetime | None,
+    PlainValidator(_run_at),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
+            "default": None,
+            "description": (
+                "Run no earlier than this time, an ISO 8601 (RFC 3339) time with "
+                "its zone offset, at most SLIDEFARM_MAX_SCHEDULE_DAYS ahead: the job is "
+                "scheduled until then. A time already past runs now; unset: now."
+            ),
+        }
+    ),
+]
+
+
+def _priority(value: object) -> int:
+    """An integer from MIN_PRIORITY to MAX_PRIORITY. A number with no
+    fraction (``5.0``) is an integer, as JSON Schema's ``integer`` says; a
+    boolean or a string is not."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int_type", "must be an integer")
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise PydanticCustomError(
+            "priority_out_of_range",
+            "must be from {low} to {high} (higher runs first)",
+            {"low": MIN_PRIORITY, "high": MAX_PRIORITY},
+        )
+    return value
+
+
+#: Which jobs run first: an integer, higher first.
+Priority = Annotated[
+    int,
+    PlainValidator(_priority),
+    WithJsonSchema({"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY}),
 ]
 
 
@@ -78,15 +162,29 @@ def _submission_schema(schema: dict[str, Any]) -> None:
 
 
 class Submission(Deck):
-    """The body of ``POST /v1/jobs``: a deck, and where to report its end."""
+    """The body of ``POST /v1/jobs``: a deck, where to report its end, and
+    when and before what else it runs."""
 
     model_config = ConfigDict(json_schema_extra=_submission_schema)
 
     callback_url: CallbackUrl | None = None
+    priority: Priority = Field(
+        default=0,
+        description=(
+            "Higher runs first. A tenant may ask for at most its own maximum "
+            "(SLIDEFARM_MAX_PRIORITY unless set for the tenant; 422 above it), an "
+            "admin key for up to 100. Unset: 0, or the tenant's maximum if that is lower."
+        ),
+    )
+    run_at: RunAt = None
 
     def deck(self) -> Deck:
         """The deck alone, as the job stores it."""
-        return Deck.model_validate(self.model_dump(exclude={"callback_url"}))
+        return Deck.model_validate(self.model_dump(exclude=set(SUBMISSION_FIELDS)))
+
+
+#: What a submission says besides its deck (not stored in the deck).
+SUBMISSION_FIELDS = frozenset({"callback_url", "priority", "run_at"})
 
 
 class _Body(BaseModel):
@@ -206,6 +304,13 @@ class Job(_Body):
     worker: str | None
     title: str
     owner: str = Field(description="The tenant that submitted the job")
+    priority: int = Field(
+        ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher runs first (as submitted)"
+    )
+    run_at: datetime | None = Field(
+        description="No earlier than this, as submitted (null: at once; a time "
+        "already past reads the submission's time); a scheduled job is queued then"
+    )
     slide_count: int = Field(
         ge=0,
         description="A written deck's slides; a document deck's pages rendered "
@@ -292,6 +397,7 @@ class VoiceList(_Body):
 
 
 class StatusCounts(_Body):
+    scheduled: int = Field(ge=0)
     queued: int = Field(ge=0)
     processing: int = Field(ge=0)
     completed: int = Field(ge=0)

@@ -4,24 +4,89 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from api.dispatch import Dispatcher
 from api.voices import voice_problem
 from core.deck import MAX_SLIDES, Deck, is_asset_id
 from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS, IMAGE_KINDS
-from storage import Job, JobStore, StorageError
+from storage import Job, JobStore, Status, StorageError
+from storage.access import AccessStore
 from storage.assets import Asset, AssetNotFound, AssetStore
-from storage.models import DEFAULT_TENANT
+from storage.jobs import utcnow
+from storage.models import DEFAULT_TENANT, MAX_PRIORITY
 from storage.registry import WorkerRegistry
 
 
-class DeckAssetsInvalid(ValueError):
-    """The deck names an asset it cannot use; ``details`` says which, field by field."""
+class SubmissionInvalid(ValueError):
+    """The submission asks for what it may not; ``details`` says what, field by field."""
 
     def __init__(self, details: list[dict[str, str]]) -> None:
         super().__init__("; ".join(f"{d['field']}: {d['message']}" for d in details))
         self.details = details
+
+
+class DeckAssetsInvalid(SubmissionInvalid):
+    """The deck names an asset it cannot use; ``details`` says which, field by field."""
+
+
+def priority_ceiling(store: JobStore, tenant: str, *, admin: bool, default: int) -> int:
+    """The highest priority ``tenant``'s submissions may ask for: its own
+    ``max_priority``, else ``default`` (SLIDEFARM_MAX_PRIORITY); an admin's,
+    :data:`~storage.models.MAX_PRIORITY`."""
+    if admin:
+        return MAX_PRIORITY
+    limits = AccessStore(store).limits(tenant)
+    return default if limits.max_priority is None else limits.max_priority
+
+
+class Schedule(NamedTuple):
+    """What a submission gets: its priority, and when it may run (``None``: now)."""
+
+    priority: int
+    run_at: datetime | None
+
+
+def check_schedule(
+    priority: int | None,
+    run_at: datetime | None,
+    *,
+    ceiling: int,
+    max_schedule_days: float,
+    now: datetime | None = None,
+) -> Schedule:
+    """Check what a submission asks for and say what it gets: ``priority``
+    (``None``: unset, so 0, or ``ceiling`` if lower) at most ``ceiling``
+    (:func:`priority_ceiling`), and ``run_at`` at most ``max_schedule_days``
+    ahead; a ``run_at`` already past becomes ``now`` (the job runs now, and no
+    time before it, however far back, is stored). :class:`SubmissionInvalid`
+    otherwise."""
+    problems: list[dict[str, str]] = []
+    if priority is None:
+        priority = min(0, ceiling)
+    elif priority > ceiling:
+        problems.append(
+            {
+                "field": "priority",
+                "message": f"{priority} is above the highest priority this tenant may ask "
+                f"for ({ceiling})",
+                "type": "priority_not_allowed",
+            }
+        )
+    now = now or utcnow()
+    if run_at is not None and run_at - now > timedelta(days=max_schedule_days):
+        problems.append(
+            {
+                "field": "run_at",
+                "message": f"is more than {max_schedule_days:g} days ahead "
+                "(SLIDEFARM_MAX_SCHEDULE_DAYS)",
+                "type": "too_far_ahead",
+            }
+        )
+    if problems:
+        raise SubmissionInvalid(problems)
+    return Schedule(priority, None if run_at is None else max(run_at, now))
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -141,9 +206,14 @@ def submit_deck(
     assets: AssetStore | None = None,
     max_video_seconds: float | None = None,
     stale_after: float | None = None,
+    priority: int = 0,
+    run_at: datetime | None = None,
 ) -> tuple[Job, bool]:
     """Commit ``owner``'s job, then send its task (never the other way round);
     return the job and whether it is new (``False``: an idempotent replay).
+    ``priority`` and ``run_at`` are stored as given (:func:`check_schedule`
+    checks them first); a job whose ``run_at`` is ahead is ``scheduled`` and
+    no task is sent for it now (the sweeper queues it when it comes due).
     ``max_active``: refuse (:class:`~storage.QuotaExceeded`) past that many
     of ``owner``'s jobs queued or processing.
 
@@ -174,6 +244,8 @@ def submit_deck(
             callback_url=callback_url,
             max_active=max_active,
             asset_ids=asset_ids,
+            priority=priority,
+            run_at=run_at,
         )
     except AssetNotFound as gone:
         raise DeckAssetsInvalid(
@@ -185,6 +257,6 @@ def submit_deck(
                 }
             ]
         ) from gone
-    if created:
+    if created and job.status is not Status.SCHEDULED:
         dispatcher.send_render(job.id)
     return job, created

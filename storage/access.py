@@ -8,8 +8,10 @@ makes a slow password hash pointless; comparison is constant-time.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import string
@@ -23,6 +25,8 @@ from storage.db import Database, HasDatabase, database_of
 from storage.errors import StorageError
 from storage.jobs.values import utcnow
 from storage.models import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     keys_table,
     sessions_table,
     tenants_table,
@@ -44,6 +48,42 @@ class UnknownTenant(StorageError):
 
 class InvalidTenantName(StorageError):
     """Tenant names are 1 to 64 characters: lowercase letters, digits, '_', '.', '-'."""
+
+
+class InvalidLimit(StorageError):
+    """A tenant's weight must be above 0, max_running 0 or more, max_priority -100 to 100."""
+
+
+class Keep(enum.Enum):
+    """A limit :meth:`AccessStore.set_limits` leaves as it is."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's share of the workers and its caps; ``None``: the setting
+    (SLIDEFARM_MAX_RUNNING, SLIDEFARM_MAX_PRIORITY) applies."""
+
+    tenant: str
+    weight: float = 1.0
+    max_running: int | None = None
+    max_priority: int | None = None
+
+
+def _limits(row: Any) -> TenantLimits:
+    return TenantLimits(row.name, float(row.weight), row.max_running, row.max_priority)
+
+
+_LIMIT_COLUMNS = (
+    tenants_table.c.name,
+    tenants_table.c.weight,
+    tenants_table.c.max_running,
+    tenants_table.c.max_priority,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +184,63 @@ class AccessStore:
                 r.name
                 for r in conn.execute(select(tenants_table.c.name).order_by(tenants_table.c.name))
             ]
+
+    def limits(self, tenant: str) -> TenantLimits:
+        """``tenant``'s weight and caps (the defaults for a tenant with no row,
+        such as the open mode's before its first webhook)."""
+        with self.db.transaction(single=True) as conn:
+            row = conn.execute(
+                select(*_LIMIT_COLUMNS).where(tenants_table.c.name == tenant)
+            ).first()
+        return TenantLimits(tenant) if row is None else _limits(row)
+
+    def all_limits(self) -> list[TenantLimits]:
+        """Every tenant's weight and caps, by name."""
+        with self.db.transaction(single=True) as conn:
+            rows = conn.execute(select(*_LIMIT_COLUMNS).order_by(tenants_table.c.name))
+            return [_limits(r) for r in rows]
+
+    def set_limits(
+        self,
+        tenant: str,
+        *,
+        weight: float | Keep = KEEP,
+        max_running: int | Keep | None = KEEP,
+        max_priority: int | Keep | None = KEEP,
+    ) -> TenantLimits:
+        """Change ``tenant``'s ``weight`` (above 0), ``max_running`` (0 or
+        more) and ``max_priority`` (-100 to 100); ``None`` puts a cap back to
+        its setting, :data:`KEEP` (the default) leaves a value as it is.
+        Return the limits now in force. :class:`InvalidLimit` for a value out
+        of range, :class:`UnknownTenant` for a tenant with no row."""
+        values: dict[str, Any] = {}
+        if weight is not KEEP:
+            if isinstance(weight, bool) or not (math.isfinite(weight) and weight > 0):
+                raise InvalidLimit(f"weight must be a number above 0, not {weight!r}")
+            values["weight"] = float(weight)
+        if max_running is not KEEP:
+            if max_running is not None and (isinstance(max_running, bool) or max_running < 0):
+                raise InvalidLimit(f"max_running must be 0 or more, not {max_running!r}")
+            values["max_running"] = max_running
+        if max_priority is not KEEP:
+            if max_priority is not None and (
+                isinstance(max_priority, bool) or not MIN_PRIORITY <= max_priority <= MAX_PRIORITY
+            ):
+                raise InvalidLimit(
+                    f"max_priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}, "
+                    f"not {max_priority!r}"
+                )
+            values["max_priority"] = max_priority
+        with self.db.transaction() as conn:
+            statement = update(tenants_table).where(tenants_table.c.name == tenant)
+            if values:
+                statement = statement.values(**values)
+            else:  # nothing to change: read, with the same answer for an unknown tenant
+                statement = statement.values(name=tenants_table.c.name)
+            row = conn.execute(statement.returning(*_LIMIT_COLUMNS)).first()
+        if row is None:
+            raise UnknownTenant()
+        return _limits(row)
 
     def webhook_secrets(self, tenant: str, *, now: datetime | None = None) -> list[str]:
         """The secrets that sign ``tenant``'s webhooks now: the current one,

@@ -58,7 +58,7 @@ class AssetQuotaExceeded(StorageError):
 
 
 class AssetInUse(StorageError):
-    """A queued or processing job uses the asset."""
+    """A scheduled, queued or processing job uses the asset."""
 
 
 class AssetTooLarge(StorageError):
@@ -408,7 +408,7 @@ class AssetStore:
 
     def delete(self, asset_id: str, *, owner: str | None = None) -> None:
         """Delete the asset and its file; :class:`AssetNotFound` if there is no
-        such asset, :class:`AssetInUse` while a queued or processing job uses it."""
+        such asset, :class:`AssetInUse` while a scheduled, queued or processing job uses it."""
         where = [assets_table.c.id == asset_id]
         if owner is not None:
             where.append(assets_table.c.owner == owner)
@@ -428,7 +428,7 @@ class AssetStore:
                 if found is None:
                     raise AssetNotFound(f"no asset {asset_id}")
                 raise AssetInUse(
-                    f"asset {asset_id} is used by a queued or processing job; "
+                    f"asset {asset_id} is used by a scheduled, queued or processing job; "
                     "delete it once that job has ended"
                 )
         self._remove_files([(gone.owner, gone.sha256)])

@@ -57,6 +57,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "title": job.title,
         "owner": job.owner,
+        "priority": job.priority,
+        "run_at": iso(job.run_at),
         "slide_count": job.slide_count,
         "options": options,
         "created_at": iso(job.created_at),

@@ -52,9 +52,15 @@ const slidefarm = (() => {
     : document.createTextNode("–"));
   // The stage as a person reads it, never at odds with the status (as api/display.py).
   const stageLabel = (job) => {
-    const stage = job.stage.replaceAll("_", " ");
+    let stage = job.stage.replaceAll("_", " ");
     if (job.status === "completed") return "done";
-    if (job.status === "failed" || job.status === "cancelled") return `${job.status} while ${stage}`;
+    if (job.status === "scheduled") return "waiting for its start time";
+    if (job.status === "failed" || job.status === "cancelled") {
+      // Cancelled before its run_at: it never reached the queue.
+      if (!job.started_at && job.run_at && job.completed_at
+          && Date.parse(job.run_at) > Date.parse(job.completed_at)) stage = "scheduled";
+      return `${job.status} while ${stage}`;
+    }
     return stage;
   };
   const bytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB`
@@ -174,6 +180,7 @@ const slidefarm = (() => {
         ["status", job.status], ["stage", stageLabel(job)],
         ["attempts", `${job.attempts} of ${job.max_attempts}`], ["worker", job.worker],
         ["error", job.error], ["cancel requested", job.cancel_requested ? "yes" : "no"],
+        ["priority", job.priority], ["run at", job.run_at ? when(job.run_at) : "at once"],
         ["slides", job.slide_count],
         ["options", `${job.options.resolution}, ${job.options.theme}, ${job.options.fps} fps, ${job.options.transition}`],
         ["created", when(job.created_at)], ["started", when(job.started_at)],
@@ -221,7 +228,7 @@ const slidefarm = (() => {
       if (!completed) { thumbnail.hidden = true; video.hidden = true; }
       showSheet(job);
       document.getElementById("output-pending").hidden = completed;
-      document.getElementById("cancel").disabled = !["queued", "processing"].includes(job.status);
+      document.getElementById("cancel").disabled = !["scheduled", "queued", "processing"].includes(job.status);
       document.getElementById("retry").disabled = !["failed", "cancelled"].includes(job.status);
     };
 

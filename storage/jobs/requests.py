@@ -27,8 +27,9 @@ class Requests(StoreBase):
     """The job store's answers to users' requests about existing jobs."""
 
     def request_cancel(self, job_id: str, *, owner: str | None = None) -> Job:
-        """Cancel ``job_id``: a queued job ends cancelled at once; a processing
-        one is flagged, and its worker stops at its next heartbeat or slide.
+        """Cancel ``job_id``: a scheduled or queued job ends cancelled at once
+        (its webhook armed); a processing one is flagged, and its worker stops
+        at its next heartbeat or slide.
 
         :class:`InvalidTransition` if the job is already finished;
         :class:`JobNotFound` if it is not ``owner``'s (when given).
@@ -37,29 +38,36 @@ class Requests(StoreBase):
             raise JobNotFound()
         now = utcnow()
         mine = _owned(owner)
+        cancelled = False
         with self.transaction() as conn:
-            row = conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.id == job_id, jobs_table.c.status == Status.QUEUED.value, *mine)
-                .values(
-                    status=Status.CANCELLED.value,
-                    completed_at=now,
-                    stage=Stage.QUEUED.value,
-                    **arm_webhook(),
-                )
-                .returning(jobs_table.c.attempts),
-                {"arm_now": now},
-            ).first()
-            if row is not None:
-                record_event(
-                    conn,
-                    job_id,
-                    Status.QUEUED,
-                    Status.CANCELLED,
-                    row.attempts,
-                    None,
-                    "cancelled by request while queued",
-                )
+            # Each a conditional write with its history row, in the order a
+            # job moves on (scheduled, queued, processing): one that moved
+            # on between two of them is caught by the next.
+            for waiting in (Status.SCHEDULED, Status.QUEUED):
+                row = conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.id == job_id, jobs_table.c.status == waiting.value, *mine)
+                    .values(
+                        status=Status.CANCELLED.value,
+                        completed_at=now,
+                        stage=Stage.QUEUED.value,
+                        **arm_webhook(),
+                    )
+                    .returning(jobs_table.c.attempts),
+                    {"arm_now": now},
+                ).first()
+                if row is not None:
+                    record_event(
+                        conn,
+                        job_id,
+                        waiting,
+                        Status.CANCELLED,
+                        row.attempts,
+                        None,
+                        f"cancelled by request while {waiting.value}",
+                    )
+                    cancelled = True
+                    break
             else:
                 conn.execute(
                     update(jobs_table)
@@ -74,7 +82,7 @@ class Requests(StoreBase):
         if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound()
         if job.status in (Status.COMPLETED, Status.FAILED) or (
-            job.status is Status.CANCELLED and row is None
+            job.status is Status.CANCELLED and not cancelled
         ):
             raise InvalidTransition(f"the job is already {job.status.value}")
         self._changed(job_id)
@@ -88,9 +96,11 @@ class Requests(StoreBase):
         owner: str | None = None,
         max_active: int | None = None,
     ) -> Job:
-        """``failed | cancelled -> queued``, with a fresh budget of ``max_attempts``.
+        """``failed | cancelled -> queued``, with a fresh budget of ``max_attempts``
+        (at once, whatever its ``run_at`` asked; its priority stays).
 
-        :class:`InvalidTransition` unless the job failed or was cancelled;
+        :class:`InvalidTransition` unless the job failed or was cancelled (a
+        scheduled job is refused like a queued one);
         :class:`JobNotFound` if it is not ``owner``'s (when given);
         :class:`~storage.errors.QuotaExceeded` if its owner already has
         ``max_active`` jobs queued or processing (a retry counts like a

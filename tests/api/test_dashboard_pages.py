@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -228,6 +228,28 @@ def test_a_job_cancelled_in_the_queue_shows_it_was_cancelled(app: Any) -> None:
     stage = [th.text for th in page(browser, "/").all("th")].index("stage")
     assert row[stage] == "cancelled while queued"
     assert page(browser, f"/jobs/{job_id}").one("div", id="stage").text == "cancelled while queued"
+
+
+def test_a_scheduled_job_is_filtered_badged_and_shown_waiting(app: Any) -> None:
+    alice = Tenant(app, "alice")
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    job_id = alice.submit(run_at=later)["job_id"]
+    alice.submit()
+    browser = signed_in(app, "alice")
+    listed = page(browser, "/?status=scheduled")
+    assert "scheduled" in [o.attrs["value"] for o in listed.all("option")]
+    assert listed.one("option", value="scheduled").attrs.get("selected") is not None
+    (row,) = job_rows(listed)
+    headers = [th.text for th in listed.all("th")]
+    assert row[headers.index("status")] == "scheduled"
+    assert row[headers.index("stage")] == "waiting for its start time"
+    assert listed.one("span", class_="badge scheduled").text == "scheduled"
+    shown = page(browser, f"/jobs/{job_id}")
+    assert shown.one("div", id="stage").text == "waiting for its start time"
+    # Cancelled before its time: it never reached the queue, and says so.
+    assert alice.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    cancelled = page(browser, f"/jobs/{job_id}").one("div", id="stage").text
+    assert cancelled == "cancelled while scheduled"
 
 
 OUTPUTS = re.compile(r"slidefarm\.jobPage\((.*)\);</script>", re.S)

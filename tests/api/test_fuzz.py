@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 
 from core.config import Settings
 from storage.db import dispose_engines
+from storage.models import MAX_PRIORITY
 
 #: Added to every request: a tenant's key, made by the ``fuzz_app`` fixture
 #: (keys are required, as in production).
@@ -40,6 +41,10 @@ AUTH_HEADERS: dict[str, str] = {}
 #: (422); ``_real_assets`` puts these in their place, so a schema-valid deck
 #: is a deck the API must accept.
 FUZZ_ASSETS: dict[str, str] = {}
+#: Stores the fuzz assets again that the run deleted (``fuzz_app`` sets it):
+#: schemathesis reuses ids it has seen, so ``DELETE /v1/assets/{id}`` can
+#: delete them while no job uses them.
+RESTORE_ASSETS: list[Callable[[], None]] = []
 
 
 def _real_assets(ctx: Any, case: Any, **kwargs: Any) -> None:
@@ -47,6 +52,9 @@ def _real_assets(ctx: Any, case: Any, **kwargs: Any) -> None:
     if case.operation.label != "POST /v1/jobs" or not FUZZ_ASSETS or not isinstance(body, dict):
         return
     from core.deck import is_asset_id
+
+    for restore in RESTORE_ASSETS:
+        restore()
 
     source = body.get("source")
     if isinstance(source, dict) and isinstance(source.get("asset"), str):
@@ -216,27 +224,42 @@ def fuzz_app(tmp_path: Path, sqlite_template: Path) -> Iterator[Any]:
         SLIDEFARM_WEBHOOK_ALLOW="0.0.0.0/0,::/0",
         # Signed links on, as a deployment that embeds outputs runs.
         SLIDEFARM_SECRET_KEY="fuzz-" + "k" * 40,
+        # Every date-time the document allows (years 1 to 9999) is within reach;
+        # the horizon's 422 is tested in tests/api/test_scheduling.py.
+        SLIDEFARM_MAX_SCHEDULE_DAYS=4_000_000,
     )
     app = create_app({"TESTING": True, "SETTINGS": settings})
     from storage.access import AccessStore
 
-    token = AccessStore(app.extensions["slidefarm"].store).create_key("fuzz").token
+    access = AccessStore(app.extensions["slidefarm"].store)
+    token = access.create_key("fuzz").token
+    # The document's whole priority range is the fuzz tenant's to ask for; the
+    # tenant maximum's 422 is tested in tests/api/test_scheduling.py.
+    access.set_limits("fuzz", max_priority=MAX_PRIORITY)
     AUTH_HEADERS.clear()
     AUTH_HEADERS["Authorization"] = f"Bearer {token}"
+    from storage.assets import AssetLimits, AssetStore
     from tests.support.assets import audio_bytes, image_bytes, pdf_bytes
 
-    client = app.test_client()
+    assets = AssetStore(app.extensions["slidefarm"].store, settings.output_dir)
     made_assets = (
         ("image", image_bytes("PNG")),
         ("document", pdf_bytes()),
         ("audio", audio_bytes("wav", 0.2)),
     )
-    for name, data in made_assets:
-        made = client.post("/v1/assets", data=data, headers=AUTH_HEADERS)
-        assert made.status_code == 201, made.get_data(as_text=True)
-        FUZZ_ASSETS[name] = made.get_json()["id"]
+
+    def restore() -> None:
+        present = assets.find(FUZZ_ASSETS.values(), owner="fuzz")
+        for name, data in made_assets:
+            if FUZZ_ASSETS.get(name) not in present:
+                asset, _ = assets.ingest("fuzz", [data], AssetLimits.from_settings(settings))
+                FUZZ_ASSETS[name] = asset.id
+
+    restore()
+    RESTORE_ASSETS.append(restore)
     app.wsgi_app = RequestCounter(app.wsgi_app)
     yield app
+    RESTORE_ASSETS.clear()
     FUZZ_ASSETS.clear()
     dispose_engines()
 

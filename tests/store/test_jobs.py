@@ -12,10 +12,12 @@ from sqlalchemy import text
 from storage import (
     IdempotencyConflict,
     InvalidCursor,
+    InvalidTransition,
     JobNotFound,
     JobStore,
     Stage,
     Status,
+    utcnow,
 )
 from tests.support.decks import small_deck
 
@@ -216,3 +218,49 @@ def test_timestamps_are_utc_aware(store: JobStore) -> None:
     for value in (job.created_at, job.started_at, job.last_heartbeat):
         assert value is not None and value.tzinfo is not None
         assert value.astimezone(UTC).utcoffset() == timedelta(0)
+
+
+def _scheduled(store: JobStore, hours: float = 1.0, **extra: object) -> str:
+    job, _ = store.create(
+        small_deck(), title="later", run_at=utcnow() + timedelta(hours=hours), **extra
+    )
+    assert job.status is Status.SCHEDULED
+    return job.id
+
+
+def test_a_scheduled_job_is_cancelled_at_once_with_its_history(store: JobStore) -> None:
+    job_id = _scheduled(store, callback_url="https://example.com/hook")
+    cancelled = store.request_cancel(job_id)
+    assert cancelled.status is Status.CANCELLED and cancelled.completed_at is not None
+    assert not cancelled.cancel_requested
+    assert cancelled.webhook_status == "pending" and cancelled.webhook_next_at is not None
+    assert [(e.from_status, e.to_status, e.reason) for e in store.history(job_id)] == [
+        (None, Status.SCHEDULED, "submitted"),
+        (Status.SCHEDULED, Status.CANCELLED, "cancelled by request while scheduled"),
+    ]
+    with pytest.raises(InvalidTransition):
+        store.request_cancel(job_id)
+    with pytest.raises(JobNotFound):
+        store.request_cancel(_scheduled(store), owner="someone-else")
+
+
+def test_a_queued_job_is_still_cancelled_from_queued(store: JobStore) -> None:
+    job_id = _new(store)
+    assert store.request_cancel(job_id).status is Status.CANCELLED
+    assert store.history(job_id)[-1].from_status is Status.QUEUED
+    assert store.history(job_id)[-1].reason == "cancelled by request while queued"
+
+
+def test_a_scheduled_job_is_not_retried_is_deleted_and_outlives_retention(
+    store: JobStore,
+) -> None:
+    job_id = _scheduled(store, hours=24 * 20, priority=7)
+    with pytest.raises(InvalidTransition, match="the job is scheduled"):
+        store.retry(job_id)
+    assert store.get(job_id).status is Status.SCHEDULED
+    # Retention touches final jobs only, however old a scheduled one is.
+    assert store.delete_older_than(0, now=utcnow() + timedelta(days=400)) == []
+    assert store.get(job_id).priority == 7
+    assert store.delete(job_id)
+    with pytest.raises(JobNotFound):
+        store.get(job_id)

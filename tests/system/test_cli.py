@@ -207,3 +207,96 @@ def test_submit_pdf_uploads_the_document_and_submits_its_pages(db_url: str, tmp_
     assert wrong.returncode != 0 and "not a PDF or PPTX" in wrong.stderr
     both = run(env, "submit", str(document), "--pdf", str(document))
     assert both.returncode != 0 and "either DECK_FILE or --pdf" in both.stderr
+
+
+def test_submit_priority_and_run_at(db_url: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    env = stack_env(
+        DATABASE_URL=db_url,
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
+        SLIDEFARM_MAX_SCHEDULE_DAYS="2",
+    )
+    deck = tmp_path / "deck.json"
+    deck.write_text(json.dumps(small_deck(slides=1)))
+    later = (datetime.now(UTC) + timedelta(hours=3)).replace(microsecond=0)
+    job = run_json(
+        env,
+        "submit",
+        str(deck),
+        "--priority",
+        "42",
+        "--run-at",
+        later.isoformat(),
+        "--tenant",
+        "acme",
+    )
+    assert job["status"] == "scheduled" and job["priority"] == 42
+    assert job["run_at"] == later.isoformat().replace("+00:00", "Z")
+    assert not list((tmp_path / "broker").rglob("*.msg"))  # nothing sent for it
+    listed = run_json(env, "jobs", "list", "--status", "scheduled")
+    assert [j["job_id"] for j in listed["jobs"]] == [job["job_id"]]
+    assert "PRIORITY" in run(env, "jobs", "list").stdout
+
+    naive = run(env, "submit", str(deck), "--run-at", "2030-01-01T10:00:00")
+    assert naive.returncode == 2 and "zone offset" in naive.stderr
+    far = (later + timedelta(days=3)).isoformat()
+    too_far = run(env, "submit", str(deck), "--run-at", far)
+    assert too_far.returncode == 1 and "SLIDEFARM_MAX_SCHEDULE_DAYS" in too_far.stderr
+    assert run(env, "submit", str(deck), "--priority", "101").returncode == 2
+
+    # --idempotency-key covers the options the deck file does not hold.
+    key = ("--idempotency-key", "nightly", "--run-at", later.isoformat())
+    first = run_json(env, "submit", str(deck), *key, "--priority", "1")
+    assert run_json(env, "submit", str(deck), *key, "--priority", "1")["job_id"] == first["job_id"]
+    conflict = run(env, "submit", str(deck), *key, "--priority", "2")
+    assert conflict.returncode == 1 and "Idempotency-Key" in conflict.stderr
+
+    cancelled = run(env, "jobs", "cancel", job["job_id"])
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert run_json(env, "jobs", "show", job["job_id"])["history"][-1]["from"] == "scheduled"
+
+
+def test_tenant_limits(db_url: str, tmp_path: Path) -> None:
+    env = stack_env(DATABASE_URL=db_url, SLIDEFARM_MAX_RUNNING="4")
+    assert run(env, "keys", "create", "--tenant", "acme").returncode == 0
+    assert run(env, "keys", "create", "--tenant", "globex").returncode == 0
+    shown = run_json(env, "tenants", "limits", "acme")
+    assert shown == {
+        "tenant": "acme",
+        "weight": 1.0,
+        "max_running": None,
+        "max_priority": None,
+        "effective": {"max_running": 4, "max_priority": 10},
+    }
+    changed = run_json(
+        env, "tenants", "limits", "acme", "--weight", "2.5", "--max-running", "0",
+        "--max-priority", "-5",
+    )  # fmt: skip
+    assert changed["weight"] == 2.5 and changed["max_running"] == 0
+    assert changed["effective"] == {"max_running": 0, "max_priority": -5}
+    human = run(env, "tenants", "limits", "acme", "--max-running", "default")
+    assert human.returncode == 0, human.stderr
+    header, row = human.stdout.splitlines()
+    assert header.split() == ["TENANT", "WEIGHT", "MAX", "RUNNING", "MAX", "PRIORITY"]
+    assert row.split() == ["acme", "2.5", "4", "(default)", "-5"]
+    listed = run_json(env, "tenants", "list")["tenants"]
+    assert [(t["tenant"], t["weight"], t["max_priority"]) for t in listed] == [
+        ("acme", 2.5, -5),
+        ("globex", 1.0, None),
+    ]
+    table = run(env, "tenants", "list").stdout
+    assert "globex" in table and "10 (default)" in table
+    assert (
+        run_json(env, "tenants", "limits", "acme", "--max-priority", "default")["max_priority"]
+        is None
+    )
+
+    for bad in (("--max-priority", "101"), ("--max-running", "-1"), ("--max-running", "lots")):
+        refused = run(env, "tenants", "limits", "acme", *bad)
+        assert refused.returncode == 2 and "default" in refused.stderr
+    zero = run(env, "tenants", "limits", "acme", "--weight", "0")
+    assert zero.returncode == 1 and "weight" in zero.stderr
+    unknown = run(env, "tenants", "limits", "nobody")
+    assert unknown.returncode == 1 and "no tenant nobody" in unknown.stderr
