@@ -36,9 +36,7 @@ def _deck(n: int = 0) -> dict[str, Any]:
     return {**small_deck(slides=1), "title": f"deck {n}"}
 
 
-def test_a_batch_is_accepted_whole_and_its_jobs_name_it(
-    alice: Tenant, settings: Settings
-) -> None:
+def test_a_batch_is_accepted_whole_and_its_jobs_name_it(alice: Tenant, settings: Settings) -> None:
     response = alice.client.post(
         "/v1/batches", json={"jobs": [_deck(n) for n in range(3)], "callback_url": None}
     )
