@@ -20,6 +20,7 @@ from api.errors import (
     NotFound,
     TooManyRequests,
     ValidationFailed,
+    error_response,
     retry_after,
 )
 from api.jobs import MAX_IDEMPOTENCY_KEY, read_json_body, validate_submission
@@ -44,11 +45,7 @@ BATCH_FIELDS = frozenset({"jobs", "callback_url"})
 
 @bp.errorhandler(BatchNotFound)
 def _batch_not_found(exc: BatchNotFound) -> Response:
-    response = jsonify(
-        {"error": {"code": "batch_not_found", "message": "no such batch", "details": []}}
-    )
-    response.status_code = 404
-    return response
+    return error_response(404, "batch_not_found", "no such batch")
 
 
 def _batches() -> BatchStore:

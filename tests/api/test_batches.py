@@ -172,3 +172,20 @@ def test_cancel_says_what_happened_to_how_many_jobs(alice: Tenant, app: Any) -> 
     assert store.get(batch["job_ids"][1]).status is Status.CANCELLED
     cancelled = alice.client.get(f"/v1/batches/{batch['batch_id']}/jobs?status=cancelled")
     assert len(cancelled.get_json()["jobs"]) == 2
+
+
+def test_the_dashboard_lists_batches_and_links_jobs_both_ways(alice: Tenant, bob: Tenant) -> None:
+    batch = alice.client.post("/v1/batches", json={"jobs": [_deck(n) for n in range(2)]}).get_json()
+    batch_id, first_job = batch["batch_id"], batch["job_ids"][0]
+    listing = alice.client.get("/batches")
+    assert listing.status_code == 200
+    assert f'href="/batches/{batch_id}"' in listing.get_data(as_text=True)
+    page = alice.client.get(f"/batches/{batch_id}")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert f'href="/jobs/{first_job}"' in html and "deck 1" in html
+    assert 'data-status="queued">2<' in html
+    job_page = alice.client.get(f"/jobs/{first_job}").get_data(as_text=True)
+    assert f'href="/batches/{batch_id}"' in job_page
+    assert_error(bob.client.get(f"/batches/{batch_id}"), 404, "batch_not_found")
+    assert batch_id not in bob.client.get("/batches").get_data(as_text=True)
