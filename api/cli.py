@@ -23,17 +23,20 @@ from api.assets import asset_json
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, iso, job_json
-from api.submission import DeckAssetsInvalid, submit_deck
+from api.submission import DeckAssetsInvalid, check_deck_assets, request_hash, submit_deck
 from api.voices import offered
 from core.config import Settings, get_settings
 from core.deck import ASPECTS, RESOLUTIONS, THEME_NAMES, Deck
 from core.sniff import DOCUMENT_KINDS, AssetRefused
+from core.urls import UnsafeCallback, check_callback_url
 from storage import JobStore, Status, StorageError
 from storage.access import AccessStore, InvalidTenantName, UnknownTenant
 from storage.assets import Asset, AssetLimits, AssetStore
+from storage.batches import MAX_BATCH_JOBS, BatchStore, NewJob
 from storage.files import remove_job_files
 from storage.models import DEFAULT_TENANT
 from storage.registry import WorkerRegistry
+from storage.serialize import batch_json
 from storage.stats import Inspector
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -647,7 +650,178 @@ def keys_rotate(ctx: Context, tenant: str) -> None:
     )
 
 
-# -- database --------------------------------------------------------------------
+# -- batches -------------------------------------------------------------------
+
+
+@main.group()
+def batches() -> None:
+    """Submit many decks as one batch; show, list and cancel batches."""
+
+
+@batches.command("submit")
+@click.argument(
+    "deck_files",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--callback-url", default=None, help="Where the finished batch is POSTed once.")
+@click.option("--idempotency-key", default=None)
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True)
+@json_option
+@pass_ctx
+def batches_submit(
+    ctx: Context,
+    deck_files: tuple[Path, ...],
+    callback_url: str | None,
+    idempotency_key: str | None,
+    tenant: str,
+    as_json: bool,
+) -> None:
+    """Submit every DECK_FILE (JSON) as one batch: all recorded, or none."""
+    if len(deck_files) > MAX_BATCH_JOBS:
+        fail(f"a batch holds at most {MAX_BATCH_JOBS} decks; got {len(deck_files)}")
+    if callback_url is not None:
+        try:
+            check_callback_url(
+                callback_url, ctx.settings.webhook_allow_networks, unresolvable_ok=True
+            )
+        except UnsafeCallback as error:
+            fail(f"--callback-url refused: {error}")
+    assets = _asset_store(ctx)
+    items: list[NewJob] = []
+    bodies: list[Any] = []
+    problems: list[str] = []
+    for n, deck_file in enumerate(deck_files):
+        try:
+            body = json.loads(deck_file.read_text(encoding="utf-8"))
+            deck = Deck.model_validate(body)
+            if deck.asset_ids():
+                check_deck_assets(
+                    assets, deck, tenant, max_video_seconds=ctx.settings.max_video_seconds
+                )
+        except (ValueError, RecursionError) as error:  # JSON, ValidationError, assets
+            first = str(error).splitlines()[0]
+            problems.append(f"jobs.{n} ({deck_file}): {first}")
+            continue
+        bodies.append(body)
+        items.append(
+            NewJob(
+                deck.model_dump(mode="json"),
+                title=deck.title,
+                callback_url=body.get("callback_url") if isinstance(body, dict) else None,
+                asset_ids=deck.asset_ids(),
+            )
+        )
+    if problems:
+        fail("nothing was created:\n  " + "\n  ".join(problems))
+    batch, jobs, created = BatchStore(ctx.store).create(
+        items,
+        owner=tenant,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash({"jobs": bodies, "callback_url": callback_url})
+        if idempotency_key
+        else None,
+        attempt_limit=ctx.settings.max_attempts,
+    )
+    for job in jobs:  # commit, then wake workers
+        if job.status is Status.QUEUED:
+            ctx.dispatcher.send_render(job.id)
+    if as_json:
+        emit({**batch_json(batch), "replayed": not created})
+        return
+    click.echo(batch.id)
+
+
+@batches.command("show")
+@click.argument("batch_id")
+@json_option
+@pass_ctx
+def batches_show(ctx: Context, batch_id: str, as_json: bool) -> None:
+    """A batch: its jobs by status, progress, times and webhook."""
+    batch = BatchStore(ctx.store).get(batch_id)
+    if as_json:
+        emit(batch_json(batch))
+        return
+    body = batch_json(batch)
+    for key in ("batch_id", "owner", "total", "progress", "created_at", "finished_at"):
+        click.echo(f"{key:>12}: {'' if body[key] is None else body[key]}")
+    for status, n in batch.counts.items():
+        click.echo(f"{status:>12}: {n}")
+    webhook = body["webhook"]
+    if webhook is not None:
+        click.echo(
+            f"{'webhook':>12}: {webhook['status'] or 'waiting'} ({webhook['attempts']} attempts)"
+        )
+
+
+@batches.command("list")
+@click.option("--tenant", default=None, help="One tenant's batches (default: every tenant's).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50)
+@json_option
+@pass_ctx
+def batches_list(ctx: Context, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Batches, newest first."""
+    page = BatchStore(ctx.store).list_batches(owner=tenant, limit=limit)
+    if as_json:
+        emit({"batches": [batch_json(b) for b in page.batches], "next_cursor": page.next_cursor})
+        return
+    click.echo(
+        table(
+            [
+                (
+                    b.id,
+                    b.owner,
+                    b.total,
+                    f"{b.progress * 100:.0f}%",
+                    b.counts.get("completed", 0),
+                    b.counts.get("failed", 0),
+                    b.counts.get("cancelled", 0),
+                    b.active,
+                    iso(b.finished_at) or "",
+                )
+                for b in page.batches
+            ],
+            [
+                "ID",
+                "TENANT",
+                "JOBS",
+                "PROGRESS",
+                "DONE",
+                "FAILED",
+                "CANCELLED",
+                "ACTIVE",
+                "FINISHED",
+            ],
+        )
+    )
+
+
+@batches.command("cancel")
+@click.argument("batch_id")
+@json_option
+@pass_ctx
+def batches_cancel(ctx: Context, batch_id: str, as_json: bool) -> None:
+    """Cancel every job of a batch that has not ended."""
+    result = BatchStore(ctx.store).cancel(batch_id)
+    if as_json:
+        emit(
+            {
+                "batch": batch_json(result.batch),
+                "cancelled": result.cancelled,
+                "stopping": result.flagged,
+                "unchanged": result.unchanged,
+            }
+        )
+        return
+    click.echo(
+        f"{batch_id}: {result.cancelled} cancelled, {result.flagged} stopping, "
+        f"{result.unchanged} already ended"
+    )
+
+
+# -- database ------------------------------------------------------------------
 
 
 @main.group()
