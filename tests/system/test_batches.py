@@ -5,8 +5,11 @@ arrives exactly once with the right counts; a batch cancel stops the rest."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +17,14 @@ import pytest
 from core.signing import verify
 from storage import JobStore
 from storage.access import AccessStore
+from tests.support import ROOT
 from tests.support.decks import small_deck
 from tests.support.services import flush_run_index
 from tests.support.stack import Stack, make_stack
 from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.e2e
+CLI = str(Path(sys.executable).parent / "slidefarm")
 
 E2E_SETTINGS = {
     "SLIDEFARM_NOOP_RENDER": "1",  # slides are drawn, the encode skipped: fast
@@ -119,3 +124,41 @@ def test_a_batch_cancel_stops_the_rest(farm: tuple[Stack, Receiver]) -> None:
     assert json.loads(got.body)["counts"] == counts
     time.sleep(1.0)
     assert len(receiver.at("/ok-batch-cancel")) == 1
+
+
+def test_the_cli_submits_shows_lists_and_cancels_batches(
+    farm: tuple[Stack, Receiver], tmp_path: Path
+) -> None:
+    stack, _ = farm
+    files = []
+    for n in range(3):
+        deck_file = tmp_path / f"deck-{n}.json"
+        deck_file.write_text(
+            json.dumps({**small_deck(slides=1, duration=0.5), "title": f"cli {n}"})
+        )
+        files.append(str(deck_file))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"title": "no slides", "slides": []}))
+
+    refused = _cli(stack, "batches", "submit", files[0], str(bad))
+    assert refused.returncode != 0 and "jobs.1" in refused.stderr and "nothing" in refused.stderr
+    made = _cli(stack, "batches", "submit", *files, "--json")
+    assert made.returncode == 0, made.stderr
+    batch = json.loads(made.stdout)
+    assert batch["total"] == 3
+    done = _wait_batch(stack, batch["batch_id"], lambda b: b["finished"], timeout=60)
+    assert done["counts"]["completed"] == 3
+    shown = _cli(stack, "batches", "show", batch["batch_id"])
+    assert shown.returncode == 0 and "completed: 3" in shown.stdout
+    listed = _cli(stack, "batches", "list")
+    assert listed.returncode == 0 and batch["batch_id"] in listed.stdout
+    cancelled = _cli(stack, "batches", "cancel", batch["batch_id"])
+    assert cancelled.returncode == 0 and "0 cancelled" in cancelled.stdout
+    missing = _cli(stack, "batches", "show", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode != 0 and "No such batch" in missing.stderr
+
+
+def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
