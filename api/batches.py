@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import TypeAdapter, ValidationError
 
 from api.auth import owner_scope, principal
+from api.dispatch import Dispatcher
 from api.errors import (
     BadRequest,
     NotFound,
@@ -173,13 +174,13 @@ def _parse_batch() -> tuple[list[NewJob], dict[str, Any], str | None]:
     return new_jobs, body, callback_url
 
 
-def _wake(jobs: list[Job]) -> None:
-    """Commit, then wake workers for the batch's queued jobs (a failed send
-    loses nothing: the sweeper sends again)."""
-    dispatcher = services().dispatcher
-    # With one wake-up call for many jobs this becomes dispatcher.wake(len(queued)).
-    for job in (j for j in jobs if j.status is Status.QUEUED):
-        dispatcher.send_render(job.id)
+def wake_workers(dispatcher: Dispatcher, jobs: list[Job]) -> None:
+    """After the commit, wake workers for the batch's queued jobs (scheduled
+    ones wait for the sweeper; a failed send loses nothing: the sweeper sends
+    again). The API and the CLI both wake through here."""
+    queued = [job.id for job in jobs if job.status is Status.QUEUED]
+    for job_id in queued:  # one wake-up for them all: dispatcher.wake(len(queued))
+        dispatcher.send_render(job_id)
 
 
 @bp.post("")
@@ -224,7 +225,7 @@ def submit() -> Response:
             ],
         ) from gone
     if created:
-        _wake(jobs)
+        wake_workers(svc.dispatcher, jobs)
     answer = batch_json(batch)
     answer["job_ids"] = [j.id for j in _batches().list_jobs(batch.id, limit=MAX_BATCH_JOBS).jobs]
     response = jsonify(answer)
@@ -307,7 +308,10 @@ def jobs(batch_id: str) -> Response:
 def cancel(batch_id: str) -> Response:
     """Every job not final yet: waiting ones cancelled at once, processing
     ones stop within a heartbeat (each as ``POST /v1/jobs/{id}/cancel``)."""
-    result = _batches().cancel(_batch_id(batch_id), owner=owner_scope())
+    svc = services()
+    result = BatchStore(svc.store).cancel(_batch_id(batch_id), owner=owner_scope())
+    for job_id in result.webhooks:  # cancelled while waiting: armed now, as a job's cancel
+        svc.dispatcher.send_webhook(job_id)
     response = jsonify(
         {
             "batch": batch_json(result.batch),

@@ -20,6 +20,7 @@ import click
 from pydantic import ValidationError
 
 from api.assets import asset_json
+from api.batches import wake_workers
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.serialize import event_json, iso, job_json
@@ -725,9 +726,8 @@ def batches_submit(
         else None,
         attempt_limit=ctx.settings.max_attempts,
     )
-    for job in jobs:  # commit, then wake workers
-        if job.status is Status.QUEUED:
-            ctx.dispatcher.send_render(job.id)
+    if created:
+        wake_workers(ctx.dispatcher, jobs)  # committed: now the workers
     if as_json:
         emit({**batch_json(batch), "replayed": not created})
         return

@@ -147,6 +147,8 @@ class BatchCancel:
     flagged: int  # processing jobs, stopping within a heartbeat
     unchanged: int  # already final (or ended meanwhile, or deleted)
     settled: bool  # the cancel ended the batch: its webhook is due
+    #: Jobs it cancelled that have a callback URL: their webhooks are due now.
+    webhooks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +505,7 @@ class BatchStore:
                 ).scalars()
             )
         cancelled = flagged = 0
+        webhooks: list[str] = []
         for job_id in ids:
             try:
                 job = self.jobs.request_cancel(job_id, owner=owner)
@@ -510,13 +513,20 @@ class BatchStore:
                 continue  # ended or deleted since the read: nothing to stop
             if job.status is Status.CANCELLED:
                 cancelled += 1
+                if job.callback_url is not None:
+                    webhooks.append(job.id)
             elif job.cancel_requested:
                 flagged += 1
         settled = self.settle(batch_id)
         batch = self.get(batch_id)
         total_present = sum(batch.counts.values())
         return BatchCancel(
-            batch, cancelled, flagged, max(total_present - cancelled - flagged, 0), settled
+            batch,
+            cancelled,
+            flagged,
+            max(total_present - cancelled - flagged, 0),
+            settled,
+            tuple(webhooks),
         )
 
     def settle(self, batch_id: str) -> bool:

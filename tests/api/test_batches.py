@@ -159,11 +159,17 @@ def test_cursor_pages_of_batches_and_of_a_batchs_jobs(alice: Tenant) -> None:
     assert_error(alice.client.get(f"/v1/batches/{big['batch_id']}/jobs?cursor=x"), 400)
 
 
-def test_cancel_says_what_happened_to_how_many_jobs(alice: Tenant, app: Any) -> None:
-    batch = alice.client.post("/v1/batches", json={"jobs": [_deck(n) for n in range(3)]}).get_json()
+def test_cancel_says_what_happened_to_how_many_jobs(
+    alice: Tenant, app: Any, settings: Settings
+) -> None:
+    hooked = {**_deck(2), "callback_url": "https://example.com/hook"}
+    items = [_deck(0), _deck(1), hooked]
+    batch = alice.client.post("/v1/batches", json={"jobs": items}).get_json()
     store = app.extensions["slidefarm"].store
     assert store.claim(batch["job_ids"][0], "w@host") is not None
+    sent = queued_messages(settings)
     response = alice.client.post(f"/v1/batches/{batch['batch_id']}/cancel")
+    assert queued_messages(settings) == sent + 1  # the hooked job's webhook, as its own cancel
     assert response.status_code == 202
     result = response.get_json()
     assert (result["cancelled"], result["stopping"], result["unchanged"]) == (2, 1, 0)

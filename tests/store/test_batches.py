@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import Settings
 from storage import IdempotencyConflict, JobStore, QuotaExceeded, Stage, Status
 from storage.assets import AssetLimits, AssetStore
 from storage.batches import (
@@ -21,6 +22,7 @@ from storage.deliveries import DeliveryResult
 from storage.models import WebhookStatus
 from tests.support.assets import image_bytes
 from tests.support.decks import small_deck
+from workers.sweeper import Sweeper
 
 LIMITS = AssetLimits(max_bytes=1 << 20, max_image_bytes=1 << 20, max_pixels=10**6, quota=None)
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -178,8 +180,25 @@ def test_the_sweepers_fallback_settles_what_nobody_did(
     assert batches.get(open_batch.id).finished_at is None
 
 
+def test_a_sweep_settles_a_batch_whose_last_job_ended_unsettled(
+    db_url: str, tmp_path: Path, batches: BatchStore, store: JobStore
+) -> None:
+    # The last job ended (here: cancelled through the single-job route, as a
+    # worker that died after its final write would leave it): only the sweep
+    # settles the batch. Without a webhook sender it settles and sends nothing.
+    settings = Settings(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(tmp_path / "output"))
+    batch, jobs, _ = batches.create(_items(1), owner="acme", callback_url="http://x/y")
+    store.request_cancel(jobs[0].id)
+    assert batches.get(batch.id).finished_at is None
+    assert Sweeper(store, settings, "a@host1", lambda _j, _c: None).sweep_once()
+    settled = batches.get(batch.id)
+    assert settled.finished_at is not None and settled.webhook_status == "pending"
+
+
 def test_cancel_stops_every_job_that_is_not_final(batches: BatchStore, store: JobStore) -> None:
-    batch, jobs, _ = batches.create(_items(4), owner="acme")
+    items = _items(4)
+    items[2] = NewJob(small_deck(), title="hooked", callback_url="http://x/job")
+    batch, jobs, _ = batches.create(items, owner="acme")
     _finish(store, jobs[0].id)
     assert store.claim(jobs[1].id, "w@host") is not None
     with pytest.raises(BatchNotFound):
@@ -187,6 +206,7 @@ def test_cancel_stops_every_job_that_is_not_final(batches: BatchStore, store: Jo
     result = batches.cancel(batch.id, owner="acme")
     assert (result.cancelled, result.flagged, result.unchanged) == (2, 1, 1)
     assert not result.settled  # the processing one has not stopped yet
+    assert result.webhooks == (jobs[2].id,)  # its own webhook, due now
     assert store.get(jobs[1].id).cancel_requested
     assert result.batch.counts["cancelled"] == 2
 
