@@ -29,6 +29,7 @@ from sqlalchemy import (
     Connection,
     and_,
     case,
+    delete,
     exc,
     exists,
     func,
@@ -550,7 +551,7 @@ class BatchStore:
     def settle_finished(self, *, limit: int = 100) -> list[str]:
         """The sweeper's fallback: settle batches whose jobs are all final but
         that nobody settled (the last job's worker died before it could);
-        return their ids. Unfinished batches are few (a partial index)."""
+        return their ids. Unfinished batches are few (``ix_batches_finished_at``)."""
         now = utcnow()
         b = batches_table.c
         with self.db.transaction() as conn:
@@ -572,6 +573,27 @@ class BatchStore:
                     .returning(b.id)
                 ).scalars()
             )
+
+    def delete_finished_older_than(
+        self, days: float, *, now: datetime | None = None, limit: int = 500
+    ) -> int:
+        """Retention: delete up to ``limit`` batches that finished more than
+        ``days`` ago, whose webhook is not still being delivered and none of
+        whose jobs is active again (a retry); their delivery records go with
+        them, and jobs that are left forget their batch. The jobs themselves
+        age out on their own (``SLIDEFARM_RETENTION_DAYS`` too)."""
+        cutoff = (now or utcnow()) - timedelta(days=days)
+        b = batches_table.c
+        old = and_(
+            b.finished_at < cutoff,
+            or_(b.webhook_status.is_(None), b.webhook_status != WebhookStatus.PENDING.value),
+            _no_active_job(),
+        )
+        with self.db.transaction() as conn:
+            ids = list(conn.execute(select(b.id).where(old).limit(limit)).scalars())
+            if not ids:
+                return 0
+            return int(conn.execute(delete(batches_table).where(b.id.in_(ids), old)).rowcount or 0)
 
     # -- the batch webhook ---------------------------------------------------
 

@@ -253,13 +253,9 @@ class BatchRow(Base):
         UniqueConstraint("owner", "idempotency_key"),
         Index("ix_batches_owner_created_at", "owner", "created_at", "id"),
         Index("ix_batches_webhook_status_webhook_next_at", "webhook_status", "webhook_next_at"),
-        # The sweeper's settle fallback: batches not finished yet.
-        Index(
-            "ix_batches_unfinished_created_at",
-            "created_at",
-            postgresql_where=text("finished_at IS NULL"),
-            sqlite_where=text("finished_at IS NULL"),
-        ),
+        # The sweeper: batches not finished yet (its settle fallback), and
+        # batches finished long ago (retention).
+        Index("ix_batches_finished_at", "finished_at"),
     )
 
 

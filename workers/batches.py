@@ -74,12 +74,17 @@ def settle_batch(store: JobStore, batch_id: str) -> bool:
 
 
 def sweep_batches(store: JobStore, settings: Settings, *, webhooks: bool = True) -> None:
-    """The sweeper's pass: settle batches nobody settled, then (``webhooks``)
+    """The sweeper's pass: settle batches nobody settled, delete those that
+    finished over ``SLIDEFARM_RETENTION_DAYS`` ago, then (``webhooks``)
     send the webhook task of every batch whose delivery is due (its first
     attempt, retries after their backoff, tasks the broker lost)."""
     batches = BatchStore(store)
     for batch_id in batches.settle_finished():
         log.info("sweeper: batch %s settled (every job is final)", batch_id)
+    # One bounded, indexed DELETE: next to nothing when no batch is that old.
+    gone = batches.delete_finished_older_than(settings.retention_days)
+    if gone:
+        log.info("sweeper: deleted %d batch(es) finished long ago", gone)
     if not webhooks:
         return
     for batch_id in batches.due_webhooks(resend_after=settings.dispatch_timeout):

@@ -18,7 +18,6 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 IN_A_BATCH = sa.text("batch_id IS NOT NULL")
-UNFINISHED = sa.text("finished_at IS NULL")
 
 
 def upgrade() -> None:
@@ -50,13 +49,7 @@ def upgrade() -> None:
         "batches",
         ["webhook_status", "webhook_next_at"],
     )
-    op.create_index(
-        "ix_batches_unfinished_created_at",
-        "batches",
-        ["created_at"],
-        postgresql_where=UNFINISHED,
-        sqlite_where=UNFINISHED,
-    )
+    op.create_index("ix_batches_finished_at", "batches", ["finished_at"])
     op.create_table(
         "batch_deliveries",
         sa.Column(
@@ -101,7 +94,7 @@ def downgrade() -> None:
         batch.drop_column("batch_id")
     op.drop_index("ix_batch_deliveries_batch_id_id", table_name="batch_deliveries")
     op.drop_table("batch_deliveries")
-    op.drop_index("ix_batches_unfinished_created_at", table_name="batches")
+    op.drop_index("ix_batches_finished_at", table_name="batches")
     op.drop_index("ix_batches_webhook_status_webhook_next_at", table_name="batches")
     op.drop_index("ix_batches_owner_created_at", table_name="batches")
     op.drop_table("batches")

@@ -5,6 +5,7 @@ cancel, and a settle that lands exactly once."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from storage.batches import (
     NewJob,
 )
 from storage.deliveries import DeliveryResult
+from storage.jobs.values import utcnow
 from storage.models import WebhookStatus
 from tests.support.assets import image_bytes
 from tests.support.decks import small_deck
@@ -251,3 +253,23 @@ def test_the_batch_webhook_is_claimed_and_recorded_once(
     )
     assert batches.record_webhook(batch.id, 1, ok, backoff=1, retry_for=60) is None
     assert [d.status_code for d in batches.deliveries(batch.id)] == [200]
+
+
+def test_retention_deletes_batches_finished_long_ago_only(
+    batches: BatchStore, store: JobStore
+) -> None:
+    old, old_jobs, _ = batches.create(_items(1), owner="acme")
+    hooked, hooked_jobs, _ = batches.create(_items(1), owner="acme", callback_url="http://x/y")
+    running, _, _ = batches.create(_items(1), owner="acme")
+    for job in (*old_jobs, *hooked_jobs):
+        store.request_cancel(job.id)
+    assert sorted(batches.settle_finished()) == sorted([old.id, hooked.id])
+    later = utcnow() + timedelta(days=8)
+    # The hooked batch's webhook is still pending: it stays until delivered or failed.
+    assert batches.delete_finished_older_than(7, now=later) == 1
+    with pytest.raises(BatchNotFound):
+        batches.get(old.id)
+    assert store.get(old_jobs[0].id).batch_id is None  # the job forgets its batch
+    assert batches.get(hooked.id).id == hooked.id
+    assert batches.get(running.id).finished_at is None
+    assert batches.delete_finished_older_than(7) == 0  # not old yet
