@@ -18,6 +18,7 @@ QUEUE = "slidefarm"
 #: the renderer) and the workers (which register under them).
 RENDER_TASK = "slidefarm.render_presentation"
 WEBHOOK_TASK = "slidefarm.deliver_webhook"
+BATCH_WEBHOOK_TASK = "slidefarm.deliver_batch_webhook"
 
 #: How every sender retries a publish the broker refused: briefly, since a
 #: send that still fails loses nothing (the job stays queued in the store and

@@ -49,11 +49,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
 
-    from api import assets, dashboard, health, inspect, jobs, openapi
+    from api import assets, batches, dashboard, health, inspect, jobs, openapi
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(assets.bp)
+    app.register_blueprint(batches.bp)
     app.register_blueprint(inspect.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(openapi.bp)

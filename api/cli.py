@@ -14,21 +14,30 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
 
 from api.assets import asset_json
+from api.batches import wake_workers
 from api.dispatch import Dispatcher
 from api.inspect import stats_json, worker_json
 from api.schemas import RunAt
 from api.serialize import event_json, iso, job_json
-from api.submission import SubmissionInvalid, check_schedule, submit_deck
+from api.submission import (
+    Schedule,
+    SubmissionInvalid,
+    check_deck_assets,
+    check_schedule,
+    request_hash,
+    submit_deck,
+)
 from api.voices import offered
 from core.config import Settings, get_settings
 from core.deck import ASPECTS, RESOLUTIONS, THEME_NAMES, Deck
 from core.sniff import DOCUMENT_KINDS, AssetRefused
+from core.urls import UnsafeCallback, check_callback_url
 from storage import JobStore, Status, StorageError
 from storage.access import (
     KEEP,
@@ -40,9 +49,11 @@ from storage.access import (
     UnknownTenant,
 )
 from storage.assets import Asset, AssetLimits, AssetStore
+from storage.batches import MAX_BATCH_JOBS, BatchStore, NewJob
 from storage.files import remove_job_files
 from storage.models import DEFAULT_TENANT, MAX_PRIORITY, MIN_PRIORITY
 from storage.registry import WorkerRegistry
+from storage.serialize import batch_json
 from storage.stats import Inspector
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,7 +81,7 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -107,6 +118,37 @@ def main() -> None:
 
 #: ``--run-at`` read by the rule the API reads ``run_at`` with.
 _RUN_AT: TypeAdapter[Any] = TypeAdapter(RunAt)
+
+priority_option = click.option(
+    "--priority",
+    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
+    default=None,
+    help="Higher runs first (default 0); the CLI, like an admin key, may use up to 100.",
+)
+run_at_option = click.option(
+    "--run-at",
+    default=None,
+    metavar="TIME",
+    help="Run no earlier than TIME, ISO 8601 with its zone offset "
+    "(2026-12-01T09:30:00Z); the job is scheduled until then.",
+)
+
+
+def _schedule(ctx: Context, priority: int | None, run_at: str | None) -> Schedule:
+    """``--priority`` and ``--run-at`` checked as the API checks an admin's."""
+    try:
+        start = _RUN_AT.validate_python(run_at)
+    except ValidationError as error:
+        raise click.BadParameter(error.errors()[0]["msg"], param_hint="--run-at") from error
+    try:
+        return check_schedule(
+            priority,
+            start,
+            ceiling=MAX_PRIORITY,  # an operator: as an admin key
+            max_schedule_days=ctx.settings.max_schedule_days,
+        )
+    except SubmissionInvalid as invalid:
+        fail(str(invalid))
 
 
 def _bar(progress: float, width: int = 30) -> str:
@@ -160,19 +202,8 @@ def _document_body(
     "--narrate", is_flag=True, default=None, help="Speak each slide's notes (a PPTX's too)."
 )
 @click.option("--voice", default=None, help="The voice, as `slidefarm voices` lists them.")
-@click.option(
-    "--priority",
-    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
-    default=None,
-    help="Higher runs first (default 0); the CLI, like an admin key, may use up to 100.",
-)
-@click.option(
-    "--run-at",
-    default=None,
-    metavar="TIME",
-    help="Run no earlier than TIME, ISO 8601 with its zone offset "
-    "(2026-12-01T09:30:00Z); the job is scheduled until then.",
-)
+@priority_option
+@run_at_option
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--idempotency-key", default=None)
 @click.option(
@@ -203,10 +234,7 @@ def submit(
     The render options override the deck file's."""
     if (deck_file is None) == (document is None):
         fail("give either DECK_FILE or --pdf/--pptx FILE")
-    try:
-        start = _RUN_AT.validate_python(run_at)
-    except ValidationError as error:
-        raise click.BadParameter(error.errors()[0]["msg"], param_hint="--run-at") from error
+    schedule = _schedule(ctx, priority, run_at)
     options = {
         "resolution": resolution,
         "aspect": aspect,
@@ -240,12 +268,6 @@ def submit(
     # (as the API hashes its whole body).
     asked = {k: v for k, v in (("priority", priority), ("run_at", run_at)) if v is not None}
     try:
-        schedule = check_schedule(
-            priority,
-            start,
-            ceiling=MAX_PRIORITY,  # an operator: as an admin key
-            max_schedule_days=ctx.settings.max_schedule_days,
-        )
         job, _ = submit_deck(
             ctx.store,
             ctx.dispatcher,
@@ -844,7 +866,187 @@ def tenants_limits(
     click.echo(_limits_table([row], ctx.settings))
 
 
-# -- database --------------------------------------------------------------------
+# -- batches -------------------------------------------------------------------
+
+
+@main.group()
+def batches() -> None:
+    """Submit many decks as one batch; show, list and cancel batches."""
+
+
+@batches.command("submit")
+@click.argument(
+    "deck_files",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--callback-url", default=None, help="Where the finished batch is POSTed once.")
+@priority_option
+@run_at_option
+@click.option("--idempotency-key", default=None)
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True)
+@json_option
+@pass_ctx
+def batches_submit(
+    ctx: Context,
+    deck_files: tuple[Path, ...],
+    callback_url: str | None,
+    priority: int | None,
+    run_at: str | None,
+    idempotency_key: str | None,
+    tenant: str,
+    as_json: bool,
+) -> None:
+    """Submit every DECK_FILE (JSON) as one batch: all recorded, or none
+    (--priority and --run-at apply to each)."""
+    if len(deck_files) > MAX_BATCH_JOBS:
+        fail(f"a batch holds at most {MAX_BATCH_JOBS} decks; got {len(deck_files)}")
+    schedule = _schedule(ctx, priority, run_at)
+    if callback_url is not None:
+        try:
+            check_callback_url(
+                callback_url, ctx.settings.webhook_allow_networks, unresolvable_ok=True
+            )
+        except UnsafeCallback as error:
+            fail(f"--callback-url refused: {error}")
+    assets = _asset_store(ctx)
+    items: list[NewJob] = []
+    bodies: list[Any] = []
+    problems: list[str] = []
+    for n, deck_file in enumerate(deck_files):
+        try:
+            body = json.loads(deck_file.read_text(encoding="utf-8"))
+            deck = Deck.model_validate(body)
+            if deck.asset_ids():
+                check_deck_assets(
+                    assets, deck, tenant, max_video_seconds=ctx.settings.max_video_seconds
+                )
+        except (ValueError, RecursionError) as error:  # JSON, ValidationError, assets
+            first = str(error).splitlines()[0]
+            problems.append(f"jobs.{n} ({deck_file}): {first}")
+            continue
+        bodies.append(body)
+        items.append(
+            NewJob(
+                deck.model_dump(mode="json"),
+                title=deck.title,
+                callback_url=body.get("callback_url") if isinstance(body, dict) else None,
+                asset_ids=deck.asset_ids(),
+                priority=schedule.priority,
+                run_at=schedule.run_at,
+            )
+        )
+    if problems:
+        fail("nothing was created:\n  " + "\n  ".join(problems))
+    batch, jobs, created = BatchStore(ctx.store).create(
+        items,
+        owner=tenant,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(
+            {"jobs": bodies, "callback_url": callback_url, "priority": priority, "run_at": run_at}
+        )
+        if idempotency_key
+        else None,
+        attempt_limit=ctx.settings.max_attempts,
+    )
+    if created:
+        wake_workers(ctx.dispatcher, jobs)  # committed: now the workers
+    if as_json:
+        emit({**batch_json(batch), "replayed": not created})
+        return
+    click.echo(batch.id)
+
+
+@batches.command("show")
+@click.argument("batch_id")
+@json_option
+@pass_ctx
+def batches_show(ctx: Context, batch_id: str, as_json: bool) -> None:
+    """A batch: its jobs by status, progress, times and webhook."""
+    batch = BatchStore(ctx.store).get(batch_id)
+    if as_json:
+        emit(batch_json(batch))
+        return
+    body = batch_json(batch)
+    for key in ("batch_id", "owner", "total", "progress", "created_at", "finished_at"):
+        click.echo(f"{key:>12}: {'' if body[key] is None else body[key]}")
+    for status, n in batch.counts.items():
+        click.echo(f"{status:>12}: {n}")
+    webhook = body["webhook"]
+    if webhook is not None:
+        click.echo(
+            f"{'webhook':>12}: {webhook['status'] or 'waiting'} ({webhook['attempts']} attempts)"
+        )
+
+
+@batches.command("list")
+@click.option("--tenant", default=None, help="One tenant's batches (default: every tenant's).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50)
+@json_option
+@pass_ctx
+def batches_list(ctx: Context, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Batches, newest first."""
+    page = BatchStore(ctx.store).list_batches(owner=tenant, limit=limit)
+    if as_json:
+        emit({"batches": [batch_json(b) for b in page.batches], "next_cursor": page.next_cursor})
+        return
+    click.echo(
+        table(
+            [
+                (
+                    b.id,
+                    b.owner,
+                    b.total,
+                    f"{b.progress * 100:.0f}%",
+                    b.counts.get("completed", 0),
+                    b.counts.get("failed", 0),
+                    b.counts.get("cancelled", 0),
+                    b.active,
+                    iso(b.finished_at) or "",
+                )
+                for b in page.batches
+            ],
+            [
+                "ID",
+                "TENANT",
+                "JOBS",
+                "PROGRESS",
+                "DONE",
+                "FAILED",
+                "CANCELLED",
+                "ACTIVE",
+                "FINISHED",
+            ],
+        )
+    )
+
+
+@batches.command("cancel")
+@click.argument("batch_id")
+@json_option
+@pass_ctx
+def batches_cancel(ctx: Context, batch_id: str, as_json: bool) -> None:
+    """Cancel every job of a batch that has not ended."""
+    result = BatchStore(ctx.store).cancel(batch_id)
+    if as_json:
+        emit(
+            {
+                "batch": batch_json(result.batch),
+                "cancelled": result.cancelled,
+                "stopping": result.flagged,
+                "unchanged": result.unchanged,
+            }
+        )
+        return
+    click.echo(
+        f"{batch_id}: {result.cancelled} cancelled, {result.flagged} stopping, "
+        f"{result.unchanged} already ended"
+    )
+
+
+# -- database ------------------------------------------------------------------
 
 
 @main.group()

@@ -12,13 +12,15 @@ from werkzeug.wrappers import Response as WResponse
 from api.assets import asset_json
 from api.auth import SESSION_COOKIE, owner_scope, require_admin
 from api.display import output_links, stage_label, time_tag
-from api.errors import Forbidden
+from api.errors import Forbidden, error_response
 from api.inspect import tenant_queue_json
 from api.serialize import job_json
 from api.services import services
 from storage import Status
 from storage.access import SESSION_TTL, AccessStore
 from storage.assets import AssetStore
+from storage.batches import BatchNotFound, BatchStore
+from storage.serialize import batch_json
 from storage.stats import Inspector
 
 bp = Blueprint(
@@ -30,12 +32,20 @@ bp = Blueprint(
 )
 
 CHART_WIDTH, CHART_HEIGHT = 720, 180
+#: A batch page's jobs per page.
+BATCH_PAGE = 100
 STATIC = Path(__file__).parent / "static"
 #: The icon never changes within a release; browsers may keep it a day.
 FAVICON_MAX_AGE = 86400
 
 bp.add_app_template_filter(time_tag, "time_tag")
 bp.add_app_template_filter(stage_label, "stage_label")
+
+
+@bp.errorhandler(BatchNotFound)
+def _no_batch(exc: BatchNotFound) -> Response:
+    # As a job page's unknown job: the API's one error shape.
+    return error_response(404, "batch_not_found", "no such batch")
 
 
 @bp.context_processor
@@ -168,6 +178,40 @@ def job_page(job_id: str) -> str:
         active="jobs",
         stale_after=services().settings.stale_after,
         outputs=output_links(job),
+    )
+
+
+@bp.get("/batches")
+def batches_page() -> str:
+    """Batches, newest first (every tenant's, with a tenant column, for an admin)."""
+    cursor = request.args.get("cursor") or None
+    page = BatchStore(services().store).list_batches(owner=owner_scope(), limit=50, cursor=cursor)
+    return render_template(
+        "batches.html",
+        batches=[batch_json(b) for b in page.batches],
+        next_cursor=page.next_cursor,
+        active="batches",
+    )
+
+
+@bp.get("/batches/<batch_id>")
+def batch_page(batch_id: str) -> str:
+    """One batch: counts, progress, times, its webhook, and its jobs in order."""
+    batches = BatchStore(services().store)
+    batch = batches.get(batch_id, owner=owner_scope())
+    raw_from = request.args.get("from", "0")
+    first = int(raw_from) if raw_from.isascii() and raw_from.isdigit() and len(raw_from) < 6 else 0
+    page = batches.list_jobs(
+        batch.id, owner=owner_scope(), limit=BATCH_PAGE, cursor=request.args.get("cursor") or None
+    )
+    return render_template(
+        "batch.html",
+        batch=batch_json(batch),
+        jobs=[job_json(j) for j in page.jobs],
+        next_cursor=page.next_cursor,
+        first_index=first,
+        page_size=BATCH_PAGE,
+        active="batches",
     )
 
 

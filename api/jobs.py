@@ -107,6 +107,12 @@ def _read_body() -> bytes:
 
 
 def _parse_submission() -> tuple[Submission, dict[str, Any]]:
+    body = read_json_body()
+    return validate_submission(body), body
+
+
+def read_json_body() -> Any:
+    """The request's JSON body: 415 unless JSON, 413 past the limit, 400 if malformed."""
     if not request.mimetype or (
         request.mimetype != "application/json"
         and not (request.mimetype.startswith("application/") and request.mimetype.endswith("+json"))
@@ -114,9 +120,15 @@ def _parse_submission() -> tuple[Submission, dict[str, Any]]:
         raise UnsupportedMediaType()
     raw = _read_body()
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints
         raise BadRequest(f"the body is not valid JSON: {exc}"[:300], code="malformed_json") from exc
+
+
+def validate_submission(body: Any) -> Submission:
+    """A submission body (parsed JSON) checked as ``POST /v1/jobs`` checks it
+    (:class:`ValidationFailed` naming each field; :class:`UnsafeCallback`),
+    for one job or for each item of a batch."""
     if not isinstance(body, dict):
         raise ValidationFailed(
             "the body must be a JSON object describing a deck",
@@ -159,7 +171,7 @@ def _parse_submission() -> tuple[Submission, dict[str, Any]]:
                 }
             ],
         )
-    return submission, body
+    return submission
 
 
 def _accepted(job: Job) -> Response:

@@ -16,7 +16,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from api.assets import MULTIPART_SLACK
 from api.jobs import MAX_IDEMPOTENCY_KEY
-from api.schemas import RESPONSE_MODELS, Submission
+from api.schemas import RESPONSE_MODELS, BatchSubmission, Submission
 from api.services import services
 from core.deck import NO_NUL_PATTERN
 from core.sniff import MEDIA_TYPES
@@ -348,11 +348,118 @@ def _asset_operations() -> dict[str, Doc]:
     }
 
 
+BATCH_ID: Doc = {
+    "name": "batch_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _batch_operations() -> dict[str, Doc]:
+    statuses = [s.value for s in Status]
+    return {
+        "/v1/batches": {
+            "post": {
+                "operationId": "submitBatch",
+                "summary": "Submit 1 to 500 decks at once: all recorded in one "
+                "transaction, or none (one 422 naming each bad item's fields as "
+                "`jobs.<index>.<field>`); counts as one submission against the rate "
+                "limit, and as all its jobs against the quota of active jobs",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "The same key with the same body returns the same "
+                        "batch; with another body, 409",
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_IDEMPOTENCY_KEY,
+                            "pattern": "^[ -~]*$",
+                        },
+                    }
+                ],
+                "requestBody": {"required": True, "content": _json("BatchSubmission")},
+                "responses": {
+                    "202": {
+                        "description": "Accepted (or replayed: `Idempotent-Replayed: true`)",
+                        "content": _json("BatchCreated"),
+                        "headers": {
+                            "Location": {
+                                "description": "The batch's URL, `/v1/batches/{batch_id}`",
+                                "required": True,
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
+                },
+            },
+            "get": {
+                "operationId": "listBatches",
+                "summary": "The tenant's batches, newest first, a page at a time",
+                "parameters": [LIMIT, CURSOR],
+                "responses": {
+                    "200": {"description": "One page", "content": _json("BatchList")},
+                    **_errors(400, 401, 503),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "parameters": [BATCH_ID],
+            "get": {
+                "operationId": "getBatch",
+                "summary": "The batch: its jobs by status, progress, times and webhook",
+                "responses": {
+                    "200": {"description": "The batch", "content": _json("Batch")},
+                    **_errors(401, 404, 503),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}/jobs": {
+            "parameters": [BATCH_ID],
+            "get": {
+                "operationId": "listBatchJobs",
+                "summary": "The batch's jobs in the order submitted, a page at a time",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": statuses},
+                    },
+                    LIMIT,
+                    CURSOR,
+                ],
+                "responses": {
+                    "200": {"description": "One page", "content": _json("JobList")},
+                    **_errors(400, 401, 404, 503),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "parameters": [BATCH_ID],
+            "post": {
+                "operationId": "cancelBatch",
+                "summary": "Every job not final: waiting ones cancelled at once, "
+                "processing ones stop within a heartbeat",
+                "responses": {
+                    "202": {"description": "What happened", "content": _json("BatchCancel")},
+                    **_errors(401, 403, 404, 503),
+                },
+            },
+        },
+    }
+
+
 def _operations() -> dict[str, Doc]:
     """Every operation: summary, parameters, request body and every answer."""
     statuses = [s.value for s in Status]
     return {
         **_asset_operations(),
+        **_batch_operations(),
         "/v1/jobs": {
             "post": {
                 "operationId": "submitJob",
@@ -657,7 +764,10 @@ _ASSET_LINKS: Doc = {
 
 
 def _components() -> Doc:
-    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(Submission, "validation")]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (Submission, "validation"),
+        (BatchSubmission, "validation"),
+    ]
     models += [(model, "serialization") for model in RESPONSE_MODELS]
     _, defs = models_json_schema(models, ref_template=REF)
     return {

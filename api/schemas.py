@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from core.deck import Deck, Options, deck_json_schema
 from core.urls import MAX_URL_LENGTH
+from storage.batches import MAX_BATCH_JOBS
 from storage.models import MAX_PRIORITY, MIN_PRIORITY, Stage, Status
 
 #: http or https; a host name whose last label starts with a letter (so no
@@ -191,6 +192,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class BatchSubmission(_Body):
+    """The body of ``POST /v1/batches``: submissions, each as ``POST /v1/jobs``
+    takes one, created all or none."""
+
+    jobs: list[Submission] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    callback_url: CallbackUrl | None = Field(
+        default=None, description="Where the finished batch is POSTed once (signed)"
+    )
+
+
 class ErrorDetail(_Body):
     """One thing wrong with the request (a field, a header, a dependency)."""
 
@@ -332,6 +343,9 @@ class Job(_Body):
     webhook: Webhook | None = Field(
         default=None, description="Present when the job has a callback_url"
     )
+    batch_id: str | None = Field(
+        default=None, description="The batch it was submitted in (POST /v1/batches), if any"
+    )
     history: list[JobEvent] | None = Field(default=None, description="Only with ?include=history")
     assets: list[Asset] | None = Field(
         default=None, description="Only with ?include=assets: the assets the job uses"
@@ -352,6 +366,63 @@ class Job(_Body):
     urls_expire_at: datetime | None = Field(
         default=None, description="Only with ?signed=1: when its links stop working"
     )
+
+
+class BatchCounts(_Body):
+    """A batch's jobs by status (a deleted job is in none)."""
+
+    scheduled: int = Field(ge=0)
+    queued: int = Field(ge=0)
+    processing: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+
+
+class BatchLinks(_Body):
+    self: str
+    jobs: str
+    cancel: str
+
+
+class Batch(_Body):
+    """A batch as the API shows it: its jobs' state, read from them."""
+
+    batch_id: str = Field(json_schema_extra={"format": "uuid"})
+    owner: str
+    total: int = Field(ge=1, description="Jobs submitted in it")
+    counts: BatchCounts
+    active: int = Field(ge=0, description="Jobs not final yet")
+    progress: float = Field(ge=0, le=1, description="Mean of its jobs' progress, final ones as 1")
+    finished: bool = Field(description="Every job of it has ended (finished_at is set)")
+    created_at: datetime
+    started_at: datetime | None = Field(description="When its first job started")
+    last_completed_at: datetime | None = Field(description="When its last final job ended")
+    finished_at: datetime | None = Field(description="When every job of it had ended")
+    webhook: Webhook | None = Field(description="Present when the batch has a callback_url")
+    links: BatchLinks
+
+
+class BatchCreated(Batch):
+    """``POST /v1/batches``'s answer: the batch and its jobs' ids, in order."""
+
+    job_ids: list[str] = Field(description="The jobs' ids, in the order submitted")
+
+
+class BatchList(_Body):
+    batches: list[Batch]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page"
+    )
+
+
+class BatchCancel(_Body):
+    """What a batch cancel did to its jobs."""
+
+    batch: Batch
+    cancelled: int = Field(ge=0, description="Waiting jobs, cancelled at once")
+    stopping: int = Field(ge=0, description="Processing jobs, stopping within a heartbeat")
+    unchanged: int = Field(ge=0, description="Jobs already final")
 
 
 class JobList(_Body):
@@ -462,4 +533,8 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Ready,
     Asset,
     AssetList,
+    Batch,
+    BatchCreated,
+    BatchList,
+    BatchCancel,
 )

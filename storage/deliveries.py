@@ -75,6 +75,34 @@ def retry_delay(backoff: float, attempt: int) -> float:
     return step * random.uniform(*JITTER)
 
 
+def next_delivery_state(
+    result: DeliveryResult,
+    attempt_no: int,
+    first_at: datetime,
+    *,
+    now: datetime,
+    backoff: float,
+    retry_for: float,
+) -> tuple[WebhookStatus, dict[str, Any]]:
+    """What comes after attempt ``attempt_no`` (the first at ``first_at``)
+    went as ``result``, and the ``webhook_*`` values that say so: the one
+    retry policy of job and batch webhooks."""
+    values: dict[str, Any] = {
+        "webhook_last_code": result.status_code,
+        "webhook_last_error": result.error[:500] if result.error else None,
+    }
+    window_end = first_at + timedelta(seconds=retry_for)
+    if result.ok:
+        values.update(webhook_delivered_at=now, webhook_next_at=None)
+        return WebhookStatus.DELIVERED, values
+    if now >= window_end:
+        values.update(webhook_next_at=None)
+        return WebhookStatus.FAILED, values
+    due = now + timedelta(seconds=retry_delay(backoff, attempt_no))
+    values.update(webhook_next_at=min(due, window_end))
+    return WebhookStatus.PENDING, values
+
+
 class WebhookDeliveries:
     """The webhook half of a job's record."""
 
@@ -182,21 +210,14 @@ class WebhookDeliveries:
                 or current.webhook_first_at is None
             ):
                 return None
-            values: dict[str, Any] = {
-                "webhook_last_code": result.status_code,
-                "webhook_last_error": result.error[:500] if result.error else None,
-            }
-            window_end = current.webhook_first_at + timedelta(seconds=retry_for)
-            if result.ok:
-                status = WebhookStatus.DELIVERED
-                values.update(webhook_delivered_at=now, webhook_next_at=None)
-            elif now >= window_end:
-                status = WebhookStatus.FAILED
-                values.update(webhook_next_at=None)
-            else:
-                status = WebhookStatus.PENDING
-                due = now + timedelta(seconds=retry_delay(backoff, attempt_no))
-                values.update(webhook_next_at=min(due, window_end))
+            status, values = next_delivery_state(
+                result,
+                attempt_no,
+                current.webhook_first_at,
+                now=now,
+                backoff=backoff,
+                retry_for=retry_for,
+            )
             written = conn.execute(
                 update(jobs_table)
                 .where(

@@ -180,6 +180,10 @@ class JobRow(Base):
     webhook_last_code: Mapped[int | None] = mapped_column(Integer)
     webhook_last_error: Mapped[str | None] = mapped_column(Text)
     webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The batch it was submitted in, if any (``POST /v1/batches``).
+    batch_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         _status_check(),
@@ -205,7 +209,74 @@ class JobRow(Base):
             postgresql_where=text("status = 'scheduled'"),
             sqlite_where=text("status = 'scheduled'"),
         ),
+        # A batch's jobs in submission order (keyset pages), its counts and
+        # whether it is settled; only the jobs that belong to a batch.
+        Index(
+            "ix_jobs_batch_id_created_at",
+            "batch_id",
+            "created_at",
+            "id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
+
+
+class BatchRow(Base):
+    """Jobs submitted together (``POST /v1/batches``): one handle on all of
+    them, and one webhook when the last of them ends."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: Jobs submitted in it (its jobs may since have been deleted).
+    total: Mapped[int] = mapped_column(Integer, nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    #: When every job of it was first final (set once, by the settle).
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its completion webhook, as a job's (storage/batches.py).
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
+    webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    webhook_first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_last_code: Mapped[int | None] = mapped_column(Integer)
+    webhook_last_error: Mapped[str | None] = mapped_column(Text)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When its delivery task was last sent (the sweeper's resend guard).
+    webhook_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key"),
+        Index("ix_batches_owner_created_at", "owner", "created_at", "id"),
+        Index("ix_batches_webhook_status_webhook_next_at", "webhook_status", "webhook_next_at"),
+        # The sweeper: batches not finished yet (its settle fallback), and
+        # batches finished long ago (retention).
+        Index("ix_batches_finished_at", "finished_at"),
+    )
+
+
+class BatchDeliveryRow(Base):
+    """One attempt to deliver a batch's completion webhook (never the response body)."""
+
+    __tablename__ = "batch_deliveries"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    batch_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
+
+    __table_args__ = (Index("ix_batch_deliveries_batch_id_id", "batch_id", "id"),)
 
 
 class JobFileRow(Base):
@@ -447,3 +518,5 @@ sessions_table = cast(Table, SessionRow.__table__)
 assets_table = cast(Table, AssetRow.__table__)
 job_assets_table = cast(Table, JobAssetRow.__table__)
 job_urls_table = cast(Table, JobUrlRow.__table__)
+batches_table = cast(Table, BatchRow.__table__)
+batch_deliveries_table = cast(Table, BatchDeliveryRow.__table__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.batches import Batch
 from storage.deliveries import WebhookDelivery
 from storage.jobs import Job
 
@@ -80,6 +81,7 @@ def job_json(job: Job) -> dict[str, Any]:
             "mix_seconds": _seconds(job.mix_seconds),
         },
         "webhook": webhook_json(job),
+        "batch_id": job.batch_id,
     }
 
 
@@ -100,3 +102,51 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
         "error": delivery.error,
         "duration_ms": delivery.duration_ms,
     }
+
+
+def batch_webhook_json(batch: Batch) -> dict[str, Any] | None:
+    """Where the batch's completion webhook is; ``None`` without a callback
+    URL (``status`` ``None`` until the batch is finished)."""
+    if batch.callback_url is None:
+        return None
+    pending = batch.webhook_status == "pending"
+    return {
+        "url": batch.callback_url,
+        "status": batch.webhook_status,
+        "attempts": batch.webhook_attempts,
+        "last_status_code": batch.webhook_last_code,
+        "last_error": batch.webhook_last_error,
+        "next_attempt_at": iso(batch.webhook_next_at) if pending else None,
+        "delivered_at": iso(batch.webhook_delivered_at),
+    }
+
+
+def batch_json(batch: Batch) -> dict[str, Any]:
+    """The public fields of ``batch`` (``GET /v1/batches/{id}``)."""
+    return {
+        "batch_id": batch.id,
+        "owner": batch.owner,
+        "total": batch.total,
+        "counts": dict(batch.counts),
+        "active": batch.active,
+        "progress": round(batch.progress, 4),
+        "finished": batch.finished_at is not None,
+        "created_at": iso(batch.created_at),
+        "started_at": iso(batch.started_at),
+        "last_completed_at": iso(batch.last_completed_at),
+        "finished_at": iso(batch.finished_at),
+        "webhook": batch_webhook_json(batch),
+        "links": {
+            "self": f"/v1/batches/{batch.id}",
+            "jobs": f"/v1/batches/{batch.id}/jobs",
+            "cancel": f"/v1/batches/{batch.id}/cancel",
+        },
+    }
+
+
+def batch_webhook_body(batch: Batch) -> dict[str, Any]:
+    """What a batch's completion webhook carries: the batch with its counts,
+    less the delivery bookkeeping (which changes per attempt)."""
+    body = batch_json(batch)
+    del body["webhook"]
+    return body

@@ -18,7 +18,7 @@ from core.redact import install_log_redaction
 # (the record factory is inherited by forked pool processes).
 install_log_redaction()
 
-app = Celery("slidefarm", include=["workers.tasks"])
+app = Celery("slidefarm", include=["workers.tasks", "workers.batches"])
 app.config_from_object("celeryconfig")
 
 

@@ -24,6 +24,7 @@ from storage.deliveries import WebhookDeliveries
 from storage.files import PARTIAL_DIR, remove_job_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager
 from storage.registry import WorkerRegistry
+from workers.batches import sweep_batches
 from workers.speech import prune_cache
 
 log = logging.getLogger("slidefarm.sweeper")
@@ -130,6 +131,9 @@ class Sweeper:
                 resend_after=self.settings.dispatch_timeout
             ):
                 self.send_webhook(job_id)
+        lease.check()
+        # Batches whose last job ended unsettled; their webhooks due.
+        sweep_batches(self.store, self.settings, webhooks=self.send_webhook is not None)
         now = time.monotonic()
         if force_orphan_scan or now - self._last_orphan_scan >= self.settings.orphan_scan_interval:
             self._last_orphan_scan = now

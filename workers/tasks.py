@@ -26,6 +26,7 @@ from core.config import get_settings
 from storage import DatabaseUnavailable, JobStore, StorageError
 from storage.db import dispose_engines
 from storage.registry import WorkerRegistry
+from workers.batches import settle_batch
 from workers.celery_app import app
 from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
@@ -135,6 +136,8 @@ def render_presentation(self: Task, job_id: str) -> str:
         dispatch(job.id, result.retry_in or 0.0)
     elif result.outcome is not Outcome.LOST and job.callback_url is not None:
         send_webhook(job.id)  # the final transition armed it
+    if job.batch_id is not None and result.outcome is not Outcome.RETRYING:
+        settle_batch(store, job.batch_id)  # the batch's last job: its webhook
     if result.outcome not in (Outcome.LOST, Outcome.COMPLETED):  # a completion counted itself
         _registry_call(
             WorkerRegistry(store).job_finished, worker, job.id, outcome=result.outcome.value

@@ -329,7 +329,23 @@ const slidefarm = (() => {
     setInterval(() => { document.getElementById("chart").src = `/overview/throughput.svg?t=${Date.now()}`; }, 15000);
   }
 
+  // -- a batch --------------------------------------------------------------
+  function batchPage(batchId, finished) {
+    const result = document.getElementById("action-result");
+    document.getElementById("cancel").addEventListener("click", async () => {
+      try {
+        const answer = await getJSON(`/v1/batches/${batchId}/cancel`, { method: "POST" });
+        result.textContent = `cancel: ${answer.cancelled} cancelled, ${answer.stopping} stopping, ${answer.unchanged} already ended`;
+        setTimeout(() => window.location.reload(), 1000);
+      } catch (error) {
+        result.textContent = `cancel refused: ${error.message}`;
+      }
+    });
+    // The page is drawn by the server; while the batch runs, it is drawn again.
+    if (!finished) setTimeout(() => window.location.reload(), 3000);
+  }
+
   for (const node of document.querySelectorAll("time[datetime]")) showTime(node);
 
-  return { jobsPage, jobPage, workersPage, overviewPage };
+  return { jobsPage, jobPage, workersPage, overviewPage, batchPage };
 })();

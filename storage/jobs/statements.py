@@ -64,6 +64,7 @@ CREATE_COLUMNS = (
     "dispatched_at",
     "priority",
     "run_at",
+    "batch_id",
 )
 
 #: The ``workers`` column that counts each way an attempt can end.

@@ -26,10 +26,11 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 CREATE_TRIES = 3
 
 
-def check_quota(conn: Connection, owner: str, max_active: int) -> None:
+def check_quota(conn: Connection, owner: str, max_active: int, incoming: int = 1) -> None:
     """:class:`QuotaExceeded` if ``owner`` has ``max_active`` jobs queued or
-    processing; until ``conn``'s transaction ends, no other submission of
-    ``owner`` can pass this check."""
+    processing, or fewer but not room for ``incoming`` more (a batch); until
+    ``conn``'s transaction ends, no other submission of ``owner`` can pass
+    this check."""
     if conn.dialect.name == POSTGRESQL:
         # One submitter per owner at a time between the count and the
         # insert (released at commit); other owners are not held up.
@@ -53,11 +54,41 @@ def check_quota(conn: Connection, owner: str, max_active: int) -> None:
             .subquery()
         )
     ).scalar_one()
+    if incoming > 1 and active < max_active and active + incoming > max_active:
+        raise QuotaExceeded(
+            f"the batch's {incoming} jobs would exceed the tenant's quota: it has {active} "
+            f"queued or processing of at most {max_active} (SLIDEFARM_MAX_ACTIVE_JOBS); "
+            "send fewer jobs at once or wait for some to finish"
+        )
     if active >= max_active:
         raise QuotaExceeded(
             f"the tenant already has {active} queued or processing jobs "
             f"(SLIDEFARM_MAX_ACTIVE_JOBS = {max_active}); wait for some to finish"
         )
+
+
+def insert_new_job(conn: Connection, values: dict[str, Any], asset_ids: Sequence[str] = ()) -> Job:
+    """In ``conn``'s transaction: the job of ``values`` (the columns of
+    :data:`~storage.jobs.statements.CREATE_COLUMNS`), its history row, and
+    its links to ``asset_ids`` (:class:`~storage.assets.AssetNotFound` if one
+    is not its owner's). A submission and each job of a batch go through here."""
+    job_id = values["id"]
+    status = Status(values["status"])
+    if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
+        row = (
+            conn.execute(
+                insert_job(POSTGRESQL), {**values, **event_params(None, status, "submitted")}
+            )
+            .mappings()
+            .one()
+        )
+        log_transition(job_id, None, status, 0, None, "submitted")
+    else:
+        row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
+        record_event(conn, job_id, None, status, 0, None, "submitted")
+    if asset_ids:
+        link_assets(conn, job_id, asset_ids)
+    return Job.from_row(row)
 
 
 class Submissions(Queries):
@@ -122,6 +153,7 @@ class Submissions(Queries):
             "dispatched_at": None if scheduled else now,
             "priority": priority,
             "run_at": run_at,
+            "batch_id": None,
         }
         if idempotency_key is not None:
             self._expire_idempotency_key(owner, idempotency_key, now)
@@ -150,27 +182,10 @@ class Submissions(Queries):
         self, values: dict[str, Any], max_active: int | None, asset_ids: Sequence[str] = ()
     ) -> Job:
         """One try of :meth:`create`: the row and its history, in one transaction."""
-        job_id, owner = values["id"], values["owner"]
-        status = Status(values["status"])
         with self.transaction() as conn:
             if max_active is not None:
-                check_quota(conn, owner, max_active)
-            if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
-                row = (
-                    conn.execute(
-                        insert_job(POSTGRESQL),
-                        {**values, **event_params(None, status, "submitted")},
-                    )
-                    .mappings()
-                    .one()
-                )
-                log_transition(job_id, None, status, 0, None, "submitted")
-            else:
-                row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
-                record_event(conn, job_id, None, status, 0, None, "submitted")
-            if asset_ids:
-                link_assets(conn, job_id, asset_ids)
-            return Job.from_row(row)
+                check_quota(conn, values["owner"], max_active)
+            return insert_new_job(conn, values, asset_ids)
 
     def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
         """Free ``key`` if the job holding it was submitted over 24 hours ago."""

@@ -113,6 +113,7 @@ class Job:
     webhook_last_code: int | None = None
     webhook_last_error: str | None = None
     webhook_delivered_at: datetime | None = None
+    batch_id: str | None = None
     files: tuple[JobFile, ...] = field(default=())
 
     @classmethod

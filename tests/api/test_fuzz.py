@@ -49,8 +49,17 @@ RESTORE_ASSETS: list[Callable[[], None]] = []
 
 def _real_assets(ctx: Any, case: Any, **kwargs: Any) -> None:
     body = case.body
-    if case.operation.label != "POST /v1/jobs" or not FUZZ_ASSETS or not isinstance(body, dict):
+    if not FUZZ_ASSETS or not isinstance(body, dict):
         return
+    if case.operation.label == "POST /v1/jobs":
+        _use_real_assets(body)
+    elif case.operation.label == "POST /v1/batches" and isinstance(body.get("jobs"), list):
+        for item in body["jobs"]:
+            if isinstance(item, dict):
+                _use_real_assets(item)
+
+
+def _use_real_assets(body: dict[str, Any]) -> None:
     from core.deck import is_asset_id
 
     for restore in RESTORE_ASSETS:

@@ -17,7 +17,7 @@ from tests.support.decks import small_deck
 
 #: The dashboard's HTML pages, its icon and its sign-in, not part of the JSON API.
 UNDOCUMENTED = re.compile(
-    r"^/(static/.*|jobs/.*|workers|overview.*|login|logout|favicon\.(svg|ico)|)$"
+    r"^/(static/.*|jobs/.*|batches(/.*)?|workers|overview.*|login|logout|favicon\.(svg|ico)|)$"
 )
 
 

@@ -323,7 +323,7 @@ def test_a_tenant_cancels_a_queued_job_and_sees_only_its_own(
     page.wait_for_selector(f'{row}[data-status="queued"]', timeout=10_000)
     assert page.locator("#jobs tr[data-job-id]").count() == 1
     assert "tenant" not in headers(page, "#jobs")
-    assert page.inner_text("nav").split() == ["Jobs"]  # no admin pages to open
+    assert page.inner_text("nav").split() == ["Jobs", "Batches"]  # no admin pages to open
     assert cell(page, row, "#jobs", "stage") == "queued"
 
     page.click(f"{row} a")
@@ -344,5 +344,39 @@ def test_a_tenant_cancels_a_queued_job_and_sees_only_its_own(
     page.go_back()
     page.wait_for_selector(f'{row}[data-status="cancelled"]', timeout=10_000)
     assert cell(page, row, "#jobs", "stage") == "cancelled while queued"
+    context.close()
+    assert problems.found == []
+
+
+def test_a_tenant_follows_and_cancels_a_batch(fault_stack: Stack, browser: Any) -> None:
+    stack = fault_stack
+    stack.start_api()  # no worker: the batch's jobs stay queued
+    token = AccessStore(JobStore.from_url(stack.env["DATABASE_URL"])).create_key("acme").token
+    decks = [{**small_deck(slides=1), "title": f"deck {n}"} for n in range(3)]
+    _, batch = stack.request("POST", "/v1/batches", {"jobs": decks}, headers=bearer(token))
+    batch_id = batch["batch_id"]
+    context, problems = new_context(browser)
+    page = context.new_page()
+    sign_in(page, stack, "/batches", token=token)
+    assert page.inner_text("nav").split() == ["Jobs", "Batches"]
+    assert check_times(page, "#batches") == 1
+    page.click(f'#batches tr[data-batch-id="{batch_id}"] a')
+    page.wait_for_selector("#jobs tr[data-job-id]")
+    assert page.locator("#jobs tr[data-job-id]").count() == 3
+    assert page.inner_text('[data-status="queued"]') == "3"
+    page.click("#cancel")
+    page.wait_for_function(
+        "document.getElementById('action-result').textContent.includes('3 cancelled')",
+        timeout=10_000,
+    )
+    # The page is drawn again: every job cancelled, the batch finished.
+    page.wait_for_function(
+        "document.querySelector('[data-status=\"cancelled\"]').textContent === '3'",
+        timeout=10_000,
+    )
+    assert page.inner_text("#finished") != "not yet"
+    page.click(f'#jobs tr[data-job-id="{batch["job_ids"][0]}"] a')
+    page.wait_for_selector("#batch a")
+    assert page.get_attribute("#batch a", "href") == f"/batches/{batch_id}"
     context.close()
     assert problems.found == []
