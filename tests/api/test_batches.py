@@ -4,12 +4,14 @@ refused, one Idempotency-Key, tenant walls, cursor pages and cancel."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from core.config import Settings
-from storage import Status
+from storage import JobStore, Status, utcnow
+from storage.access import AccessStore
 from tests.support.clients import Tenant, assert_error, locked
 from tests.support.decks import small_deck
 from tests.support.services import queued_messages
@@ -195,3 +197,29 @@ def test_the_dashboard_lists_batches_and_links_jobs_both_ways(alice: Tenant, bob
     assert f'href="/batches/{batch_id}"' in job_page
     assert_error(bob.client.get(f"/batches/{batch_id}"), 404, "batch_not_found")
     assert batch_id not in bob.client.get("/batches").get_data(as_text=True)
+
+
+def test_items_ask_for_priority_and_run_at_under_the_tenants_rules(
+    alice: Tenant, store: JobStore
+) -> None:
+    later = (utcnow() + timedelta(hours=1)).isoformat()
+    items = [
+        {**_deck(0), "priority": 7},
+        {**_deck(1), "run_at": later},
+        {**_deck(2), "priority": 11},  # above SLIDEFARM_MAX_PRIORITY (10)
+        {**_deck(3), "run_at": (utcnow() + timedelta(days=400)).isoformat()},
+    ]
+    response = alice.client.post("/v1/batches", json={"jobs": items})
+    fields = {(d["field"], d["type"]) for d in assert_error(response, 422)["details"]}
+    assert fields == {
+        ("jobs.2.priority", "priority_not_allowed"),
+        ("jobs.3.run_at", "too_far_ahead"),
+    }
+    response = alice.client.post("/v1/batches", json={"jobs": items[:2]})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    first, second = (store.get(i) for i in response.get_json()["job_ids"])
+    assert first.priority == 7 and first.status is Status.QUEUED
+    assert second.status is Status.SCHEDULED and second.run_at is not None
+    AccessStore(store).set_limits("alice", max_priority=20)
+    response = alice.client.post("/v1/batches", json={"jobs": [items[2]]})
+    assert response.status_code == 202
