@@ -186,5 +186,5 @@ def submit_deck(
             ]
         ) from gone
     if created:
-        dispatcher.send_render(job.id)
+        dispatcher.wake_for(job)
     return job, created
