@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (
     Boolean,
     Float,
@@ -27,7 +28,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    func,
     insert,
     literal,
     or_,
@@ -343,7 +343,7 @@ def queued_heads(dialect: str) -> Any:
             jobs_table.c.priority,
             jobs_table.c.queued_at,
             jobs_table.c.cancel_requested,
-            func.row_number()
+            sa.func.row_number()
             .over(
                 partition_by=jobs_table.c.owner,
                 order_by=(jobs_table.c.priority.desc(), jobs_table.c.queued_at, jobs_table.c.id),
@@ -358,7 +358,7 @@ def queued_heads(dialect: str) -> Any:
     )
     others = jobs_table.alias("r")
     running = (
-        select(func.count())
+        select(sa.func.count())
         .where(others.c.owner == queued.c.owner, others.c.status == Status.PROCESSING.value)
         .scalar_subquery()
     )
@@ -400,9 +400,9 @@ def lock_tenant_claims() -> Any:
     lock: nothing outlives the transaction, so it is safe behind PgBouncer's
     transaction pooling)."""
     return select(
-        func.pg_advisory_xact_lock(
+        sa.func.pg_advisory_xact_lock(
             literal(CLAIM_LOCK_KEY, Integer()),
-            func.hashtext(bindparam("n_owner", type_=String())),
+            sa.func.hashtext(bindparam("n_owner", type_=String())),
         )
     )
 
@@ -410,7 +410,7 @@ def lock_tenant_claims() -> Any:
 @cache
 def count_running() -> Any:
     """How many of tenant ``n_owner``'s jobs are processing."""
-    return select(func.count()).where(
+    return select(sa.func.count()).where(
         jobs_table.c.owner == bindparam("n_owner", type_=String()),
         jobs_table.c.status == Status.PROCESSING.value,
     )
