@@ -219,3 +219,44 @@ def test_many_claimers_at_once_get_distinct_jobs_within_caps(pg_url: str) -> Non
     processing = store.list_jobs(status=Status.PROCESSING, limit=500).jobs
     assert len(processing) == 43
     assert all(store.get(i).attempts == 1 for i in ids)
+
+
+def test_a_cap_holds_while_many_claimers_claim_and_finish(pg_url: str) -> None:
+    truncate_tables(pg_url)
+    store = JobStore.from_url(pg_url)
+    _tenant(store, "capped", max_running=2)
+    jobs = set(_queue(store, "capped", 40))
+    threads = 16
+    barrier = threading.Barrier(threads)
+    seen: list[int] = []
+    done: list[str] = []
+    errors: list[BaseException] = []
+
+    def running() -> int:
+        return len(
+            [j for j in store.list_jobs(status=Status.PROCESSING, limit=500).jobs if j.id in jobs]
+        )
+
+    def claimer() -> None:
+        try:
+            barrier.wait()
+            while len(done) < len(jobs):
+                job = store.claim_next("w@h")
+                if job is None:
+                    continue
+                seen.append(running())
+                assert store.complete(
+                    job.id, job.attempts, video_url="v", thumbnail_url="t", slide_image_path="s"
+                )
+                done.append(job.id)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    workers = [threading.Thread(target=claimer) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    assert errors == []
+    assert sorted(done) == sorted(jobs)
+    assert max(seen) <= 2 and len(seen) == 40
