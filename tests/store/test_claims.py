@@ -6,16 +6,20 @@ scheduled jobs; and on PostgreSQL, many claimers at once."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, update
 
+from core.config import Settings
 from storage import JobStore, Status
 from storage.jobs.values import utcnow
 from storage.models import jobs_table, tenants_table
 from tests.support.decks import small_deck
 from tests.support.services import truncate_tables
+from workers.sweeper import MAX_WAKES, Sweeper
 
 
 def _tenant(store: JobStore, name: str, *, weight: float = 1.0, max_running: Any = None) -> None:
@@ -260,3 +264,36 @@ def test_a_cap_holds_while_many_claimers_claim_and_finish(pg_url: str) -> None:
     assert errors == []
     assert sorted(done) == sorted(jobs)
     assert max(seen) <= 2 and len(seen) == 40
+
+
+def test_the_sweeper_queues_due_schedules_and_wakes_a_bounded_number(
+    store: JobStore, tmp_path: Path
+) -> None:
+    settings = Settings(
+        DATABASE_URL=str(store.engine.url.render_as_string(hide_password=False)),
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+        SLIDEFARM_DISPATCH_TIMEOUT="60",
+    )
+    wakes: list[int] = []
+    sweeper = Sweeper(store, settings, "a@host1", wakes.append)
+    waiting = _queue(store, "big", 200)  # woken for at submission, a while ago
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id.in_(waiting))
+            .values(dispatched_at=utcnow() - timedelta(seconds=120))
+        )
+    (soon,) = _queue(store, run_at=utcnow() + timedelta(seconds=0.5))
+    (later,) = _queue(store, run_at=utcnow() + timedelta(hours=1))
+    assert sweeper.sweep_once()
+    assert wakes == [MAX_WAKES]  # 200 jobs waiting: a bounded number of wake-ups
+    assert store.get(soon).status is Status.SCHEDULED
+    time.sleep(0.6)
+    wakes.clear()
+    assert sweeper.sweep_once()
+    assert wakes == [1]  # the job that came due, nothing else
+    assert store.get(soon).status is Status.QUEUED
+    assert store.get(later).status is Status.SCHEDULED
+    wakes.clear()
+    assert sweeper.sweep_once()
+    assert wakes == []
