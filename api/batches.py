@@ -191,9 +191,9 @@ def wake_workers(dispatcher: Dispatcher, jobs: list[Job]) -> None:
     """After the commit, wake workers for the batch's queued jobs (scheduled
     ones wait for the sweeper; a failed send loses nothing: the sweeper sends
     again). The API and the CLI both wake through here."""
-    queued = [job.id for job in jobs if job.status is Status.QUEUED]
-    for job_id in queued:  # one wake-up for them all: dispatcher.wake(len(queued))
-        dispatcher.send_render(job_id)
+    # One wake-up per queued job, as for single submissions: as many workers
+    # as there are jobs may start at once.
+    dispatcher.wake(sum(1 for job in jobs if job.status is Status.QUEUED))
 
 
 @bp.post("")

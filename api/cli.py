@@ -411,7 +411,7 @@ def jobs_cancel(ctx: Context, job_id: str, as_json: bool) -> None:
 def jobs_retry(ctx: Context, job_id: str, as_json: bool) -> None:
     """Queue a failed or cancelled job again."""
     job = ctx.store.retry(job_id, max_attempts=ctx.settings.max_attempts)
-    ctx.dispatcher.send_render(job.id)
+    ctx.dispatcher.wake()
     emit(job_json(job)) if as_json else click.echo(f"{job.id}: {job.status.value}")
 
 

@@ -1,4 +1,4 @@
-"""Sending render tasks by name, so the API never imports the renderer."""
+"""Waking the workers by the render task's name, so the API never imports the renderer."""
 
 from __future__ import annotations
 
@@ -9,36 +9,39 @@ from celery import Celery
 import celeryconfig
 from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
 from core.config import Settings
+from storage import Job, Status
 
 log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    """Puts render tasks on the broker; the job row must be committed first."""
+    """Puts wake-ups (and webhook tasks) on the broker; the job row must be committed first."""
 
     def __init__(self, settings: Settings) -> None:
         self.celery = Celery("slidefarm-api", set_as_current=False)
         self.celery.conf.update(celeryconfig.from_settings(settings))
 
-    def send_render(self, job_id: str) -> bool:
-        """Send the render task of ``job_id``; ``False`` if the broker is down.
+    def wake(self, count: int = 1) -> bool:
+        """Send ``count`` wake-ups to the workers; ``False`` if the broker is down.
 
-        A failed send loses nothing: the job stays queued in the store and is
-        sent again by the sweeper after ``SLIDEFARM_DISPATCH_TIMEOUT``.
+        A wake-up names no job: the worker that takes it claims whatever the
+        job store says runs next. A failed send loses nothing: the job stays
+        queued in the store and the sweeper wakes a worker for it after
+        ``SLIDEFARM_DISPATCH_TIMEOUT``.
         """
         try:
-            self.celery.send_task(
-                RENDER_TASK,
-                args=[job_id],
-                retry=True,
-                retry_policy=SEND_RETRY_POLICY,
-            )
+            for _ in range(count):
+                self.celery.send_task(RENDER_TASK, retry=True, retry_policy=SEND_RETRY_POLICY)
         except Exception:
-            log.warning(
-                "job %s: broker unavailable, left queued for re-dispatch", job_id, exc_info=True
-            )
+            log.warning("broker unavailable; queued jobs left to the sweeper", exc_info=True)
             return False
         return True
+
+    def wake_for(self, job: Job) -> bool:
+        """A wake-up for ``job`` just committed if it may run now; none for a
+        ``scheduled`` job (the sweeper queues it and wakes a worker when its
+        ``run_at`` comes)."""
+        return self.wake() if job.status is Status.QUEUED else True
 
     def send_webhook(self, job_id: str) -> bool:
         """Send the webhook delivery task of ``job_id`` (final, with a

@@ -372,7 +372,7 @@ def retry(job_id: str) -> Response:
         owner=owner_scope(),
         max_active=svc.settings.active_job_cap,
     )
-    svc.dispatcher.send_render(job.id)
+    svc.dispatcher.wake()
     return _accepted(job)
 
 

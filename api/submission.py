@@ -11,7 +11,7 @@ from api.dispatch import Dispatcher
 from api.voices import voice_problem
 from core.deck import MAX_SLIDES, Deck, is_asset_id
 from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS, IMAGE_KINDS
-from storage import Job, JobStore, Status, StorageError
+from storage import Job, JobStore, StorageError
 from storage.access import AccessStore
 from storage.assets import Asset, AssetNotFound, AssetStore
 from storage.jobs import utcnow
@@ -257,6 +257,6 @@ def submit_deck(
                 }
             ]
         ) from gone
-    if created and job.status is not Status.SCHEDULED:
-        dispatcher.send_render(job.id)
+    if created:
+        dispatcher.wake_for(job)
     return job, created

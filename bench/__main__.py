@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench import cases
+from bench.claim import claim
 from bench.harness import Environment, Result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ ALL = [
     "scale",
     "worker_memory",
     "seed_reads",
+    "claim",
 ]
 
 
@@ -64,7 +66,8 @@ def main() -> int:
         print(f"slidefarm benchmarks on {env.describe()}")
         for name in args.names:
             print(f"\n== {name}", flush=True)
-            result = getattr(cases, name)(env, args)
+            run = claim if name == "claim" else getattr(cases, name)
+            result = run(env, args)
             results.append(result)
             print(result.line(), flush=True)
     args.output.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")

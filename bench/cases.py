@@ -161,8 +161,8 @@ def dispatch(env: Environment, args: argparse.Namespace, count: int = 600) -> Re
 
             ids = [store.create(deck(1), title="noop")[0].id for _ in range(count)]
             started = time.perf_counter()
-            for job_id in ids:
-                app.send_task("slidefarm.render_presentation", args=[job_id])
+            for _ in ids:  # one wake-up per job, as the API sends them
+                app.send_task("slidefarm.render_presentation")
             engine = store.engine
             with engine.connect() as conn:
                 while conn.execute(
@@ -365,8 +365,8 @@ def worker_memory(
 
         def run(count: int) -> None:
             ids = [store.create(tiny, title="tiny")[0].id for _ in range(count)]
-            for job_id in ids:
-                app.send_task("slidefarm.render_presentation", args=[job_id])
+            for _ in ids:  # one wake-up per job, as the API sends them
+                app.send_task("slidefarm.render_presentation")
             _wait_completed(store, ids, timeout=900)
 
         run(early)

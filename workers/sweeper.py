@@ -1,5 +1,6 @@
-"""The sweeper: recovery, re-dispatch, webhooks due, retention (of jobs and of
-assets) and orphan clean-up.
+"""The sweeper: recovery, scheduled jobs coming due, wake-ups for queued jobs
+nobody may be awake for, webhooks due, retention (of jobs and of assets) and
+orphan clean-up.
 
 It runs as a thread in every worker's main process, but only the holder of
 the ``sweeper`` lease (a database row) sweeps, so there is exactly one at a
@@ -33,6 +34,14 @@ LEASE_NAME = "sweeper"
 #: An upload's scratch file untouched this long is left over from a crash
 #: (a live upload writes to it as its bytes arrive).
 INCOMING_GRACE = 3600.0
+#: Most wake-ups one sweep sends for jobs found waiting past the dispatch
+#: timeout (a lost message, or a retry come due): each wakes a worker that
+#: then claims until nothing may run, so a few go a long way, and thousands
+#: of jobs waiting behind a tenant's cap cost a few cheap claims, not one
+#: message each. Jobs that just became runnable (requeued, or scheduled and
+#: come due) get one wake-up each, as a submission does, so a farm of any
+#: size starts on them at once.
+MAX_WAKES = 16
 
 
 class Sweeper:
@@ -43,13 +52,14 @@ class Sweeper:
         store: JobStore,
         settings: Settings,
         worker_name: str,
-        dispatch: Callable[[str, float], None],
+        wake: Callable[[int], object],
         send_webhook: Callable[[str], None] | None = None,
     ) -> None:
+        """``wake(n)`` sends ``n`` wake-ups to the workers."""
         self.store = store
         self.settings = settings
         self.name = worker_name
-        self.dispatch = dispatch
+        self.wake = wake
         self.send_webhook = send_webhook
         self.leases = LeaseManager(store)
         self.registry = WorkerRegistry(store)
@@ -104,6 +114,7 @@ class Sweeper:
 
     def _sweep(self, lease: KeptLease, force_orphan_scan: bool) -> None:
         lease.check()
+        requeued = 0
         for recovery in self.store.recover_stale(self.settings.stale_after):
             log.warning(
                 "sweeper: job %s %s (%s stopped heartbeating)",
@@ -112,17 +123,26 @@ class Sweeper:
                 recovery.worker,
             )
             if recovery.action is Status.QUEUED:
-                self.dispatch(recovery.job_id, 0.0)
+                requeued += 1
             else:
                 remove_job_files(self.settings.output_dir, recovery.job_id)
+        if requeued:
+            self.wake(requeued)
         lease.check()
-        for job_id in self.store.due_for_dispatch(self.settings.dispatch_timeout):
+        promoted = self.store.promote_due()
+        if promoted:
+            log.info("sweeper: %d scheduled job(s) came due; queued", len(promoted))
+            self.wake(len(promoted))
+        lease.check()
+        waiting = self.store.due_for_dispatch(self.settings.dispatch_timeout)
+        if waiting:
             log.warning(
-                "sweeper: job %s still queued after %.1fs; sent again",
-                job_id,
-                self.settings.dispatch_timeout,
+                "sweeper: %d queued job(s) due with no wake-up for them (lost, not sent, "
+                "or a retry come due); waking %d worker(s)",
+                len(waiting),
+                min(len(waiting), MAX_WAKES),
             )
-            self.dispatch(job_id, 0.0)
+            self.wake(min(len(waiting), MAX_WAKES))
         lease.check()
         if self.send_webhook is not None:
             # Webhooks of jobs finalized by the API or by recovery, retries

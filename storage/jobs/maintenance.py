@@ -1,5 +1,6 @@
 """The sweeper's queries and retention: recovering jobs whose worker died,
-re-sending lost tasks, and deleting old finished jobs."""
+queueing scheduled jobs that came due, finding queued jobs nobody may be
+awake for, and deleting old finished jobs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, or_, select, update
 
 from storage.counters import retire
+from storage.jobs.history import event_params, log_transition, record_event
 from storage.jobs.locks import lock_rows
+from storage.jobs.statements import POSTGRESQL, promote_scheduled
 from storage.jobs.transitions import Transitions
 from storage.jobs.values import Recovery, utcnow
 from storage.models import FINAL_STATUSES, Stage, Status, jobs_table
@@ -109,17 +112,51 @@ class Maintenance(Transitions):
                 done.append(Recovery(job.id, action, job.worker))
         return done
 
+    def promote_due(self, *, now: datetime | None = None, limit: int = 500) -> list[str]:
+        """``scheduled -> queued`` for up to ``limit`` jobs whose ``run_at``
+        has come (``queued_at`` and ``dispatched_at`` now, reason ``run_at
+        reached``): one conditional write with their history rows. Returns
+        their ids; the caller wakes workers for them."""
+        now = now or utcnow()
+        reason = "run_at reached"
+        params = {"p_now": now, "p_limit": limit}
+        statement = promote_scheduled(self.db.dialect)
+        if self.db.dialect == POSTGRESQL:
+            with self.transaction(single=True) as conn:
+                rows = conn.execute(
+                    statement, {**params, **event_params(Status.SCHEDULED, Status.QUEUED, reason)}
+                ).all()
+            for row in rows:
+                log_transition(row.id, Status.SCHEDULED, Status.QUEUED, row.attempts, None, reason)
+        else:
+            with self.transaction() as conn:
+                rows = conn.execute(statement, params).all()
+                for row in rows:
+                    record_event(
+                        conn, row.id, Status.SCHEDULED, Status.QUEUED, row.attempts, None, reason
+                    )
+        for row in rows:
+            self._changed(row.id)
+        return [row.id for row in rows]
+
     def due_for_dispatch(
         self, dispatch_timeout: float, *, now: datetime | None = None, limit: int = 500
     ) -> list[str]:
-        """Queued jobs last sent over ``dispatch_timeout`` s ago (the broker
-        lost them or was down), marked as sent again now."""
+        """Queued jobs that may run now and nobody may be awake for, marked as
+        sent again now: last woken for over ``dispatch_timeout`` s ago (the
+        broker lost the wake-up or was down, or they wait behind others), or
+        a retry that came due since its last wake-up."""
         now = now or utcnow()
         cutoff = now - timedelta(seconds=dispatch_timeout)
+        sent = jobs_table.c.dispatched_at
         due = and_(
             jobs_table.c.status == Status.QUEUED.value,
-            or_(jobs_table.c.dispatched_at.is_(None), jobs_table.c.dispatched_at < cutoff),
             or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+            or_(
+                sent.is_(None),
+                sent < cutoff,
+                and_(jobs_table.c.not_before.is_not(None), sent <= jobs_table.c.not_before),
+            ),
         )
         with self.transaction() as conn:
             ids = [

@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (
+    Boolean,
     Float,
+    Integer,
     String,
     Text,
     and_,
@@ -29,6 +32,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 
@@ -40,6 +44,7 @@ from storage.models import (
     events_table,
     files_table,
     jobs_table,
+    tenants_table,
     workers_table,
 )
 
@@ -225,6 +230,16 @@ def _claimed_by_worker() -> dict[str, Any]:
     return worker_started(bindparam("q_id"), bindparam("q_now", type_=UTCDateTime()))
 
 
+def claimable(now: Any) -> list[Any]:
+    """The WHERE terms of a job a worker may claim at ``now``: queued, its
+    retry due, no cancel asked for (a ``scheduled`` job never is)."""
+    return [
+        jobs_table.c.status == Status.QUEUED.value,
+        or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+        jobs_table.c.cancel_requested.is_(False),
+    ]
+
+
 @cache
 def claim_job(dialect: str) -> Any:
     """``queued -> processing`` of job ``q_id`` for worker ``q_worker`` at
@@ -234,12 +249,7 @@ def claim_job(dialect: str) -> Any:
     now = bindparam("q_now", type_=UTCDateTime())
     stmt = (
         update(jobs_table)
-        .where(
-            jobs_table.c.id == bindparam("q_id"),
-            jobs_table.c.status == Status.QUEUED.value,
-            or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
-            jobs_table.c.cancel_requested.is_(False),
-        )
+        .where(jobs_table.c.id == bindparam("q_id"), *claimable(now))
         .values(
             status=Status.PROCESSING.value,
             stage=Stage.RENDERING_SLIDES.value,
@@ -262,6 +272,175 @@ def claim_job(dialect: str) -> Any:
         .returning(*jobs_table.c)
     )
     return with_history(stmt, _claimed_by_worker()) if dialect == POSTGRESQL else stmt
+
+
+# -- what runs next (storage/jobs/claims.py) ---------------------------------------
+
+#: The first key of the transaction-level advisory locks that serialize the
+#: claims of one tenant while a ``max_running`` cap applies to it (the
+#: second is ``hashtext(owner)``).
+CLAIM_LOCK_KEY = 0x51DE
+
+# PostgreSQL: a loose index scan of ix_jobs_queued_owner_priority. The
+# recursive part hops from one owner with queued jobs to the next (one index
+# descent each), and for each the lateral part reads its head in claim order
+# (priority DESC, queued_at, id): O(tenants x log n), whatever the number of
+# queued or finished rows. Nothing is locked.
+_QUEUED_HEADS_PG = """
+WITH RECURSIVE owners(owner) AS (
+    (SELECT owner FROM jobs WHERE status = 'queued' ORDER BY owner LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.owner FROM jobs AS j
+            WHERE j.status = 'queued' AND j.owner > o.owner
+            ORDER BY j.owner LIMIT 1)
+    FROM owners AS o WHERE o.owner IS NOT NULL
+)
+SELECT h.id, h.owner, h.priority, h.queued_at, h.cancel_requested,
+       (SELECT count(*) FROM jobs AS r
+        WHERE r.owner = h.owner AND r.status = 'processing') AS running,
+       t.weight, t.max_running
+FROM owners AS o
+CROSS JOIN LATERAL (
+    SELECT j.id, j.owner, j.priority, j.queued_at, j.cancel_requested
+    FROM jobs AS j
+    WHERE j.status = 'queued' AND j.owner = o.owner
+      AND (j.not_before IS NULL OR j.not_before <= :n_now)
+    ORDER BY j.priority DESC, j.queued_at, j.id
+    LIMIT 1
+) AS h
+LEFT JOIN tenants AS t ON t.name = h.owner
+WHERE o.owner IS NOT NULL
+"""
+
+
+@cache
+def queued_heads(dialect: str) -> Any:
+    """Each tenant's head at ``n_now``: its first queued job in claim order
+    (priority DESC, queued_at, id) whose retry is due, with the tenant's
+    jobs processing (``running``), its ``weight`` and ``max_running`` (both
+    NULL without a tenants row). A head may carry a cancel flag (the caller
+    ends it cancelled). Locks nothing."""
+    if dialect == POSTGRESQL:
+        return (
+            text(_QUEUED_HEADS_PG)
+            .bindparams(bindparam("n_now", type_=UTCDateTime()))
+            .columns(
+                id=String(),
+                owner=String(),
+                priority=Integer(),
+                queued_at=UTCDateTime(),
+                cancel_requested=Boolean(),
+                running=Integer(),
+                weight=Float(),
+                max_running=Integer(),
+            )
+        )
+    # SQLite (one writer, small queues): a window over the queued rows.
+    now = bindparam("n_now", type_=UTCDateTime())
+    queued = (
+        select(
+            jobs_table.c.id,
+            jobs_table.c.owner,
+            jobs_table.c.priority,
+            jobs_table.c.queued_at,
+            jobs_table.c.cancel_requested,
+            sa.func.row_number()
+            .over(
+                partition_by=jobs_table.c.owner,
+                order_by=(jobs_table.c.priority.desc(), jobs_table.c.queued_at, jobs_table.c.id),
+            )
+            .label("place"),
+        )
+        .where(
+            jobs_table.c.status == Status.QUEUED.value,
+            or_(jobs_table.c.not_before.is_(None), jobs_table.c.not_before <= now),
+        )
+        .subquery("queued")
+    )
+    others = jobs_table.alias("r")
+    running = (
+        select(sa.func.count())
+        .where(others.c.owner == queued.c.owner, others.c.status == Status.PROCESSING.value)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            queued.c.id,
+            queued.c.owner,
+            queued.c.priority,
+            queued.c.queued_at,
+            queued.c.cancel_requested,
+            running.label("running"),
+            tenants_table.c.weight,
+            tenants_table.c.max_running,
+        )
+        .select_from(queued.outerjoin(tenants_table, tenants_table.c.name == queued.c.owner))
+        .where(queued.c.place == 1)
+    )
+
+
+@cache
+def next_in_line() -> Any:
+    """The id of tenant ``n_owner``'s first claimable job at ``n_now`` in claim
+    order, locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: a job another
+    claim holds is passed over, and only the row returned is locked."""
+    now = bindparam("n_now", type_=UTCDateTime())
+    return (
+        select(jobs_table.c.id)
+        .where(jobs_table.c.owner == bindparam("n_owner", type_=String()), *claimable(now))
+        .order_by(jobs_table.c.priority.desc(), jobs_table.c.queued_at, jobs_table.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
+@cache
+def lock_tenant_claims() -> Any:
+    """PostgreSQL: wait for, then hold until the transaction ends, the lock
+    on claims of tenant ``n_owner``'s jobs (a transaction-level advisory
+    lock: nothing outlives the transaction, so it is safe behind PgBouncer's
+    transaction pooling)."""
+    return select(
+        sa.func.pg_advisory_xact_lock(
+            literal(CLAIM_LOCK_KEY, Integer()),
+            sa.func.hashtext(bindparam("n_owner", type_=String())),
+        )
+    )
+
+
+@cache
+def count_running() -> Any:
+    """How many of tenant ``n_owner``'s jobs are processing."""
+    return select(sa.func.count()).where(
+        jobs_table.c.owner == bindparam("n_owner", type_=String()),
+        jobs_table.c.status == Status.PROCESSING.value,
+    )
+
+
+@cache
+def promote_scheduled(dialect: str) -> Any:
+    """``scheduled -> queued`` of up to ``p_limit`` jobs whose ``run_at`` is
+    at or before ``p_now`` (the earliest first), queued and sent at
+    ``p_now``; RETURNING each (with its history row on PostgreSQL). A job
+    cancelled or deleted meanwhile is not scheduled any more, so it stays
+    as it is."""
+    now = bindparam("p_now", type_=UTCDateTime())
+    due = [jobs_table.c.status == Status.SCHEDULED.value, jobs_table.c.run_at <= now]
+    picked = (
+        select(jobs_table.c.id)
+        .where(*due)
+        .order_by(jobs_table.c.run_at)
+        .limit(bindparam("p_limit", type_=Integer()))
+    )
+    if dialect == POSTGRESQL:
+        picked = picked.with_for_update(skip_locked=True)
+    stmt = (
+        update(jobs_table)
+        .where(jobs_table.c.id.in_(picked), *due)
+        .values(status=Status.QUEUED.value, queued_at=now, dispatched_at=now)
+        .returning(jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker)
+    )
+    return with_history(stmt) if dialect == POSTGRESQL else stmt
 
 
 @cache

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from core.config import Settings
 from storage.db import Database
+from storage.jobs.claims import Claims
 from storage.jobs.maintenance import Maintenance
 from storage.jobs.requests import Requests
 from storage.jobs.submissions import Submissions
 
 
-class JobStore(Submissions, Requests, Maintenance):
+class JobStore(Submissions, Requests, Claims, Maintenance):
     """Every read and write of jobs: reads (:mod:`storage.jobs.queries`),
     submissions (:mod:`storage.jobs.submissions`), users' requests
-    (:mod:`storage.jobs.requests`), a worker's transitions
+    (:mod:`storage.jobs.requests`), the choice of what runs next
+    (:mod:`storage.jobs.claims`), a worker's transitions
     (:mod:`storage.jobs.transitions`) and housekeeping
     (:mod:`storage.jobs.maintenance`)."""
 

@@ -3,6 +3,7 @@ listing and file serving, on SQLite and PostgreSQL with a real broker."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ from tests.support.jobs import finish_with_files
 from tests.support.services import queued_messages
 
 
-def test_submit_commits_the_job_then_sends_its_task(
+def test_submit_commits_the_job_then_wakes_a_worker(
     client: FlaskClient, settings: Settings
 ) -> None:
     response = client.post("/v1/jobs", json=sample_deck())
@@ -34,6 +35,8 @@ def test_submit_commits_the_job_then_sends_its_task(
     assert queued_messages(settings) == 1
     message = json.loads(next((settings.broker_dir / "queue").glob("*.msg")).read_text())
     assert message["headers"]["task"] == "slidefarm.render_presentation"
+    # A wake-up: it names no job, the worker asks the store what runs next.
+    assert json.loads(base64.b64decode(message["body"]))[:2] == [[], {}]
     assert message["content-type"] == "application/json"
     fetched = client.get(job["Location"] if "Location" in job else f"/v1/jobs/{job['job_id']}")
     assert fetched.status_code == 200 and fetched.get_json() == job

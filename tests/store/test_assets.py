@@ -219,9 +219,7 @@ def test_the_sweepers_retention_pass_deletes_unused_assets_only(
     assets.link(job.id, [used.id])
     _age(store, used.id, 45)
     _age(store, unused.id, 45)
-    assert Sweeper(store, settings, "a@host1", lambda _j, _c: None).sweep_once(
-        force_orphan_scan=True
-    )
+    assert Sweeper(store, settings, "a@host1", lambda _n: None).sweep_once(force_orphan_scan=True)
     assert assets.get(used.id).id == used.id and assets.path(used).exists()
     with pytest.raises(AssetNotFound):
         assets.get(unused.id)
@@ -239,7 +237,7 @@ def test_the_orphan_scan_removes_uploads_left_by_a_crash_only(
     live.write_bytes(b"arriving")
     hours_ago = time.time() - 2 * 3600
     os.utime(left, (hours_ago, hours_ago))
-    Sweeper(store, settings, "a@host1", lambda _j, _c: None).remove_orphans()
+    Sweeper(store, settings, "a@host1", lambda _n: None).remove_orphans()
     assert not left.exists() and live.exists()
 
 

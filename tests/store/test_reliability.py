@@ -815,12 +815,12 @@ def test_a_sweep_slower_than_its_lease_never_runs_beside_another(
         )
     sweeping = threading.Event()
 
-    def slow_dispatch(_job_id: str, _countdown: float) -> None:
+    def slow_wake(_count: int) -> None:
         sweeping.set()
         time.sleep(3.0)  # three times the lease
 
-    first = Sweeper(store, settings, "a@host1", slow_dispatch)
-    second = Sweeper(second_store, settings, "b@host2", lambda _j, _c: None)
+    first = Sweeper(store, settings, "a@host1", slow_wake)
+    second = Sweeper(second_store, settings, "b@host2", lambda _n: None)
     swept = in_thread(lambda: first.sweep_once())
     assert sweeping.wait(30)
     overlaps = []

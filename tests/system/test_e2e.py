@@ -141,10 +141,9 @@ def test_two_workers_share_jobs_and_duplicates_do_nothing(
     stack.start_worker("w2", concurrency=1)
     deck = small_deck(slides=2, duration=0.5, transition="fade")
     ids = [stack.request("POST", "/v1/jobs", deck)[1]["job_id"] for _ in range(6)]
-    # Every message delivered twice: the claim makes the second one a no-op.
+    # Twice as many wake-ups as jobs: the claim makes the extra ones no-ops.
     dispatcher = Dispatcher(Settings(DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url))
-    for job_id in ids:
-        assert dispatcher.send_render(job_id)
+    assert dispatcher.wake(len(ids))
     jobs = [stack.wait_final(job_id) for job_id in ids]
     assert all(j["status"] == "completed" and j["attempts"] == 1 for j in jobs), jobs
     assert {j["worker"].split("@")[0] for j in jobs} <= {"w1", "w2"}

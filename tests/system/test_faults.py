@@ -203,9 +203,8 @@ def test_same_task_delivered_twice_at_once(fault_stack: Stack, pg_url: str, redi
     stack = fault_stack
     stack.start_api()
     _, job = stack.request("POST", "/v1/jobs", small_deck(slides=2, duration=1.0))
-    Dispatcher(Settings(DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url)).send_render(
-        job["job_id"]
-    )
+    # A second wake-up for the one job: the claim makes it a no-op.
+    assert Dispatcher(Settings(DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url)).wake()
     a = stack.start_worker("a@host1", concurrency=1)
     b = stack.start_worker("b@host2", concurrency=1)
     done = stack.wait_final(job["job_id"])

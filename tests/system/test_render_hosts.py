@@ -126,7 +126,7 @@ def test_a_render_host_logs_its_transitions_and_a_deletion_plainly(farm: Farm) -
     # A stored deck the renderer refuses (the API would have refused it at
     # submission), carrying a key: the failure line must not show it.
     bad, _ = farm.store.create({"title": "bad", "slides": SECRET}, title="bad")
-    farm.svc.dispatcher.send_render(bad.id)
+    farm.svc.dispatcher.wake()
     assert farm.wait(done, lambda j: j.status.is_final).status is Status.COMPLETED
     assert farm.wait(cancelled, lambda j: j.status.is_final).status is Status.CANCELLED
     assert farm.wait(bad.id, lambda j: j.status.is_final).status is Status.FAILED

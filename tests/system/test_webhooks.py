@@ -69,7 +69,7 @@ class Farm:
                 .values(callback_url=url or self.receiver.url(path))
             )
         if dispatch:
-            assert self.dispatcher.send_render(job.id)
+            assert self.dispatcher.wake()
         return job.id
 
     def job(self, job_id: str, include: str = "") -> dict[str, Any]:
