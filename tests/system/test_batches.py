@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.signing import verify
-from storage import JobStore
+from storage import JobStore, utcnow
 from storage.access import AccessStore
 from tests.support import ROOT
 from tests.support.decks import small_deck
@@ -99,10 +100,12 @@ def test_a_batch_of_20_completes_and_its_webhook_arrives_once(
 def test_a_batch_cancel_stops_the_rest(farm: tuple[Stack, Receiver]) -> None:
     stack, receiver = farm
     slow = small_deck(slides=60, duration=0.5)  # drawing 60 slides takes a moment
+    # Eight wait for a start an hour away, so they are certainly still waiting.
+    later = {**slow, "run_at": (utcnow() + timedelta(hours=1)).isoformat()}
     status, batch = stack.request(
         "POST",
         "/v1/batches",
-        {"jobs": [slow] * 12, "callback_url": receiver.url("/ok-batch-cancel")},
+        {"jobs": [slow] * 4 + [later] * 8, "callback_url": receiver.url("/ok-batch-cancel")},
     )
     assert status == 202, batch
     _wait_batch(
@@ -114,7 +117,7 @@ def test_a_batch_cancel_stops_the_rest(farm: tuple[Stack, Receiver]) -> None:
     status, result = stack.request("POST", f"/v1/batches/{batch['batch_id']}/cancel")
     assert status == 202, result
     assert result["cancelled"] + result["stopping"] + result["unchanged"] == 12
-    assert result["cancelled"] >= 6  # 2 processes: most of the batch was still waiting
+    assert result["cancelled"] >= 8  # the scheduled ones at least
     done = _wait_batch(stack, batch["batch_id"], lambda b: b["finished"], timeout=30)
     counts = done["counts"]
     assert counts["queued"] == counts["processing"] == 0
