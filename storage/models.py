@@ -202,6 +202,8 @@ class JobRow(Base):
         # The sweeper: stale processing jobs and forgotten queued ones.
         Index("ix_jobs_status_last_heartbeat", "status", "last_heartbeat"),
         Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
+        # The claim's tie-break between tenants: who started a job last.
+        Index("ix_jobs_owner_started_at", "owner", "started_at"),
         # The sweeper: scheduled jobs coming due.
         Index(
             "ix_jobs_scheduled_run_at",

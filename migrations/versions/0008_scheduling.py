@@ -1,6 +1,6 @@
 """What runs next: a job's priority and run_at, the scheduled status, each
-tenant's weight, max_running and max_priority, and the partial indexes the
-claim and the sweeper read. Expand-only: new columns are nullable or have a
+tenant's weight, max_running and max_priority, and the indexes the claim
+and the sweeper read. Expand-only: new columns are nullable or have a
 constant default; the status check gains a value.
 
 Revision ID: 0008
@@ -37,6 +37,7 @@ def upgrade() -> None:
         postgresql_where=QUEUED,
         sqlite_where=QUEUED,
     )
+    op.create_index("ix_jobs_owner_started_at", "jobs", ["owner", "started_at"])
     op.create_index(
         "ix_jobs_scheduled_run_at",
         "jobs",
@@ -56,6 +57,7 @@ def downgrade() -> None:
         batch.drop_column("max_running")
         batch.drop_column("weight")
     op.drop_index("ix_jobs_scheduled_run_at", table_name="jobs")
+    op.drop_index("ix_jobs_owner_started_at", table_name="jobs")
     op.drop_index("ix_jobs_queued_owner_priority", table_name="jobs")
     # An older version knows no scheduled jobs: they wait as queued ones.
     op.execute("UPDATE jobs SET status = 'queued' WHERE status = 'scheduled'")

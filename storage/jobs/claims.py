@@ -3,21 +3,21 @@ told one (docs/design.md, "What runs next").
 
 The order: the highest ``priority`` first, across all tenants; then the
 tenant with the fewest jobs processing for its weight (``running /
-weight``), ties to the older head job; then each tenant's own submission
-order. A tenant at its ``max_running`` cap waits. The claim itself is the
-same fenced write as :meth:`~storage.jobs.transitions.Transitions.claim`.
+weight``), ties to the tenant that started a job longest ago (round robin),
+then to the older head job; then each tenant's own submission order. A
+tenant at its ``max_running`` cap waits. The claim itself is the same
+fenced write as :meth:`~storage.jobs.transitions.Transitions.claim`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from core.config import get_settings
 from storage.jobs.history import event_params, log_transition, record_event
 from storage.jobs.locks import take_write_lock
 from storage.jobs.statements import (
@@ -37,7 +37,7 @@ from storage.models import Status
 #: workers meanwhile, or was a job to cancel.
 LOOKS = 8
 #: When nothing has been queued (tie-break of heads without ``queued_at``).
-_NEVER = datetime.min
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class Head:
     queued_at: datetime | None
     cancel_requested: bool
     running: int
+    #: When its tenant last started a job (``None``: never).
+    last_started: datetime | None
     weight: float
     cap: int
 
@@ -66,6 +68,7 @@ class Head:
             queued_at=row["queued_at"],
             cancel_requested=bool(row["cancel_requested"]),
             running=int(row["running"]),
+            last_started=row["last_started"],
             weight=1.0 if weight is None else float(weight),
             cap=default_cap if cap is None else int(cap),
         )
@@ -75,10 +78,18 @@ class Head:
         """Its tenant runs as many jobs as it may (as last read)."""
         return self.cap > 0 and self.running >= self.cap
 
-    def turn(self) -> tuple[int, float, datetime, str]:
-        """Its place among the heads: lower first."""
+    def turn(self) -> tuple[int, float, datetime, datetime, str]:
+        """Its place among the heads: lower first. Between tenants with the
+        same share, the one that started a job longest ago goes first (round
+        robin: with one worker, tenants take turns), then the older head."""
         share = self.running / self.weight if self.weight > 0 else float("inf")
-        return (-self.priority, share, self.queued_at or _NEVER, self.id)
+        return (
+            -self.priority,
+            share,
+            self.last_started or _NEVER,
+            self.queued_at or _NEVER,
+            self.id,
+        )
 
 
 def ranked(heads: Iterable[Head]) -> list[Head]:
@@ -90,18 +101,18 @@ class Claims(Transitions):
     """The job store's choice of the next job to run."""
 
     def claim_next(
-        self, worker: str, *, now: datetime | None = None, max_running: int | None = None
+        self, worker: str, *, now: datetime | None = None, max_running: int = 0
     ) -> Job | None:
         """Claim for ``worker`` the job that should run next, as
         :meth:`claim` would (a new attempt, its history row, the worker's
         registry row), or ``None`` when nothing may run now.
 
-        ``max_running``: the cap of a tenant that has none of its own
-        (default ``SLIDEFARM_MAX_RUNNING``; 0: no cap). A queued job whose
+        ``max_running``: the cap of a tenant that has none of its own (the
+        worker passes ``SLIDEFARM_MAX_RUNNING``; 0: no cap). A queued job whose
         cancel was asked for is ended ``cancelled`` on the way, never run.
         With nothing queued, this costs one query.
         """
-        default_cap = get_settings().max_running if max_running is None else max_running
+        default_cap = max_running
         for _ in range(LOOKS):
             at = now or utcnow()
             with self.transaction(single=True) as conn:

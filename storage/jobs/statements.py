@@ -298,6 +298,7 @@ WITH RECURSIVE owners(owner) AS (
 SELECT h.id, h.owner, h.priority, h.queued_at, h.cancel_requested,
        (SELECT count(*) FROM jobs AS r
         WHERE r.owner = h.owner AND r.status = 'processing') AS running,
+       (SELECT max(r.started_at) FROM jobs AS r WHERE r.owner = h.owner) AS last_started,
        t.weight, t.max_running
 FROM owners AS o
 CROSS JOIN LATERAL (
@@ -317,7 +318,8 @@ WHERE o.owner IS NOT NULL
 def queued_heads(dialect: str) -> Any:
     """Each tenant's head at ``n_now``: its first queued job in claim order
     (priority DESC, queued_at, id) whose retry is due, with the tenant's
-    jobs processing (``running``), its ``weight`` and ``max_running`` (both
+    jobs processing (``running``), when it last started one
+    (``last_started``, over ``ix_jobs_owner_started_at``), its ``weight`` and ``max_running`` (both
     NULL without a tenants row). A head may carry a cancel flag (the caller
     ends it cancelled). Locks nothing."""
     if dialect == POSTGRESQL:
@@ -331,6 +333,7 @@ def queued_heads(dialect: str) -> Any:
                 queued_at=UTCDateTime(),
                 cancel_requested=Boolean(),
                 running=Integer(),
+                last_started=UTCDateTime(),
                 weight=Float(),
                 max_running=Integer(),
             )
@@ -363,6 +366,11 @@ def queued_heads(dialect: str) -> Any:
         .where(others.c.owner == queued.c.owner, others.c.status == Status.PROCESSING.value)
         .scalar_subquery()
     )
+    last_started = (
+        select(sa.func.max(others.c.started_at))
+        .where(others.c.owner == queued.c.owner)
+        .scalar_subquery()
+    )
     return (
         select(
             queued.c.id,
@@ -371,6 +379,7 @@ def queued_heads(dialect: str) -> Any:
             queued.c.queued_at,
             queued.c.cancel_requested,
             running.label("running"),
+            last_started.label("last_started"),
             tenants_table.c.weight,
             tenants_table.c.max_running,
         )

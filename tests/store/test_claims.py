@@ -91,14 +91,15 @@ def test_fair_share_follows_weights(store: JobStore) -> None:
     heavy = _queue(store, "heavy", 6)
     light = _queue(store, "light", 3)  # no tenants row: weight 1
     order = _claim_all(store)
-    # running/weight: heavy takes 3 for each of light's 1.
+    # running/weight: heavy takes 3 for each of light's 1 (equal shares go
+    # to the tenant that started a job longest ago).
     assert order[:8] == [
         heavy[0],
         light[0],
         heavy[1],
         heavy[2],
-        heavy[3],
         light[1],
+        heavy[3],
         heavy[4],
         heavy[5],
     ]
@@ -110,11 +111,24 @@ def test_fair_share_counts_only_running_jobs(store: JobStore) -> None:
     first = store.claim_next("w@h")
     assert first is not None and first.id == a[0]
     assert store.complete(a[0], 1, video_url="v", thumbnail_url="t", slide_image_path="s")
-    # a runs nothing any more: both at 0, the older head (a's) goes first.
+    # a runs nothing any more: both at 0, and b, which never started a
+    # job, goes before a, which just did (round robin between equal shares).
     second = store.claim_next("w@h")
-    assert second is not None and second.id == a[1]
+    assert second is not None and second.id == b[0]
     third = store.claim_next("w@h")
-    assert third is not None and third.id == b[0]
+    assert third is not None and third.id == a[1]
+
+
+def test_one_worker_takes_tenants_in_turn(store: JobStore) -> None:
+    a = _queue(store, "a", 5)
+    b = _queue(store, "b", 2)
+    c = _queue(store, "c", 1)
+    order = []
+    while (job := store.claim_next("w@h")) is not None:  # one worker: claim, finish, claim
+        order.append(job.id)
+        assert store.complete(job.id, 1, video_url="v", thumbnail_url="t", slide_image_path="s")
+    # A backlog submitted first does not hold the others back: each tenant in turn.
+    assert order == [a[0], b[0], c[0], a[1], b[1], a[2], a[3], a[4]]
 
 
 def test_max_running_caps_a_tenant(store: JobStore) -> None:
