@@ -25,10 +25,12 @@ DECK = json.dumps({"title": "b", "slides": [{"title": "s", "duration": 1.0}]})
 
 _INSERT = """
 INSERT INTO jobs (id, status, stage, progress, attempts, title, deck, created_at,
-                  queued_at, dispatched_at, completed_at, attempt_limit, owner, priority)
+                  queued_at, dispatched_at, started_at, completed_at, attempt_limit, owner,
+                  priority)
 SELECT gen_random_uuid()::text, :status, :stage, :progress, :attempts, :title,
        CAST(:deck AS jsonb), now() - g * interval '1 millisecond',
        now() - g * interval '1 millisecond', now() - g * interval '1 millisecond',
+       CASE WHEN :status = 'completed' THEN now() - g * interval '1 millisecond' END,
        CASE WHEN :status = 'completed' THEN now() - g * interval '1 millisecond' END,
        3, 'tenant-' || (g % :tenants), 0
 FROM generate_series(1, :n) AS g
