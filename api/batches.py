@@ -19,12 +19,10 @@ from api.dispatch import Dispatcher
 from api.errors import (
     BadRequest,
     NotFound,
-    TooManyRequests,
     ValidationFailed,
     error_response,
-    retry_after,
 )
-from api.jobs import MAX_IDEMPOTENCY_KEY, read_json_body, validate_submission
+from api.jobs import idempotency_key, read_json_body, take_submission_token, validate_submission
 from api.schemas import CallbackUrl
 from api.serialize import job_json
 from api.services import services
@@ -67,19 +65,6 @@ def _under(index: int, details: list[dict[str, Any]]) -> list[dict[str, Any]]:
         path = f"jobs.{index}" if field == "(body)" else f"jobs.{index}.{field}"
         out.append({**d, "field": path})
     return out
-
-
-def _idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (
-        1 <= len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= ch <= "~" for ch in key)
-    ):
-        raise BadRequest(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-            [{"field": "Idempotency-Key", "message": "invalid key"}],
-            code="invalid_parameter",
-        )
-    return key
 
 
 def _batch_callback(body: dict[str, Any]) -> str | None:
@@ -203,19 +188,9 @@ def submit() -> Response:
     who = principal()
     # A batch takes one token of the submission bucket: its size is bounded
     # by MAX_BATCH_JOBS and by the tenant's quota of active jobs instead.
-    wait = svc.limiter.take(
-        f"submit:{who.key_id or who.tenant}",
-        rate=svc.settings.submit_rate,
-        burst=svc.settings.submit_burst,
-    )
-    if wait > 0:
-        raise TooManyRequests(
-            f"too many submissions: this key may submit {svc.settings.submit_rate:g} per "
-            f"second (bursts of {svc.settings.submit_burst})",
-            retry_after(wait),
-        )
+    take_submission_token()
     items, body, callback_url = _parse_batch()
-    key = _idempotency_key()
+    key = idempotency_key()
     try:
         batch, jobs, created = _batches().create(
             items,
