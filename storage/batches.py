@@ -52,7 +52,7 @@ from storage.errors import (
 )
 from storage.jobs import JobStore
 from storage.jobs.queries import files_of
-from storage.jobs.submissions import IDEMPOTENCY_TTL, check_quota, insert_new_job
+from storage.jobs.submissions import check_quota, expire_idempotency_key, insert_new_job
 from storage.jobs.values import DEFAULT_ATTEMPT_LIMIT, Job, Page, is_job_id, utcnow
 from storage.models import (
     ACTIVE_STATUSES,
@@ -428,15 +428,7 @@ class BatchStore:
     def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
         """Free ``key`` if the batch holding it was submitted over 24 hours ago."""
         with self.db.transaction(single=True) as conn:
-            conn.execute(
-                update(batches_table)
-                .where(
-                    batches_table.c.owner == owner,
-                    batches_table.c.idempotency_key == key,
-                    batches_table.c.created_at < now - IDEMPOTENCY_TTL,
-                )
-                .values(idempotency_key=None)
-            )
+            expire_idempotency_key(conn, batches_table, owner, key, now)
 
     # -- reads -------------------------------------------------------------
 
