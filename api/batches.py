@@ -22,7 +22,13 @@ from api.errors import (
     ValidationFailed,
     error_response,
 )
-from api.jobs import idempotency_key, read_json_body, take_submission_token, validate_submission
+from api.jobs import (
+    idempotency_key,
+    int_arg,
+    read_json_body,
+    take_submission_token,
+    validate_submission,
+)
 from api.schemas import CallbackUrl
 from api.serialize import job_json
 from api.services import services
@@ -224,20 +230,6 @@ def submit() -> Response:
     return response
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else low - 1
-    if not low <= value <= high:
-        raise BadRequest(
-            f"{name} must be an integer from {low} to {high}",
-            [{"field": name, "message": f"got {raw!r}"}],
-            code="invalid_parameter",
-        )
-    return value
-
-
 def _status_arg() -> Status | None:
     raw = request.args.get("status")
     if raw is None:
@@ -264,7 +256,7 @@ def index() -> Response:
     """The tenant's batches, newest first (an admin's key: every tenant's)."""
     page = _batches().list_batches(
         owner=owner_scope(),
-        limit=_int_arg("limit", 50, 1, MAX_LIST_LIMIT),
+        limit=int_arg("limit", 50, 1, MAX_LIST_LIMIT),
         cursor=request.args.get("cursor"),
     )
     return jsonify(
@@ -286,7 +278,7 @@ def jobs(batch_id: str) -> Response:
         _batch_id(batch_id),
         owner=owner_scope(),
         status=status,
-        limit=_int_arg("limit", 50, 1, MAX_LIST_LIMIT),
+        limit=int_arg("limit", 50, 1, MAX_LIST_LIMIT),
         cursor=request.args.get("cursor"),
     )
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})

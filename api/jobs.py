@@ -400,7 +400,9 @@ def remove(job_id: str) -> Response:
     return Response(status=204)
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """Query argument ``name`` as an integer from ``low`` to ``high``
+    (``default`` when absent); ``400`` otherwise."""
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -429,7 +431,7 @@ def index() -> Response:
                 [{"field": "status", "message": f"got {status_arg!r}"}],
                 code="invalid_parameter",
             ) from None
-    limit = _int_arg("limit", 50, 1, MAX_LIST_LIMIT)
+    limit = int_arg("limit", 50, 1, MAX_LIST_LIMIT)
     search = (request.args.get("q") or "").strip()[:200] or None
     if search and "\x00" in search:
         raise BadRequest(
