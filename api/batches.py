@@ -19,12 +19,16 @@ from api.dispatch import Dispatcher
 from api.errors import (
     BadRequest,
     NotFound,
-    TooManyRequests,
     ValidationFailed,
     error_response,
-    retry_after,
 )
-from api.jobs import MAX_IDEMPOTENCY_KEY, read_json_body, validate_submission
+from api.jobs import (
+    idempotency_key,
+    int_arg,
+    read_json_body,
+    take_submission_token,
+    validate_submission,
+)
 from api.schemas import CallbackUrl
 from api.serialize import job_json
 from api.services import services
@@ -67,19 +71,6 @@ def _under(index: int, details: list[dict[str, Any]]) -> list[dict[str, Any]]:
         path = f"jobs.{index}" if field == "(body)" else f"jobs.{index}.{field}"
         out.append({**d, "field": path})
     return out
-
-
-def _idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (
-        1 <= len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= ch <= "~" for ch in key)
-    ):
-        raise BadRequest(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
-            [{"field": "Idempotency-Key", "message": "invalid key"}],
-            code="invalid_parameter",
-        )
-    return key
 
 
 def _batch_callback(body: dict[str, Any]) -> str | None:
@@ -203,19 +194,9 @@ def submit() -> Response:
     who = principal()
     # A batch takes one token of the submission bucket: its size is bounded
     # by MAX_BATCH_JOBS and by the tenant's quota of active jobs instead.
-    wait = svc.limiter.take(
-        f"submit:{who.key_id or who.tenant}",
-        rate=svc.settings.submit_rate,
-        burst=svc.settings.submit_burst,
-    )
-    if wait > 0:
-        raise TooManyRequests(
-            f"too many submissions: this key may submit {svc.settings.submit_rate:g} per "
-            f"second (bursts of {svc.settings.submit_burst})",
-            retry_after(wait),
-        )
+    take_submission_token()
     items, body, callback_url = _parse_batch()
-    key = _idempotency_key()
+    key = idempotency_key()
     try:
         batch, jobs, created = _batches().create(
             items,
@@ -249,20 +230,6 @@ def submit() -> Response:
     return response
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else low - 1
-    if not low <= value <= high:
-        raise BadRequest(
-            f"{name} must be an integer from {low} to {high}",
-            [{"field": name, "message": f"got {raw!r}"}],
-            code="invalid_parameter",
-        )
-    return value
-
-
 def _status_arg() -> Status | None:
     raw = request.args.get("status")
     if raw is None:
@@ -289,7 +256,7 @@ def index() -> Response:
     """The tenant's batches, newest first (an admin's key: every tenant's)."""
     page = _batches().list_batches(
         owner=owner_scope(),
-        limit=_int_arg("limit", 50, 1, MAX_LIST_LIMIT),
+        limit=int_arg("limit", 50, 1, MAX_LIST_LIMIT),
         cursor=request.args.get("cursor"),
     )
     return jsonify(
@@ -311,7 +278,7 @@ def jobs(batch_id: str) -> Response:
         _batch_id(batch_id),
         owner=owner_scope(),
         status=status,
-        limit=_int_arg("limit", 50, 1, MAX_LIST_LIMIT),
+        limit=int_arg("limit", 50, 1, MAX_LIST_LIMIT),
         cursor=request.args.get("cursor"),
     )
     return jsonify({"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})

@@ -181,9 +181,10 @@ def _accepted(job: Job) -> Response:
     return response
 
 
-@bp.post("")
-def submit() -> Response:
-    """Record the job, commit, then send its task (never the other way round)."""
+def take_submission_token() -> None:
+    """Take one token of the caller's submission bucket (per key, else per
+    tenant), or answer ``429`` with when to try again. A job and a batch take
+    one each."""
     svc = services()
     who = principal()
     wait = svc.limiter.take(
@@ -197,7 +198,11 @@ def submit() -> Response:
             f"second (bursts of {svc.settings.submit_burst})",
             retry_after(wait),
         )
-    submission, body = _parse_submission()
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` header, if any; ``400`` unless it is
+    1 to :data:`MAX_IDEMPOTENCY_KEY` printable ASCII characters."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (
         1 <= len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= ch <= "~" for ch in key)
@@ -207,6 +212,15 @@ def submit() -> Response:
             [{"field": "Idempotency-Key", "message": "invalid key"}],
             code="invalid_parameter",
         )
+    return key
+
+
+@bp.post("")
+def submit() -> Response:
+    """Record the job, commit, then send its task (never the other way round)."""
+    take_submission_token()
+    submission, body = _parse_submission()
+    key = idempotency_key()
     try:
         job, created = _submit(submission, body, key)
     except DeckAssetsInvalid as invalid:
@@ -386,7 +400,9 @@ def remove(job_id: str) -> Response:
     return Response(status=204)
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """Query argument ``name`` as an integer from ``low`` to ``high``
+    (``default`` when absent); ``400`` otherwise."""
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -415,7 +431,7 @@ def index() -> Response:
                 [{"field": "status", "message": f"got {status_arg!r}"}],
                 code="invalid_parameter",
             ) from None
-    limit = _int_arg("limit", 50, 1, MAX_LIST_LIMIT)
+    limit = int_arg("limit", 50, 1, MAX_LIST_LIMIT)
     search = (request.args.get("q") or "").strip()[:200] or None
     if search and "\x00" in search:
         raise BadRequest(

@@ -212,6 +212,32 @@ CURSOR: Doc = {
     "schema": {"type": "string", "pattern": CURSOR_PATTERN},
 }
 
+#: ``?status=``: the jobs of one status.
+STATUS: Doc = {
+    "name": "status",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": [s.value for s in Status]},
+}
+
+
+def _idempotency_key_header(what: str) -> Doc:
+    """The ``Idempotency-Key`` header of a submission of one ``what`` (a job, a batch)."""
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": f"The same key with the same body returns the same {what}; "
+        "with another body, 409",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_IDEMPOTENCY_KEY,
+            "pattern": "^[ -~]*$",
+        },
+    }
+
+
 #: One name ``?include=`` accepts.
 _INCLUDE = "(?:history|deliveries|assets)"
 
@@ -357,7 +383,6 @@ BATCH_ID: Doc = {
 
 
 def _batch_operations() -> dict[str, Doc]:
-    statuses = [s.value for s in Status]
     return {
         "/v1/batches": {
             "post": {
@@ -366,21 +391,7 @@ def _batch_operations() -> dict[str, Doc]:
                 "transaction, or none (one 422 naming each bad item's fields as "
                 "`jobs.<index>.<field>`); counts as one submission against the rate "
                 "limit, and as all its jobs against the quota of active jobs",
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "The same key with the same body returns the same "
-                        "batch; with another body, 409",
-                        "schema": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_IDEMPOTENCY_KEY,
-                            "pattern": "^[ -~]*$",
-                        },
-                    }
-                ],
+                "parameters": [_idempotency_key_header("batch")],
                 "requestBody": {"required": True, "content": _json("BatchSubmission")},
                 "responses": {
                     "202": {
@@ -424,12 +435,7 @@ def _batch_operations() -> dict[str, Doc]:
                 "operationId": "listBatchJobs",
                 "summary": "The batch's jobs in the order submitted, a page at a time",
                 "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string", "enum": statuses},
-                    },
+                    STATUS,
                     LIMIT,
                     CURSOR,
                 ],
@@ -456,7 +462,6 @@ def _batch_operations() -> dict[str, Doc]:
 
 def _operations() -> dict[str, Doc]:
     """Every operation: summary, parameters, request body and every answer."""
-    statuses = [s.value for s in Status]
     return {
         **_asset_operations(),
         **_batch_operations(),
@@ -465,21 +470,7 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "submitJob",
                 "summary": "Submit a deck: the job is recorded, then queued (or scheduled "
                 "until its run_at)",
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "The same key with the same body returns the same job; "
-                        "with another body, 409",
-                        "schema": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_IDEMPOTENCY_KEY,
-                            "pattern": "^[ -~]*$",
-                        },
-                    }
-                ],
+                "parameters": [_idempotency_key_header("job")],
                 "requestBody": {"required": True, "content": _json("Submission")},
                 "responses": {
                     **_job_answer(
@@ -492,12 +483,7 @@ def _operations() -> dict[str, Doc]:
                 "operationId": "listJobs",
                 "summary": "Jobs, newest first, a page at a time",
                 "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string", "enum": statuses},
-                    },
+                    STATUS,
                     LIMIT,
                     CURSOR,
                     {

@@ -368,15 +368,17 @@ class Job(_Body):
     )
 
 
-class BatchCounts(_Body):
-    """A batch's jobs by status (a deleted job is in none)."""
-
+class StatusCounts(_Body):
     scheduled: int = Field(ge=0)
     queued: int = Field(ge=0)
     processing: int = Field(ge=0)
     completed: int = Field(ge=0)
     failed: int = Field(ge=0)
     cancelled: int = Field(ge=0)
+
+
+class BatchCounts(StatusCounts):
+    """A batch's jobs by status (a deleted job is in none)."""
 
 
 class BatchLinks(_Body):
@@ -465,15 +467,6 @@ class Voice(_Body):
 
 class VoiceList(_Body):
     voices: list[Voice]
-
-
-class StatusCounts(_Body):
-    scheduled: int = Field(ge=0)
-    queued: int = Field(ge=0)
-    processing: int = Field(ge=0)
-    completed: int = Field(ge=0)
-    failed: int = Field(ge=0)
-    cancelled: int = Field(ge=0)
 
 
 class Stats(_Body):

@@ -289,55 +289,42 @@ def scale(env: Environment, args: argparse.Namespace) -> Result:
     from storage.migrate import copy_database, upgrade
 
     env.reset()
-    small_url = env.db_url.rsplit("/", 1)[0] + f"/{env.db_name}_small"
-    admin = create_engine(
-        env.db_url.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
-        + "/postgres",
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{env.db_name}_small"'))
     details: dict[str, Any] = {}
     procs = []
-    try:
-        upgrade(small_url)
-        copy_database(env.db_url, small_url)  # the run's key works on both
-        bases: dict[str, tuple[str, str]] = {}
-        for label, url, rows in (
-            ("small", small_url, 1_000),
-            ("large", env.db_url, args.scale_rows),
-        ):
-            started = time.perf_counter()
-            _bulk_insert(url, rows - 1)
-            job_id = _processing_job(url)
-            details[f"insert {rows:,} rows"] = f"{time.perf_counter() - started:.1f} s"
-            proc, base = env.api(DATABASE_URL=url)
-            procs.append(proc)
-            bases[label] = (base, job_id)
-            assert JobStore.from_url(url).list_jobs(status=Status.QUEUED, limit=50).jobs
-        for base, job_id in bases.values():
-            wrk(base + f"/v1/jobs/{job_id}", duration=1)
-            wrk(base + "/v1/jobs?status=queued", duration=1)
-        sides = {"small": Series(), "large": Series()}
-        for _ in range(args.repeat):
-            for label, (base, job_id) in bases.items():
-                read = wrk(base + f"/v1/jobs/{job_id}", duration=args.duration)
-                page = wrk(base + "/v1/jobs?status=queued", duration=args.duration)
-                if read.errors or page.errors:
-                    raise SystemExit("scale: failed requests under load")
-                # ms per request of the two, added
-                sides[label].values.append(
-                    1000 / read.requests_per_second + 1000 / page.requests_per_second
-                )
-    finally:
-        for proc in procs:
-            env.stop(proc)
-        from storage.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{env.db_name}_small" WITH (FORCE)'))
-        admin.dispose()
+    with env.scratch_database("small") as small_url:
+        try:
+            upgrade(small_url)
+            copy_database(env.db_url, small_url)  # the run's key works on both
+            bases: dict[str, tuple[str, str]] = {}
+            for label, url, rows in (
+                ("small", small_url, 1_000),
+                ("large", env.db_url, args.scale_rows),
+            ):
+                started = time.perf_counter()
+                _bulk_insert(url, rows - 1)
+                job_id = _processing_job(url)
+                details[f"insert {rows:,} rows"] = f"{time.perf_counter() - started:.1f} s"
+                proc, base = env.api(DATABASE_URL=url)
+                procs.append(proc)
+                bases[label] = (base, job_id)
+                assert JobStore.from_url(url).list_jobs(status=Status.QUEUED, limit=50).jobs
+            for base, job_id in bases.values():
+                wrk(base + f"/v1/jobs/{job_id}", duration=1)
+                wrk(base + "/v1/jobs?status=queued", duration=1)
+            sides = {"small": Series(), "large": Series()}
+            for _ in range(args.repeat):
+                for label, (base, job_id) in bases.items():
+                    read = wrk(base + f"/v1/jobs/{job_id}", duration=args.duration)
+                    page = wrk(base + "/v1/jobs?status=queued", duration=args.duration)
+                    if read.errors or page.errors:
+                        raise SystemExit("scale: failed requests under load")
+                    # ms per request of the two, added
+                    sides[label].values.append(
+                        1000 / read.requests_per_second + 1000 / page.requests_per_second
+                    )
+        finally:
+            for proc in procs:
+                env.stop(proc)
     return Result(
         "scale",
         "ms/req",

@@ -155,17 +155,10 @@ def claim(env: Environment, args: argparse.Namespace) -> Result:
     """ms per claim_next, 1,000 jobs vs ``--scale-rows`` jobs; the empty
     wake-up's figures go in the notes."""
     env.reset()
-    small_url = env.db_url.rsplit("/", 1)[0] + f"/{env.db_name}_claim"
-    admin = _engine(env.db_url.rsplit("/", 1)[0] + "/postgres").execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{env.db_name}_claim" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{env.db_name}_claim"'))
     from storage.migrate import upgrade
 
     notes: dict[str, Any] = {}
-    try:
+    with env.scratch_database("claim") as small_url:
         upgrade(small_url)
         queued = TENANTS * QUEUED_PER_TENANT
         sides = {"small": (small_url, 1_000), "large": (env.db_url, args.scale_rows)}
@@ -189,13 +182,6 @@ def claim(env: Environment, args: argparse.Namespace) -> Result:
         notes["empty wake-up, large"] = empty["large"].text("ms")
         notes["empty wake-up ratio"] = f"{empty_ratio:.3f}"
         notes.update(_explain(env.db_url))
-    finally:
-        from storage.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{env.db_name}_claim" WITH (FORCE)'))
-        admin.dispose()
     return Result(
         "claim",
         "ms/claim",

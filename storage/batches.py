@@ -13,8 +13,8 @@ conditional:
   set and its webhook armed, in one UPDATE that lands once (``finished_at IS
   NULL``): called by the worker after each job of a batch ends, and by the
   sweeper for batches whose last job ended while its worker died;
-- the webhook's claim and record, with the same policy as a job's
-  (:func:`storage.deliveries.next_delivery_state`).
+- the webhook's claim and record: the state machine of a job's webhook
+  (:class:`storage.deliveries.WebhookOutbox`) on the batches.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from sqlalchemy import (
 
 from storage.assets import AssetNotFound
 from storage.cursors import decode_cursor, encode_cursor
-from storage.deliveries import DeliveryResult, WebhookDelivery, next_delivery_state
+from storage.deliveries import WebhookOutbox
 from storage.errors import (
     IdempotencyConflict,
     InvalidTransition,
@@ -52,7 +52,7 @@ from storage.errors import (
 )
 from storage.jobs import JobStore
 from storage.jobs.queries import files_of
-from storage.jobs.submissions import IDEMPOTENCY_TTL, check_quota, insert_new_job
+from storage.jobs.submissions import check_quota, expire_idempotency_key, insert_new_job
 from storage.jobs.values import DEFAULT_ATTEMPT_LIMIT, Job, Page, is_job_id, utcnow
 from storage.models import (
     ACTIVE_STATUSES,
@@ -229,6 +229,19 @@ def _stats(conn: Connection, batch_ids: Sequence[str]) -> dict[str, dict[str, An
     return out
 
 
+def _read_batch(conn: Connection, batch_id: str) -> Batch | None:
+    """The batch with its jobs' counts, in ``conn``'s transaction; ``None`` if there is none."""
+    row = (
+        conn.execute(select(batches_table).where(batches_table.c.id == batch_id)).mappings().first()
+    )
+    return None if row is None else _batch(row, _stats(conn, [batch_id]).get(batch_id))
+
+
+def _batch_claim(conn: Connection, batch_id: str, attempt: int) -> BatchWebhookClaim | None:
+    batch = _read_batch(conn, batch_id)
+    return None if batch is None else BatchWebhookClaim(batch, attempt)
+
+
 def _utc(value: Any) -> datetime | None:
     """A timestamp read through an aggregate: SQLite gives a string, naive."""
     if value is None:
@@ -273,6 +286,24 @@ class BatchStore:
         """On the job store's database; cancels go through the job store."""
         self.jobs = jobs
         self.db = jobs.db
+        # The batch webhook: the state machine of a job's, on the batches.
+        self.outbox = WebhookOutbox(
+            self.db,
+            batches_table,
+            sent_at="webhook_sent_at",
+            deliveries=batch_deliveries_table,
+            delivery_key="batch_id",
+            claim_of=_batch_claim,
+        )
+        #: Batches whose webhook is due and whose task was not sent since it
+        #: fell due (or was sent long ago and never taken), marked sent now.
+        self.due_webhooks = self.outbox.due
+        #: The next delivery attempt of a batch's webhook, if it is due.
+        self.claim_webhook = self.outbox.claim
+        #: How an attempt went and what comes next, fenced on the attempt.
+        self.record_webhook = self.outbox.record
+        #: Every recorded delivery attempt of a batch's webhook, oldest first.
+        self.deliveries = self.outbox.deliveries
 
     # -- create ------------------------------------------------------------
 
@@ -397,15 +428,7 @@ class BatchStore:
     def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
         """Free ``key`` if the batch holding it was submitted over 24 hours ago."""
         with self.db.transaction(single=True) as conn:
-            conn.execute(
-                update(batches_table)
-                .where(
-                    batches_table.c.owner == owner,
-                    batches_table.c.idempotency_key == key,
-                    batches_table.c.created_at < now - IDEMPOTENCY_TTL,
-                )
-                .values(idempotency_key=None)
-            )
+            expire_idempotency_key(conn, batches_table, owner, key, now)
 
     # -- reads -------------------------------------------------------------
 
@@ -415,15 +438,10 @@ class BatchStore:
         if not is_job_id(batch_id):
             raise BatchNotFound()
         with self.db.transaction() as conn:
-            row = (
-                conn.execute(select(batches_table).where(batches_table.c.id == batch_id))
-                .mappings()
-                .first()
-            )
-            if row is None or (owner is not None and row["owner"] != owner):
-                raise BatchNotFound()
-            stats = _stats(conn, [batch_id])
-        return _batch(row, stats.get(batch_id))
+            batch = _read_batch(conn, batch_id)
+        if batch is None or (owner is not None and batch.owner != owner):
+            raise BatchNotFound()
+        return batch
 
     def list_batches(
         self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
@@ -594,141 +612,3 @@ class BatchStore:
             if not ids:
                 return 0
             return int(conn.execute(delete(batches_table).where(b.id.in_(ids), old)).rowcount or 0)
-
-    # -- the batch webhook ---------------------------------------------------
-
-    def due_webhooks(
-        self, *, resend_after: float, now: datetime | None = None, limit: int = 200
-    ) -> list[str]:
-        """Batches whose webhook is due and whose task was not sent since it
-        fell due (or was sent ``resend_after`` seconds ago and never taken),
-        marked sent now."""
-        now = now or utcnow()
-        b = batches_table.c
-        due = and_(
-            b.webhook_status == WebhookStatus.PENDING.value,
-            b.webhook_next_at <= now,
-            or_(
-                b.webhook_sent_at.is_(None),
-                b.webhook_sent_at < b.webhook_next_at,
-                b.webhook_sent_at < now - timedelta(seconds=resend_after),
-            ),
-        )
-        with self.db.transaction() as conn:
-            ids = list(
-                conn.execute(select(b.id).where(due).order_by(b.webhook_next_at).limit(limit))
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return []
-            return list(
-                conn.execute(
-                    update(batches_table)
-                    .where(b.id.in_(ids), due)
-                    .values(webhook_sent_at=now)
-                    .returning(b.id)
-                ).scalars()
-            )
-
-    def claim_webhook(
-        self, batch_id: str, *, lease: float, now: datetime | None = None
-    ) -> BatchWebhookClaim | None:
-        """Take the next delivery attempt of the batch's webhook if it is due;
-        ``None`` if not (delivered, failed, not yet due, or another holds it)."""
-        now = now or utcnow()
-        b = batches_table.c
-        with self.db.transaction(single=True) as conn:
-            row = conn.execute(
-                update(batches_table)
-                .where(
-                    b.id == batch_id,
-                    b.webhook_status == WebhookStatus.PENDING.value,
-                    b.webhook_next_at <= now,
-                )
-                .values(
-                    webhook_attempts=b.webhook_attempts + 1,
-                    webhook_next_at=now + timedelta(seconds=lease),
-                )
-                .returning(b.webhook_attempts)
-            ).first()
-        if row is None:
-            return None
-        return BatchWebhookClaim(self.get(batch_id), int(row.webhook_attempts))
-
-    def record_webhook(
-        self,
-        batch_id: str,
-        attempt_no: int,
-        result: DeliveryResult,
-        *,
-        backoff: float,
-        retry_for: float,
-        now: datetime | None = None,
-    ) -> WebhookStatus | None:
-        """Record how attempt ``attempt_no`` went and what comes next (the
-        policy of a job's webhook); ``None`` (nothing written) unless it is
-        still the batch's current, pending attempt."""
-        now = now or utcnow()
-        b = batches_table.c
-        with self.db.transaction() as conn:
-            current = conn.execute(
-                select(b.webhook_status, b.webhook_attempts, b.webhook_first_at).where(
-                    b.id == batch_id
-                )
-            ).first()
-            if (
-                current is None
-                or current.webhook_status != WebhookStatus.PENDING.value
-                or current.webhook_attempts != attempt_no
-                or current.webhook_first_at is None
-            ):
-                return None
-            status, values = next_delivery_state(
-                result,
-                attempt_no,
-                current.webhook_first_at,
-                now=now,
-                backoff=backoff,
-                retry_for=retry_for,
-            )
-            written = conn.execute(
-                update(batches_table)
-                .where(
-                    b.id == batch_id,
-                    b.webhook_status == WebhookStatus.PENDING.value,
-                    b.webhook_attempts == attempt_no,
-                )
-                .values(webhook_status=status.value, **values)
-            ).rowcount
-            if written != 1:
-                return None
-            conn.execute(
-                insert(batch_deliveries_table).values(
-                    batch_id=batch_id,
-                    attempt=attempt_no,
-                    at=now,
-                    status_code=result.status_code,
-                    error=values["webhook_last_error"],
-                    duration_ms=result.duration_ms,
-                )
-            )
-        return status
-
-    def deliveries(self, batch_id: str) -> list[WebhookDelivery]:
-        """Every recorded delivery attempt of the batch's webhook, oldest first."""
-        d = batch_deliveries_table.c
-        with self.db.transaction(single=True) as conn:
-            rows = (
-                conn.execute(
-                    select(batch_deliveries_table).where(d.batch_id == batch_id).order_by(d.id)
-                )
-                .mappings()
-                .all()
-            )
-        return [
-            WebhookDelivery(
-                r["attempt"], r["at"], r["status_code"], r["error"], float(r["duration_ms"])
-            )
-            for r in rows
-        ]

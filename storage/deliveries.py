@@ -1,36 +1,42 @@
 """Completion-webhook state: which deliveries are due, who delivers an
 attempt, and what became of it.
 
-Every transition of a job's ``webhook_status`` after the arming (done by the
-job's final transition itself, :func:`storage.jobs.statements.arm_webhook`) lives here, and
-each is one conditional write:
+Every transition of a job's or a batch's ``webhook_status`` after the arming
+(done by the job's final transition itself,
+:func:`storage.jobs.statements.arm_webhook`, and by a batch's settling) lives
+here, in :class:`WebhookOutbox`, and each is one conditional write:
 
-- :meth:`WebhookDeliveries.due_webhooks` (the sweeper): pending deliveries
+- :meth:`WebhookOutbox.due` (the sweeper): pending deliveries
   whose time has come and whose task was not sent since are marked sent
-  (``dispatched_at``: when the job's task was last sent, the render's while
-  queued, the delivery's once final) and returned, so a busy queue is not
+  (a job's ``dispatched_at``: when its task was last sent, the render's
+  while queued, the delivery's once final; a batch's ``webhook_sent_at``)
+  and returned, so a busy queue is not
   flooded with copies of the same task;
-- :meth:`WebhookDeliveries.claim` (the task): the attempt ``n + 1`` becomes
+- :meth:`WebhookOutbox.claim` (the task): the attempt ``n + 1`` becomes
   the caller's, and ``webhook_next_at`` moves past the attempt's deadline, so
   no second task (a copy, or one sent by the sweeper meanwhile) delivers
   until it is over;
-- :meth:`WebhookDeliveries.record_delivery` (the task): fenced on the
+- :meth:`WebhookOutbox.record` (the task): fenced on the
   attempt it claimed, so a duplicate can never record twice.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, insert, or_, select, update
 
 from storage.db import Database, HasDatabase, database_of
 from storage.jobs.queries import snapshot
 from storage.jobs.values import Job, utcnow
 from storage.models import WebhookStatus, deliveries_table, jobs_table
+
+#: What a claim hands out: the claimed row (a job, a batch) and its attempt.
+C = TypeVar("C")
 
 #: Jitter of a retry delay: the step times a factor in this range.
 JITTER = (0.8, 1.2)
@@ -103,83 +109,108 @@ def next_delivery_state(
     return WebhookStatus.PENDING, values
 
 
-class WebhookDeliveries:
-    """The webhook half of a job's record."""
+class WebhookOutbox(Generic[C]):
+    """The webhook state machine of one table's ``webhook_*`` columns (a
+    job's, a batch's): which deliveries are due, the claim of an attempt,
+    and its record, each one conditional write.
 
-    def __init__(self, db: Database | HasDatabase) -> None:
-        """On ``db`` (or the database of a store such as the job store)."""
-        self.db = database_of(db)
+    What differs between the tables is named here: ``table`` and its ``id``,
+    the column ``sent_at`` that says when its delivery task was last sent,
+    the ``deliveries`` table (one row per attempt) and the column
+    ``delivery_key`` in it naming the row, ``claim_of``, which reads a row
+    just claimed (in the claim's transaction) into what the claimer gets,
+    and ``changed``, told (after the commit) when a row's webhook state moved.
+    """
 
-    def due_webhooks(
+    def __init__(
+        self,
+        db: Database,
+        table: Table,
+        *,
+        sent_at: str,
+        deliveries: Table,
+        delivery_key: str,
+        claim_of: Callable[[Connection, str, int], C | None],
+        changed: Callable[[str], None] | None = None,
+    ) -> None:
+        """On ``db``, for the rows of ``table`` (see the class)."""
+        self.db = db
+        self.table = table
+        self.sent_at = table.c[sent_at]
+        self.deliveries_table = deliveries
+        self.delivery_key = deliveries.c[delivery_key]
+        self.claim_of = claim_of
+        self.changed = changed
+
+    def due(
         self, *, resend_after: float, now: datetime | None = None, limit: int = 200
     ) -> list[str]:
-        """Jobs whose webhook is due and whose delivery task was not sent in
-        the last ``resend_after`` seconds (or was lost), marked sent now."""
+        """Rows whose webhook is due and whose delivery task was not sent
+        since it fell due (or was sent ``resend_after`` seconds ago and never
+        taken), marked sent now."""
         now = now or utcnow()
-        jobs = jobs_table.c
+        t = self.table.c
         due = and_(
-            jobs.webhook_status == WebhookStatus.PENDING.value,
-            jobs.webhook_next_at <= now,
+            t.webhook_status == WebhookStatus.PENDING.value,
+            t.webhook_next_at <= now,
             # Not sent since it fell due (a send before that was for the
             # render, or for an earlier attempt), or sent and never taken.
             or_(
-                jobs.dispatched_at.is_(None),
-                jobs.dispatched_at < jobs.webhook_next_at,
-                jobs.dispatched_at < now - timedelta(seconds=resend_after),
+                self.sent_at.is_(None),
+                self.sent_at < t.webhook_next_at,
+                self.sent_at < now - timedelta(seconds=resend_after),
             ),
         )
         with self.db.transaction() as conn:
-            ids = [
-                r.id
-                for r in conn.execute(
-                    select(jobs.id).where(due).order_by(jobs.webhook_next_at).limit(limit)
-                )
-            ]
+            ids = list(
+                conn.execute(select(t.id).where(due).order_by(t.webhook_next_at).limit(limit))
+                .scalars()
+                .all()
+            )
             if not ids:
                 return []
-            return [
-                r.id
-                for r in conn.execute(
-                    update(jobs_table)
-                    .where(jobs.id.in_(ids), due)
-                    .values(dispatched_at=now)
-                    .returning(jobs.id)
-                )
-            ]
+            return list(
+                conn.execute(
+                    update(self.table)
+                    .where(t.id.in_(ids), due)
+                    .values({self.sent_at: now})
+                    .returning(t.id)
+                ).scalars()
+            )
 
-    def claim(
-        self, job_id: str, *, lease: float, now: datetime | None = None
-    ) -> WebhookClaim | None:
-        """Take the next delivery attempt of ``job_id`` if it is due; ``None``
-        if it is not (delivered, failed, not yet due, or another holds it).
+    def claim(self, row_id: str, *, lease: float, now: datetime | None = None) -> C | None:
+        """Take the next delivery attempt of ``row_id`` if it is due (what
+        ``claim_of`` makes of the row and the attempt's number); ``None`` if
+        it is not (delivered, failed, not yet due, or another holds it).
         Nobody else can claim for ``lease`` seconds."""
         now = now or utcnow()
-        jobs = jobs_table.c
+        t = self.table.c
         with self.db.transaction() as conn:
             row = conn.execute(
-                update(jobs_table)
+                update(self.table)
                 .where(
-                    jobs.id == job_id,
-                    jobs.webhook_status == WebhookStatus.PENDING.value,
-                    jobs.webhook_next_at <= now,
+                    t.id == row_id,
+                    t.webhook_status == WebhookStatus.PENDING.value,
+                    t.webhook_next_at <= now,
                 )
                 .values(
-                    webhook_attempts=jobs.webhook_attempts + 1,
+                    webhook_attempts=t.webhook_attempts + 1,
                     webhook_next_at=now + timedelta(seconds=lease),
                 )
-                .returning(jobs.webhook_attempts)
+                .returning(t.webhook_attempts)
             ).first()
             if row is None:
                 return None
-            job = snapshot(conn, job_id)
-        if job is None:
+            claim = self.claim_of(conn, row_id, int(row.webhook_attempts))
+        if claim is None:
             return None
-        self.db.changed(job_id)
-        return WebhookClaim(job, int(row.webhook_attempts))
+        if self.changed is not None:
+            self.changed(row_id)
+        return claim
 
-    def record_delivery(
+    def record(
         self,
-        job_id: str,
+        row_id: str,
         attempt_no: int,
         result: DeliveryResult,
         *,
@@ -192,15 +223,15 @@ class WebhookDeliveries:
         :func:`retry_delay` (never later than ``retry_for`` seconds after the
         first attempt), or ``failed`` once that window is spent.
 
-        ``None`` (nothing written) unless ``attempt_no`` is still the job's
+        ``None`` (nothing written) unless ``attempt_no`` is still the row's
         current, pending attempt: a duplicate cannot record twice.
         """
         now = now or utcnow()
-        jobs = jobs_table.c
+        t = self.table.c
         with self.db.transaction() as conn:
             current = conn.execute(
-                select(jobs.webhook_status, jobs.webhook_attempts, jobs.webhook_first_at).where(
-                    jobs.id == job_id
+                select(t.webhook_status, t.webhook_attempts, t.webhook_first_at).where(
+                    t.id == row_id
                 )
             ).first()
             if (
@@ -219,38 +250,40 @@ class WebhookDeliveries:
                 retry_for=retry_for,
             )
             written = conn.execute(
-                update(jobs_table)
+                update(self.table)
                 .where(
-                    jobs.id == job_id,
-                    jobs.webhook_status == WebhookStatus.PENDING.value,
-                    jobs.webhook_attempts == attempt_no,
-                    jobs.webhook_first_at == current.webhook_first_at,
+                    t.id == row_id,
+                    t.webhook_status == WebhookStatus.PENDING.value,
+                    t.webhook_attempts == attempt_no,
+                    t.webhook_first_at == current.webhook_first_at,
                 )
                 .values(webhook_status=status.value, **values)
             ).rowcount
             if written != 1:
                 return None
             conn.execute(
-                insert(deliveries_table).values(
-                    job_id=job_id,
-                    attempt=attempt_no,
-                    at=now,
-                    status_code=result.status_code,
-                    error=values["webhook_last_error"],
-                    duration_ms=result.duration_ms,
+                insert(self.deliveries_table).values(
+                    {
+                        self.delivery_key: row_id,
+                        "attempt": attempt_no,
+                        "at": now,
+                        "status_code": result.status_code,
+                        "error": values["webhook_last_error"],
+                        "duration_ms": result.duration_ms,
+                    }
                 )
             )
-        self.db.changed(job_id)
+        if self.changed is not None:
+            self.changed(row_id)
         return status
 
-    def deliveries(self, job_id: str) -> list[WebhookDelivery]:
-        """Every recorded delivery attempt of ``job_id``, oldest first."""
+    def deliveries(self, row_id: str) -> list[WebhookDelivery]:
+        """Every recorded delivery attempt of ``row_id``'s webhook, oldest first."""
+        d = self.deliveries_table.c
         with self.db.transaction(single=True) as conn:
             rows = (
                 conn.execute(
-                    select(deliveries_table)
-                    .where(deliveries_table.c.job_id == job_id)
-                    .order_by(deliveries_table.c.id)
+                    select(self.deliveries_table).where(self.delivery_key == row_id).order_by(d.id)
                 )
                 .mappings()
                 .all()
@@ -261,3 +294,32 @@ class WebhookDeliveries:
             )
             for r in rows
         ]
+
+
+def _job_claim(conn: Connection, job_id: str, attempt: int) -> WebhookClaim | None:
+    job = snapshot(conn, job_id)
+    return None if job is None else WebhookClaim(job, attempt)
+
+
+class WebhookDeliveries(WebhookOutbox[WebhookClaim]):
+    """The webhook half of a job's record: the outbox on the jobs, whose
+    ``dispatched_at`` says when a job's task (render or delivery) was last sent."""
+
+    def __init__(self, db: Database | HasDatabase) -> None:
+        """On ``db`` (or the database of a store such as the job store)."""
+        database = database_of(db)
+        super().__init__(
+            database,
+            jobs_table,
+            sent_at="dispatched_at",
+            deliveries=deliveries_table,
+            delivery_key="job_id",
+            claim_of=_job_claim,
+            changed=database.changed,
+        )
+
+    #: Jobs whose webhook is due and whose delivery task was not sent since
+    #: (or was lost), marked sent now.
+    due_webhooks = WebhookOutbox.due
+    #: How attempt ``attempt_no`` went and what comes next, fenced on it.
+    record_delivery = WebhookOutbox.record

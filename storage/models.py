@@ -124,12 +124,40 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class WebhookColumns:
+    """A completion webhook's columns (a job's, a batch's): where to POST the
+    final state, and how that went (storage/deliveries.py, ``WebhookOutbox``)."""
+
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
+    webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    webhook_first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_last_code: Mapped[int | None] = mapped_column(Integer)
+    webhook_last_error: Mapped[str | None] = mapped_column(Text)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeliveryColumns:
+    """One attempt to deliver a completion webhook (never the response body);
+    the table adds the column naming what was delivered."""
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
+
+
 def _status_check() -> CheckConstraint:
     allowed = ", ".join(f"'{s.value}'" for s in Status)
     return CheckConstraint(f"status IN ({allowed})", name="status")
 
 
-class JobRow(Base):
+class JobRow(WebhookColumns, Base):
     """One render job: the single source of truth about it."""
 
     __tablename__ = "jobs"
@@ -171,18 +199,14 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     #: When a ``scheduled`` job becomes ``queued`` (as the submission asked).
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Completion webhook: where to POST the final job, and how that went.
-    callback_url: Mapped[str | None] = mapped_column(Text)
-    webhook_status: Mapped[str | None] = mapped_column(String(16))
-    webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    webhook_first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    webhook_last_code: Mapped[int | None] = mapped_column(Integer)
-    webhook_last_error: Mapped[str | None] = mapped_column(Text)
-    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its completion webhook (where to POST the final job, and how that went)
+    # is in WebhookColumns.
     #: The batch it was submitted in, if any (``POST /v1/batches``).
     batch_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("batches.id", ondelete="SET NULL")
+        # After the webhook's columns (a mixin's come last), as the migrations built it.
+        String(36),
+        ForeignKey("batches.id", ondelete="SET NULL"),
+        sort_order=1,
     )
 
     __table_args__ = (
@@ -224,7 +248,7 @@ class JobRow(Base):
     )
 
 
-class BatchRow(Base):
+class BatchRow(WebhookColumns, Base):
     """Jobs submitted together (``POST /v1/batches``): one handle on all of
     them, and one webhook when the last of them ends."""
 
@@ -239,17 +263,10 @@ class BatchRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     #: When every job of it was first final (set once, by the settle).
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Its completion webhook, as a job's (storage/batches.py).
-    callback_url: Mapped[str | None] = mapped_column(Text)
-    webhook_status: Mapped[str | None] = mapped_column(String(16))
-    webhook_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    webhook_first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    webhook_last_code: Mapped[int | None] = mapped_column(Integer)
-    webhook_last_error: Mapped[str | None] = mapped_column(Text)
-    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    #: When its delivery task was last sent (the sweeper's resend guard).
-    webhook_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its completion webhook is in WebhookColumns, as a job's (storage/batches.py).
+    #: When its delivery task was last sent (the sweeper's resend guard);
+    #: after the webhook's columns, as the migration built it.
+    webhook_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, sort_order=1)
 
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key"),
@@ -261,7 +278,7 @@ class BatchRow(Base):
     )
 
 
-class BatchDeliveryRow(Base):
+class BatchDeliveryRow(DeliveryColumns, Base):
     """One attempt to deliver a batch's completion webhook (never the response body)."""
 
     __tablename__ = "batch_deliveries"
@@ -272,11 +289,6 @@ class BatchDeliveryRow(Base):
     batch_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("batches.id", ondelete="CASCADE"), nullable=False
     )
-    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    status_code: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
 
     __table_args__ = (Index("ix_batch_deliveries_batch_id_id", "batch_id", "id"),)
 
@@ -416,7 +428,7 @@ class RateBucketRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
-class WebhookDeliveryRow(Base):
+class WebhookDeliveryRow(DeliveryColumns, Base):
     """One attempt to deliver a job's completion webhook (never the response body)."""
 
     __tablename__ = "webhook_deliveries"
@@ -427,11 +439,6 @@ class WebhookDeliveryRow(Base):
     job_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
     )
-    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    status_code: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
 
     __table_args__ = (Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),)
 

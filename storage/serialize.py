@@ -7,7 +7,7 @@ must not import the API) render a job the same way.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from storage.batches import Batch
 from storage.deliveries import WebhookDelivery
@@ -25,23 +25,44 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def webhook_json(job: Job) -> dict[str, Any] | None:
-    """Where the job's completion webhook is; ``None`` without a callback URL.
+class HasWebhook(Protocol):
+    """What carries a completion webhook: a job, a batch."""
 
-    ``status`` is ``None`` until the job ends, then ``pending`` (due at
-    ``next_attempt_at``, or being delivered), ``delivered`` or ``failed``.
+    @property
+    def callback_url(self) -> str | None: ...
+    @property
+    def webhook_status(self) -> str | None: ...
+    @property
+    def webhook_attempts(self) -> int: ...
+    @property
+    def webhook_next_at(self) -> datetime | None: ...
+    @property
+    def webhook_last_code(self) -> int | None: ...
+    @property
+    def webhook_last_error(self) -> str | None: ...
+    @property
+    def webhook_delivered_at(self) -> datetime | None: ...
+
+
+def webhook_json(subject: HasWebhook) -> dict[str, Any] | None:
+    """Where the completion webhook of a job (or a batch) is; ``None``
+    without a callback URL.
+
+    ``status`` is ``None`` until the job ends (the batch is finished), then
+    ``pending`` (due at ``next_attempt_at``, or being delivered),
+    ``delivered`` or ``failed``.
     """
-    if job.callback_url is None:
+    if subject.callback_url is None:
         return None
-    pending = job.webhook_status == "pending"
+    pending = subject.webhook_status == "pending"
     return {
-        "url": job.callback_url,
-        "status": job.webhook_status,
-        "attempts": job.webhook_attempts,
-        "last_status_code": job.webhook_last_code,
-        "last_error": job.webhook_last_error,
-        "next_attempt_at": iso(job.webhook_next_at) if pending else None,
-        "delivered_at": iso(job.webhook_delivered_at),
+        "url": subject.callback_url,
+        "status": subject.webhook_status,
+        "attempts": subject.webhook_attempts,
+        "last_status_code": subject.webhook_last_code,
+        "last_error": subject.webhook_last_error,
+        "next_attempt_at": iso(subject.webhook_next_at) if pending else None,
+        "delivered_at": iso(subject.webhook_delivered_at),
     }
 
 
@@ -104,23 +125,6 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
     }
 
 
-def batch_webhook_json(batch: Batch) -> dict[str, Any] | None:
-    """Where the batch's completion webhook is; ``None`` without a callback
-    URL (``status`` ``None`` until the batch is finished)."""
-    if batch.callback_url is None:
-        return None
-    pending = batch.webhook_status == "pending"
-    return {
-        "url": batch.callback_url,
-        "status": batch.webhook_status,
-        "attempts": batch.webhook_attempts,
-        "last_status_code": batch.webhook_last_code,
-        "last_error": batch.webhook_last_error,
-        "next_attempt_at": iso(batch.webhook_next_at) if pending else None,
-        "delivered_at": iso(batch.webhook_delivered_at),
-    }
-
-
 def batch_json(batch: Batch) -> dict[str, Any]:
     """The public fields of ``batch`` (``GET /v1/batches/{id}``)."""
     return {
@@ -135,7 +139,7 @@ def batch_json(batch: Batch) -> dict[str, Any]:
         "started_at": iso(batch.started_at),
         "last_completed_at": iso(batch.last_completed_at),
         "finished_at": iso(batch.finished_at),
-        "webhook": batch_webhook_json(batch),
+        "webhook": webhook_json(batch),
         "links": {
             "self": f"/v1/batches/{batch.id}",
             "jobs": f"/v1/batches/{batch.id}/jobs",

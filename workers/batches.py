@@ -10,33 +10,17 @@ own task, sent by name like a job's, and re-sent by the sweeper while due.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 
 from celeryconfig import BATCH_WEBHOOK_TASK, SEND_RETRY_POLICY
 from core.config import Settings, get_settings
-from core.signing import SIGNATURE_HEADER, sign
 from storage import JobStore, StorageError
-from storage.access import AccessStore
 from storage.batches import BatchStore
-from storage.deliveries import DeliveryResult
-from storage.models import WebhookStatus
 from storage.serialize import batch_webhook_body
 from workers.celery_app import app
-from workers.delivery import USER_AGENT, deliver
-from workers.webhooks import LEASE_MARGIN
+from workers.webhooks import Attempt, Outgoing, claim_lease, send_attempt, task_outcome
 
 log = logging.getLogger("slidefarm.batches")
-
-
-@dataclass(frozen=True, slots=True)
-class BatchAttempt:
-    """What one run of the batch webhook task did."""
-
-    attempt: int
-    result: DeliveryResult
-    status: WebhookStatus | None  # None: the record was refused (fenced)
 
 
 def send_batch_webhook(batch_id: str) -> None:
@@ -91,58 +75,36 @@ def sweep_batches(store: JobStore, settings: Settings, *, webhooks: bool = True)
         send_batch_webhook(batch_id)
 
 
-def deliver_batch_due(store: JobStore, settings: Settings, batch_id: str) -> BatchAttempt | None:
+def deliver_batch_due(store: JobStore, settings: Settings, batch_id: str) -> Attempt | None:
     """Claim the batch's due webhook attempt, POST it (signed with its
     tenant's secret, through the SSRF guard), record the outcome; ``None`` if
     no attempt was due."""
     batches = BatchStore(store)
-    timeout = settings.webhook_timeout
-    claim = batches.claim_webhook(batch_id, lease=2 * timeout + LEASE_MARGIN)
+    claim = batches.claim_webhook(batch_id, lease=claim_lease(settings))
     if claim is None:
         return None
     batch = claim.batch
     if batch.callback_url is None:
         return None
-    body = json.dumps(batch_webhook_body(batch), separators=(",", ":")).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(body, AccessStore(store).webhook_secrets(batch.owner)),
-        "Slidefarm-Event": "batch.finished",
-        "Slidefarm-Delivery": f"batch:{batch.id}:{claim.attempt}",
-    }
-    result = deliver(
-        batch.callback_url, body, headers, timeout=timeout, allow=settings.webhook_allow_networks
+    outgoing = Outgoing(
+        kind="batch",
+        id=batch.id,
+        owner=batch.owner,
+        url=batch.callback_url,
+        payload=batch_webhook_body(batch),
+        event="batch.finished",
+        delivery=f"batch:{batch.id}:{claim.attempt}",
+        attempt=claim.attempt,
     )
-    status = batches.record_webhook(
-        batch.id,
-        claim.attempt,
-        result,
-        backoff=settings.webhook_backoff,
-        retry_for=settings.webhook_retry_for,
-    )
-    log.info(
-        "webhook batch=%s attempt=%d code=%s error=%s in %.0f ms -> %s",
-        batch.id,
-        claim.attempt,
-        result.status_code,
-        json.dumps(result.error or ""),
-        result.duration_ms,
-        status.value if status else "not recorded (fenced)",
-    )
-    return BatchAttempt(claim.attempt, result, status)
+    return send_attempt(store, settings, outgoing, batches.record_webhook, log)
 
 
 @app.task(name=BATCH_WEBHOOK_TASK, ignore_result=True)
 def deliver_batch_webhook(batch_id: str) -> str:
     """Deliver the due attempt of ``batch_id``'s completion webhook, if any."""
-    try:
-        attempt = deliver_batch_due(
-            JobStore.from_settings(get_settings()), get_settings(), batch_id
-        )
-    except StorageError as error:
-        log.warning("batch %s: webhook not delivered now (%s)", batch_id, error)
-        return "deferred"
-    if attempt is None:
-        return "skipped"
-    return attempt.status.value if attempt.status else "fenced"
+    return task_outcome(
+        "batch",
+        batch_id,
+        lambda: deliver_batch_due(JobStore.from_settings(get_settings()), get_settings(), batch_id),
+        log,
+    )

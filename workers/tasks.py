@@ -34,7 +34,7 @@ from workers.celery_app import app
 from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
 from workers.voices import close_voices, voice_records
-from workers.webhooks import deliver_due
+from workers.webhooks import deliver_due, task_outcome
 
 log = logging.getLogger("slidefarm.tasks")
 
@@ -171,12 +171,4 @@ def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> None:
 @app.task(name=WEBHOOK_TASK, ignore_result=True)
 def deliver_webhook(job_id: str) -> str:
     """Deliver the due attempt of ``job_id``'s completion webhook, if any."""
-    try:
-        attempt = deliver_due(_store(), get_settings(), job_id)
-    except StorageError as error:
-        # The delivery stays due in the store; the sweeper sends it again.
-        log.warning("job %s: webhook not delivered now (%s)", job_id, error)
-        return "deferred"
-    if attempt is None:
-        return "skipped"
-    return attempt.status.value if attempt.status else "fenced"
+    return task_outcome("job", job_id, lambda: deliver_due(_store(), get_settings(), job_id), log)

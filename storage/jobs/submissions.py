@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, exc, func, literal, select, update
+from sqlalchemy import Connection, Table, exc, func, literal, select, update
 
 from storage.assets import link_assets
 from storage.errors import IdempotencyConflict, QuotaExceeded, StorageError
@@ -24,6 +24,22 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 #: Tries of a submission whose Idempotency-Key is held by a job that is gone
 #: when looked up (deleted in between); past them, a clear error.
 CREATE_TRIES = 3
+
+
+def expire_idempotency_key(
+    conn: Connection, table: Table, owner: str, key: str, now: datetime
+) -> None:
+    """Free ``owner``'s ``key`` in ``table`` (the jobs', the batches') if the
+    row holding it was submitted more than :data:`IDEMPOTENCY_TTL` ago."""
+    conn.execute(
+        update(table)
+        .where(
+            table.c.owner == owner,
+            table.c.idempotency_key == key,
+            table.c.created_at < now - IDEMPOTENCY_TTL,
+        )
+        .values(idempotency_key=None)
+    )
 
 
 def check_quota(conn: Connection, owner: str, max_active: int, incoming: int = 1) -> None:
@@ -190,12 +206,4 @@ class Submissions(Queries):
     def _expire_idempotency_key(self, owner: str, key: str, now: datetime) -> None:
         """Free ``key`` if the job holding it was submitted over 24 hours ago."""
         with self.transaction(single=True) as conn:
-            conn.execute(
-                update(jobs_table)
-                .where(
-                    jobs_table.c.owner == owner,
-                    jobs_table.c.idempotency_key == key,
-                    jobs_table.c.created_at < now - IDEMPOTENCY_TTL,
-                )
-                .values(idempotency_key=None)
-            )
+            expire_idempotency_key(conn, jobs_table, owner, key, now)
