@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from alembic import op
-from sqlalchemy import text
+from sqlalchemy import Column, text
 from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 
@@ -36,6 +36,26 @@ def outside_transaction() -> Iterator[None]:
         return
     with op.get_context().autocommit_block():
         yield
+
+
+def add_column(table: str, column: Column[Any]) -> None:
+    """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` on PostgreSQL: an instant
+    under ``ACCESS EXCLUSIVE`` when ``column`` is nullable or has a constant
+    default (no rewrite). On SQLite a plain ``ADD COLUMN``."""
+    if postgresql():
+        op.add_column(table, column, if_not_exists=True)
+    else:
+        op.add_column(table, column)
+
+
+def drop_column(table: str, name: str) -> None:
+    """``ALTER TABLE ... DROP COLUMN IF EXISTS`` (PostgreSQL: an instant, no
+    rewrite); a contract step, once no running code reads or writes it."""
+    if postgresql():
+        op.drop_column(table, name, if_exists=True)
+    else:
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column(name)
 
 
 def _drop_invalid_index(name: str) -> None:
