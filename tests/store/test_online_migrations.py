@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, exc, inspect, text
 
 from core.config import Settings
 from storage.db import create_db_engine, normalize_url
@@ -174,6 +174,39 @@ def test_a_long_transaction_makes_the_migration_retry_not_the_traffic_queue(
     assert seen.queries > 0
     assert seen.worst < BOUND < hold, seen.line()
     assert _version(empty_pg) == product[-1]
+
+
+def test_retries_are_bounded_and_a_step_that_never_gets_its_lock_changes_nothing(
+    empty_pg: str, migration_log: list[logging.LogRecord]
+) -> None:
+    """SLIDEFARM_MIGRATION_LOCK_RETRIES spent: the lock timeout is raised,
+    and the step's transaction rolled back (the schema stays at the
+    previous revision, with nothing of the step applied)."""
+    settings = Settings(
+        DATABASE_URL=empty_pg,
+        SLIDEFARM_MIGRATION_LOCK_TIMEOUT="0.2",
+        SLIDEFARM_MIGRATION_LOCK_RETRIES="1",
+    )
+    cfg = alembic_config_with_test_migrations(empty_pg, settings)
+    product = _product(revisions(cfg))
+    command.upgrade(cfg, product[-2])
+    blocker = create_engine(normalize_url(empty_pg))
+    try:
+        with blocker.connect() as conn:
+            conn.execute(text("SELECT count(*) FROM jobs")).scalar()
+            with pytest.raises(exc.OperationalError, match="lock timeout"):
+                command.upgrade(cfg, product[-1])
+            conn.rollback()
+    finally:
+        blocker.dispose()
+    assert len(migration_log) == 1
+    assert "retry 1 of 1" in migration_log[0].getMessage()
+    assert _version(empty_pg) == product[-2]
+    engine = create_db_engine(empty_pg)
+    try:
+        assert "batches" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
 
 
 #: The first revision written under the expand/contract rules; the ones
