@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, exc, inspect, text
 
 from core.config import Settings
 from storage.db import create_db_engine, normalize_url
+from storage.migrate import guarded_transactions
 from tests.support.online_rules import OFFLINE_URL, offline_sql, violations
 from tests.support.schema_load import (
     WriteLoad,
@@ -205,6 +206,62 @@ def test_retries_are_bounded_and_a_step_that_never_gets_its_lock_changes_nothing
     engine = create_db_engine(empty_pg)
     try:
         assert "batches" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_each_migration_transaction_begins_with_its_timeouts(empty_pg: str) -> None:
+    """SET LOCAL, in every transaction the migration connection begins: the
+    values end with the transaction (nothing leaks into a pooled session
+    behind PgBouncer), and autocommit statements run without them."""
+    settings = Settings(
+        DATABASE_URL=empty_pg,
+        SLIDEFARM_MIGRATION_LOCK_TIMEOUT="1.5",
+        SLIDEFARM_MIGRATION_STATEMENT_TIMEOUT="7",
+    )
+    show = text("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
+    engine = create_engine(normalize_url(empty_pg))
+    try:
+        with engine.connect() as conn, guarded_transactions(conn, settings):
+            for _ in range(2):
+                with conn.begin():
+                    assert tuple(conn.execute(show).one()) == ("1500ms", "7s")
+            conn.commit()
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            assert tuple(auto.execute(show).one()) == ("0", "0")
+    finally:
+        engine.dispose()
+
+
+def test_a_step_interrupted_after_its_first_commit_runs_again(empty_pg: str) -> None:
+    """A step commits in parts (its transaction, then the concurrent
+    builds) and is stamped at its end: run again after dying in between, it
+    skips what exists and rebuilds an index a killed build left INVALID."""
+    cfg = alembic_config_with_test_migrations(empty_pg, _settings(empty_pg))
+    product = _product(revisions(cfg))
+    command.upgrade(cfg, EXPAND)
+    engine = create_db_engine(empty_pg)
+    valid = text(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname = 'ix_jobs_deploy_tag'"
+    )
+    try:
+        with engine.begin() as conn:
+            # What a CONCURRENTLY build killed halfway leaves, and a stamp
+            # that never happened.
+            conn.execute(
+                text(
+                    "UPDATE pg_index SET indisvalid = false"
+                    " WHERE indexrelid = 'ix_jobs_deploy_tag'::regclass"
+                )
+            )
+            conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": product[-1]})
+        command.upgrade(cfg, EXPAND)
+        with engine.connect() as conn:
+            assert conn.execute(valid).scalar() is True
+        command.downgrade(cfg, product[-2])  # and downgrades of both kinds
+        command.upgrade(cfg, CONTRACT)
+        assert _version(empty_pg) == CONTRACT
     finally:
         engine.dispose()
 
