@@ -131,6 +131,7 @@ def run_migrations(
             if connection.in_transaction():
                 connection.rollback()
             heads = context.get_context().get_current_heads()
+            connection.rollback()  # no transaction left open while it pauses
             statement = " ".join(str(error.statement or "").split())[:120]
             pause = min(FIRST_RETRY_PAUSE * 2 ** (attempt - 1), MAX_RETRY_PAUSE)
             log.warning(
