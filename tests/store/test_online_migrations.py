@@ -88,16 +88,17 @@ def test_each_migration_under_write_load_keeps_queries_under_the_bound(empty_pg:
     product = _product(revisions(cfg))
     command.upgrade(cfg, product[0])  # the tables the load writes to
     preload(empty_pg, ROWS)
-    seen = []
+    spans = []
     with WriteLoad(empty_pg, threads=3) as load:
         time.sleep(0.3)
         for revision in product[1:]:
             start = time.monotonic()
             command.upgrade(cfg, revision)
-            seen.append(window(load, revision, start, time.monotonic()))
+            spans.append((revision, start, time.monotonic()))
             load.check()
         time.sleep(0.1)
     load.check()
+    seen = [window(load, *span) for span in spans]
     report = "\n".join(w.line() for w in seen)
     print(f"\nworst load query per migration ({ROWS} jobs, bound {BOUND} s):\n{report}")
     assert [w.revision for w in seen] == product[1:]
@@ -116,17 +117,19 @@ def test_expand_then_contract_under_the_apps_store_keeps_queries_under_the_bound
     product = _product(revisions(cfg))
     command.upgrade(cfg, product[-1])
     preload(empty_pg, ROWS)
-    seen = []
+    spans = []
     with WriteLoad(empty_pg, threads=3, store=True) as load:
-        time.sleep(0.3)
-        baseline = window(load, "(no migration)", load.samples[0].start, time.monotonic())
+        began = time.monotonic()
+        time.sleep(0.5)
+        spans.append(("(no migration)", began, time.monotonic()))
         for revision in (EXPAND, CONTRACT):
             start = time.monotonic()
             command.upgrade(cfg, revision)
-            seen.append(window(load, revision, start, time.monotonic()))
+            spans.append((revision, start, time.monotonic()))
             time.sleep(0.2)  # the store keeps working on the new schema
             load.check()
     load.check()
+    baseline, *seen = [window(load, *span) for span in spans]
     report = "\n".join(w.line() for w in [baseline, *seen])
     print(f"\nthe app's store under expand and contract ({ROWS} jobs):\n{report}")
     assert all(w.queries > 0 for w in seen), report
@@ -165,6 +168,7 @@ def test_a_long_transaction_makes_the_migration_retry_not_the_traffic_queue(
             load.check()
     finally:
         blocker.dispose()
+    load.check()
     seen = window(load, product[-1], start, end)
     retries = [r.getMessage() for r in migration_log]
     print(f"\n{seen.line()}\n" + "\n".join(retries))

@@ -4,6 +4,7 @@ migrations (``tests/support/migrations``)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -96,12 +97,8 @@ class Sample:
         return self.end - self.start
 
 
-class WriteLoad:
-    """``threads`` threads that insert, move on and read ``jobs`` rows
-    without pause, each query its own transaction and timed (submit, claim,
-    heartbeat, complete, get, list). ``store=True`` goes through the app's
-    :class:`JobStore` (the schema must be at a revision the store knows);
-    otherwise plain SQL on the columns every revision has."""
+class _Threads:
+    """The load itself, in the load's own process (see :class:`WriteLoad`)."""
 
     def __init__(self, url: str, threads: int = 3, store: bool = False) -> None:
         self.url = url
@@ -114,7 +111,7 @@ class WriteLoad:
         self._workers: list[threading.Thread] = []
         self._engine: Engine | None = None
 
-    def __enter__(self) -> WriteLoad:
+    def __enter__(self) -> _Threads:
         if not self.store:
             self._engine = create_engine(
                 normalize_url(self.url), pool_size=self.threads, max_overflow=0
@@ -180,17 +177,74 @@ class WriteLoad:
                     slide_image_path="slides",
                 )
 
+
+def _load_process(url: str, threads: int, store: bool, ready: Any, stop: Any, results: Any) -> None:
+    load = _Threads(url, threads, store)
+    with load:
+        ready.set()
+        stop.wait()
+    results.put(
+        (
+            [(s.kind, s.start, s.end) for s in load.samples],
+            [repr(e) for e in load.errors],
+        )
+    )
+
+
+class WriteLoad:
+    """``threads`` threads that insert, move on and read ``jobs`` rows
+    without pause, each query its own transaction and timed (submit, claim,
+    heartbeat, complete, get, list). ``store=True`` goes through the app's
+    :class:`JobStore` (the schema must be at a revision the store knows);
+    otherwise plain SQL on the columns every revision has.
+
+    They run in a process of their own, so the migration's Python work in
+    the test process never holds them up (the samples come back when the
+    load stops; ``time.monotonic`` is one clock for both processes)."""
+
+    def __init__(self, url: str, threads: int = 3, store: bool = False) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._ready = self._context.Event()
+        self._stop = self._context.Event()
+        self._results = self._context.Queue()
+        self._process = self._context.Process(
+            target=_load_process,
+            args=(url, threads, store, self._ready, self._stop, self._results),
+            daemon=True,
+        )
+        self.samples: list[Sample] = []
+        self.errors: list[str] = []
+
+    def __enter__(self) -> WriteLoad:
+        self._process.start()
+        if not self._ready.wait(60):
+            self._process.kill()
+            raise AssertionError("the load process did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        try:
+            samples, self.errors = self._results.get(timeout=60)
+        finally:
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+        self.samples = [Sample(kind, start, end) for kind, start, end in samples]
+
     def during(self, start: float, end: float) -> list[Sample]:
         """The samples whose query spent most of its time in ``[start, end]``
         (its midpoint falls there): a query held up by a migration counts
-        for that one, not for the next, which it may overlap by a moment."""
-        with self._lock:
-            return [s for s in self.samples if start <= (s.start + s.end) / 2 <= end]
+        for that one, not for the next, which it may overlap by a moment.
+        Known once the load has stopped."""
+        return [s for s in self.samples if start <= (s.start + s.end) / 2 <= end]
 
     def check(self) -> None:
-        """Raise the first error a load thread met (a failed query)."""
+        """Fail if the load process died, or (once stopped) if a query failed."""
+        if self._process.exitcode not in (None, 0):
+            raise AssertionError(f"the load process died ({self._process.exitcode})")
         if self.errors:
-            raise AssertionError(f"the load failed: {self.errors[0]!r}") from self.errors[0]
+            raise AssertionError(f"the load failed: {self.errors[0]}")
 
 
 def _returns(conn: Connection, statement: Any, params: dict[str, Any]) -> Callable[[], Any]:
