@@ -109,6 +109,26 @@ class Settings(BaseSettings):
         default=2.0, gt=0, validation_alias="SLIDEFARM_BROKER_SEND_TIMEOUT"
     )
 
+    # --- Schema migrations (docs/design.md, "Schema changes") ---
+    #: Seconds a migration's statement may wait for a table lock (PostgreSQL
+    #: ``SET LOCAL lock_timeout``): past it the migration step rolls back,
+    #: releasing its locks, so traffic never queues behind it for longer.
+    migration_lock_timeout: float = Field(
+        default=2.0, gt=0, validation_alias="SLIDEFARM_MIGRATION_LOCK_TIMEOUT"
+    )
+    #: How many times a migration step that timed out waiting for a lock is
+    #: tried again (after 0.5 s, then twice as long each time, at most 10 s).
+    migration_lock_retries: int = Field(
+        default=10, ge=0, validation_alias="SLIDEFARM_MIGRATION_LOCK_RETRIES"
+    )
+    #: Seconds one statement of a migration's transaction may run (it may be
+    #: holding a lock traffic waits for); 0: no limit. Concurrent index
+    #: builds and constraint validations run outside any transaction and are
+    #: not bounded by it.
+    migration_statement_timeout: float = Field(
+        default=60.0, ge=0, validation_alias="SLIDEFARM_MIGRATION_STATEMENT_TIMEOUT"
+    )
+
     # --- Access and limits (who may do what, and how much) ---
     #: ``required``: every /v1 route, the event streams, /metrics and the
     #: dashboard need an API key. ``off``: the open single-user mode. Unset:

@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 
 from core.config import get_settings
 from storage.db import create_db_engine, normalize_url
+from storage.migrate import guarded_transactions, migration_settings, run_migrations
 from storage.models import Base
 
 config = context.config
@@ -29,6 +30,9 @@ def _configure(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # One short transaction per step, so a step that timed out on a lock
+        # is retried alone and what came before it stays applied.
+        transaction_per_migration=True,
     )
 
 
@@ -42,8 +46,9 @@ def _run(connection: Connection) -> None:
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         connection.commit()
     _configure(connection)
-    with context.begin_transaction():
-        context.run_migrations()
+    settings = migration_settings(config)
+    with guarded_transactions(connection, settings):
+        run_migrations(context, settings)
     if sqlite:
         broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
@@ -58,6 +63,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

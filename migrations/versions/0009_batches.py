@@ -2,6 +2,13 @@
 and the batch webhook's delivery attempts. Expand-only: new tables, a
 nullable column and indexes.
 
+Online on PostgreSQL: one short transaction creates the new tables (and
+their indexes: nobody reads them yet), adds ``jobs.batch_id`` (nullable: no
+rewrite) and its foreign key ``NOT VALID`` (no scan of ``jobs`` under a lock
+that stops writes); then, outside any transaction, the key is validated and
+the index on ``jobs`` built ``CONCURRENTLY``. Every statement may run again
+after an interruption.
+
 Revision ID: 0009
 Revises: 0008
 Create Date: 2026-11-30
@@ -11,6 +18,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from storage import ddl
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -42,14 +51,18 @@ def upgrade() -> None:
         sa.Column("webhook_sent_at", ts, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_batches"),
         sa.UniqueConstraint("owner", "idempotency_key", name="uq_batches_owner_idempotency_key"),
+        if_not_exists=True,
     )
-    op.create_index("ix_batches_owner_created_at", "batches", ["owner", "created_at", "id"])
+    op.create_index(
+        "ix_batches_owner_created_at", "batches", ["owner", "created_at", "id"], if_not_exists=True
+    )
     op.create_index(
         "ix_batches_webhook_status_webhook_next_at",
         "batches",
         ["webhook_status", "webhook_next_at"],
+        if_not_exists=True,
     )
-    op.create_index("ix_batches_finished_at", "batches", ["finished_at"])
+    op.create_index("ix_batches_finished_at", "batches", ["finished_at"], if_not_exists=True)
     op.create_table(
         "batch_deliveries",
         sa.Column(
@@ -71,27 +84,55 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_batch_deliveries"),
+        if_not_exists=True,
     )
-    op.create_index("ix_batch_deliveries_batch_id_id", "batch_deliveries", ["batch_id", "id"])
-    with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("batch_id", sa.String(36), nullable=True))
-        batch.create_foreign_key(
-            "fk_jobs_batch_id_batches", "batches", ["batch_id"], ["id"], ondelete="SET NULL"
-        )
     op.create_index(
-        "ix_jobs_batch_id_created_at",
-        "jobs",
-        ["batch_id", "created_at", "id"],
-        postgresql_where=IN_A_BATCH,
-        sqlite_where=IN_A_BATCH,
+        "ix_batch_deliveries_batch_id_id",
+        "batch_deliveries",
+        ["batch_id", "id"],
+        if_not_exists=True,
     )
+    batch_id = sa.Column("batch_id", sa.String(36), nullable=True)
+    if ddl.postgresql():
+        op.add_column("jobs", batch_id, if_not_exists=True)
+        op.drop_constraint(
+            op.f("fk_jobs_batch_id_batches"), "jobs", type_="foreignkey", if_exists=True
+        )
+        op.create_foreign_key(
+            op.f("fk_jobs_batch_id_batches"),
+            "jobs",
+            "batches",
+            ["batch_id"],
+            ["id"],
+            ondelete="SET NULL",
+            postgresql_not_valid=True,
+        )
+    else:
+        with op.batch_alter_table("jobs") as batch:
+            batch.add_column(batch_id)
+            batch.create_foreign_key(
+                "fk_jobs_batch_id_batches", "batches", ["batch_id"], ["id"], ondelete="SET NULL"
+            )
+    with ddl.outside_transaction():
+        ddl.validate_constraint("jobs", "fk_jobs_batch_id_batches")
+        ddl.create_index(
+            "ix_jobs_batch_id_created_at",
+            "jobs",
+            ["batch_id", "created_at", "id"],
+            where=IN_A_BATCH,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_jobs_batch_id_created_at", table_name="jobs")
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_constraint("fk_jobs_batch_id_batches", type_="foreignkey")
-        batch.drop_column("batch_id")
+    with ddl.outside_transaction():
+        ddl.drop_index("ix_jobs_batch_id_created_at", "jobs")
+    if ddl.postgresql():
+        op.drop_constraint(op.f("fk_jobs_batch_id_batches"), "jobs", type_="foreignkey")
+        op.drop_column("jobs", "batch_id")
+    else:
+        with op.batch_alter_table("jobs") as batch:
+            batch.drop_constraint("fk_jobs_batch_id_batches", type_="foreignkey")
+            batch.drop_column("batch_id")
     op.drop_index("ix_batch_deliveries_batch_id_id", table_name="batch_deliveries")
     op.drop_table("batch_deliveries")
     op.drop_index("ix_batches_finished_at", table_name="batches")

@@ -12,11 +12,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from storage.db import create_db_engine
+from storage import JobStore, Status
+from storage.db import create_db_engine, dispose_engines
 from storage.models import Base
 from tests.support import ROOT
+from tests.support.decks import small_deck
 from tests.support.services import create_pg_database, drop_pg_database
 from tests.support.stack import stack_env
 
@@ -118,3 +121,44 @@ def test_upgrading_keeps_every_row_of_an_older_schema(empty_db: str) -> None:
     finally:
         engine.dispose()
     assert counts == [1, 1, 1]
+
+
+def test_downgrade_of_the_newest_revision_and_upgrade_again(empty_db: str) -> None:
+    """Rolling back the newest migration keeps every job, leaves the
+    previous revision's schema, and upgrading again gives the models' schema."""
+    cfg = _config(empty_db)
+    command.upgrade(cfg, "head")
+    script = ScriptDirectory.from_config(cfg)
+    newest = script.get_revision("head")
+    assert newest is not None
+    store = JobStore.from_url(empty_db)
+    job, _ = store.create(small_deck(), title="kept")
+    assert store.claim(job.id, "w@host") is not None
+    dispose_engines()
+
+    command.downgrade(cfg, "-1")
+    engine = create_db_engine(empty_db)
+    try:
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == (newest.down_revision)
+            row = conn.exec_driver_sql(
+                f"SELECT status, attempts FROM jobs WHERE id = '{job.id}'"
+            ).one()
+            events = conn.exec_driver_sql(
+                f"SELECT count(*) FROM job_events WHERE job_id = '{job.id}'"
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert tuple(row) == ("processing", 1)
+    assert events == 2
+
+    command.upgrade(cfg, "head")
+    engine = create_db_engine(empty_db)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            assert context.get_current_revision() == newest.revision
+    finally:
+        engine.dispose()
+    assert JobStore.from_url(empty_db).get(job.id).status == Status.PROCESSING
