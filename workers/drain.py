@@ -9,21 +9,17 @@ process writes it when the shutdown begins, and every child reads it
 before each claim and at each check of its lease (a load, no system call,
 no signal). ``CLOCK_MONOTONIC`` is one clock for every process of the host.
 
-A child that receives SIGTERM itself (a whole process group or cgroup
-signalled, as systemd does by default) begins the same drain; a second
-SIGTERM (billiard's pool termination in a cold shutdown) ends it at once.
+Only the main process is to be signalled (``docker stop``, Kubernetes,
+systemd with ``KillMode=mixed``): a pool child takes SIGTERM as Celery
+leaves it, and dies (its job is then recovered after
+``SLIDEFARM_STALE_AFTER``, the attempt counted).
 """
 
 from __future__ import annotations
 
-import logging
 import mmap
-import signal
 import struct
 import time
-from types import FrameType
-
-log = logging.getLogger("slidefarm.drain")
 
 _WORD = struct.Struct("d")
 
@@ -66,14 +62,3 @@ class Drain:
 
 #: This worker's drain (one per worker host process tree).
 DRAIN = Drain()
-
-
-def drain_on_sigterm(timeout: float) -> None:
-    """In a pool child: SIGTERM begins the drain rather than killing the
-    child mid-render; a second SIGTERM kills it (the default again)."""
-
-    def _begin(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        DRAIN.begin(timeout)
-
-    signal.signal(signal.SIGTERM, _begin)

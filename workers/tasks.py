@@ -49,7 +49,7 @@ from storage.jobs.values import utcnow
 from storage.registry import WorkerRegistry
 from workers.batches import settle_batch
 from workers.celery_app import app
-from workers.drain import DRAIN, drain_on_sigterm
+from workers.drain import DRAIN
 from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
 from workers.voices import close_voices, voice_records
@@ -104,9 +104,6 @@ def send_webhook(job_id: str) -> None:
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share its parent's database sockets.
     dispose_engines()
-    # A SIGTERM sent to the whole process group drains this child too,
-    # instead of killing its render (Celery resets SIGTERM in its children).
-    drain_on_sigterm(get_settings().drain_timeout)
 
 
 @worker_shutting_down.connect

@@ -305,16 +305,8 @@ def run_ffmpeg(
     progress line, which a long filter graph may not print for seconds.
     """
     with open(scratch / "stderr.log", "w+b") as stderr:
-        # Its own session: a SIGTERM to the worker's whole process group (as
-        # systemd sends by default) drains the worker (workers/drain.py)
-        # instead of killing the encode. Should this process die, ffmpeg dies
-        # at its next progress line (its stdout pipe is gone: SIGPIPE).
         with subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
         ) as process:
             assert process.stdout is not None
             finished = threading.Event()

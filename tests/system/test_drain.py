@@ -111,7 +111,7 @@ def test_sigterm_past_the_drain_timeout_hands_the_job_back(fault_stack: Stack) -
     stack.env["SLIDEFARM_MAX_ATTEMPTS"] = "1"  # a counted attempt would leave none
     stack.start_api()
     a = stack.start_worker("a@host1", concurrency=1, env={"SLIDEFARM_DRAIN_TIMEOUT": "1"})
-    job_id = _rendering_on(stack, "a@host1", slow_deck(slides=4, seconds=3))
+    job_id = _rendering_on(stack, "a@host1", slow_deck(slides=3, seconds=2))
     started = time.monotonic()
     _terminate(a)
     assert _exit_code(a, 30) == 0
