@@ -43,9 +43,8 @@ from celeryconfig import (
     wake_headers,
 )
 from core.config import Settings, get_settings
-from storage import DatabaseUnavailable, Job, JobStore, StorageError
+from storage import DatabaseUnavailable, Job, JobStore, StorageError, utcnow
 from storage.db import dispose_engines
-from storage.jobs.values import utcnow
 from storage.registry import WorkerRegistry
 from workers.batches import settle_batch
 from workers.celery_app import app
@@ -216,11 +215,11 @@ def render_presentation(self: Task, *legacy: Any, **newer: Any) -> str:
     ran = 0
     while ran < JOBS_PER_WAKE:
         if DRAIN.draining:
-            # Stopping: claim nothing more. A job may wait: a worker that
-            # stays takes this wake-up over (and a job handed back is queued).
-            log.info("wake-up: worker %s draining; claims nothing more", worker)
+            # Stopping: claim nothing more. A job may wait (one handed back
+            # among them): a worker that stays takes this wake-up over.
+            log.info("wake-up: worker %s draining; claims nothing more, passed on", worker)
             wake()
-            break
+            return f"ran {ran}, then drained"
         try:
             job = store.claim_next(worker, max_running=settings.max_running)
         except DatabaseUnavailable as down:
