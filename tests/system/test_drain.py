@@ -79,6 +79,8 @@ def test_sigterm_finishes_the_render_shows_draining_and_exits_0(fault_stack: Sta
     stack = fault_stack
     stack.start_api()
     # A drain far longer than the render, even on a loaded machine.
+    # No re-dispatch by the sweeper: only the wake-ups sent carry the work.
+    stack.env["SLIDEFARM_DISPATCH_TIMEOUT"] = "600"
     a = stack.start_worker("a@host1", concurrency=1, env={"SLIDEFARM_DRAIN_TIMEOUT": "150"})
     job_id = _rendering_on(stack, "a@host1", slow_deck(slides=3, seconds=2))
     started = time.monotonic()
@@ -99,7 +101,7 @@ def test_sigterm_finishes_the_render_shows_draining_and_exits_0(fault_stack: Sta
     assert stack.request("GET", f"/v1/jobs/{waiting['job_id']}")[1]["status"] == "queued"
     assert "draining" in a.log()
     # The wake-up a held or passed on is not lost: another worker runs the job.
-    b = stack.start_worker("b@host2", concurrency=1, env={"SLIDEFARM_DISPATCH_TIMEOUT": "600"})
+    b = stack.start_worker("b@host2", concurrency=1)
     later = stack.wait_final(waiting["job_id"], timeout=60)
     assert (later["status"], later["worker"], later["attempts"]) == ("completed", "b@host2", 1)
     print(f"\ndrain: the render finished and the worker exited 0 {drained:.1f} s after SIGTERM")
