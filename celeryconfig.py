@@ -20,6 +20,20 @@ RENDER_TASK = "slidefarm.render_presentation"
 WEBHOOK_TASK = "slidefarm.deliver_webhook"
 BATCH_WEBHOOK_TASK = "slidefarm.deliver_batch_webhook"
 
+#: The version of the render task's message (the wake-up), carried in the
+#: message header :data:`VERSION_HEADER`. Version 1 had no header and named
+#: its job (a positional id); version 2 names none. A worker accepts its own
+#: version and the one before, and requeues a newer one it does not
+#: understand (docs/design.md, "Old and new code side by side").
+WAKE_VERSION = 2
+VERSION_HEADER = "slidefarm_version"
+
+
+def wake_headers() -> dict[str, int]:
+    """The headers of a wake-up of this version."""
+    return {VERSION_HEADER: WAKE_VERSION}
+
+
 #: How every sender retries a publish the broker refused: briefly, since a
 #: send that still fails loses nothing (the job stays queued in the store and
 #: the sweeper sends it again after ``SLIDEFARM_DISPATCH_TIMEOUT``), while an

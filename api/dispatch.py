@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 
 import celeryconfig
-from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
+from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK, wake_headers
 from core.config import Settings
 from storage import Job, Status
 
@@ -27,11 +27,17 @@ class Dispatcher:
         A wake-up names no job: the worker that takes it claims whatever the
         job store says runs next. A failed send loses nothing: the job stays
         queued in the store and the sweeper wakes a worker for it after
-        ``SLIDEFARM_DISPATCH_TIMEOUT``.
+        ``SLIDEFARM_DISPATCH_TIMEOUT``. It carries its message version
+        (:data:`celeryconfig.WAKE_VERSION`) in a header.
         """
         try:
             for _ in range(count):
-                self.celery.send_task(RENDER_TASK, retry=True, retry_policy=SEND_RETRY_POLICY)
+                self.celery.send_task(
+                    RENDER_TASK,
+                    headers=wake_headers(),
+                    retry=True,
+                    retry_policy=SEND_RETRY_POLICY,
+                )
         except Exception:
             log.warning("broker unavailable; queued jobs left to the sweeper", exc_info=True)
             return False

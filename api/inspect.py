@@ -44,7 +44,7 @@ def worker_json(worker: WorkerInfo, stale_after: float) -> dict[str, Any]:
         "name": worker.name,
         "host": worker.host,
         "pid": worker.pid,
-        "state": "alive" if alive else ("stopped" if worker.stopped_at else "stale"),
+        "state": worker.state(stale_after),
         "alive": alive,
         "started_at": iso(worker.started_at),
         "last_seen": iso(worker.last_seen),

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     )
     #: Seconds one attempt may render before it fails (and its files go).
     render_timeout: float = Field(default=1800.0, gt=0, validation_alias="SLIDEFARM_RENDER_TIMEOUT")
+    #: Seconds a worker asked to stop (SIGTERM) lets its current render run
+    #: before it hands the job back to the queue (not counted as an attempt).
+    drain_timeout: float = Field(default=60.0, ge=0, validation_alias="SLIDEFARM_DRAIN_TIMEOUT")
 
     # --- Assets (uploaded images and documents) ---
     #: Largest upload, in bytes (a PDF or PPTX; the body is refused at this size).

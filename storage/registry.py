@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, insert, select, update
 
 from storage.db import Database, HasDatabase, database_of
 from storage.jobs.statements import worker_finished
@@ -43,9 +43,26 @@ class WorkerInfo:
         return cls(**{name: row[name] for name in cls.__slots__})
 
     def alive(self, stale_after: float, now: datetime | None = None) -> bool:
-        """Seen within ``stale_after`` seconds and not stopped."""
+        """Seen within ``stale_after`` seconds and neither stopped nor
+        draining (it takes jobs)."""
         now = now or utcnow()
         return self.stopped_at is None and now - self.last_seen <= timedelta(seconds=stale_after)
+
+    def state(self, stale_after: float, now: datetime | None = None) -> str:
+        """``alive``, ``draining`` (asked to stop: it claims nothing and
+        finishes or hands back its render), ``stopped``, or ``stale`` (not
+        seen within ``stale_after`` seconds without saying it stopped).
+
+        ``stopped_at`` is when the worker stops: while it drains, the latest
+        time it has promised to be gone by (its drain deadline and a grace),
+        in the future; once it stopped, the moment it did."""
+        now = now or utcnow()
+        fresh = now - self.last_seen <= timedelta(seconds=stale_after)
+        if self.stopped_at is None:
+            return "alive" if fresh else "stale"
+        if self.stopped_at > now:
+            return "draining" if fresh else "stale"
+        return "stopped"
 
 
 class WorkerRegistry:
@@ -87,12 +104,29 @@ class WorkerRegistry:
                 )
 
     def seen(self, name: str) -> None:
-        """Renew ``last_seen``."""
+        """Renew ``last_seen`` (a draining worker stays draining; one marked
+        stopped that is still seen is alive again)."""
+        now = utcnow()
         with self.db.transaction(single=True) as conn:
             conn.execute(
                 update(workers_table)
                 .where(workers_table.c.name == name)
-                .values(last_seen=utcnow(), stopped_at=None)
+                .values(
+                    last_seen=now,
+                    stopped_at=case(
+                        (workers_table.c.stopped_at > now, workers_table.c.stopped_at), else_=None
+                    ),
+                )
+            )
+
+    def draining(self, name: str, until: datetime) -> None:
+        """The worker was asked to stop: it claims nothing more and is gone
+        by ``until`` (its current render finished or handed back)."""
+        with self.db.transaction(single=True) as conn:
+            conn.execute(
+                update(workers_table)
+                .where(workers_table.c.name == name)
+                .values(stopped_at=until, last_seen=utcnow())
             )
 
     def job_finished(self, name: str, job_id: str, *, outcome: str) -> None:
@@ -106,7 +140,7 @@ class WorkerRegistry:
             )
 
     def stopped(self, name: str) -> None:
-        """A warm shutdown finished."""
+        """A warm shutdown finished: the worker deregisters."""
         with self.db.transaction(single=True) as conn:
             conn.execute(
                 update(workers_table)

@@ -6,7 +6,9 @@ the store refuses one, the attempt is no longer this worker's (recovered by
 the sweeper, or deleted) and :meth:`Lease.check` raises :class:`AttemptLost`
 in the rendering thread, which stops and cleans up. A cancel asked for in the
 database surfaces the same way, as :class:`CancelRequested`, and so does the
-attempt's deadline (``SLIDEFARM_RENDER_TIMEOUT``), as :class:`RenderTimedOut`.
+attempt's deadline (``SLIDEFARM_RENDER_TIMEOUT``), as :class:`RenderTimedOut`,
+and the end of this worker's drain (``SLIDEFARM_DRAIN_TIMEOUT``, the worker
+is stopping), as :class:`DrainTimedOut`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class RenderTimedOut(Exception):
         self.timeout = timeout
 
 
+class DrainTimedOut(Exception):
+    """This worker is stopping and its drain ran out before the render
+    finished; stop, clean up and hand the job back to the queue."""
+
+
 class StoreUnavailable(Exception):
     """The database stayed unreachable longer than this attempt can wait."""
 
@@ -54,6 +61,7 @@ class Lease:
         interval: float,
         patience: float = 30.0,
         timeout: float | None = None,
+        drain_overdue: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -64,6 +72,10 @@ class Lease:
         #: Seconds this attempt may render, from now; ``None``: no limit.
         self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        #: True once this worker's drain has run out (it is stopping).
+        self._drain_overdue = drain_overdue
+        #: Set once the outputs are complete: a drain no longer stops them.
+        self._finishing = False
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._cancel = threading.Event()
@@ -100,9 +112,21 @@ class Lease:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
     @property
+    def drain_overdue(self) -> bool:
+        """True once the worker's drain ran out while this render still works."""
+        return not self._finishing and self._drain_overdue is not None and self._drain_overdue()
+
+    @property
     def should_stop(self) -> bool:
-        """True when the render must stop: lost, cancelled or out of time."""
-        return self._lost.is_set() or self._cancel.is_set() or self.timed_out
+        """True when the render must stop: lost, cancelled, out of time, or
+        the worker stopping with its drain run out."""
+        return self._lost.is_set() or self._cancel.is_set() or self.timed_out or self.drain_overdue
+
+    def finishing(self) -> None:
+        """The outputs are complete: from now on only the publish and the
+        completion remain, which a drain lets finish (a hand-back now would
+        throw finished work away)."""
+        self._finishing = True
 
     def _note(self, state: LeaseState) -> LeaseState:
         if state is LeaseState.LOST:
@@ -134,6 +158,8 @@ class Lease:
             raise CancelRequested()
         if self.timeout is not None and self.timed_out:
             raise RenderTimedOut(self.timeout)
+        if self.drain_overdue:
+            raise DrainTimedOut()
 
     def write(self, action: Callable[[], LeaseState | bool]) -> None:
         """Run a fenced write, riding out a database outage for ``patience`` s."""

@@ -17,6 +17,10 @@ reads a half-written file. The outcome is decided in one place,
 - timed out: the attempt rendered longer than ``SLIDEFARM_RENDER_TIMEOUT``;
   ffmpeg is killed, the job failed (not retried: it would time out again) and
   its files removed;
+- handed back: the worker is stopping and its drain
+  (``SLIDEFARM_DRAIN_TIMEOUT``) ran out before the render finished; ffmpeg
+  is killed, the files removed and the job queued again at once, the
+  attempt not counted against its budget;
 - lost: another attempt holds the job (or it was deleted); this one removes
   its files and touches nothing else.
 """
@@ -33,6 +37,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +92,7 @@ from workers.fonts import font_chain
 from workers.heartbeat import (
     AttemptLost,
     CancelRequested,
+    DrainTimedOut,
     Lease,
     RenderTimedOut,
     StoreUnavailable,
@@ -119,6 +125,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     RETRYING = "retrying"
     CANCELLED = "cancelled"
+    HANDED_BACK = "handed_back"
     LOST = "lost"
 
 
@@ -552,8 +559,17 @@ def _mix(
     lease.progress(budget.mixed, Stage.FINALIZING)
 
 
-def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
-    """Render the claimed attempt ``job.attempts`` of ``job`` and record the outcome."""
+def run_attempt(
+    store: JobStore,
+    job: Job,
+    settings: Settings,
+    *,
+    worker: str | None = None,
+    drain_overdue: Callable[[], bool] | None = None,
+) -> AttemptResult:
+    """Render the claimed attempt ``job.attempts`` of ``job`` and record the
+    outcome. ``drain_overdue`` says when this worker (``worker``), stopping,
+    must hand the job back instead of finishing it."""
     attempt = job.attempts
     scratch = partial_dir(settings.output_dir, job.id, attempt)
     remove_earlier_attempts(settings.output_dir, job.id, attempt)
@@ -571,6 +587,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
             settings.heartbeat_interval,
             patience,
             timeout=settings.render_timeout,
+            drain_overdue=drain_overdue,
         ) as lease:
             try:
                 deck = Deck.model_validate(job.deck)
@@ -578,6 +595,7 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
             _render(lease, deck, scratch, settings, timings, JobAssets(store, job, settings))
             lease.check()
+            lease.finishing()  # done rendering: a drain lets it publish and complete
             _publish(settings, job.id, attempt, scratch)
             # Refused means a newer attempt holds the job: the folder just
             # published is replaced when that attempt publishes, or removed
@@ -601,6 +619,10 @@ def run_attempt(store: JobStore, job: Job, settings: Settings) -> AttemptResult:
         result = AttemptResult(Outcome.LOST)
     except CancelRequested:
         result = AttemptResult(Outcome.CANCELLED)
+    except DrainTimedOut:
+        result = AttemptResult(
+            Outcome.HANDED_BACK, f"handed back: worker {worker or job.worker} draining"
+        )
     except RenderTimedOut as timed_out:
         result = AttemptResult(Outcome.FAILED, str(timed_out))
     except (
@@ -652,6 +674,11 @@ def _write_outcome(
     attempt = job.attempts
     if result.outcome is Outcome.CANCELLED:
         return store.finish_cancelled(job.id, attempt), result
+    if result.outcome is Outcome.HANDED_BACK:
+        moved = store.hand_back(job.id, attempt, result.error or "handed back")
+        if moved is Status.CANCELLED:  # a cancel came in meanwhile: it wins
+            return True, AttemptResult(Outcome.CANCELLED)
+        return moved is not None, result
     if result.outcome is Outcome.RETRYING and attempt < job.attempt_limit:
         delay = backoff(settings, attempt)
         reason = f"attempt {attempt} failed, retrying in {delay:.1f}s: {result.error}"

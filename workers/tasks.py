@@ -6,6 +6,11 @@ renders it, and asks again until nothing may run. The webhook task carries
 a job id. The job store is the truth. The worker's main process registers
 itself in the ``workers`` table and runs the :class:`~workers.sweeper.Sweeper`
 thread.
+
+Asked to stop (SIGTERM: Celery's warm shutdown), a worker drains
+(:mod:`workers.drain`): it is marked ``draining``, claims nothing more,
+gives its current renders ``SLIDEFARM_DRAIN_TIMEOUT`` and hands back those
+still running then, deregisters and exits 0.
 """
 
 from __future__ import annotations
@@ -14,23 +19,36 @@ import logging
 import os
 import random
 import socket
+import threading
+import time
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 
-from celeryconfig import RENDER_TASK, SEND_RETRY_POLICY, WEBHOOK_TASK
+from celeryconfig import (
+    RENDER_TASK,
+    SEND_RETRY_POLICY,
+    VERSION_HEADER,
+    WAKE_VERSION,
+    WEBHOOK_TASK,
+    wake_headers,
+)
 from core.config import Settings, get_settings
-from storage import DatabaseUnavailable, Job, JobStore, StorageError
+from storage import DatabaseUnavailable, Job, JobStore, StorageError, utcnow
 from storage.db import dispose_engines
 from storage.registry import WorkerRegistry
 from workers.batches import settle_batch
 from workers.celery_app import app
+from workers.drain import DRAIN
 from workers.pipeline import Outcome, run_attempt
 from workers.sweeper import Sweeper
 from workers.voices import close_voices, voice_records
@@ -45,6 +63,15 @@ def _store() -> JobStore:
     return JobStore.from_settings(get_settings())
 
 
+#: Seconds a worker waits before it requeues a wake-up of a newer version
+#: than it understands, so that a farm of only older workers passes such a
+#: message around at most once a second per pool process rather than spinning.
+REFUSE_PAUSE = 1.0
+
+#: Seconds past the drain's deadline a worker promises to be gone by (the
+#: hand-back, its webhook and the deregistration), in its registry row.
+DRAIN_GRACE = 15.0
+
 #: Most jobs one wake-up runs before it hands over to a fresh wake-up, so that
 #: Celery's per-child limits (max tasks, max memory) still apply.
 JOBS_PER_WAKE = 50
@@ -54,7 +81,9 @@ def wake(count: int = 1) -> None:
     """Send ``count`` wake-ups (a failed send is made up for by the sweeper)."""
     try:
         for _ in range(count):
-            app.send_task(RENDER_TASK, retry=True, retry_policy=SEND_RETRY_POLICY)
+            app.send_task(
+                RENDER_TASK, headers=wake_headers(), retry=True, retry_policy=SEND_RETRY_POLICY
+            )
     except Exception:
         log.warning("broker unavailable; the sweeper will wake a worker again", exc_info=True)
 
@@ -74,6 +103,36 @@ def send_webhook(job_id: str) -> None:
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share its parent's database sockets.
     dispose_engines()
+
+
+@worker_shutting_down.connect
+def _begin_drain(sender: Any = None, how: str = "Warm", **_: Any) -> None:
+    """Celery's shutdown began (in the main process's signal handler): the
+    pool's children stop claiming and have ``SLIDEFARM_DRAIN_TIMEOUT`` to
+    finish, then hand their jobs back; the registry says ``draining``."""
+    if how != "Warm":
+        return  # a cold shutdown cancels the tasks; recovery requeues their jobs
+    settings = get_settings()
+    already = DRAIN.draining
+    DRAIN.begin(settings.drain_timeout)
+    if already:
+        return
+    name = str(sender) if sender else f"celery@{socket.gethostname()}"
+    until = utcnow() + timedelta(seconds=settings.drain_timeout + DRAIN_GRACE)
+    # Not from the signal handler itself: it may have interrupted this
+    # thread inside the database pool's lock.
+    threading.Thread(
+        target=_mark_draining, args=(name, until), name="slidefarm-drain", daemon=True
+    ).start()
+
+
+def _mark_draining(name: str, until: Any) -> None:
+    log.info(
+        "worker %s draining: claims nothing more; renders have %.0f s, then are handed back",
+        name,
+        get_settings().drain_timeout,
+    )
+    _registry_call(WorkerRegistry(_store()).draining, name, until)
 
 
 @worker_ready.connect
@@ -114,17 +173,53 @@ def noop() -> None:
     """Does nothing: the baseline of the dispatch benchmark (bare Celery)."""
 
 
+def message_version(request: Any) -> int:
+    """The version of a render task's message: its header, else 1 (a
+    message sent before versions were, which named its job)."""
+    value = getattr(request, VERSION_HEADER, None)
+    if value is None:
+        headers = getattr(request, "headers", None) or {}
+        value = headers.get(VERSION_HEADER)
+    try:
+        return int(value) if value is not None else 1
+    except (TypeError, ValueError):
+        return WAKE_VERSION + 1  # unreadable: not ours to guess; requeued
+
+
 @app.task(name=RENDER_TASK, bind=True, max_retries=None, ignore_result=True)
-def render_presentation(self: Task, legacy_job_id: str | None = None) -> str:
+def render_presentation(self: Task, *legacy: Any, **newer: Any) -> str:
     """A wake-up: claim the job that runs next, render it, and claim again
     until nothing may run (at most :data:`JOBS_PER_WAKE`, then one wake-up
-    is sent to carry on). ``legacy_job_id`` (a message of an older version
-    named its job) is ignored: the store decides."""
+    is sent to carry on) or this worker drains (then too).
+
+    A message of this version (:data:`~celeryconfig.WAKE_VERSION`) or the
+    one before is accepted: a version 1 message named its job (``legacy``),
+    which is ignored, the store decides. A newer one is requeued untouched
+    (never acknowledged and dropped): a worker of its version takes it.
+    Arguments are taken loosely so that a newer message's are never refused
+    by Celery before this check."""
+    version = message_version(self.request)
+    if version > WAKE_VERSION:
+        log.warning(
+            "wake-up of message version %s refused: this worker understands %s and %s; "
+            "requeued for a newer worker",
+            version,
+            WAKE_VERSION - 1,
+            WAKE_VERSION,
+        )
+        time.sleep(REFUSE_PAUSE)
+        raise Reject(f"message version {version} is newer than {WAKE_VERSION}", requeue=True)
     store = _store()
     settings = get_settings()
     worker = self.request.hostname or f"celery@{socket.gethostname()}"
     ran = 0
     while ran < JOBS_PER_WAKE:
+        if DRAIN.draining:
+            # Stopping: claim nothing more. A job may wait (one handed back
+            # among them): a worker that stays takes this wake-up over.
+            log.info("wake-up: worker %s draining; claims nothing more, passed on", worker)
+            wake()
+            return f"ran {ran}, then drained"
         try:
             job = store.claim_next(worker, max_running=settings.max_running)
         except DatabaseUnavailable as down:
@@ -147,18 +242,19 @@ def render_presentation(self: Task, legacy_job_id: str | None = None) -> str:
 def _render(store: JobStore, job: Job, worker: str, settings: Settings) -> None:
     """Run the claimed attempt of ``job`` and do what its outcome asks."""
     # The claim set this worker's current job in the registry, in the same write.
-    result = run_attempt(store, job, settings)
+    result = run_attempt(store, job, settings, worker=worker, drain_overdue=lambda: DRAIN.overdue)
     # A retry waits queued with its not_before: this loop, or the sweeper's
     # wake-up once it is due, claims it again (no Celery countdown).
-    if result.outcome is not Outcome.LOST and result.outcome is not Outcome.RETRYING:
+    requeued = result.outcome in (Outcome.RETRYING, Outcome.HANDED_BACK)
+    if result.outcome is not Outcome.LOST and not requeued:
         if job.callback_url is not None:
             send_webhook(job.id)  # the final transition armed it
-    if job.batch_id is not None and result.outcome is not Outcome.RETRYING:
+    if job.batch_id is not None and not requeued:
         settle_batch(store, job.batch_id)  # the batch's last job: its webhook
     if result.outcome not in (Outcome.LOST, Outcome.COMPLETED):  # a completion counted itself
-        _registry_call(
-            WorkerRegistry(store).job_finished, worker, job.id, outcome=result.outcome.value
-        )
+        # A hand-back counts as a retry of this worker's (no counter of its own).
+        outcome = Outcome.RETRYING if requeued else result.outcome
+        _registry_call(WorkerRegistry(store).job_finished, worker, job.id, outcome=outcome.value)
 
 
 def _registry_call(fn: Any, *args: Any, **kwargs: Any) -> None:

@@ -279,6 +279,13 @@ const slidefarm = (() => {
   }
 
   // -- workers --------------------------------------------------------------
+  const WORKER_STATES = {
+    alive: "takes jobs",
+    draining: "asked to stop: claims nothing more, finishes its render or hands it back",
+    stopped: "stopped and deregistered",
+    stale: "not seen lately, and never said it stopped",
+  };
+
   function workersPage() {
     const tbody = document.querySelector("#workers tbody");
     // The server's count of seconds, not this browser's clock, which may be off.
@@ -289,7 +296,7 @@ const slidefarm = (() => {
         const data = await getJSON("/v1/workers");
         tbody.replaceChildren(...data.workers.map((w) => el("tr", { "data-worker": w.name, "data-state": w.state }, [
           el("td", { text: w.name }), el("td", { text: w.host }), el("td", { text: String(w.pid) }),
-          el("td", {}, [badge(w.state)]), el("td", {}, [lastSeen(w)]),
+          el("td", {}, [Object.assign(badge(w.state), { title: WORKER_STATES[w.state] || "" })]), el("td", {}, [lastSeen(w)]),
           el("td", {}, w.current_job ? [el("a", { href: `/jobs/${w.current_job}` }, [el("code", { text: w.current_job.slice(0, 8) })])] : []),
           el("td", { text: String(w.jobs_done) }), el("td", { text: String(w.jobs_failed) }),
           el("td", { text: seconds(w.uptime_seconds) }),

@@ -412,6 +412,42 @@ class Transitions(StoreBase):
             return Status.CANCELLED
         return None
 
+    def hand_back(self, job_id: str, attempt: int, reason: str) -> Status | None:
+        """``processing -> queued`` by a worker that stops (it drains) before
+        ``attempt`` could finish: the next claim may run at once, and the
+        attempt handed back is not counted against the job's budget (its
+        ``attempt_limit`` grows by one in the same write, so ``attempts``
+        still only goes up and every fence stays valid).
+
+        A cancel asked for meanwhile wins: the job ends ``cancelled``.
+        Returns the status the job moved to, or ``None`` if ``attempt`` no
+        longer holds it.
+        """
+        reason = redact_secrets(reason)
+        now = utcnow()
+        if self._transition(
+            job_id,
+            attempt,
+            Status.PROCESSING,
+            {
+                "status": Status.QUEUED.value,
+                "stage": Stage.QUEUED.value,
+                "progress": 0.0,
+                "queued_at": now,
+                "not_before": None,
+                "dispatched_at": now,
+                "error": reason[:4000],
+                "attempt_limit": jobs_table.c.attempt_limit + 1,
+            },
+            to_status=Status.QUEUED,
+            reason=reason,
+            where=[jobs_table.c.cancel_requested.is_(False)],
+        ):
+            return Status.QUEUED
+        if self.finish_cancelled(job_id, attempt):
+            return Status.CANCELLED
+        return None
+
     def mark_dispatched(self, job_id: str) -> None:
         """Note that the task of queued ``job_id`` was just (re)sent."""
         with self.transaction(single=True) as conn:

@@ -53,6 +53,18 @@ def test_workers_show_who_is_alive(client: FlaskClient, store: JobStore) -> None
     assert by_name["b@host2"]["state"] == "stopped" and not by_name["b@host2"]["alive"]
 
 
+def test_a_draining_worker_shows_draining(client: FlaskClient, store: JobStore) -> None:
+    registry = WorkerRegistry(store)
+    registry.register("a@host1", "host1", 101)
+    registry.draining("a@host1", utcnow() + timedelta(seconds=75))
+    [worker] = client.get("/v1/workers").get_json()["workers"]
+    assert (worker["state"], worker["alive"]) == ("draining", False)
+    page = client.get("/workers")
+    assert page.status_code == 200
+    with client.get("/static/dashboard.js") as script:
+        assert "draining:" in script.get_data(as_text=True)  # the badge's legend
+
+
 def test_stats_count_jobs_and_throughput(client: FlaskClient, store: JobStore) -> None:
     ids = [client.post("/v1/jobs", json=small_deck()).get_json()["job_id"] for _ in range(3)]
     _finish(store, ids[0])

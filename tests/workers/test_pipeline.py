@@ -197,3 +197,49 @@ def test_transient_failure_requeues_with_backoff_then_gives_up(
     assert failed.status is Status.FAILED
     assert failed.error and failed.error.startswith("gave up after 2 attempts: ffmpeg failed")
     assert leftovers(settings) == []
+
+
+def test_a_drain_run_out_mid_render_hands_the_job_back(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    job, _ = store.create(small_deck(slides=3, duration=0.5), title="t", attempt_limit=1)
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    checks: list[bool] = []
+
+    def overdue() -> bool:  # runs out after the render began
+        checks.append(True)
+        return len(checks) > 2
+
+    result = run_attempt(store, claimed, worker_settings, worker="w@h", drain_overdue=overdue)
+    assert result.outcome is Outcome.HANDED_BACK
+    back = store.get(job.id)
+    assert (back.status, back.attempts, back.attempt_limit) == (Status.QUEUED, 1, 2)
+    assert back.not_before is None
+    assert store.history(job.id)[-1].reason == "handed back: worker w@h draining"
+    assert leftovers(worker_settings) == []
+    assert not (worker_settings.output_dir / job.id).exists()
+
+
+def test_a_drain_lets_a_finished_render_complete(
+    store: JobStore, worker_settings: Settings
+) -> None:
+    job, _ = store.create(small_deck(slides=1, duration=0.5), title="t")
+    claimed = store.claim(job.id, "w@h")
+    assert claimed is not None
+    drained = False
+
+    def overdue() -> bool:
+        return drained
+
+    real_complete = store.complete
+
+    def complete_after_the_drain_ran_out(*args: object, **kwargs: object) -> object:
+        nonlocal drained
+        drained = True  # ran out while publishing: the finished work still counts
+        return real_complete(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.complete = complete_after_the_drain_ran_out  # type: ignore[method-assign]
+    result = run_attempt(store, claimed, worker_settings, worker="w@h", drain_overdue=overdue)
+    assert result.outcome is Outcome.COMPLETED
+    assert store.get(job.id).status is Status.COMPLETED
