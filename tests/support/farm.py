@@ -290,6 +290,40 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+def stream_events(
+    host: str, port: int, token: str | None, job_id: str, last_id: str | None = None
+) -> Iterator[tuple[str, str | None, str]]:
+    """The events of one connection to a job's stream, as (event, id, data);
+    ("", None, "") when the connection ends."""
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    headers = bearer(token) if token else {}
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    try:
+        conn.request("GET", f"/v1/jobs/{job_id}/events", headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200, (resp.status, resp.read()[:300])
+        event, event_id, data = "message", None, ""
+        while True:
+            line = resp.readline()
+            if not line:
+                yield "", None, ""
+                return
+            text = line.decode().rstrip("\r\n")
+            if text == "":
+                if data:
+                    yield event, event_id, data
+                event, event_id, data = "message", None, ""
+            elif text.startswith("event:"):
+                event = text[6:].strip()
+            elif text.startswith("id:"):
+                event_id = text[3:].strip()
+            elif text.startswith("data:"):
+                data += text[5:].strip()
+    finally:
+        conn.close()
+
+
 @dataclass
 class EventFollower:
     """A client of one job's event stream through HAProxy: reconnects with
@@ -315,36 +349,6 @@ class EventFollower:
         assert self._thread is not None
         self._thread.join(timeout)
 
-    def _stream(self, last_id: str | None) -> Iterator[tuple[str, str | None, str]]:
-        """The events of one connection: (event, id, data); ("", ...) at EOF."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        headers = bearer(self.token) if self.token else {}
-        if last_id:
-            headers["Last-Event-ID"] = last_id
-        try:
-            conn.request("GET", f"/v1/jobs/{self.job_id}/events", headers=headers)
-            resp = conn.getresponse()
-            assert resp.status == 200, (resp.status, resp.read()[:300])
-            event, event_id, data = "message", None, ""
-            while True:
-                line = resp.readline()
-                if not line:
-                    yield "", None, ""
-                    return
-                text = line.decode().rstrip("\r\n")
-                if text == "":
-                    if data:
-                        yield event, event_id, data
-                    event, event_id, data = "message", None, ""
-                elif text.startswith("event:"):
-                    event = text[6:].strip()
-                elif text.startswith("id:"):
-                    event_id = text[3:].strip()
-                elif text.startswith("data:"):
-                    data += text[5:].strip()
-        finally:
-            conn.close()
-
     def _run(self) -> None:
         last_id: str | None = None
         deadline = time.monotonic() + 170
@@ -352,7 +356,9 @@ class EventFollower:
             self.connections += 1
             told = False
             try:
-                for event, event_id, data in self._stream(last_id):
+                for event, event_id, data in stream_events(
+                    self.host, self.port, self.token, self.job_id, last_id
+                ):
                     if event == "":
                         break
                     if event_id is not None:
