@@ -45,7 +45,7 @@ def haproxy_config(port: int, servers: dict[str, int], stats_socket: Path) -> st
         "    timeout server 60s",
         "    timeout http-keep-alive 30s",
         # A check is slower than inter under load: give it its own bound.
-        "    timeout check 3s",
+        "    timeout check 5s",
         # A connection refused (a server between two processes) or closed
         # without an answer (a kept-alive connection closed as a request
         # went out) is tried again, on another server. Clients send an

@@ -189,6 +189,24 @@ def replace_api(name: str) -> DeployStep:
     return DeployStep(f"replace {name} (SIGTERM, new process)", run)
 
 
+def roll_workers() -> DeployStep:
+    """Each worker in turn: SIGTERM to its main process (Celery's warm
+    shutdown; the worker drain decides what it does with its job), wait for
+    its exit, start its replacement under the same name."""
+
+    def run(farm: Farm) -> None:
+        for n, proc in enumerate(list(farm.workers)):
+            started = time.monotonic()
+            proc.popen.send_signal(signal.SIGTERM)
+            code = proc.popen.wait(timeout=60)
+            proc.stop()  # closes its log
+            assert code == 0, f"{proc.name} exited {code}:\n{proc.log()[-3000:]}"
+            farm.workers[n] = farm.stack.start_worker(f"w{n + 1}", concurrency=2)
+            farm.timings[f"roll w{n + 1}"] = time.monotonic() - started
+
+    return DeployStep("roll every worker (SIGTERM, new process)", run)
+
+
 def run_deploy(farm: Farm, steps: list[DeployStep], pause: float = 1.0) -> list[str]:
     """Run ``steps`` in order, ``pause`` s apart; the names of those run."""
     done = []
