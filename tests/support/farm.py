@@ -4,10 +4,11 @@ Redis; a load client and event-stream followers going through HAProxy; and
 deploy steps run one after the other while the load runs.
 
 A deploy is a list of :class:`DeployStep`: each is a name and a function of
-the :class:`Farm`, run in order by :func:`run_deploy`. The API steps are
-here (:func:`hup_api`, :func:`replace_api`); a step that applies a migration
-or replaces each worker is one more function of the farm, put in the list
-where the README's procedure puts it.
+the :class:`Farm`, run in order by :func:`run_deploy`. Here are the API
+steps (:func:`hup_api`, :func:`replace_api`) and :func:`roll_workers`; a
+step that applies a migration is one more function of the farm (it has the
+stack's ``env["DATABASE_URL"]``), put in the list where the README's
+procedure puts it: expand first, contract last.
 """
 
 from __future__ import annotations

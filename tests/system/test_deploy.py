@@ -2,13 +2,13 @@
 gunicorn API instances, two Celery workers, PostgreSQL and Redis; a client
 submits and polls through HAProxy all along (a few hundred requests a second
 on kept-alive connections) and a few clients follow jobs' event streams,
-while the API hosts are reloaded (HUP) and replaced one by one (SIGTERM: they
-drain). Its figures are printed (``-s`` shows them): requests, failures,
+while the workers are replaced one by one, then the API hosts are reloaded
+(HUP) and replaced one by one (SIGTERM: they drain). Its figures are printed (``-s`` shows them): requests, failures,
 p50/p99 during the deploy against the same load before it, jobs, wall time.
 
 The deploy is the list ``STEPS``, run in order (tests/support/farm.py): the
-README's "Deploying without downtime" adds the migration and worker steps
-in their places.
+migration steps of the README's "Deploying without downtime" go in their
+places.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from tests.support.stack import make_stack
 
 pytestmark = pytest.mark.e2e
 
-#: The deploy, in order (an expand migration and a roll of the workers go
-#: before the API hosts, a contract migration after them).
+#: The deploy, in order: the README's procedure (an expand migration goes
+#: first, a contract migration last, once they exist).
 STEPS: list[DeployStep] = [
     roll_workers(),
     hup_api("api1"),
