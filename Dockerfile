@@ -18,10 +18,11 @@ COPY api ./api
 COPY workers ./workers
 COPY storage ./storage
 COPY core ./core
-COPY celeryconfig.py alembic.ini ./
+COPY celeryconfig.py gunicornconf.py alembic.ini ./
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . && useradd --create-home slidefarm \
  && mkdir -p /data/output && chown slidefarm /data/output
 USER slidefarm
 ENV SLIDEFARM_OUTPUT_DIR=/data/output
-CMD ["gunicorn", "-w", "4", "-k", "gthread", "--threads", "4", "-b", "0.0.0.0:8000", "api:create_app()"]
+# gunicornconf: gthread workers, and a SIGTERM drains (see the README, "Deploying without downtime").
+CMD ["gunicorn", "-c", "python:gunicornconf", "-b", "0.0.0.0:8000", "api:create_app()"]

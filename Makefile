@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice espeak screenshots setup clean
+.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice espeak haproxy screenshots setup clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,15 @@ espeak:
 	    --no-install-recommends espeak-ng >/dev/null) || echo "espeak: install failed, continuing"; \
 	else echo "espeak: not root or no apt-get; the espeak-ng tests will skip"; fi
 
+# Debian's HAProxy, the load balancer the rolling-deploy test puts in front of
+# two API instances (run as the current user on spare ports; no service).
+haproxy:
+	@if command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; then echo "haproxy: already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends haproxy >/dev/null) || echo "haproxy: install failed, continuing"; \
+	else echo "haproxy: not root or no apt-get; the deploy test will skip"; fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
@@ -79,7 +88,7 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
-test: $(STAMP) fonts browser ffprobe libreoffice espeak
+test: $(STAMP) fonts browser ffprobe libreoffice espeak haproxy
 	$(PY) -m pytest
 
 # The quick loop: no processes, no browser, no chaos run.

@@ -13,6 +13,7 @@ from api.body import guard_request_body
 from api.compression import init_compression
 from api.cors import init_cors
 from api.dispatch import Dispatcher
+from api.drain import Drain
 from api.errors import register_error_handlers
 from api.services import Services
 from core.config import Settings, get_settings
@@ -44,6 +45,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         dispatcher=dispatcher,
         limiter=RateLimiter(store, settings.redis_url),
     )
+    # Set by gunicorn's hooks when this process is asked to stop (gunicornconf.py).
+    app.extensions["slidefarm_drain"] = Drain()
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.drain import current_drain
 from api.errors import error_response
 from api.services import services
 from core.redact import redact_secrets
@@ -19,7 +20,13 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """200 when the database and the broker answer; 503 naming what does not."""
+    """200 when the database and the broker answer; 503 naming what does not,
+    and 503 ``draining`` from the moment this process is asked to stop (it
+    still serves: a load balancer takes it out before it closes)."""
+    if current_drain().stopping:
+        return error_response(
+            503, "draining", "not ready: this API process is stopping; use another one"
+        )
     svc = services()
     checks: dict[str, str] = {}
     try:

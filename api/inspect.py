@@ -6,13 +6,14 @@ and is the same from every API host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CollectorRegistry,
@@ -22,6 +23,7 @@ from prometheus_client.core import (
 )
 
 from api.auth import owner_scope, require_admin
+from api.drain import Drain, current_drain
 from api.serialize import iso, job_json
 from api.services import Services, services
 from api.voices import offered
@@ -35,6 +37,9 @@ bp = Blueprint("inspect", __name__)
 EVENT_POLL = 0.5  # seconds between store reads when there is no pub/sub
 KEEPALIVE = 15.0
 MAX_STREAM = 3600.0
+DRAIN_CHECK = 0.5  # seconds at most before a waiting stream sees its process stop
+RETRY_MS = 2000  # the client's reconnection delay
+RECONNECT_RETRY_MS = 500  # ... when told to reconnect: another process serves it
 
 
 def worker_json(worker: WorkerInfo, stale_after: float) -> dict[str, Any]:
@@ -127,8 +132,9 @@ def stats() -> Response:
     )
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 def _snapshot(job: Job) -> tuple[Any, ...]:
@@ -142,41 +148,77 @@ def _snapshot(job: Job) -> tuple[Any, ...]:
     )
 
 
+def _event_id(snapshot: tuple[Any, ...]) -> str:
+    """The id of the events that show this state of the job: the same state
+    always has the same id, so a client reconnecting with it as
+    ``Last-Event-ID`` is not sent that state again."""
+    return hashlib.blake2b(repr(snapshot).encode(), digest_size=8).hexdigest()
+
+
+def _wait_for_change(pubsub: Any, drain: Drain, seconds: float) -> None:
+    """Until the job's channel says something, ``seconds`` pass, or this
+    process's streams must end (checked at least every DRAIN_CHECK s)."""
+    deadline = time.monotonic() + seconds
+    while not drain.streams_ending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if pubsub is None:
+            drain.wait_streams_end(left)
+            continue
+        if pubsub.get_message(timeout=min(left, DRAIN_CHECK)) is not None:
+            return
+
+
 @bp.get("/v1/jobs/<job_id>/events")
 def job_events(job_id: str) -> Response:
     """Server-Sent Events: ``job`` on every change of status, progress or
     stage, then ``end`` with the final job, then the stream closes.
 
+    Every event has an ``id`` naming the job's state. A stream that this
+    process must close (it is stopping, or the stream is an hour old) ends
+    with ``reconnect`` (and a short ``retry``): the client connects again
+    with ``Last-Event-ID`` and gets the job's current state, unless that is
+    the state it last saw, then every change as before, so it never misses
+    the ``end``.
+
     Pushed through Redis pub/sub when ``REDIS_URL`` is set, by polling the
     store otherwise; the store is read either way, so nothing is missed.
     """
     svc = services()
+    drain = current_drain()
     scope = owner_scope()
     first = svc.store.get(job_id, owner=scope)  # 404 before the stream starts
+    seen = request.headers.get("Last-Event-ID")
 
     def stream(svc: Services) -> Iterator[str]:
-        yield "retry: 2000\n\n"
+        yield f"retry: {RETRY_MS}\n\n"
         job: Job | None = first
         last: tuple[Any, ...] | None = None
         started = last_sent = time.monotonic()
         feed = svc.store.feed
         with feed.subscribe(job_id) if feed else nullcontext() as pubsub:
-            while time.monotonic() - started < MAX_STREAM:
+            while True:
                 if job is not None:
-                    if _snapshot(job) != last:
-                        last = _snapshot(job)
-                        last_sent = time.monotonic()
-                        yield _sse("job", job_json(job))
+                    snapshot = _snapshot(job)
+                    event_id = _event_id(snapshot)
+                    if snapshot != last:
+                        last = snapshot
+                        if event_id != seen:
+                            last_sent = time.monotonic()
+                            yield _sse("job", job_json(job), event_id)
                     if job.status.is_final:
-                        yield _sse("end", job_json(job))
+                        yield _sse("end", job_json(job), event_id)
                         return
+                if drain.streams_ending or time.monotonic() - started >= MAX_STREAM:
+                    yield f"retry: {RECONNECT_RETRY_MS}\n" + _sse(
+                        "reconnect", {"job_id": job_id, "retry_ms": RECONNECT_RETRY_MS}
+                    )
+                    return
                 if time.monotonic() - last_sent > KEEPALIVE:
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"
-                if pubsub is not None:
-                    pubsub.get_message(timeout=5.0)
-                else:
-                    time.sleep(EVENT_POLL)
+                _wait_for_change(pubsub, drain, 5.0 if pubsub is not None else EVENT_POLL)
                 try:
                     job = svc.store.get(job_id, owner=scope)
                 except JobNotFound:

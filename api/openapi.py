@@ -151,18 +151,38 @@ def _sse(event: str, data: Doc) -> Doc:
         "required": ["event", "data"],
         "properties": {
             "event": {"const": event},
+            "id": {"type": "string", "description": "The job's state; send as Last-Event-ID"},
+            "retry": {"type": "integer", "description": "Reconnect after this many ms"},
             "data": {"type": "string", "contentMediaType": JSON, "contentSchema": data},
         },
     }
 
 
+#: What ``reconnect`` carries: the stream's job and how soon to come back.
+RECONNECT: Doc = {
+    "type": "object",
+    "required": ["job_id", "retry_ms"],
+    "properties": {"job_id": {"type": "string"}, "retry_ms": {"type": "integer"}},
+}
+
 #: One event of ``/v1/jobs/{job_id}/events``: ``job`` on every change, then
-#: ``end`` with the final job (or the id and ``deleted``), then the stream closes.
+#: ``end`` with the final job (or the id and ``deleted``), then the stream
+#: closes; or ``reconnect`` when the serving process stops first.
 SSE_EVENT: Doc = {
     "oneOf": [
         _sse("job", _ref("Job")),
         _sse("end", {"anyOf": [_ref("Job"), _ref("JobGone")]}),
+        _sse("reconnect", RECONNECT),
     ]
+}
+
+#: A reconnecting event stream's last event id (EventSource sends it).
+LAST_EVENT_ID: Doc = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "The id of the last event seen: that state is not sent again",
+    "schema": {"type": "string"},
 }
 
 
@@ -639,6 +659,7 @@ def _operations() -> dict[str, Doc]:
             "get": {
                 "operationId": "streamJobEvents",
                 "summary": "Server-Sent Events: `job` on every change, then `end`",
+                "parameters": [LAST_EVENT_ID],
                 "responses": {
                     "200": {
                         "description": "The event stream; each event's `data` is JSON",
@@ -701,7 +722,7 @@ def _operations() -> dict[str, Doc]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "200 when the database and the broker answer",
+                "summary": "200 when the database and the broker answer; 503 while stopping",
                 "responses": {
                     "200": {"description": "Ready", "content": _json("Ready")},
                     "503": ERRORS["503"],

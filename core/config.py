@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     #: emoji, and characters the shipped fonts lack). Off: only the fonts that
     #: ship with the package, exactly what a fresh machine has.
     system_fonts: bool = Field(default=True, validation_alias="SLIDEFARM_SYSTEM_FONTS")
+    #: Seconds an API process served by gunicorn with ``-c python:gunicornconf``
+    #: keeps serving after its master is asked to stop (SIGTERM) while
+    #: ``/readyz`` answers 503, so a load balancer takes it out before it stops
+    #: accepting; longer than the balancer's health check needs to see it
+    #: (HAProxy: ``inter`` x ``fall``). gunicorn's ``graceful_timeout`` must
+    #: exceed it plus the longest request.
+    api_drain_delay: float = Field(default=5.0, ge=0, validation_alias="SLIDEFARM_API_DRAIN_DELAY")
     #: Max seconds an API process waits for the broker when sending a task.
     broker_send_timeout: float = Field(
         default=2.0, gt=0, validation_alias="SLIDEFARM_BROKER_SEND_TIMEOUT"

@@ -87,6 +87,7 @@ def test_the_dockerfile_installs_from_pyproject() -> None:
         "migrations",
         "alembic.ini",
         "celeryconfig.py",
+        "gunicornconf.py",
     ):
         assert path in text, path
     for package in ("api", "workers", "storage", "core", "migrations"):
@@ -105,3 +106,16 @@ def test_redis_needs_a_password_and_flower_a_login() -> None:
     flower = command_of(services["flower"])
     assert any(arg.startswith("--basic-auth=") for arg in flower)
     assert all(port.startswith("127.0.0.1:") for port in services["flower"]["ports"])
+
+
+def test_the_api_is_served_to_drain() -> None:
+    # gunicornconf's hooks drain a stopping API (README, "Deploying without
+    # downtime"); the container runtime must wait longer than gunicorn does.
+    import gunicornconf
+
+    api = compose()["services"]["api"]
+    argv = command_of(api)
+    assert argv[argv.index("-c") + 1] == "python:gunicornconf"
+    assert '"-c", "python:gunicornconf"' in DOCKERFILE.read_text()
+    grace = int(str(api["stop_grace_period"]).rstrip("s"))
+    assert grace > gunicornconf.graceful_timeout
