@@ -27,9 +27,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+
 from tests.support.balancer import HAProxy
 from tests.support.clients import bearer
 from tests.support.decks import small_deck
+from tests.support.schema_load import alembic_config_with_test_migrations
 from tests.support.stack import Proc, Stack, free_port, wait_until
 
 #: HAProxy sees a failing /readyz within about inter (100 ms) plus a
@@ -206,6 +209,21 @@ def roll_workers() -> DeployStep:
             farm.timings[f"roll w{n + 1}"] = time.monotonic() - started
 
     return DeployStep("roll every worker (SIGTERM, new process)", run)
+
+
+def migrate(revision: str, label: str) -> DeployStep:
+    """``alembic upgrade <revision>`` (the product's revisions plus the
+    test-only expand and contract pair in tests/support/migrations) while
+    everything runs: each step under a short lock_timeout, retried."""
+
+    def run(farm: Farm) -> None:
+        started = time.monotonic()
+        command.upgrade(
+            alembic_config_with_test_migrations(farm.stack.env["DATABASE_URL"]), revision
+        )
+        farm.timings[label] = time.monotonic() - started
+
+    return DeployStep(f"{label} migration ({revision})", run)
 
 
 def run_deploy(farm: Farm, steps: list[DeployStep], pause: float = 1.0) -> list[str]:

@@ -1,15 +1,16 @@
 """A rolling deploy under load loses nothing: HAProxy in front of two
-gunicorn API instances, two Celery workers, PostgreSQL and Redis; a client
+gunicorn API instances, three Celery workers, PostgreSQL and Redis; a client
 submits and polls through HAProxy all along (a few hundred requests a second
 on kept-alive connections) and a few clients follow jobs' event streams,
-while the workers are replaced one by one, then the API hosts are reloaded
-(HUP) and replaced one by one (SIGTERM: they drain). Its figures are printed
+while an expand migration adds a column and its index, the workers are
+replaced one by one (SIGTERM: they drain), the API hosts are reloaded (HUP)
+and replaced one by one (SIGTERM: they drain), and a contract migration
+drops what the expand added. Its figures are printed
 (``-s`` shows them): requests, failures, p50/p99 during the deploy against
 the same load before it, jobs, wall time.
 
-The deploy is the list ``STEPS``, run in order (tests/support/farm.py): the
-migration steps of the README's "Deploying without downtime" go in their
-places.
+The deploy is the list ``STEPS``, run in order (tests/support/farm.py), as
+the README's "Deploying without downtime" orders it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.support.farm import (
     Farm,
     LoadClient,
     hup_api,
+    migrate,
     percentile,
     replace_api,
     roll_workers,
@@ -42,13 +44,17 @@ from tests.support.stack import make_stack
 
 pytestmark = pytest.mark.e2e
 
-#: The deploy, in order: the README's procedure (an expand migration goes
-#: first, a contract migration last, once they exist).
+#: The deploy, in order: the README's procedure. The expand migration adds a
+#: column and its index (built CONCURRENTLY) under the running code, which
+#: ignores them; the contract migration drops them once every process runs
+#: the "new" version.
 STEPS: list[DeployStep] = [
+    migrate("e1_expand_deploy_tag", "expand"),
     roll_workers(),
     hup_api("api1"),
     replace_api("api1"),
     replace_api("api2"),
+    migrate("e2_contract_deploy_tag", "contract"),
 ]
 #: Seconds of the same load before the deploy, measured for comparison.
 BASELINE = 12.0
@@ -69,7 +75,7 @@ def farm(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Farm]:
         SLIDEFARM_NOOP_RENDER="1",
         SLIDEFARM_API_DRAIN_DELAY=str(DRAIN_DELAY),
     )
-    farm = Farm(stack, tmp_path)
+    farm = Farm(stack, tmp_path, workers=3)
     try:
         farm.start()
         yield farm
