@@ -45,14 +45,23 @@ def wait_until(predicate: Any, timeout: float, message: str) -> None:
 class Proc:
     """A child process with its log, stopped gracefully (then killed)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        cwd: Path = ROOT,
+    ) -> None:
+        """``args`` run in ``cwd`` (this checkout; another release's tree
+        runs its own code with this environment's packages)."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             args,
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
