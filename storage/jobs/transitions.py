@@ -9,7 +9,7 @@ never change a job it no longer holds (docs/design.md, invariants 2 and 3).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, literal, select, update
@@ -387,30 +387,8 @@ class Transitions(StoreBase):
         Returns the status the job moved to, or ``None`` if ``attempt`` no
         longer holds it.
         """
-        reason = redact_secrets(reason)
-        now = utcnow()
-        due = now + timedelta(seconds=delay) if delay > 0 else None
-        if self._transition(
-            job_id,
-            attempt,
-            Status.PROCESSING,
-            {
-                "status": Status.QUEUED.value,
-                "stage": Stage.QUEUED.value,
-                "progress": 0.0,
-                "queued_at": now,
-                "not_before": due,
-                "dispatched_at": due or now,
-                "error": reason[:4000],
-            },
-            to_status=Status.QUEUED,
-            reason=reason,
-            where=[jobs_table.c.cancel_requested.is_(False)],
-        ):
-            return Status.QUEUED
-        if self.finish_cancelled(job_id, attempt):
-            return Status.CANCELLED
-        return None
+        due = utcnow() + timedelta(seconds=delay) if delay > 0 else None
+        return self._back_to_queue(job_id, attempt, reason, due=due)
 
     def hand_back(self, job_id: str, attempt: int, reason: str) -> Status | None:
         """``processing -> queued`` by a worker that stops (it drains) before
@@ -423,6 +401,22 @@ class Transitions(StoreBase):
         Returns the status the job moved to, or ``None`` if ``attempt`` no
         longer holds it.
         """
+        return self._back_to_queue(
+            job_id, attempt, reason, extra={"attempt_limit": jobs_table.c.attempt_limit + 1}
+        )
+
+    def _back_to_queue(
+        self,
+        job_id: str,
+        attempt: int,
+        reason: str,
+        *,
+        due: datetime | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Status | None:
+        """``processing -> queued`` for ``attempt`` (claimable from ``due``,
+        or at once), writing ``extra`` too, unless a cancel was asked for:
+        then ``cancelled``. ``None`` if ``attempt`` no longer holds the job."""
         reason = redact_secrets(reason)
         now = utcnow()
         if self._transition(
@@ -434,10 +428,10 @@ class Transitions(StoreBase):
                 "stage": Stage.QUEUED.value,
                 "progress": 0.0,
                 "queued_at": now,
-                "not_before": None,
-                "dispatched_at": now,
+                "not_before": due,
+                "dispatched_at": due or now,
                 "error": reason[:4000],
-                "attempt_limit": jobs_table.c.attempt_limit + 1,
+                **(extra or {}),
             },
             to_status=Status.QUEUED,
             reason=reason,
