@@ -27,7 +27,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import (
-    worker_init,
+    celeryd_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -100,9 +100,10 @@ def send_webhook(job_id: str) -> None:
         )
 
 
-@worker_init.connect
+@celeryd_init.connect
 def _main_process_budget(**_: Any) -> None:
-    # The main process: its sweeper thread and registry writes (one connection).
+    # The main process of `celery worker` (not a worker embedded in another
+    # process, as tests start): its sweeper thread and registry writes.
     set_process_role("worker")
     dispose_engines()
 
