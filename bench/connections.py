@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,16 @@ def main() -> int:
     if not args.direct:
         stack.env["DATABASE_URL"] = bouncer.url(database)
     samples: list[int] = []
+    peak: list[list[str]] = [[]]
     clients: list[int] = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.25):
-            samples.append(
-                sum(1 for name, _ in server_connections(admin, database) if name != "bench")
-            )
+            names = [n for n, _ in server_connections(admin, database) if n != "bench"]
+            samples.append(len(names))
+            if len(names) > len(peak[0]):
+                peak[0] = names
             if args.direct:
                 continue
             pools = [p for p in bouncer.show("POOLS") if p["database"] == database]
@@ -160,6 +163,8 @@ def main() -> int:
         "workers_that_claimed": claimers,
         "max_server_connections": max(samples, default=0),
         "max_pgbouncer_clients": max(clients, default=0),
+        # By application_name's role (through PgBouncer: the last client's).
+        "at_peak_by_role": dict(Counter(name.split("-")[1] for name in peak[0] if "-" in name)),
         "seconds_to_start_and_submit": round(submitted - started, 1),
         "seconds_to_finish": round(finished - submitted, 1),
     }

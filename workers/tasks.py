@@ -157,6 +157,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
         )
     except StorageError:
         log.warning("could not register worker %s (database unavailable)", name)
+    store.db.release_idle()  # the sweeper opens one when it sweeps
     _sweeper = Sweeper(store, get_settings(), name, wake, send_webhook)
     _sweeper.start()
 
