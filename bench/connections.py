@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -153,6 +154,7 @@ def main() -> int:
         bouncer.stop()
         redis.stop()
         drop_pg_database(admin, url)
+        shutil.rmtree(folder, ignore_errors=True)
     result: dict[str, Any] = {
         "worker_processes": args.workers * (args.concurrency + 1),
         "render_processes": args.workers * args.concurrency,
