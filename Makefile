@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice espeak haproxy screenshots setup clean
+.PHONY: demo test test-quick bench lint format fonts browser ffprobe libreoffice espeak haproxy pgbouncer screenshots setup clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,16 @@ haproxy:
 	    --no-install-recommends haproxy >/dev/null) || echo "haproxy: install failed, continuing"; \
 	else echo "haproxy: not root or no apt-get; the deploy test will skip"; fi
 
+# Debian's PgBouncer, which the connection-budget test puts in front of
+# PostgreSQL in transaction-pooling mode (a private one on a spare port, run
+# as the postgres user when the tests run as root; no service).
+pgbouncer:
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then echo "pgbouncer: already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends pgbouncer >/dev/null) || echo "pgbouncer: install failed, continuing"; \
+	else echo "pgbouncer: not root or no apt-get; the PgBouncer test will skip"; fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
@@ -88,7 +98,7 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
-test: $(STAMP) fonts browser ffprobe libreoffice espeak haproxy
+test: $(STAMP) fonts browser ffprobe libreoffice espeak haproxy pgbouncer
 	$(PY) -m pytest
 
 # The quick loop: no processes, no browser, no chaos run.

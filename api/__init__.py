@@ -19,6 +19,7 @@ from api.services import Services
 from core.config import Settings, get_settings
 from core.redact import install_log_redaction
 from storage import JobStore
+from storage.db import set_process_role
 from storage.limits import RateLimiter
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -36,6 +37,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    if test_config is None:
+        # A serving process (gunicorn's worker): the API's connection budget.
+        set_process_role("api")
     settings: Settings = app.config.get("SETTINGS") or get_settings()
     dispatcher: Dispatcher = app.config.get("DISPATCHER") or Dispatcher(settings)
     store = JobStore.from_settings(settings)

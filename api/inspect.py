@@ -309,6 +309,17 @@ class StoreCollector:
             if w.alive(self.svc.settings.stale_after)
         )
         yield GaugeMetricFamily("slidefarm_workers_alive", "Workers seen recently", value=alive)
+        # This process's own pool (the one serving the scrape): each API
+        # process answers for itself, so a scrape per process sums them.
+        pool = GaugeMetricFamily(
+            "slidefarm_db_pool_connections",
+            "Database connections of the API process serving this scrape, by state "
+            "(overflow: open beyond the pool's size, also counted as in_use or idle)",
+            labels=["state"],
+        )
+        for state, count in self.svc.store.db.pool_use().items():
+            pool.add_metric([state], count)
+        yield pool
 
 
 def _tenant_families(tenants: list[TenantQueue]) -> Iterator[Any]:

@@ -116,6 +116,20 @@ class Settings(BaseSettings):
         default=2.0, gt=0, validation_alias="SLIDEFARM_BROKER_SEND_TIMEOUT"
     )
 
+    # --- The connection budget (README, "Connection budget") ---
+    #: PostgreSQL connections one process keeps open while idle (its pool's
+    #: size). Unset: by the process's role: 2 for an API process, 1 for a
+    #: worker's main process, its render processes and the CLI.
+    db_pool_size: int | None = Field(default=None, ge=1, validation_alias="SLIDEFARM_DB_POOL_SIZE")
+    #: Connections one process may open beyond its pool while they are all in
+    #: use, each closed as soon as it is given back. Unset: by role: 6 for an
+    #: API process (8 at most with its pool: one per request thread), 1 for a
+    #: render process (its heartbeat meeting a write), 2 for a worker's main
+    #: process, 4 for the CLI.
+    db_max_overflow: int | None = Field(
+        default=None, ge=0, validation_alias="SLIDEFARM_DB_MAX_OVERFLOW"
+    )
+
     # --- Schema migrations (docs/design.md, "Schema changes") ---
     #: Seconds a migration's statement may wait for a table lock (PostgreSQL
     #: ``SET LOCAL lock_timeout``): past it the migration step rolls back,

@@ -1,10 +1,13 @@
 """The database every store works on: engines built from ``DATABASE_URL``,
 and :class:`Database`, their units of work.
 
-PostgreSQL gets a pool whose idle connections are pinged before use; SQLite
-gets WAL and a busy timeout so that API and worker processes can share one
-file. Engines are cached per process: a forked Celery child never reuses its
-parent's sockets. :class:`Database` turns driver errors into
+PostgreSQL gets a small pool sized by the process's role (the connection
+budget: an API process keeps 2 connections, every worker process 1, see
+:func:`pool_budget`), whose idle connections are pinged before use, each
+connection named for its process (``application_name``); SQLite gets WAL and
+a busy timeout so that API and worker processes can share one file. Engines
+are cached per process: a forked Celery child never reuses its parent's
+sockets. :class:`Database` turns driver errors into
 :mod:`storage.errors` and announces committed job changes on the change feed.
 """
 
@@ -15,11 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
+from sqlalchemy.util.queue import Empty
 
 from core.config import Settings, parse_database_url
 from core.redact import redact_secrets
@@ -42,6 +48,97 @@ PG_CONNECT_ARGS = {
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBudget:
+    """How many PostgreSQL connections one process may hold: ``size`` kept
+    open while idle, ``max_overflow`` more while all are in use (each closed
+    as soon as it is given back)."""
+
+    size: int
+    max_overflow: int
+
+    @property
+    def most(self) -> int:
+        """The most connections the process ever holds at once."""
+        return self.size + self.max_overflow
+
+
+#: What each kind of process holds (README, "Connection budget"). An API
+#: process keeps 2 and serves a burst with up to 10 (a request thread uses
+#: one at a time; gunicornconf runs 4); a render process 1, shared by the
+#: render and its heartbeat (which borrows it between the render's writes;
+#: one extra while they meet); a worker's main process 1 (its sweeper thread,
+#: which also closes it after every sweep, and registry writes); anything
+#: else (the CLI, scripts, tests) 1, and more while its threads need them.
+ROLE_BUDGETS: dict[str, PoolBudget] = {
+    "api": PoolBudget(size=2, max_overflow=8),
+    "worker": PoolBudget(size=1, max_overflow=2),
+    "render": PoolBudget(size=1, max_overflow=1),
+    "other": PoolBudget(size=1, max_overflow=14),
+}
+
+_role = "other"
+
+
+def set_process_role(role: str) -> None:
+    """Name what this process is (``api``, ``worker``: a worker's main
+    process, ``render``: one of its pool processes, ``other``), before its
+    first engine: its pool's budget and its connections' ``application_name``
+    follow."""
+    global _role
+    if role not in ROLE_BUDGETS:
+        raise ValueError(f"unknown process role {role!r}")
+    _role = role
+
+
+def process_role() -> str:
+    """This process's role (see :func:`set_process_role`)."""
+    return _role
+
+
+def pool_budget(settings: Settings | None = None, role: str | None = None) -> PoolBudget:
+    """The budget of a process of ``role`` (this one's by default):
+    ``SLIDEFARM_DB_POOL_SIZE`` and ``SLIDEFARM_DB_MAX_OVERFLOW`` when set,
+    else the role's."""
+    default = ROLE_BUDGETS[role or _role]
+    if settings is None:
+        return default
+    return PoolBudget(
+        size=settings.db_pool_size if settings.db_pool_size is not None else default.size,
+        max_overflow=(
+            settings.db_max_overflow
+            if settings.db_max_overflow is not None
+            else default.max_overflow
+        ),
+    )
+
+
+def application_name() -> str:
+    """What this process's connections are called in ``pg_stat_activity``:
+    ``slidefarm-<role>-<pid>``, so every server connection is attributable."""
+    return f"slidefarm-{_role}-{os.getpid()}"
+
+
+class BudgetPool(QueuePool):
+    """SQLAlchemy's queue pool, which can also close the connections it
+    holds idle: a process that will not need the database for a while (a
+    worker's main process between sweeps, a render process waiting for a
+    wake-up) then holds none."""
+
+    def close_idle(self) -> int:
+        """Close every connection now checked in; how many were closed. One
+        checked out is untouched and comes back as usual."""
+        closed = 0
+        while True:
+            try:
+                record = self._pool.get(False)
+            except Empty:
+                return closed
+            record.close()
+            self._dec_overflow()  # as when a returned connection finds the pool full
+            closed += 1
 
 
 def normalize_url(url: str) -> str:
@@ -69,8 +166,9 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def create_db_engine(url: str) -> Engine:
-    """A new engine for ``url``, configured for slidefarm's access pattern."""
+def create_db_engine(url: str, budget: PoolBudget | None = None) -> Engine:
+    """A new engine for ``url``, configured for slidefarm's access pattern;
+    on a server, a pool of ``budget`` (this process role's by default)."""
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
@@ -80,12 +178,19 @@ def create_db_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _set_sqlite_pragmas)
         return engine
+    budget = budget or pool_budget()
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        # No server-side prepared statements, session SET or LISTEN anywhere
+        # (psycopg2 never prepares): PgBouncer's transaction pooling works.
+        connect_args = {**PG_CONNECT_ARGS, "application_name": application_name()}
     engine = create_engine(
         url,
-        pool_size=5,
-        max_overflow=10,
+        poolclass=BudgetPool,
+        pool_size=budget.size,
+        max_overflow=budget.max_overflow,
         pool_recycle=1800,
-        connect_args=PG_CONNECT_ARGS if backend == "postgresql" else {},
+        connect_args=connect_args,
     )
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle)
@@ -120,15 +225,16 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
 
 
-def get_engine(url: str) -> Engine:
-    """The engine for ``url`` in this process, created on first use."""
+def get_engine(url: str, budget: PoolBudget | None = None) -> Engine:
+    """The engine for ``url`` in this process, created on first use (with
+    ``budget``, or the role's)."""
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = create_db_engine(url)
+                engine = create_db_engine(url, budget)
                 _engines[key] = engine
     return engine
 
@@ -170,16 +276,24 @@ class Database:
         self.feed = feed
 
     @classmethod
-    def from_url(cls, url: str, redis_url: str | None = None, cache_ttl: float = 5.0) -> Database:
+    def from_url(
+        cls,
+        url: str,
+        redis_url: str | None = None,
+        cache_ttl: float = 5.0,
+        budget: PoolBudget | None = None,
+    ) -> Database:
         """The process-wide engine for ``url``; with ``redis_url``, every
         change also invalidates the status cache and is announced on Redis
         pub/sub."""
-        return cls(get_engine(url), _feed(redis_url, cache_ttl) if redis_url else None)
+        return cls(get_engine(url, budget), _feed(redis_url, cache_ttl) if redis_url else None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """The database as ``settings`` describe it."""
-        return cls.from_url(settings.database_url, settings.redis_url, settings.cache_ttl)
+        return cls.from_url(
+            settings.database_url, settings.redis_url, settings.cache_ttl, pool_budget(settings)
+        )
 
     @property
     def dialect(self) -> str:
@@ -217,6 +331,27 @@ class Database:
                     redact_secrets(f"the database connection was lost: {error.orig}")
                 ) from error
             raise
+
+    def release_idle(self) -> int:
+        """Close the connections this process holds idle (a worker's main
+        process after a sweep, a render process with nothing to run): the
+        next unit of work opens one again. How many were closed."""
+        pool = self.engine.pool
+        return pool.close_idle() if isinstance(pool, BudgetPool) else 0
+
+    def pool_use(self) -> dict[str, int]:
+        """This process's pooled connections now: ``in_use`` (checked out),
+        ``idle`` (held open for the next unit of work) and ``overflow``
+        (open beyond the pool's size, in use or about to close); empty on
+        SQLite's default pool."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return {}
+        return {
+            "in_use": pool.checkedout(),
+            "idle": pool.checkedin(),
+            "overflow": max(pool.overflow(), 0),
+        }
 
     def changed(self, job_id: str) -> None:
         """Announce that ``job_id`` changed (after the commit): its cached

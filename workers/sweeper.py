@@ -92,6 +92,10 @@ class Sweeper:
                 log.warning("sweeper: database unavailable (%s); trying again", error)
             except Exception:
                 log.exception("sweeper: sweep failed; trying again")
+            finally:
+                # Nothing to do until the next sweep: hold no connection
+                # meanwhile (the connection budget: README).
+                self.store.db.release_idle()
 
     # -- one sweep ---------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import (
+    celeryd_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -44,7 +45,7 @@ from celeryconfig import (
 )
 from core.config import Settings, get_settings
 from storage import DatabaseUnavailable, Job, JobStore, StorageError, utcnow
-from storage.db import dispose_engines
+from storage.db import dispose_engines, set_process_role
 from storage.registry import WorkerRegistry
 from workers.batches import settle_batch
 from workers.celery_app import app
@@ -99,9 +100,19 @@ def send_webhook(job_id: str) -> None:
         )
 
 
+@celeryd_init.connect
+def _main_process_budget(**_: Any) -> None:
+    # The main process of `celery worker` (not a worker embedded in another
+    # process, as tests start): its sweeper thread and registry writes.
+    set_process_role("worker")
+    dispose_engines()
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    # A forked pool process must not share its parent's database sockets.
+    # A forked pool process must not share its parent's database sockets; it
+    # holds one connection, for its renders and their heartbeats.
+    set_process_role("render")
     dispose_engines()
 
 
@@ -146,6 +157,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
         )
     except StorageError:
         log.warning("could not register worker %s (database unavailable)", name)
+    store.db.release_idle()  # the sweeper opens one when it sweeps
     _sweeper = Sweeper(store, get_settings(), name, wake, send_webhook)
     _sweeper.start()
 
@@ -210,8 +222,18 @@ def render_presentation(self: Task, *legacy: Any, **newer: Any) -> str:
         time.sleep(REFUSE_PAUSE)
         raise Reject(f"message version {version} is newer than {WAKE_VERSION}", requeue=True)
     store = _store()
+    try:
+        return _claim_and_render(self, store)
+    finally:
+        # Idle until the next wake-up: hold no connection meanwhile.
+        store.db.release_idle()
+
+
+def _claim_and_render(task: Task, store: JobStore) -> str:
+    """Claim and render until nothing may run, this worker drains, or
+    :data:`JOBS_PER_WAKE` jobs ran."""
     settings = get_settings()
-    worker = self.request.hostname or f"celery@{socket.gethostname()}"
+    worker = task.request.hostname or f"celery@{socket.gethostname()}"
     ran = 0
     while ran < JOBS_PER_WAKE:
         if DRAIN.draining:
@@ -224,9 +246,9 @@ def render_presentation(self: Task, *legacy: Any, **newer: Any) -> str:
             job = store.claim_next(worker, max_running=settings.max_running)
         except DatabaseUnavailable as down:
             # The jobs are safe in the database; wake up again once it answers.
-            delay = min(2 ** min(self.request.retries, 6), 60) * (0.5 + random.random())
+            delay = min(2 ** min(task.request.retries, 6), 60) * (0.5 + random.random())
             log.warning("wake-up: database unavailable at claim, retrying in %.1fs", delay)
-            raise self.retry(exc=down, countdown=delay) from down
+            raise task.retry(exc=down, countdown=delay) from down
         if job is None:
             break
         ran += 1

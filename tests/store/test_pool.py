@@ -1,0 +1,63 @@
+"""The connection budget of one process (storage/db.py): its pool's size by
+role and settings, connections named for the process, overflow closed when
+given back, and idle connections closed on request; on real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import text
+
+from core.config import Settings
+from storage.db import Database, PoolBudget, application_name, create_db_engine, pool_budget
+
+
+def test_each_role_has_its_budget_and_settings_override_it(tmp_path: Path) -> None:
+    assert pool_budget(role="render") == PoolBudget(size=1, max_overflow=1)
+    assert pool_budget(role="worker").size == 1
+    assert pool_budget(role="api") == PoolBudget(size=2, max_overflow=8)
+    settings = Settings(SLIDEFARM_DB_POOL_SIZE="3", SLIDEFARM_DB_MAX_OVERFLOW="0")
+    assert pool_budget(settings, role="render") == PoolBudget(size=3, max_overflow=0)
+    only_size = Settings(SLIDEFARM_DB_POOL_SIZE="4")
+    assert pool_budget(only_size, role="api") == PoolBudget(size=4, max_overflow=8)
+
+
+def test_a_process_keeps_its_pool_closes_its_overflow_and_lets_idle_ones_go(
+    pg_url: str, pg_server: object
+) -> None:
+    db = Database(create_db_engine(pg_url, PoolBudget(size=1, max_overflow=2)))
+    name = application_name()
+    assert name == f"slidefarm-other-{os.getpid()}"
+
+    def mine() -> int:
+        with pg_server.connect() as conn:  # type: ignore[attr-defined]
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                    {"n": name},
+                ).scalar_one()
+            )
+
+    try:
+        with db.engine.connect() as a, db.engine.connect() as b:
+            a.execute(text("SELECT 1"))
+            b.execute(text("SELECT 1"))
+            assert db.pool_use() == {"in_use": 2, "idle": 0, "overflow": 1}
+            assert mine() == 2
+        # The overflow connection closed as it came back; the pool's one stays.
+        assert db.pool_use() == {"in_use": 0, "idle": 1, "overflow": 0}
+        assert mine() == 1
+        assert db.release_idle() == 1
+        assert db.pool_use() == {"in_use": 0, "idle": 0, "overflow": 0}
+        assert mine() == 0
+        # The next unit of work opens one again, and the bound still holds.
+        with db.transaction() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        with db.engine.connect() as a, db.engine.connect() as b, db.engine.connect() as c:
+            for conn in (a, b, c):
+                conn.execute(text("SELECT 1"))
+            assert db.pool_use()["in_use"] == 3
+        assert mine() == 1
+    finally:
+        db.engine.dispose()
