@@ -173,7 +173,7 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def wait_ready(self, proc: Proc, timeout: float = 30) -> None:
+    def wait_ready(self, proc: Proc, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not proc.alive():

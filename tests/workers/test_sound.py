@@ -555,6 +555,10 @@ def test_a_cue_image_keeps_rtl_and_cjk_text_inside_the_frame() -> None:
 def test_the_render_timeout_covers_synthesis_and_mixing(
     store: JobStore, worker_settings: Settings
 ) -> None:
+    mine = ["pgrep", "-P", str(os.getpid())]
+    # Children this process had before (another test's helper, such as
+    # multiprocessing's resource tracker) are not this render's.
+    before = set(subprocess.run(mine, capture_output=True, text=True).stdout.split())
     long_text = " ".join(f"Timed sentence {n} of a narration that runs long." for n in range(80))
     deck = narrated([long_text, long_text.replace("runs", "goes on")])
     deck["options"]["resolution"] = "480p"
@@ -572,8 +576,8 @@ def test_the_render_timeout_covers_synthesis_and_mixing(
     assert not (limited.output_dir / job.id).exists()
     partial = limited.output_dir / ".partial"
     assert not partial.exists() or list(partial.iterdir()) == []
-    mine = ["pgrep", "-P", str(os.getpid())]
-    assert subprocess.run(mine, capture_output=True, text=True).stdout.strip() == ""
+    # No synthesizer, mixer or encoder of this render is left running.
+    assert set(subprocess.run(mine, capture_output=True, text=True).stdout.split()) <= before
 
 
 def test_progress_runs_through_the_sound_stages_and_never_decreases(
