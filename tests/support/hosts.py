@@ -423,8 +423,24 @@ class Hosts:
     # -- teardown ----------------------------------------------------------------
 
     def down(self) -> None:
+        # Unlimited first: a process held to 0.05 core takes seconds to shut
+        # down. Then every process at once, not one after another.
+        for group in self.slices.values():
+            try:
+                group.limit(None)
+            except OSError:
+                pass
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+            time.sleep(0.1)
         for name in list(self.procs):
-            self.stop(name, timeout=5)
+            self.stop(name, sig=signal.SIGKILL, timeout=5)
         for group in self.slices.values():
             group.remove()
         for host in self.hosts:
