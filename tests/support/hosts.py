@@ -433,6 +433,7 @@ class Hosts:
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
+                    os.killpg(proc.pid, signal.SIGCONT)  # a test may have stopped it
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
