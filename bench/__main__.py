@@ -20,6 +20,7 @@ from pathlib import Path
 from bench import cases
 from bench.claim import claim
 from bench.harness import Environment, Result
+from bench.scaling import scaling
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = [
@@ -32,7 +33,9 @@ ALL = [
     "worker_memory",
     "seed_reads",
     "claim",
+    "scaling",
 ]
+SEPARATE = {"claim": claim, "scaling": scaling}
 
 
 def main() -> int:
@@ -66,11 +69,21 @@ def main() -> int:
         print(f"slidefarm benchmarks on {env.describe()}")
         for name in args.names:
             print(f"\n== {name}", flush=True)
-            run = claim if name == "claim" else getattr(cases, name)
+            run = SEPARATE.get(name) or getattr(cases, name)
             result = run(env, args)
             results.append(result)
             print(result.line(), flush=True)
-    args.output.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
+    # The entries of benchmarks not run this time stay (``python -m bench
+    # scaling`` alone replaces only the ``scaling`` entry).
+    ran = {r.name for r in results}
+    kept = []
+    if args.output.exists():
+        try:
+            kept = [e for e in json.loads(args.output.read_text()) if e.get("name") not in ran]
+        except (ValueError, AttributeError):
+            kept = []
+    entries = kept + [r.as_json() for r in results]
+    args.output.write_text(json.dumps(entries, indent=2) + "\n")
     print(f"\n{'name':<22}{'baseline':>14}{'slidefarm':>14}{'ratio':>9}  goal          pass")
     for r in results:
         print(r.row())

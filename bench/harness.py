@@ -63,6 +63,8 @@ class Result:
     threshold: float | None
     notes: dict[str, Any] = field(default_factory=dict)
     extra_pass: bool = True
+    #: Figures the entry of results.json carries at its top level.
+    fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pair_ratios(self) -> list[float]:
@@ -139,6 +141,7 @@ class Result:
                 else {}
             ),
             **({"notes": self.notes} if self.notes else {}),
+            **self.fields,
         }
 
 
