@@ -11,27 +11,36 @@ shared volume. Traffic stays between the test's own namespaces.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from storage import JobStore
 from storage.files import published_attempt
+from tests.support import ROOT
 from tests.support.clients import admin_token, bearer
 from tests.support.decks import slow_deck, small_deck
-from tests.support.hosts import Hosts, permitted, sh
-from tests.support.services import missing
+from tests.support.services import alembic_upgrade, missing
 from tests.support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
 
 SUBNET = "10.231.77"
-HOSTS = {"api": 3, "api2": 4, "render1": 11, "render2": 12, "render3": 13}
+HOSTS = {"db": 2, "api": 3, "api2": 4, "render1": 11, "render2": 12, "render3": 13}
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RECOVERY = {
     "SLIDEFARM_HEARTBEAT_INTERVAL": "0.3",
     "SLIDEFARM_STALE_AFTER": "3",
@@ -43,24 +52,76 @@ RECOVERY = {
 }
 
 
-class Cluster(Hosts):
-    """The db host (from :class:`~tests.support.hosts.Hosts`), two API hosts
-    and three render hosts, at fixed addresses."""
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
+
+def netns_permitted() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2"
+    probe = f"sfprobe{os.getpid()}"
+    try:
+        sh("ip", "netns", "add", probe)
+        sh("ip", "netns", "del", probe)
+    except (subprocess.CalledProcessError, OSError) as error:
+        return f"ip netns is not permitted here: {error}"
+    for tool in ("redis-server", "runuser"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not (PG_BIN / "postgres").exists():
+        return f"PostgreSQL server binaries not found in {PG_BIN}"
+    return None
+
+
+class Cluster:
     def __init__(self) -> None:
-        super().__init__(SUBNET, max_connections=100)
         self.token = ""  # an admin key, once the database exists
+        self.tag = uuid.uuid4().hex[:5]
+        self.folder = Path(tempfile.mkdtemp(prefix="slidefarm-cluster-"))
+        os.chmod(self.folder, 0o755)
+        self.output = self.folder / "output"
+        self.output.mkdir()
+        self.switch = f"sf{self.tag}-sw"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.db_url = f"postgresql://postgres@{SUBNET}.2:5432/slidefarm"
+        self.broker = f"redis://{SUBNET}.2:6379/0"
+        self.client_if = f"sf{self.tag}c"
+
+    def ns(self, host: str) -> str:
+        return f"sf{self.tag}-{host}"
 
     def port(self, host: str) -> str:
-        return f"sf{self.tag}{self.hosts[host]}p"
+        return f"sf{self.tag}{HOSTS[host]}p"
 
     def url(self, host: str) -> str:
-        return f"http://{self.address(host)}:8000"
+        return f"http://{SUBNET}.{HOSTS[host]}:8000"
+
+    # -- network -------------------------------------------------------------
 
     def up(self) -> None:
-        super().up()
+        sh("ip", "netns", "add", self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
         for host, last in HOSTS.items():
-            self.add_host(host, last=last)
+            ns, inner, outer = self.ns(host), f"sf{self.tag}{last}h", self.port(host)
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
+            sh("ip", "link", "set", inner, "netns", ns)
+            sh("ip", "-n", ns, "link", "set", inner, "name", "eth0")
+            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{last}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "link", "set", outer, "netns", self.switch)
+            sh("ip", "-n", self.switch, "link", "set", outer, "master", "br0")
+            sh("ip", "-n", self.switch, "link", "set", outer, "up")
+        # The test's own leg onto the bridge.
+        peer = f"sf{self.tag}cp"
+        sh("ip", "link", "add", self.client_if, "type", "veth", "peer", "name", peer)
+        sh("ip", "addr", "add", f"{SUBNET}.1/24", "dev", self.client_if)
+        sh("ip", "link", "set", self.client_if, "up")
+        sh("ip", "link", "set", peer, "netns", self.switch)
+        sh("ip", "-n", self.switch, "link", "set", peer, "master", "br0")
+        sh("ip", "-n", self.switch, "link", "set", peer, "up")
 
     def cut(self, host: str) -> None:
         sh("ip", "-n", self.switch, "link", "set", self.port(host), "down")
@@ -68,8 +129,128 @@ class Cluster(Hosts):
     def heal(self, host: str) -> None:
         sh("ip", "-n", self.switch, "link", "set", self.port(host), "up")
 
+    # -- processes -------------------------------------------------------------
+
+    def spawn(
+        self, name: str, host: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        with open(self.folder / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(host), *argv],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
     def start_db(self) -> None:
-        super().start_db()
+        data = self.folder / "pg"
+        shutil.chown(self.folder, "postgres")
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        with open(data / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all all {SUBNET}.0/24 trust\n")
+        self.spawn(
+            "postgres",
+            "db",
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-c",
+                f"listen_addresses={SUBNET}.2",
+                "-c",
+                "port=5432",
+                "-c",
+                f"unix_socket_directories={self.folder}",
+            ],
+        )
+        self.spawn(
+            "redis",
+            "db",
+            [
+                "redis-server",
+                "--bind",
+                f"{SUBNET}.2",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            ready = subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", f"{SUBNET}.2", "-p", "5432"], capture_output=True
+            )
+            if ready.returncode == 0:
+                break
+            assert time.monotonic() < deadline, self.log("postgres")
+            time.sleep(0.2)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "psql"),
+                "-h",
+                f"{SUBNET}.2",
+                "-c",
+                "CREATE DATABASE slidefarm",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        alembic_upgrade(self.db_url)
         self.token = admin_token(self.db_url)
 
     def env(self) -> dict[str, str]:
@@ -81,9 +262,27 @@ class Cluster(Hosts):
         )
 
     def start_api(self, host: str) -> None:
-        argv = self.api_argv(host)
-        argv[argv.index("--threads") + 1] = "8"
-        self.spawn(host, host, argv, self.env())
+        self.spawn(
+            host,
+            host,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gthread",
+                "-w",
+                "2",
+                "--threads",
+                "8",
+                "-b",
+                f"{SUBNET}.{HOSTS[host]}:8000",
+                "--timeout",
+                "60",
+                "api:create_app()",
+            ],
+            self.env(),
+        )
         deadline = time.monotonic() + 60
         last: Any = None
         while True:
@@ -97,7 +296,27 @@ class Cluster(Hosts):
             time.sleep(0.2)
 
     def start_render(self, n: int) -> None:
-        self.spawn(f"render{n}", f"render{n}", self.worker_argv(f"render@host{n}"), self.env())
+        self.spawn(
+            f"render{n}",
+            f"render{n}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-n",
+                f"render@host{n}",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            self.env(),
+        )
 
     def request(
         self, host: str, method: str, path: str, body: Any = None, timeout: float = 60
@@ -115,10 +334,25 @@ class Cluster(Hosts):
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 
+    def down(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self.stop(name, timeout=5)
+        for host in HOSTS:
+            subprocess.run(["ip", "netns", "del", self.ns(host)], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.switch], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.client_if], capture_output=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    reason = permitted()
+    reason = netns_permitted()
     if reason is not None:
         missing(f"the cluster test cannot run: {reason}")
     cluster = Cluster()
