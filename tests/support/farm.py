@@ -17,7 +17,6 @@ import http.client
 import json
 import random
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from tests.support.balancer import HAProxy
 from tests.support.clients import bearer
 from tests.support.decks import small_deck
 from tests.support.schema_load import alembic_config_with_test_migrations
-from tests.support.stack import Proc, Stack, free_port, wait_until
+from tests.support.stack import Proc, Stack, free_port, gunicorn_argv, wait_until
 
 #: HAProxy sees a failing /readyz within about inter (100 ms) plus a
 #: check's time; the API keeps serving a good while longer than that.
@@ -56,22 +55,13 @@ class ApiInstance:
         self.generation += 1
         self.proc = Proc(
             f"{self.name}-{self.generation}",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
+            gunicorn_argv(
+                f"127.0.0.1:{self.port}",
                 "-c",
                 "python:gunicornconf",
-                "-w",
-                "2",
-                "--threads",
-                "8",
                 "--graceful-timeout",
                 "15",
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "api:create_app()",
-            ],
+            ),
             self.stack.env,
             self.stack.log_dir,
         )

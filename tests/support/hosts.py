@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support import ROOT
+from tests.support.stack import celery_worker_argv, gunicorn_argv
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CPU = Path("/sys/fs/cgroup/cpu")
@@ -370,40 +370,10 @@ class Hosts:
     # -- slidefarm processes ---------------------------------------------------
 
     def worker_argv(self, name: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-n",
-            name,
-            "--concurrency",
-            "1",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ]
+        return celery_worker_argv(name, 1)
 
     def api_argv(self, host: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            "gthread",
-            "-w",
-            "2",
-            "--threads",
-            "4",
-            "-b",
-            f"{self.address(host)}:8000",
-            "--timeout",
-            "60",
-            "api:create_app()",
-        ]
+        return gunicorn_argv(f"{self.address(host)}:8000", "--timeout", "60", threads=4)
 
     def wait_ready(self, names: Sequence[str], timeout: float) -> None:
         """Wait until each named celery worker has logged that it is ready."""

@@ -42,6 +42,46 @@ def wait_until(predicate: Any, timeout: float, message: str) -> None:
     raise AssertionError(message)
 
 
+def gunicorn_argv(bind: str, *options: str, workers: int = 2, threads: int = 8) -> list[str]:
+    """gunicorn serving the API on ``bind`` with gthread workers (``options``
+    before the app, e.g. ``--graceful-timeout 5`` or ``-c python:gunicornconf``)."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gthread",
+        "-w",
+        str(workers),
+        "--threads",
+        str(threads),
+        "-b",
+        bind,
+        *options,
+        "api:create_app()",
+    ]
+
+
+def celery_worker_argv(node: str, concurrency: int) -> list[str]:
+    """``celery -A workers worker -n NODE``, without gossip and mingle."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-n",
+        node,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
 class Proc:
     """A child process with its log, stopped gracefully (then killed)."""
 
@@ -119,22 +159,7 @@ class Stack:
         self._count += 1
         proc = Proc(
             f"api-{self._count}",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-k",
-                "gthread",
-                "-w",
-                "2",
-                "--threads",
-                "8",
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "--graceful-timeout",
-                "5",
-                "api:create_app()",
-            ],
+            gunicorn_argv(f"127.0.0.1:{self.port}", "--graceful-timeout", "5"),
             self.env,
             self.log_dir,
         )
@@ -151,22 +176,7 @@ class Stack:
         node = name if "@" in name else f"{name}@%h"
         proc = Proc(
             f"worker-{name.split('@')[0]}-{self._count}",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-n",
-                node,
-                "--concurrency",
-                str(concurrency),
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            celery_worker_argv(node, concurrency),
             {**self.env, **(env or {})},
             self.log_dir,
         )

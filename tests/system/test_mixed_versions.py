@@ -8,7 +8,6 @@ API took it, runs exactly once; each API reads the other's jobs."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ from storage import JobStore, Status
 from tests.support import ROOT
 from tests.support.decks import small_deck
 from tests.support.services import flush_run_index, missing
-from tests.support.stack import Proc, Stack, free_port, make_stack, wait_until
+from tests.support.stack import (
+    Proc,
+    Stack,
+    free_port,
+    gunicorn_argv,
+    make_stack,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,20 +57,7 @@ def mixed(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Stack, 
     port = free_port()
     old = Proc(
         "api-previous",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            "gthread",
-            "-w",
-            "1",
-            "--threads",
-            "8",
-            "-b",
-            f"127.0.0.1:{port}",
-            "api:create_app()",
-        ],
+        gunicorn_argv(f"127.0.0.1:{port}", workers=1),
         stack.env,
         tmp_path,
         cwd=tree,
