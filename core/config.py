@@ -186,6 +186,11 @@ class Settings(BaseSettings):
     #: Seconds a worker asked to stop (SIGTERM) lets its current render run
     #: before it hands the job back to the queue (not counted as an attempt).
     drain_timeout: float = Field(default=60.0, ge=0, validation_alias="SLIDEFARM_DRAIN_TIMEOUT")
+    #: A written deck of more slides than this is split into segments that
+    #: any workers render at once, then joined without re-encoding (0: never).
+    split_slides: int = Field(default=40, ge=0, validation_alias="SLIDEFARM_SPLIT_SLIDES")
+    #: Slides per segment of a split deck: the unit of work one worker takes.
+    segment_slides: int = Field(default=8, ge=1, validation_alias="SLIDEFARM_SEGMENT_SLIDES")
 
     # --- Assets (uploaded images and documents) ---
     #: Largest upload, in bytes (a PDF or PPTX; the body is refused at this size).

@@ -14,6 +14,10 @@ SLIDES_DIR = "slides"
 VIDEO_FILE = "video.mp4"
 THUMBNAIL_FILE = "thumbnail.jpg"
 PARTIAL_DIR = ".partial"
+#: A split job's segments: ``<output>/.segments/<job_id>/<idx>.<attempt>/``.
+SEGMENTS_DIR = ".segments"
+#: A segment's video, in its folder (its slides are in ``slides/``).
+SEGMENT_VIDEO = "segment.mp4"
 #: Inside a published folder: the attempt that published it. An attempt never
 #: replaces the folder of a newer one, so a late writer cannot clobber it.
 ATTEMPT_MARKER = ".attempt"
@@ -34,9 +38,21 @@ def partial_dir(output_dir: Path, job_id: str, attempt: int) -> Path:
     return output_dir / PARTIAL_DIR / f"{job_id}.{attempt}"
 
 
+def segment_dir(output_dir: Path, job_id: str, idx: int, attempt: int) -> Path:
+    """Where attempt ``attempt`` of segment ``idx`` of ``job_id`` writes (and
+    leaves its files for the join, once completed)."""
+    return output_dir / SEGMENTS_DIR / job_id / f"{idx}.{attempt}"
+
+
+def remove_segment_files(output_dir: Path, job_id: str) -> None:
+    """Delete every segment folder of ``job_id`` (it ended)."""
+    shutil.rmtree(output_dir / SEGMENTS_DIR / job_id, ignore_errors=True)
+
+
 def remove_job_files(output_dir: Path, job_id: str) -> None:
     """Delete a job's published files and every attempt's leftovers."""
     shutil.rmtree(job_dir(output_dir, job_id), ignore_errors=True)
+    remove_segment_files(output_dir, job_id)
     partial_root = output_dir / PARTIAL_DIR
     if partial_root.is_dir():
         for leftover in partial_root.glob(f"{job_id}.*"):

@@ -500,6 +500,56 @@ class JobUrlRow(Base):
     __table_args__ = (Index("ix_job_urls_asset_id", "asset_id"),)
 
 
+class SegmentStatus(enum.StrEnum):
+    """Where one segment of a split job is (docs/design.md, "Long decks")."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class SegmentRow(Base):
+    """A run of consecutive slides of a long deck, rendered by any worker
+    (storage/segments.py): claimed, fenced by its own attempt, heartbeated
+    and retried like a job, joined by the job's own attempt when all are
+    done. Rows go with their job (deleted, or dropped when it ends)."""
+
+    __tablename__ = "segments"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Of the whole deck: the first slide (from 0) and how many.
+    first_slide: Mapped[int] = mapped_column(Integer, nullable=False)
+    slides: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: Each slide's seconds, as the job's attempt planned them (its sound set them).
+    durations: Mapped[list[float]] = mapped_column(JSONDocument, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    attempt_limit: Mapped[int] = mapped_column(Integer, nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    progress: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Frames of its video, and its folder under the output storage.
+    frames: Mapped[int | None] = mapped_column(Integer)
+    output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'processing', 'completed', 'failed')", name="status_valid"
+        ),
+        # The claim (queued ones) and the sweeper (stale processing ones).
+        Index("ix_segments_status_last_heartbeat", "status", "last_heartbeat"),
+    )
+
+
 # Table handles for Core statements, one definition each.
 jobs_table = cast(Table, JobRow.__table__)
 
@@ -529,3 +579,4 @@ job_assets_table = cast(Table, JobAssetRow.__table__)
 job_urls_table = cast(Table, JobUrlRow.__table__)
 batches_table = cast(Table, BatchRow.__table__)
 batch_deliveries_table = cast(Table, BatchDeliveryRow.__table__)
+segments_table = cast(Table, SegmentRow.__table__)

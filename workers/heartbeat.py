@@ -62,6 +62,7 @@ class Lease:
         patience: float = 30.0,
         timeout: float | None = None,
         drain_overdue: Callable[[], bool] | None = None,
+        name: str | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -80,7 +81,7 @@ class Lease:
         self._lost = threading.Event()
         self._cancel = threading.Event()
         self._thread = threading.Thread(
-            target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True
+            target=self._beat, name=name or f"heartbeat-{job_id[:8]}", daemon=True
         )
 
     def __enter__(self) -> Lease:
@@ -138,10 +139,15 @@ class Lease:
             self._cancel.set()
         return state
 
+    def renew(self) -> LeaseState:
+        """One heartbeat: renew this attempt's hold (a segment's lease renews
+        the segment's: :class:`workers.split.SegmentLease`)."""
+        return self.store.heartbeat(self.job_id, self.attempt)
+
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if self._note(self.store.heartbeat(self.job_id, self.attempt)) is LeaseState.LOST:
+                if self._note(self.renew()) is LeaseState.LOST:
                     return
             except DatabaseUnavailable:
                 # A database blip: keep trying; the sweeper's stale window

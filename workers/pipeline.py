@@ -62,8 +62,10 @@ from storage.files import (
     published_attempt,
     remove_earlier_attempts,
     remove_job_files,
+    remove_segment_files,
     slide_file,
 )
+from storage.segments import SegmentStore
 from workers.assets import AssetUnavailable, JobAssets
 from workers.audio import (
     Music,
@@ -100,6 +102,7 @@ from workers.heartbeat import (
 from workers.images import resolve_images
 from workers.slides import THEMES, missing_glyphs, render_slide, save_png, save_thumbnail
 from workers.speech import SpeechStopped, speak
+from workers.split import SegmentFailed, Share, check_deck, render_split, splits
 from workers.text import MissingGlyphs
 from workers.video import EncodeError, EncodeStopped, encode, frame_counts
 from workers.voices import (
@@ -174,6 +177,19 @@ class _Budget:
 SILENT = _Budget(SLIDES_SHARE, 0.0, ENCODE_SHARE, 0.0)
 #: A deck with sound: synthesis and mixing take their shares from the others.
 SOUND = _Budget(0.30, 0.15, 0.35, 0.15)
+#: A split deck: its segments (slides and encode together), after its sound.
+SPLIT_SILENT = _Budget(0.0, 0.0, SLIDES_SHARE + ENCODE_SHARE, 0.0)
+SPLIT_SOUND = _Budget(0.0, 0.15, 0.65, 0.15)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """What a split render needs of the worker running the job's attempt."""
+
+    job: Job
+    worker: str
+    wake: Callable[[int], object] | None
+    drain_overdue: Callable[[], bool] | None
 
 
 def backoff(settings: Settings, attempt: int) -> float:
@@ -217,7 +233,11 @@ def _render(
     settings: Settings,
     timings: _Timings,
     assets: JobAssets | None = None,
+    split: _Split | None = None,
 ) -> None:
+    if split is not None and assets is not None and splits(deck, settings):
+        _render_split(lease, deck, scratch, settings, timings, assets, split)
+        return
     # A document deck's notes become narration once its pages are read, so
     # ``narrate`` alone budgets for sound there.
     sound = deck.has_sound or (deck.source is not None and deck.options.narrate)
@@ -248,6 +268,54 @@ def _render(
         if deck.source is not None:
             _retime_manifest(lease, scratch, durations)
         _encode(lease, deck, images, durations, scratch, settings, timings, budget)
+        _mix(lease, deck, sounds, durations, music, language, scratch, settings, timings, budget)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _render_split(
+    lease: Lease,
+    deck: Deck,
+    scratch: Path,
+    settings: Settings,
+    timings: _Timings,
+    assets: JobAssets,
+    split: _Split,
+) -> None:
+    """A long deck rendered by many workers (:mod:`workers.split`): checked,
+    its sound made (the slides' lengths come from it), its segments
+    rendered and joined, then its one sound track mixed over the join."""
+    if deck.has_sound:
+        _check_audio(deck, assets)
+    check_deck(lease, split.job, deck, settings, assets)
+    budget = SPLIT_SOUND if deck.has_sound else SPLIT_SILENT
+
+    def segments(durations: list[float]) -> None:
+        started = time.monotonic()
+        render_split(
+            lease,
+            split.job,
+            deck,
+            durations,
+            scratch,
+            settings,
+            Share(budget.synthesized, budget.encoded),
+            worker=split.worker,
+            wake=split.wake,
+            drain_overdue=split.drain_overdue,
+        )
+        timings.render = time.monotonic() - started
+        lease.progress(budget.encoded, Stage.MIXING if budget.mix else Stage.FINALIZING)
+
+    if not deck.has_sound:
+        segments([s.seconds for s in deck.slides])
+        return
+    work = scratch / ".sound"
+    work.mkdir()
+    try:
+        sounds, music, language = _synthesize(lease, deck, assets, work, settings, timings, budget)
+        durations = slide_durations(deck, sounds, settings.max_video_seconds)
+        segments(durations)
         _mix(lease, deck, sounds, durations, music, language, scratch, settings, timings, budget)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -566,10 +634,12 @@ def run_attempt(
     *,
     worker: str | None = None,
     drain_overdue: Callable[[], bool] | None = None,
+    wake: Callable[[int], object] | None = None,
 ) -> AttemptResult:
     """Render the claimed attempt ``job.attempts`` of ``job`` and record the
     outcome. ``drain_overdue`` says when this worker (``worker``), stopping,
-    must hand the job back instead of finishing it."""
+    must hand the job back instead of finishing it; ``wake(n)`` wakes ``n``
+    workers for a long deck's segments."""
     attempt = job.attempts
     scratch = partial_dir(settings.output_dir, job.id, attempt)
     remove_earlier_attempts(settings.output_dir, job.id, attempt)
@@ -593,7 +663,8 @@ def run_attempt(
                 deck = Deck.model_validate(job.deck)
             except ValidationError as invalid:
                 raise RenderError(f"the stored deck is invalid: {invalid}") from invalid
-            _render(lease, deck, scratch, settings, timings, JobAssets(store, job, settings))
+            split = _Split(job, worker or job.worker or "-", wake, drain_overdue)
+            _render(lease, deck, scratch, settings, timings, JobAssets(store, job, settings), split)
             lease.check()
             lease.finishing()  # done rendering: a drain lets it publish and complete
             _publish(settings, job.id, attempt, scratch)
@@ -614,6 +685,8 @@ def run_attempt(
                 )
             )
             result = AttemptResult(Outcome.COMPLETED)
+            if splits(deck, settings):
+                _forget_segments(store, settings, job.id)
     except AttemptLost:
         _log_lost(store, job)
         result = AttemptResult(Outcome.LOST)
@@ -631,6 +704,7 @@ def run_attempt(
         AssetUnavailable,
         DocumentError,
         SoundError,
+        SegmentFailed,
     ) as failure:
         result = AttemptResult(Outcome.FAILED, str(failure))
     except ImageFetchFailed as failure:
@@ -736,7 +810,19 @@ def _record_outcome(
         return AttemptResult(Outcome.LOST, result.error)
     if result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
         remove_job_files(settings.output_dir, job.id)
+        if len(job.deck.get("slides") or ()) > settings.split_slides > 0:
+            _forget_segments(store, settings, job.id)
     return result
+
+
+def _forget_segments(store: JobStore, settings: Settings, job_id: str) -> None:
+    """A split job ended: its segments' rows and files go (the sweeper
+    drops any this misses)."""
+    try:
+        SegmentStore(store.db).drop(job_id)
+    except StorageError:
+        log.warning("job %s: segments not dropped (database unavailable)", job_id)
+    remove_segment_files(settings.output_dir, job_id)
 
 
 def _deleted(store: JobStore, job_id: str) -> bool:

@@ -22,9 +22,11 @@ from core.config import Settings
 from storage import JobStore, Status, StorageError
 from storage.assets import AssetStore, incoming_dir
 from storage.deliveries import WebhookDeliveries
-from storage.files import PARTIAL_DIR, remove_job_files
+from storage.files import PARTIAL_DIR, SEGMENTS_DIR, remove_job_files, remove_segment_files
 from storage.leases import KeptLease, LeaseLost, LeaseManager
+from storage.models import SegmentStatus
 from storage.registry import WorkerRegistry
+from storage.segments import SegmentStore
 from workers.batches import sweep_batches
 from workers.speech import prune_cache
 
@@ -130,8 +132,24 @@ class Sweeper:
                 requeued += 1
             else:
                 remove_job_files(self.settings.output_dir, recovery.job_id)
+        segments = SegmentStore(self.store.db)
+        for recovered in segments.recover_stale(self.settings.stale_after):
+            log.warning(
+                "sweeper: job %s %s %s (%s stopped heartbeating)",
+                recovered.segment.job_id,
+                recovered.segment.label,
+                "requeued" if recovered.action is SegmentStatus.QUEUED else recovered.action,
+                recovered.segment.worker,
+            )
+            if recovered.action is SegmentStatus.QUEUED:
+                requeued += 1
         if requeued:
             self.wake(requeued)
+        lease.check()
+        # Segments of jobs that ended without dropping them (cancelled or
+        # failed while queued, or a worker cut off at the end).
+        for job_id in segments.drop_ended():
+            remove_segment_files(self.settings.output_dir, job_id)
         lease.check()
         promoted = self.store.promote_due()
         if promoted:
@@ -223,6 +241,17 @@ class Sweeper:
             if (owner is None or owner[0] is not Status.COMPLETED) and _mtime(entry) < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
+        split_root = output / SEGMENTS_DIR
+        if split_root.is_dir():
+            # Segment folders of jobs no longer split (ended, or deleted).
+            entries = [e for e in split_root.iterdir() if _mtime(e) < cutoff]
+            split = SegmentStore(self.store.db).jobs_with_segments([e.name for e in entries])
+            for entry in entries:
+                if lease is not None:
+                    lease.check()
+                if entry.name not in split:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
         incoming = incoming_dir(output)
         if incoming.is_dir():
             # An upload's scratch file is renamed or removed by its request;

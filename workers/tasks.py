@@ -47,10 +47,12 @@ from core.config import Settings, get_settings
 from storage import DatabaseUnavailable, Job, JobStore, StorageError, utcnow
 from storage.db import dispose_engines, set_process_role
 from storage.registry import WorkerRegistry
+from storage.segments import SegmentStore
 from workers.batches import settle_batch
 from workers.celery_app import app
 from workers.drain import DRAIN
 from workers.pipeline import Outcome, run_attempt
+from workers.split import run_segment
 from workers.sweeper import Sweeper
 from workers.voices import close_voices, voice_records
 from workers.webhooks import deliver_due, task_outcome
@@ -243,12 +245,25 @@ def _claim_and_render(task: Task, store: JobStore) -> str:
             wake()
             return f"ran {ran}, then drained"
         try:
-            job = store.claim_next(worker, max_running=settings.max_running)
+            # A long deck's segments first: work begun finishes first, on
+            # every worker free for it (docs/design.md, "Long decks").
+            segment = SegmentStore(store.db).claim(worker)
+            job = (
+                None
+                if segment is not None
+                else store.claim_next(worker, max_running=settings.max_running)
+            )
         except DatabaseUnavailable as down:
             # The jobs are safe in the database; wake up again once it answers.
             delay = min(2 ** min(task.request.retries, 6), 60) * (0.5 + random.random())
             log.warning("wake-up: database unavailable at claim, retrying in %.1fs", delay)
             raise task.retry(exc=down, countdown=delay) from down
+        if segment is not None:
+            ran += 1
+            run_segment(
+                store, segment, settings, worker=worker, drain_overdue=lambda: DRAIN.overdue
+            )
+            continue
         if job is None:
             break
         ran += 1
@@ -264,7 +279,9 @@ def _claim_and_render(task: Task, store: JobStore) -> str:
 def _render(store: JobStore, job: Job, worker: str, settings: Settings) -> None:
     """Run the claimed attempt of ``job`` and do what its outcome asks."""
     # The claim set this worker's current job in the registry, in the same write.
-    result = run_attempt(store, job, settings, worker=worker, drain_overdue=lambda: DRAIN.overdue)
+    result = run_attempt(
+        store, job, settings, worker=worker, drain_overdue=lambda: DRAIN.overdue, wake=wake
+    )
     # A retry waits queued with its not_before: this loop, or the sweeper's
     # wake-up once it is due, claims it again (no Celery countdown).
     requeued = result.outcome in (Outcome.RETRYING, Outcome.HANDED_BACK)

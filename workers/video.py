@@ -148,6 +148,14 @@ def _chapters_input(chapters: Path) -> list[str]:
     return ["-f", "ffmetadata", "-i", str(chapters)]
 
 
+def _chapters(chapters: Path | None, index: int) -> list[str]:
+    """The chapters input (input ``index``) and the video map; no chapters
+    without a file."""
+    if chapters is None:
+        return ["-map", "0:v"]
+    return [*_chapters_input(chapters), "-map", "0:v", "-map_chapters", str(index)]
+
+
 def _mp4(fps: int) -> list[str]:
     # The chapter track is timed in the movie's timescale (1000 by default,
     # where a slide starting at 43/24 s would read 1.792 s): a multiple of the
@@ -177,10 +185,10 @@ def still_command(
     output: Path,
     concat_file: Path,
     preset: str,
-    chapters: Path,
+    chapters: Path | None,
 ) -> list[str]:
     """Each image once through the concat demuxer, converted, then repeated;
-    the chapters from the ffmetadata file ``chapters``."""
+    the chapters from the ffmetadata file ``chapters``, if given."""
     concat_file.write_text(_concat_list(images, frames, fps), encoding="utf-8")
     return [
         *ffmpeg_command(),
@@ -190,11 +198,7 @@ def still_command(
         "0",
         "-i",
         str(concat_file),
-        *_chapters_input(chapters),
-        "-map",
-        "0:v",
-        "-map_chapters",
-        "1",
+        *_chapters(chapters, 1),
         "-vf",
         f"{TO_YUV},fps={fps}",
         *x264_args(preset, fps, frames),
@@ -262,7 +266,7 @@ def fade_command(
 
 
 def join_command(
-    segments: Sequence[Path], list_file: Path, output: Path, fps: int, chapters: Path
+    segments: Sequence[Path], list_file: Path, output: Path, fps: int, chapters: Path | None
 ) -> list[str]:
     """Concatenate encoded segments without re-encoding them, adding the chapters."""
     lines = ["ffconcat version 1.0"]
@@ -276,11 +280,7 @@ def join_command(
         "0",
         "-i",
         str(list_file),
-        *_chapters_input(chapters),
-        "-map",
-        "0:v",
-        "-map_chapters",
-        "1",
+        *_chapters(chapters, 1),
         "-c",
         "copy",
         *_mp4(fps),
@@ -356,6 +356,73 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise EncodeError(f"cannot read slide image {path.name}: {error}") from error
 
 
+def _encode_run(
+    images: Sequence[Path],
+    frames: Sequence[int],
+    flags: Sequence[tuple[bool, bool]],
+    faded: bool,
+    fps: int,
+    output: Path,
+    preset: str,
+    fade_color: str,
+    chapters: Path | None,
+    report: Callable[[float], None],
+    should_stop: Callable[[], bool] | None,
+    scratch: Path,
+) -> None:
+    """``images`` as ``frames`` frames each, faded where ``flags`` say (the
+    whole deck's, for a segment of it); chapters from ``chapters`` if given.
+    Without fades, one still-image run; with them, batches of looped inputs
+    joined without re-encoding (as a split deck's segments are)."""
+    total = sum(frames) / fps
+    batch_size = fade_batch(*_image_size(images[0])) if faded else FADE_BATCH
+    if not faded:
+        cmd = still_command(
+            images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
+        )
+        run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+    elif len(images) <= batch_size:
+        cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters, flags)
+        run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+    else:
+        segments: list[Path] = []
+        done = 0.0
+        for start in range(0, len(images), batch_size):
+            batch = slice(start, start + batch_size)
+            segment = scratch / f"segment-{start:04d}.mp4"
+            cmd = fade_command(
+                images[batch],
+                frames[batch],
+                fps,
+                segment,
+                preset,
+                fade_color,
+                flags=flags[batch],
+            )
+
+            def at(seconds: float, offset: float = done) -> None:
+                report(min((offset + seconds) / total, 1.0))
+
+            run_ffmpeg(cmd, scratch, at, should_stop)
+            done += sum(frames[batch]) / fps
+            segments.append(segment)
+        run_ffmpeg(
+            join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
+            scratch,
+            lambda _t: None,
+            should_stop,
+        )
+    if not output.exists() or output.stat().st_size == 0:
+        raise EncodeError("ffmpeg produced no video")
+
+
+def _transitions(transition: str | Sequence[str], count: int) -> list[str]:
+    each = [transition] * count if isinstance(transition, str) else list(transition)
+    if len(each) != count:
+        raise EncodeError(f"{len(each)} transitions for {count} slides")
+    return each
+
+
 def encode(
     images: Sequence[Path],
     durations: Sequence[float],
@@ -383,55 +450,103 @@ def encode(
     if not images:
         raise EncodeError("no slides to encode")
     frames = frame_counts(durations, fps)
-    total = sum(frames) / fps
-    report = on_progress or (lambda _fraction: None)
     names = chapter_titles(titles if titles is not None else [""] * len(images))
-    each = [transition] * len(images) if isinstance(transition, str) else list(transition)
-    if len(each) != len(images):
-        raise EncodeError(f"{len(each)} transitions for {len(images)} slides")
-    flags = fades(each)
+    flags = fades(_transitions(transition, len(images)))
     faded = any(f for pair in flags for f in pair)
-    batch_size = fade_batch(*_image_size(images[0])) if faded else FADE_BATCH
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
         scratch = Path(folder)
         chapters = scratch / "chapters.ffmetadata"
         chapters.write_text(chapters_metadata(names, frames, fps), encoding="utf-8")
-        if not faded:
-            cmd = still_command(
-                images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
-            )
-            run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
-        elif len(images) <= batch_size:
-            cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters, flags)
-            run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
-        else:
-            segments: list[Path] = []
-            done = 0.0
-            for start in range(0, len(images), batch_size):
-                batch = slice(start, start + batch_size)
-                segment = scratch / f"segment-{start:04d}.mp4"
-                cmd = fade_command(
-                    images[batch],
-                    frames[batch],
-                    fps,
-                    segment,
-                    preset,
-                    fade_color,
-                    flags=flags[batch],
-                )
+        _encode_run(
+            images,
+            frames,
+            flags,
+            faded,
+            fps,
+            output,
+            preset,
+            fade_color,
+            chapters,
+            on_progress or (lambda _fraction: None),
+            should_stop,
+            scratch,
+        )
 
-                def at(seconds: float, offset: float = done) -> None:
-                    report(min((offset + seconds) / total, 1.0))
 
-                run_ffmpeg(cmd, scratch, at, should_stop)
-                done += sum(frames[batch]) / fps
-                segments.append(segment)
-            run_ffmpeg(
-                join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
-                scratch,
-                lambda _t: None,
-                should_stop,
-            )
+def encode_part(
+    images: Sequence[Path],
+    first: int,
+    durations: Sequence[float],
+    fps: int,
+    output: Path,
+    *,
+    transition: Sequence[str],
+    preset: str = "veryfast",
+    fade_color: str = "black",
+    on_progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Encode one segment of a split deck: ``images`` are slides ``first``..
+    of the deck whose slides come in by ``transition`` (all of them), each
+    for its entry of ``durations`` (the segment's).
+
+    The frames are those the whole deck's :func:`encode` makes for these
+    slides: fades from the whole deck's transitions (a slide fades within
+    its own frames, so a fade at a segment's edge is drawn whole), the same
+    x264 options, a keyframe on every slide's first frame; no chapters (the
+    join adds the deck's). Segments so made join without re-encoding.
+    Returns the frame count.
+    """
+    if not images or len(images) != len(durations):
+        raise EncodeError(f"{len(durations)} durations for {len(images)} slides")
+    frames = frame_counts(durations, fps)
+    every = fades(_transitions(list(transition), len(transition)))
+    flags = every[first : first + len(images)]
+    if len(flags) != len(images):
+        raise EncodeError(f"slides {first + 1}-{first + len(images)} of {len(every)}")
+    faded = any(f for pair in every for f in pair)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
+        _encode_run(
+            images,
+            frames,
+            flags,
+            faded,
+            fps,
+            output,
+            preset,
+            fade_color,
+            None,
+            on_progress or (lambda _fraction: None),
+            should_stop,
+            Path(folder),
+        )
+    return sum(frames)
+
+
+def join(
+    parts: Sequence[Path],
+    fps: int,
+    output: Path,
+    *,
+    titles: Sequence[str],
+    frames: Sequence[int],
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Join a split deck's encoded segments (in order) into ``output``
+    without re-encoding, with one chapter per slide (``titles``, each slide
+    ``frames`` long)."""
+    if not parts:
+        raise EncodeError("no segments to join")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
+        scratch = Path(folder)
+        chapters = scratch / "chapters.ffmetadata"
+        chapters.write_text(
+            chapters_metadata(chapter_titles(titles), frames, fps), encoding="utf-8"
+        )
+        cmd = join_command(parts, scratch / "segments.ffconcat", output, fps, chapters)
+        run_ffmpeg(cmd, scratch, lambda _t: None, should_stop)
     if not output.exists() or output.stat().st_size == 0:
         raise EncodeError("ffmpeg produced no video")
