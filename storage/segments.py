@@ -349,12 +349,15 @@ class SegmentStore(StoreBase):
         delay: float,
         worker: str | None,
         counted: bool = True,
+        stale_before: datetime | None = None,
     ) -> SegmentStatus | None:
         """Attempt ``attempt`` of the segment failed with a transient
         ``error``: queued again after ``delay`` s, or failed if it has no
         attempts left. ``counted=False`` (a worker handing it back while it
         stops): queued at once, the attempt not counted against the budget.
-        ``None`` if ``attempt`` no longer holds it."""
+        ``stale_before``: a recovery by the sweeper, only if the segment's
+        heartbeat is still older than that. ``None`` if ``attempt`` no longer
+        holds it."""
         if not counted:
             values: dict[str, Any] = {
                 "status": SegmentStatus.QUEUED.value,
@@ -368,10 +371,11 @@ class SegmentStore(StoreBase):
             )
         if attempt >= segment.attempt_limit:
             what = f"failed after {attempt} attempts: {error}"
+            if stale_before is not None:
+                what = f"{error}; failed (no attempts left)"
             values = {"status": SegmentStatus.FAILED.value, "error": error, "worker": None}
-            return (
-                SegmentStatus.FAILED if self._end(segment, attempt, worker, values, what) else None
-            )
+            ended = self._end(segment, attempt, worker, values, what, stale_before=stale_before)
+            return SegmentStatus.FAILED if ended else None
         values = {
             "status": SegmentStatus.QUEUED.value,
             "not_before": utcnow() + timedelta(seconds=delay),
@@ -379,7 +383,10 @@ class SegmentStore(StoreBase):
             "error": error,
         }
         what = f"attempt {attempt} failed, retrying in {delay:.1f}s: {error}"
-        return SegmentStatus.QUEUED if self._end(segment, attempt, worker, values, what) else None
+        if stale_before is not None:
+            what = f"{error}; queued again"
+        ended = self._end(segment, attempt, worker, values, what, stale_before=stale_before)
+        return SegmentStatus.QUEUED if ended else None
 
     def fail(self, segment: Segment, attempt: int, error: str, *, worker: str | None) -> bool:
         """The segment cannot render (retrying would not help): failed."""
@@ -387,12 +394,22 @@ class SegmentStore(StoreBase):
         return self._end(segment, attempt, worker, values, f"failed: {error}")
 
     def _end(
-        self, segment: Segment, attempt: int, worker: str | None, values: dict[str, Any], what: str
+        self,
+        segment: Segment,
+        attempt: int,
+        worker: str | None,
+        values: dict[str, Any],
+        what: str,
+        *,
+        stale_before: datetime | None = None,
     ) -> bool:
+        fence = _fence(segment.job_id, segment.idx, attempt)
+        if stale_before is not None:
+            # A recovery: only if the heartbeat is still stale (a worker that
+            # renewed in between keeps its segment).
+            fence = and_(fence, S.c.last_heartbeat < stale_before)
         with self.transaction() as conn:
-            changed = conn.execute(
-                update(S).where(_fence(segment.job_id, segment.idx, attempt)).values(**values)
-            ).rowcount
+            changed = conn.execute(update(S).where(fence).values(**values)).rowcount
             if changed:
                 self._event(conn, segment, attempt, worker, what)
         if changed:
@@ -421,7 +438,14 @@ class SegmentStore(StoreBase):
         recovered = []
         for segment in stale:
             why = f"{segment.worker or '-'} stopped heartbeating"
-            action = self.retry(segment, segment.attempts, why, delay=0.0, worker=segment.worker)
+            action = self.retry(
+                segment,
+                segment.attempts,
+                why,
+                delay=0.0,
+                worker=segment.worker,
+                stale_before=cutoff,
+            )
             if action is not None:
                 recovered.append(SegmentRecovery(segment, action))
         return recovered
