@@ -240,14 +240,17 @@ def fade_command(
         zip(images, frames, flags, strict=True)
     ):
         seconds = count / fps
-        cmd += ["-loop", "1", "-framerate", str(fps), "-t", f"{seconds:.6f}", "-i", str(image)]
+        # The image decoded once and repeated in memory (the loop filter):
+        # ``-loop 1`` on the input would decode the PNG again for every frame.
+        cmd += ["-i", str(image)]
         fade = min(0.4, seconds / 4)
-        steps = []
+        # One tick per frame (an image's own time base is 1/25).
+        steps = [f"loop=loop={count - 1}:size=1:start=0", f"settb=1/{fps}", "setpts=N"]
         if fade_in:
             steps.append(f"fade=t=in:st=0:d={fade:.3f}:color={color}")
         if fade_out:
             steps.append(f"fade=t=out:st={seconds - fade:.3f}:d={fade:.3f}:color={color}")
-        parts.append(f"[{i}:v]{','.join([*steps, TO_YUV])},setpts=PTS-STARTPTS[v{i}]")
+        parts.append(f"[{i}:v]{','.join([*steps, TO_YUV])}[v{i}]")
     chain = "".join(f"[v{i}]" for i in range(len(images)))
     graph = ";".join(parts) + f";{chain}concat=n={len(images)}:v=1:a=0,fps={fps}[out]"
     mapping = ["-map", "[out]"]
