@@ -21,6 +21,7 @@ from bench import cases
 from bench.claim import claim
 from bench.harness import Environment, Result
 from bench.scaling import scaling
+from bench.split import split_render
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = [
@@ -34,8 +35,9 @@ ALL = [
     "seed_reads",
     "claim",
     "scaling",
+    "split_render",
 ]
-SEPARATE = {"claim": claim, "scaling": scaling}
+SEPARATE = {"claim": claim, "scaling": scaling, "split_render": split_render}
 
 
 def main() -> int:
