@@ -173,6 +173,17 @@ class SegmentStore(StoreBase):
             ).mappings()
             existing = [Segment.from_row(r) for r in rows]
             if [s.part for s in existing] == list(parts):
+                finished = sum(s.status is SegmentStatus.COMPLETED for s in existing)
+                record_event(
+                    conn,
+                    job_id,
+                    Status.PROCESSING,
+                    Status.PROCESSING,
+                    attempt,
+                    holder.worker,
+                    f"split: the plan of an earlier attempt kept, {finished} of "
+                    f"{len(existing)} segments done",
+                )
                 return existing
             if existing:
                 conn.execute(delete(S).where(S.c.job_id == job_id))

@@ -52,6 +52,7 @@ def test_the_jobs_attempt_plans_once_and_a_later_attempt_keeps_the_plan(store: J
     reasons = [e.reason or "" for e in store.history(job_id)]
     assert reasons.count("split: 5 slides in 3 segments") == 1
     assert "split: 5 slides in 1 segments (an earlier plan replaced)" in reasons
+    assert "split: the plan of an earlier attempt kept, 1 of 3 segments done" in reasons
 
 
 def test_claims_go_by_job_priority_then_start_then_order(store: JobStore) -> None:

@@ -161,3 +161,39 @@ def test_a_cancel_stops_every_segment(split_stack: tuple[Stack, SegmentStore]) -
     assert status == 202
     assert stack.wait_final(small["job_id"], timeout=120)["status"] == "completed"
     print(f"\nsplit cancel: every segment stopped within {stopped:.1f} s")
+
+
+def test_the_coordinators_host_killed_the_next_attempt_joins_what_was_done(
+    split_stack: tuple[Stack, SegmentStore],
+) -> None:
+    stack, segments = split_stack
+    stack.start_api()
+    workers = {n: stack.start_worker(f"{n}@host-{n}", concurrency=1) for n in "abc"}
+    status, job = stack.request("POST", "/v1/jobs", long_deck())
+    assert status == 202, job
+    job_id = job["job_id"]
+    # Once some segments are done, the worker running the job's attempt dies.
+    wait_until(
+        lambda: sum(s.status is SegmentStatus.COMPLETED for s in _segments(segments, job_id)) >= 2,
+        120,
+        "no segment completed",
+    )
+    coordinator = stack.request("GET", f"/v1/jobs/{job_id}")[1]["worker"]
+    done_before = {
+        s.idx for s in _segments(segments, job_id) if s.status is SegmentStatus.COMPLETED
+    }
+    kill(workers[coordinator.split("@")[0]])
+    done = stack.wait_final(job_id, timeout=240)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2 and done["worker"] != coordinator
+    folder = Path(stack.env["SLIDEFARM_OUTPUT_DIR"]) / job_id
+    _, frames = probe(folder / "video.mp4")
+    assert frames == sum(frame_counts([SECONDS] * SLIDES, FPS))
+    reasons = [e["reason"] or "" for e in _history(stack, job_id)]
+    assert f"worker lost: {coordinator} stopped heartbeating" in reasons
+    # The plan was kept, and what was done before was not done again.
+    assert sum(r.startswith("split: 18 slides") for r in reasons) == 1, reasons
+    assert any(r.startswith("split: the plan of an earlier attempt kept") for r in reasons)
+    for idx in done_before:
+        label = f"segment {idx + 1} "
+        assert sum(r.startswith(label) and "completed by" in r for r in reasons) == 1
