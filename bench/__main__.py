@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
+    # Stopped (SIGTERM, a timeout): unwind, so that every farm, namespace,
+    # cgroup and server the benchmarks brought up goes with them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     results: list[Result] = []
     with Environment() as env:
