@@ -115,6 +115,18 @@ _COLUMNS = [c for c in S.c]
 _LIVE_JOB = (Status.PROCESSING.value, Status.QUEUED.value)
 
 
+def _of_job(conn: Connection, job_id: str) -> list[Segment]:
+    rows = conn.execute(select(*_COLUMNS).where(S.c.job_id == job_id).order_by(S.c.idx))
+    return [Segment.from_row(r) for r in rows.mappings()]
+
+
+def _split_event(
+    conn: Connection, job_id: str, attempt: int, worker: str | None, text: str
+) -> None:
+    """The history row of a plan (the job stays ``processing``)."""
+    record_event(conn, job_id, Status.PROCESSING, Status.PROCESSING, attempt, worker, text)
+
+
 def _fence(job_id: str, idx: int, attempt: int) -> Any:
     return and_(
         S.c.job_id == job_id,
@@ -168,17 +180,12 @@ class SegmentStore(StoreBase):
             ).first()
             if holder is None:
                 return None
-            rows = conn.execute(
-                select(*_COLUMNS).where(S.c.job_id == job_id).order_by(S.c.idx)
-            ).mappings()
-            existing = [Segment.from_row(r) for r in rows]
+            existing = _of_job(conn, job_id)
             if [s.part for s in existing] == list(parts):
                 finished = sum(s.status is SegmentStatus.COMPLETED for s in existing)
-                record_event(
+                _split_event(
                     conn,
                     job_id,
-                    Status.PROCESSING,
-                    Status.PROCESSING,
                     attempt,
                     holder.worker,
                     f"split: the plan of an earlier attempt kept, {finished} of "
@@ -206,28 +213,20 @@ class SegmentStore(StoreBase):
                 ],
             )
             slides = sum(p.slides for p in parts)
-            record_event(
+            _split_event(
                 conn,
                 job_id,
-                Status.PROCESSING,
-                Status.PROCESSING,
                 attempt,
                 holder.worker,
                 f"split: {slides} slides in {len(parts)} segments"
                 + (" (an earlier plan replaced)" if existing else ""),
             )
-            rows = conn.execute(
-                select(*_COLUMNS).where(S.c.job_id == job_id).order_by(S.c.idx)
-            ).mappings()
-            return [Segment.from_row(r) for r in rows]
+            return _of_job(conn, job_id)
 
     def of_job(self, job_id: str) -> list[Segment]:
         """``job_id``'s segments in order (none: not split, or dropped)."""
         with self.transaction(single=True) as conn:
-            rows = conn.execute(
-                select(*_COLUMNS).where(S.c.job_id == job_id).order_by(S.c.idx)
-            ).mappings()
-            return [Segment.from_row(r) for r in rows]
+            return _of_job(conn, job_id)
 
     def drop(self, job_id: str) -> int:
         """Forget ``job_id``'s segments (it ended); how many there were."""

@@ -368,15 +368,54 @@ def _encode_run(
     output: Path,
     preset: str,
     fade_color: str,
+    chapters_text: str | None,
+    report: Callable[[float], None],
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """``images`` as ``frames`` frames each, faded where ``flags`` say (the
+    whole deck's, for a segment of it); chapters from the ffmetadata
+    ``chapters_text`` if given. Without fades, one still-image run; with
+    them, batches of looped inputs joined without re-encoding (as a split
+    deck's segments are)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
+        scratch = Path(folder)
+        chapters = None
+        if chapters_text is not None:
+            chapters = scratch / "chapters.ffmetadata"
+            chapters.write_text(chapters_text, encoding="utf-8")
+        _run_batches(
+            images,
+            frames,
+            flags,
+            faded,
+            fps,
+            output,
+            preset,
+            fade_color,
+            chapters,
+            report,
+            should_stop,
+            scratch,
+        )
+    if not output.exists() or output.stat().st_size == 0:
+        raise EncodeError("ffmpeg produced no video")
+
+
+def _run_batches(
+    images: Sequence[Path],
+    frames: Sequence[int],
+    flags: Sequence[tuple[bool, bool]],
+    faded: bool,
+    fps: int,
+    output: Path,
+    preset: str,
+    fade_color: str,
     chapters: Path | None,
     report: Callable[[float], None],
     should_stop: Callable[[], bool] | None,
     scratch: Path,
 ) -> None:
-    """``images`` as ``frames`` frames each, faded where ``flags`` say (the
-    whole deck's, for a segment of it); chapters from ``chapters`` if given.
-    Without fades, one still-image run; with them, batches of looped inputs
-    joined without re-encoding (as a split deck's segments are)."""
     total = sum(frames) / fps
     batch_size = fade_batch(*_image_size(images[0])) if faded else FADE_BATCH
     if not faded:
@@ -415,8 +454,6 @@ def _encode_run(
             lambda _t: None,
             should_stop,
         )
-    if not output.exists() or output.stat().st_size == 0:
-        raise EncodeError("ffmpeg produced no video")
 
 
 def _transitions(transition: str | Sequence[str], count: int) -> list[str]:
@@ -456,25 +493,19 @@ def encode(
     names = chapter_titles(titles if titles is not None else [""] * len(images))
     flags = fades(_transitions(transition, len(images)))
     faded = any(f for pair in flags for f in pair)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
-        scratch = Path(folder)
-        chapters = scratch / "chapters.ffmetadata"
-        chapters.write_text(chapters_metadata(names, frames, fps), encoding="utf-8")
-        _encode_run(
-            images,
-            frames,
-            flags,
-            faded,
-            fps,
-            output,
-            preset,
-            fade_color,
-            chapters,
-            on_progress or (lambda _fraction: None),
-            should_stop,
-            scratch,
-        )
+    _encode_run(
+        images,
+        frames,
+        flags,
+        faded,
+        fps,
+        output,
+        preset,
+        fade_color,
+        chapters_metadata(names, frames, fps),
+        on_progress or (lambda _fraction: None),
+        should_stop,
+    )
 
 
 def encode_part(
@@ -504,27 +535,24 @@ def encode_part(
     if not images or len(images) != len(durations):
         raise EncodeError(f"{len(durations)} durations for {len(images)} slides")
     frames = frame_counts(durations, fps)
-    every = fades(_transitions(list(transition), len(transition)))
+    every = fades(list(transition))
     flags = every[first : first + len(images)]
     if len(flags) != len(images):
         raise EncodeError(f"slides {first + 1}-{first + len(images)} of {len(every)}")
     faded = any(f for pair in every for f in pair)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="slidefarm-ffmpeg-") as folder:
-        _encode_run(
-            images,
-            frames,
-            flags,
-            faded,
-            fps,
-            output,
-            preset,
-            fade_color,
-            None,
-            on_progress or (lambda _fraction: None),
-            should_stop,
-            Path(folder),
-        )
+    _encode_run(
+        images,
+        frames,
+        flags,
+        faded,
+        fps,
+        output,
+        preset,
+        fade_color,
+        None,
+        on_progress or (lambda _fraction: None),
+        should_stop,
+    )
     return sum(frames)
 
 
