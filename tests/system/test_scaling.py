@@ -1,4 +1,5 @@
-"""Scaling on one machine, and ten hosts sharing one database.
+"""Scaling on one machine, and ten hosts sharing one database through
+PgBouncer.
 
 Render hosts are Celery workers, each in its own network namespace and its
 own CPU cgroup (cgroup v1) limited to the same slice of a core
