@@ -320,7 +320,8 @@ def measure(
                 f"  {count:>2} hosts: {run.wall:.1f} s, {run.video_per_second:.3f} video s/s, "
                 f"{run.jobs_per_minute:.1f} jobs/min, efficiency "
                 f"{efficiency(run, runs[0]):.2f}, peak {run.connections} PG connections "
-                f"{run.connections_by_source if pgbouncer_pool else ''}, load average "
+                f"(API host {run.connections_by_source.get('api', 0)}, PgBouncer "
+                f"{run.connections_by_source.get('pgbouncer', 0)}), load average "
                 f"{os.getloadavg()[0]:.1f}",
                 flush=True,
             )
@@ -346,6 +347,19 @@ def curve(runs: list[Run]) -> dict[str, Any]:
             "efficiency": round(efficiency(r, single), 3),
             "cpu_core_per_host": round(sum(r.cpu.values()) / len(r.cpu) / r.wall, 4),
             "peak_pg_connections": r.connections,
+            # Where they came from: directly, the API host and the render
+            # host holding the most; through PgBouncer, PgBouncer alone.
+            "peak_pg_connections_by_source": {
+                source: r.connections_by_source[source]
+                for source in ("api", "pgbouncer")
+                if source in r.connections_by_source
+            }
+            | {
+                "render_host_most": max(
+                    (n for h, n in r.connections_by_source.items() if h.startswith("render")),
+                    default=0,
+                )
+            },
             "reruns": r.reruns,
             "idle_core_per_host": round(r.idle_core, 4),
         }
