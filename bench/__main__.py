@@ -21,7 +21,7 @@ from pathlib import Path
 from bench import cases
 from bench.claim import claim
 from bench.harness import Environment, Result
-from bench.scaling import scaling
+from bench.scaling import PGBOUNCER_POOL, scaling
 from bench.split import split_render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,22 @@ def main() -> int:
         type=int,
         default=1_000_000,
         help="jobs in the large table of the scale benchmark",
+    )
+    parser.add_argument(
+        "--scaling-counts",
+        type=lambda v: [int(n) for n in v.split(",")],
+        help="host counts of the scaling curve, comma-separated (default 1,2,4,8,16,32)",
+    )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="scaling: run the curve a second time with every host through PgBouncer",
+    )
+    parser.add_argument(
+        "--pgbouncer-pool",
+        type=int,
+        default=PGBOUNCER_POOL,
+        help=f"scaling --pgbouncer: PgBouncer's default_pool_size (default {PGBOUNCER_POOL})",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()

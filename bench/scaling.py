@@ -14,7 +14,15 @@ the same slice at every count, so that T(1) is the host every other count
 is a multiple of). Hosts start unlimited (start-up is not measured) and are
 limited before the work is submitted.
 
-``python -m bench scaling`` (root, ``ip netns``, cgroup v1).
+Connections: while each count's batch runs, PostgreSQL's connections to
+the database are counted every 0.25 s by where they come from
+(``ConnectionSampler``), and the peak of the hosts' (render and API hosts,
+or PgBouncer's; not the benchmark's own checks) is recorded. With
+``--pgbouncer`` the same curve runs a second time with PgBouncer
+(transaction pooling, ``--pgbouncer-pool`` server connections) on the
+database host and every host connecting through it.
+
+``python -m bench scaling [--pgbouncer]`` (root, ``ip netns``, cgroup v1).
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness import Environment, Result, Series
-from tests.support.hosts import CpuSlice, Hosts, permitted
+from tests.support.hosts import CONTROLLER, ConnectionSampler, CpuSlice, Hosts, permitted
 
 SLICE = 0.05
 COUNTS = (1, 2, 4, 8, 16, 32)
+#: PgBouncer's ``default_pool_size`` for ``--pgbouncer``.
+PGBOUNCER_POOL = 10
 JOBS_PER_HOST = 6
 SLIDES = 4
 SLIDE_SECONDS = 1.5
@@ -71,7 +81,11 @@ class Run:
     per_host: dict[str, int] = field(default_factory=dict)
     #: Jobs not completed on their first attempt (0 when each ran once).
     reruns: int = 0
+    #: The most PostgreSQL connections the hosts (or PgBouncer for them)
+    #: held at once during the run, and of those the most from each source
+    #: (a host, or ``pgbouncer``).
     connections: int = 0
+    connections_by_source: dict[str, int] = field(default_factory=dict)
     #: Of a core, what an idle host used just before the run (mean of hosts).
     idle_core: float = 0.0
 
@@ -86,10 +100,19 @@ class Run:
 
 class Farm:
     """The db host, one API host and up to ``max_hosts`` render hosts, each
-    render host in its own CPU cgroup limited to ``fraction`` of a core."""
+    render host in its own CPU cgroup limited to ``fraction`` of a core;
+    with ``pgbouncer_pool``, every host reaches PostgreSQL through PgBouncer
+    on the db host with that pool."""
 
-    def __init__(self, fraction: float, subnet: str = "10.233.0", **settings: str) -> None:
+    def __init__(
+        self,
+        fraction: float,
+        subnet: str = "10.233.0",
+        pgbouncer_pool: int | None = None,
+        **settings: str,
+    ) -> None:
         self.fraction = fraction
+        self.pgbouncer_pool = pgbouncer_pool
         self.hosts = Hosts(subnet)
         self.settings = settings
         self.render: list[str] = []
@@ -99,7 +122,7 @@ class Farm:
     def __enter__(self) -> Farm:
         try:
             self.hosts.up()
-            self.hosts.start_db()
+            self.hosts.start_db(pgbouncer_pool=self.pgbouncer_pool)
             from storage import JobStore
             from storage.access import AccessStore
 
@@ -216,20 +239,19 @@ class Farm:
         time.sleep(2)
         before = {h: self.slice(h).usage() for h in active}
         idle_core = sum(before[h] - idle[h] for h in active) / len(active) / 2
-        started = time.monotonic()
-        ids = self._submit(jobs)
-        peak, polls = 0, 0
-        deadline = started + timeout
-        while True:
-            remaining = [i for i in ids if not self.store.get(i).status.is_final]
-            if not remaining:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(remaining)} of {jobs} jobs unfinished after {timeout} s")
-            if polls % 4 == 0:
-                peak = max(peak, self.hosts.connections())
-            polls += 1
-            time.sleep(0.5)
+        with ConnectionSampler(self.hosts) as sampler:
+            started = time.monotonic()
+            ids = self._submit(jobs)
+            deadline = started + timeout
+            while True:
+                remaining = [i for i in ids if not self.store.get(i).status.is_final]
+                if not remaining:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{len(remaining)} of {jobs} jobs unfinished after {timeout} s"
+                    )
+                time.sleep(0.5)
         # The last job's completion, from the database (the poll is coarse).
         final = [self.store.get(i) for i in ids]
         wall = time.monotonic() - started
@@ -249,7 +271,10 @@ class Farm:
             cpu={h: self.slice(h).usage() - before[h] for h in active},
             per_host=per_host,
             reruns=sum(1 for j in final if j.attempts != 1),
-            connections=peak,
+            connections=sampler.peak,
+            connections_by_source={
+                source: n for source, n in sampler.peak_by_source.items() if source != CONTROLLER
+            },
             idle_core=idle_core,
         )
 
@@ -276,13 +301,17 @@ def table(runs: list[Run]) -> str:
 
 
 def measure(
-    counts: tuple[int, ...] = COUNTS, fraction: float = SLICE, jobs_per_host: int = JOBS_PER_HOST
+    counts: tuple[int, ...] = COUNTS,
+    fraction: float = SLICE,
+    jobs_per_host: int = JOBS_PER_HOST,
+    pgbouncer_pool: int | None = None,
 ) -> list[Run]:
+    """The curve over ``counts`` (the first is the unit of efficiency)."""
     reason = permitted()
     if reason is not None:
         raise SystemExit(f"the scaling benchmark cannot run: {reason}")
     runs = []
-    with Farm(fraction) as farm:
+    with Farm(fraction, pgbouncer_pool=pgbouncer_pool) as farm:
         for count in counts:
             farm.grow(count)
             run = farm.run(count, jobs_per_host)
@@ -290,51 +319,91 @@ def measure(
             print(
                 f"  {count:>2} hosts: {run.wall:.1f} s, {run.video_per_second:.3f} video s/s, "
                 f"{run.jobs_per_minute:.1f} jobs/min, efficiency "
-                f"{efficiency(run, runs[0]):.2f}, peak {run.connections} PG connections",
+                f"{efficiency(run, runs[0]):.2f}, peak {run.connections} PG connections "
+                f"(API host {run.connections_by_source.get('api', 0)}, PgBouncer "
+                f"{run.connections_by_source.get('pgbouncer', 0)}), load average "
+                f"{os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     return runs
 
 
-def scaling(env: Environment, args: argparse.Namespace) -> Result:
-    """The bench entry: ``env`` (the shared database) is not used; the hosts
-    bring their own database host."""
-    runs = measure()
+def curve(runs: list[Run]) -> dict[str, Any]:
+    """A curve's figures for results.json: ``efficiency_<n>`` and
+    ``peak_pg_connections_<n>`` at 8 and 32 hosts (when measured) and,
+    under ``throughput``, every count's."""
     single = runs[0]
     by_count = {r.hosts: r for r in runs}
+    fields: dict[str, Any] = {}
+    for n in (8, 32):
+        if n in by_count:
+            fields[f"efficiency_{n}"] = round(efficiency(by_count[n], single), 3)
+            fields[f"peak_pg_connections_{n}"] = by_count[n].connections
+    fields["throughput"] = {
+        str(r.hosts): {
+            "video_seconds_per_second": round(r.video_per_second, 4),
+            "jobs_per_minute": round(r.jobs_per_minute, 2),
+            "wall_seconds": round(r.wall, 2),
+            "efficiency": round(efficiency(r, single), 3),
+            "cpu_core_per_host": round(sum(r.cpu.values()) / len(r.cpu) / r.wall, 4),
+            "peak_pg_connections": r.connections,
+            # Where they came from: directly, the API host and the render
+            # host holding the most; through PgBouncer, PgBouncer alone.
+            "peak_pg_connections_by_source": {
+                source: r.connections_by_source[source]
+                for source in ("api", "pgbouncer")
+                if source in r.connections_by_source
+            }
+            | {
+                "render_host_most": max(
+                    (n for h, n in r.connections_by_source.items() if h.startswith("render")),
+                    default=0,
+                )
+            },
+            "reruns": r.reruns,
+            "idle_core_per_host": round(r.idle_core, 4),
+        }
+        for r in runs
+    }
+    return fields
+
+
+def scaling(env: Environment, args: argparse.Namespace) -> Result:
+    """The bench entry: ``env`` (the shared database) is not used; the hosts
+    bring their own database host. ``args.scaling_counts`` (default
+    :data:`COUNTS`), ``args.pgbouncer``: the same curve through PgBouncer
+    too, with ``args.pgbouncer_pool``."""
+    counts = tuple(args.scaling_counts or COUNTS)
+    load = [os.getloadavg()[0]]
+    runs = measure(counts)
+    load.append(os.getloadavg()[0])
+    single, top = runs[0], runs[-1]
     print(table(runs))
     fields: dict[str, Any] = {
         "slice_core": SLICE,
         "jobs_per_host": JOBS_PER_HOST,
         "video_seconds_per_job": SLIDES * SLIDE_SECONDS,
-        "efficiency_8": round(efficiency(by_count[8], single), 3),
-        "efficiency_32": round(efficiency(by_count[32], single), 3),
-        "throughput": {
-            str(r.hosts): {
-                "video_seconds_per_second": round(r.video_per_second, 4),
-                "jobs_per_minute": round(r.jobs_per_minute, 2),
-                "wall_seconds": round(r.wall, 2),
-                "efficiency": round(efficiency(r, single), 3),
-                "cpu_core_per_host": round(sum(r.cpu.values()) / len(r.cpu) / r.wall, 4),
-                "peak_pg_connections": r.connections,
-                "reruns": r.reruns,
-                "idle_core_per_host": round(r.idle_core, 4),
-            }
-            for r in runs
-        },
+        **curve(runs),
     }
-    result = Result(
+    if args.pgbouncer:
+        print(f"\n-- through PgBouncer (default_pool_size {args.pgbouncer_pool})", flush=True)
+        bounced = measure(counts, pgbouncer_pool=args.pgbouncer_pool)
+        load.append(os.getloadavg()[0])
+        print(table(bounced))
+        fields["pgbouncer"] = {"default_pool_size": args.pgbouncer_pool, **curve(bounced)}
+    fields["load_average"] = [round(v, 1) for v in load]
+    notes = {k: fields[k] for k in ("efficiency_8", "efficiency_32") if k in fields}
+    return Result(
         "scaling",
         "video s/s",
-        Series([single.video_per_second * by_count[32].hosts]),
-        Series([by_count[32].video_per_second]),
-        goal=">= 0.9 at 32",
+        Series([single.video_per_second * top.hosts]),
+        Series([top.video_per_second]),
+        goal=f">= 0.9 at {top.hosts}",
         better="higher",
         threshold=0.9,
-        notes={k: fields[k] for k in ("efficiency_8", "efficiency_32")},
+        notes=notes,
         fields=fields,
     )
-    return result
 
 
 if __name__ == "__main__":

@@ -2,14 +2,18 @@
 processes in a CPU cgroup of its own (cgroup v1) limited to a slice of a core.
 
 Used by the scaling and ten-host tests and by ``bench/scaling.py``, so it
-imports neither pytest nor the test fixtures. Needs root, ``ip`` (iproute2),
+imports neither pytest nor the test fixtures (PgBouncer's harness is
+imported only when a PgBouncer runs). Needs root, ``ip`` (iproute2),
 ``runuser``, ``redis-server`` and PostgreSQL's server binaries; see
 :func:`permitted`. :meth:`Hosts.down` removes every namespace, veth, cgroup,
 process and file it made, and is safe to call after a partial :meth:`up`.
 
 A :class:`Hosts` has a ``db`` host (its own PostgreSQL and redis-server,
-listening on its address only) and any number of hosts added later; the
-calling process reaches them through a veth of its own on the bridge.
+listening on its address only, and on request a PgBouncer in front of that
+PostgreSQL) and any number of hosts added later; the calling process (the
+controller) reaches them through a veth of its own on the bridge.
+:class:`ConnectionSampler` counts the server's connections by where they
+come from while hosts work.
 """
 
 from __future__ import annotations
@@ -19,19 +23,29 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tests.support import ROOT
 from tests.support.stack import celery_worker_argv, gunicorn_argv
+
+if TYPE_CHECKING:
+    from tests.support.pgbouncer import PgBouncer
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CPU = Path("/sys/fs/cgroup/cpu")
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 #: The CFS period every slice uses (µs): 100 ms, the kernel's default.
 PERIOD_US = 100_000
+#: Where PgBouncer listens on the db host, when it runs.
+PGBOUNCER_PORT = 6432
+#: The source :meth:`Hosts.connections` gives the process running the hosts.
+CONTROLLER = "controller"
 
 
 def sh(*argv: str) -> None:
@@ -143,6 +157,8 @@ class Hosts:
         self.db_url = f"postgresql://postgres@{self.db_address}:5432/slidefarm"
         #: The server itself, for counting its connections whatever is in front.
         self.server_url = self.db_url
+        #: PgBouncer on the db host, when :meth:`start_db` started one.
+        self.bouncer: PgBouncer | None = None
         self.broker = f"redis://{self.db_address}:6379/0"
         self._next = 10
 
@@ -242,8 +258,12 @@ class Hosts:
                 pass
             proc.wait()
 
-    def start_db(self) -> None:
-        """PostgreSQL and redis-server on the ``db`` host, the schema migrated."""
+    def start_db(self, pgbouncer_pool: int | None = None) -> None:
+        """PostgreSQL and redis-server on the ``db`` host, the schema migrated
+        (on the server itself). With ``pgbouncer_pool``, also PgBouncer on
+        the db host in transaction-pooling mode with that
+        ``default_pool_size``, and :attr:`db_url`, which every host uses,
+        through it."""
         data = self.folder / "pg"
         shutil.chown(self.folder, "postgres")
         subprocess.run(
@@ -343,29 +363,41 @@ class Hosts:
         from storage.migrate import upgrade
 
         upgrade(self.server_url)
-        # The hook for a pooler: start it on the db host here and point
-        # self.db_url at it; self.server_url stays the server itself.
+        if pgbouncer_pool is not None:
+            from tests.support.pgbouncer import PgBouncer
 
-    def connections(self) -> int:
-        """Client connections the PostgreSQL server has open right now."""
-        out = subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "psql"),
-                "-h",
-                self.db_address,
-                "-tAc",
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-        return int(out.strip()) - 1  # not this query's own
+            self.bouncer = PgBouncer(
+                self.server_url,
+                pgbouncer_pool,
+                listen=self.db_address,
+                port=PGBOUNCER_PORT,
+                prefix=["ip", "netns", "exec", self.ns("db")],
+                log_connections=True,
+            )
+            self.bouncer.start()
+            self.db_url = self.bouncer.url("slidefarm")
+
+    def source(self, address: str) -> str:
+        """Who connects from ``address``: a host's name (``db`` is PgBouncer,
+        when it runs), or :data:`CONTROLLER`, the process running the hosts."""
+        if address == f"{self.subnet}.1":
+            return CONTROLLER
+        for host, last in self.hosts.items():
+            if address == f"{self.subnet}.{last}":
+                return "pgbouncer" if host == "db" and self.bouncer is not None else host
+        return address
+
+    def connections(self) -> Counter[str]:
+        """Client connections to the ``slidefarm`` database the PostgreSQL
+        server has open now, by :meth:`source`. Through PgBouncer the hosts'
+        connections all come from ``pgbouncer``; directly, from each host."""
+        with ConnectionSampler(self, every=None) as sampler:
+            return sampler.sample()
+
+    def host_connections(self, counts: Counter[str]) -> int:
+        """Of ``counts`` (by source), the connections the hosts cause: all but
+        the controller's."""
+        return sum(n for source, n in counts.items() if source != CONTROLLER)
 
     # -- slidefarm processes ---------------------------------------------------
 
@@ -400,6 +432,8 @@ class Hosts:
                 group.limit(None)
             except OSError:
                 pass
+        if self.bouncer is not None:
+            self.bouncer.stop()
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -419,3 +453,57 @@ class Hosts:
         subprocess.run(["ip", "netns", "del", self.switch], capture_output=True)
         subprocess.run(["ip", "link", "del", self.client_if], capture_output=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ConnectionSampler:
+    """In a ``with``: a thread counts the PostgreSQL server's connections to
+    the ``slidefarm`` database every ``every`` seconds by source (see
+    :meth:`Hosts.source`), through one connection of its own (not counted),
+    keeping the peaks. ``every=None``: no thread, :meth:`sample` on demand."""
+
+    def __init__(self, hosts: Hosts, every: float | None = 0.25) -> None:
+        self.hosts = hosts
+        self.every = every
+        #: The most connections seen at once from the hosts (all sources but
+        #: the controller), and from each source.
+        self.peak = 0
+        self.peak_by_source: Counter[str] = Counter()
+        self.samples = 0
+        self._conn: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ConnectionSampler:
+        import psycopg2
+
+        self._conn = psycopg2.connect(self.hosts.server_url, connect_timeout=10)
+        self._conn.autocommit = True
+        if self.every is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._conn.close()
+
+    def _run(self) -> None:
+        assert self.every is not None
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def sample(self) -> Counter[str]:
+        """The connections now, by source; the peaks updated."""
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT host(client_addr) FROM pg_stat_activity WHERE datname = 'slidefarm'"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            counts = Counter(self.hosts.source(str(addr)) for (addr,) in cur.fetchall())
+        self.samples += 1
+        self.peak = max(self.peak, self.hosts.host_connections(counts))
+        for source, n in counts.items():
+            self.peak_by_source[source] = max(self.peak_by_source[source], n)
+        return counts

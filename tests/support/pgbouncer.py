@@ -1,19 +1,22 @@
 """A private PgBouncer (Debian's) in front of the test PostgreSQL, in
-transaction-pooling mode on a spare port: its configuration generated, trust
-authentication through a userlist, its server pool small. PgBouncer refuses
-to run as root, so as root it runs as ``postgres`` in a folder that user
-owns. Also: how many server connections a database has (``pg_stat_activity``)."""
+transaction-pooling mode on a spare port (or on a simulated host's address,
+inside its network namespace: ``tests/support/hosts.py``): its configuration
+generated, trust authentication through a userlist, its server pool small.
+PgBouncer refuses to run as root, so as root it runs as ``postgres`` in a
+folder that user owns. Also: how many server connections a database has
+(``pg_stat_activity``)."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,19 @@ def pgbouncer_binary() -> str:
     return found
 
 
-def pgbouncer_config(port: int, server: str, user: str, folder: Path, pool_size: int) -> str:
+def pgbouncer_config(
+    port: int,
+    server: str,
+    user: str,
+    folder: Path,
+    pool_size: int,
+    listen: str = "127.0.0.1",
+    log_connections: bool = False,
+) -> str:
     """The configuration: every database of ``server`` (``host:port``) on
-    ``port``, transaction pooling, ``pool_size`` server connections per
-    database and user."""
+    ``listen:port``, transaction pooling, ``pool_size`` server connections
+    per database and user; each client's login logged with
+    ``log_connections``."""
     host, _, server_port = server.partition(":")
     return "\n".join(
         [
@@ -46,7 +58,7 @@ def pgbouncer_config(port: int, server: str, user: str, folder: Path, pool_size:
             f"* = host={host} port={server_port or 5432}",
             "",
             "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
+            f"listen_addr = {listen}",
             f"listen_port = {port}",
             "unix_socket_dir =",
             "auth_type = trust",
@@ -60,7 +72,7 @@ def pgbouncer_config(port: int, server: str, user: str, folder: Path, pool_size:
             # A client waits for a server connection rather than failing.
             "query_wait_timeout = 60",
             "server_idle_timeout = 60",
-            "log_connections = 0",
+            f"log_connections = {int(log_connections)}",
             "log_disconnections = 0",
             "",
         ]
@@ -71,15 +83,30 @@ class PgBouncer:
     """PgBouncer in the foreground; ``url(database)`` reaches a database
     through it."""
 
-    def __init__(self, server_url: str, pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        pool_size: int = 5,
+        *,
+        listen: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: Sequence[str] = (),
+        log_connections: bool = False,
+    ) -> None:
         """``server_url``: any ``postgresql://user@host:port/db`` URL of the
-        server (its user is the one clients connect as)."""
+        server (its user is the one clients connect as). PgBouncer listens
+        on ``listen:port`` (a free port by default) and runs as ``prefix``
+        + its command line (``ip netns exec <ns>`` runs it on a simulated
+        host). ``log_connections``: log each client's login (see
+        :meth:`clients_seen`)."""
         self.binary = pgbouncer_binary()
         rest = server_url.split("://", 1)[1]
         self.user, _, location = rest.rpartition("@")
         self.user = self.user.split(":")[0] or "postgres"
         self.server = location.split("/", 1)[0]
-        self.port = free_port()
+        self.listen = listen
+        self.port = free_port() if port is None else port
+        self.prefix = list(prefix)
         self.pool_size = pool_size
         self.folder = Path(tempfile.mkdtemp(prefix="slidefarm-pgbouncer-"))
         self.as_user: str | None = None
@@ -93,14 +120,16 @@ class PgBouncer:
         (self.folder / "userlist.txt").write_text(f'"{self.user}" ""\n')
         self.config_path = self.folder / "pgbouncer.ini"
         self.config_path.write_text(
-            pgbouncer_config(self.port, self.server, self.user, self.folder, pool_size)
+            pgbouncer_config(
+                self.port, self.server, self.user, self.folder, pool_size, listen, log_connections
+            )
         )
         self.log_path = self.folder / "pgbouncer.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, database: str) -> str:
         """``postgresql://`` URL of ``database`` through PgBouncer."""
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.user}@{self.listen}:{self.port}/{database}"
 
     def start(self) -> None:
         args = [self.binary, str(self.config_path)]
@@ -108,6 +137,7 @@ class PgBouncer:
             for path in self.folder.iterdir():
                 os.chmod(path, 0o644)
             args = ["runuser", "-u", self.as_user, "--", *args]
+        args = [*self.prefix, *args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -134,6 +164,23 @@ class PgBouncer:
                 return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         finally:
             conn.close()
+
+    def server_connections(self) -> int:
+        """Server connections PgBouncer holds now, over all its pools
+        (``SHOW POOLS``: active, idle, used, being tested or logging in)."""
+        states = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+        return sum(
+            int(row.get(state, 0) or 0)
+            for row in self.show("POOLS")
+            if row["database"] != "pgbouncer"
+            for state in states
+        )
+
+    def clients_seen(self, database: str) -> set[str]:
+        """The address of every client that ever logged in to ``database``
+        (from the log: needs ``log_connections``)."""
+        pattern = re.compile(rf" {re.escape(database)}/[^@ ]+@([0-9.]+):\d+ login attempt")
+        return set(pattern.findall(self.log_path.read_text(errors="replace")))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

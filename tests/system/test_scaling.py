@@ -1,4 +1,5 @@
-"""Scaling on one machine, and ten hosts sharing one database.
+"""Scaling on one machine, and ten hosts sharing one database through
+PgBouncer.
 
 Render hosts are Celery workers, each in its own network namespace and its
 own CPU cgroup (cgroup v1) limited to the same slice of a core
@@ -22,7 +23,7 @@ from sqlalchemy import create_engine, text
 from bench.scaling import Farm, efficiency
 from storage import JobStore
 from storage.access import AccessStore
-from tests.support.hosts import Hosts, permitted
+from tests.support.hosts import CONTROLLER, ConnectionSampler, Hosts, permitted
 from tests.support.services import missing
 
 pytestmark = pytest.mark.e2e
@@ -89,6 +90,10 @@ def test_cpu_limited_hosts_scale(capsys: pytest.CaptureFixture[str]) -> None:
 # -- ten hosts at once ---------------------------------------------------------
 
 FINISHED_JOBS = 100_000
+#: PgBouncer's ``default_pool_size`` on the database host: the server
+#: connections 10 hosts (2 API hosts of 2 processes, 8 render hosts of 2)
+#: share.
+POOL = 5
 
 
 def _insert_finished(url: str, rows: int) -> None:
@@ -123,11 +128,10 @@ def ten_hosts() -> Iterator[Hosts]:
     hosts = Hosts("10.236.0")
     try:
         hosts.up()
-        # The database host. When a PgBouncer runs on it, start it in
-        # Hosts.start_db and point hosts.db_url at it: every API and render
-        # host below connects through hosts.db_url, the checks through
-        # hosts.server_url.
-        hosts.start_db()
+        # The database host, with PgBouncer (transaction pooling) in front of
+        # its PostgreSQL: every API and render host below connects through
+        # hosts.db_url (PgBouncer), the checks through hosts.server_url.
+        hosts.start_db(pgbouncer_pool=POOL)
         yield hosts
     finally:
         from storage.db import dispose_engines
@@ -173,62 +177,88 @@ def test_ten_hosts_share_one_view(ten_hosts: Hosts, capsys: pytest.CaptureFixtur
     }
     apis = ["api1", "api2"]
     renders = [f"render{n}" for n in range(1, 9)]
-    for host in apis + renders:
-        hosts.add_host(host)
-    for host in apis:
-        hosts.spawn(host, host, hosts.api_argv(host), env)
-    for host in renders:
-        hosts.spawn(host, host, hosts.worker_argv(f"render@{host}"), env)
-    hosts.wait_ready(renders, timeout=90)
-    for host in apis:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(hosts, host, "/readyz", token)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, hosts.log(host)[-2000:]
-                time.sleep(0.2)
+    bouncer = hosts.bouncer
+    assert bouncer is not None
+    with ConnectionSampler(hosts, every=0.2) as sampler:
+        for host in apis + renders:
+            hosts.add_host(host)
+        for host in apis:
+            hosts.spawn(host, host, hosts.api_argv(host), env)
+        for host in renders:
+            hosts.spawn(host, host, hosts.worker_argv(f"render@{host}"), env)
+        hosts.wait_ready(renders, timeout=90)
+        for host in apis:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    _get(hosts, host, "/readyz", token)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, hosts.log(host)[-2000:]
+                    time.sleep(0.2)
 
-    # Work through both API hosts; the render hosts share it out.
-    deck = {
-        "title": "ten hosts",
-        "slides": [{"title": "One", "duration": 0.5}],
-        "options": {"resolution": "480p"},
-    }
-    ids = [_post(hosts, apis[n % 2], "/v1/jobs", deck, token)["job_id"] for n in range(16)]
-    deadline = time.monotonic() + 60
-    while not all(store.get(i).status.is_final for i in ids):
-        assert time.monotonic() < deadline, "jobs did not finish"
-        time.sleep(0.3)
+        # Work through both API hosts; the render hosts share it out.
+        deck = {
+            "title": "ten hosts",
+            "slides": [{"title": "One", "duration": 0.5}],
+            "options": {"resolution": "480p"},
+        }
+        ids = [_post(hosts, apis[n % 2], "/v1/jobs", deck, token)["job_id"] for n in range(16)]
+        deadline = time.monotonic() + 60
+        pool_peak = 0
+        while not all(store.get(i).status.is_final for i in ids):
+            assert time.monotonic() < deadline, "jobs did not finish"
+            pool_peak = max(pool_peak, bouncer.server_connections())
+            time.sleep(0.3)
+
+        # Every host sees the same job, the same worker list and the same stats.
+        views = {}
+        for host in apis:
+            job = _get(hosts, host, f"/v1/jobs/{ids[0]}", token)
+            workers = _get(hosts, host, "/v1/workers", token)["workers"]
+            stats = _get(hosts, host, "/v1/stats", token)
+            views[host] = (job, sorted((w["name"], w["state"]) for w in workers), stats)
+        pool_peak = max(pool_peak, bouncer.server_connections())
+    # Who connected to PgBouncer: every API and render host.
+    clients = bouncer.clients_seen("slidefarm")
+
+    # Every job completed, exactly once: one attempt, one claim, one completion.
     jobs = [store.get(i) for i in ids]
     assert {j.status.value for j in jobs} == {"completed"}
     assert all(j.attempts == 1 for j in jobs)
+    for job_id in ids:
+        moves = [e.to_status.value for e in store.history(job_id)]
+        assert moves.count("processing") == 1 and moves.count("completed") == 1, moves
     took_part = {j.worker for j in jobs}
 
-    # Every host sees the same job, the same worker list and the same stats.
-    views = {}
-    for host in apis:
-        job = _get(hosts, host, f"/v1/jobs/{ids[0]}", token)
-        workers = _get(hosts, host, "/v1/workers", token)["workers"]
-        stats = _get(hosts, host, "/v1/stats", token)
-        views[host] = (
-            job,
-            sorted((w["name"], w["state"]) for w in workers),
-            stats,
-        )
     first, second = views["api1"], views["api2"]
     assert first[0] == second[0]
+    assert first[0]["status"] == "completed"
     assert first[1] == second[1]
     alive = {name for name, state in first[1] if state == "alive"}
     assert alive == {f"render@{h}" for h in renders}, first[1]
     assert first[2] == second[2], (first[2], second[2])
-    counts = first[2]["counts"] if "counts" in first[2] else first[2]
+    counts = first[2]["counts"]
+    assert counts["completed"] == FINISHED_JOBS + len(ids), counts
+
+    # Every API and render host went through PgBouncer: none connected to
+    # PostgreSQL itself (only PgBouncer and this test's own checks did),
+    # each was PgBouncer's client, and PostgreSQL never saw more of
+    # PgBouncer's connections than its pool.
+    sources = set(sampler.peak_by_source)
+    assert sources <= {"pgbouncer", CONTROLLER}, sampler.peak_by_source
+    assert {hosts.address(h) for h in apis + renders} <= clients, clients
+    assert 0 < sampler.peak_by_source["pgbouncer"] <= POOL, sampler.peak_by_source
+    assert pool_peak <= POOL
     with capsys.disabled():
         print(
-            f"\nten hosts: {FINISHED_JOBS} finished jobs seeded in {seeded:.1f} s; "
+            f"\nten hosts through PgBouncer (default_pool_size {POOL}): "
+            f"{FINISHED_JOBS} finished jobs seeded in {seeded:.1f} s; "
             f"16 jobs by {len(took_part)} render hosts; stats {counts}; "
-            f"{hosts.connections()} PostgreSQL connections; "
+            f"PostgreSQL connections at most {sampler.peak} from the hosts (all PgBouncer's; "
+            f"SHOW POOLS at most {pool_peak} server connections), "
+            f"{sampler.peak_by_source[CONTROLLER]} from the test's checks, "
+            f"{sampler.samples} samples; PgBouncer's clients came from {len(clients)} addresses; "
             f"wall time {time.monotonic() - began:.1f} s"
         )
     for host in apis + renders:
