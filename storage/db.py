@@ -68,14 +68,16 @@ class PoolBudget:
 #: What each kind of process holds (README, "Connection budget"). An API
 #: process keeps 2 and serves a burst with up to 10 (a request thread uses
 #: one at a time; gunicornconf runs 4); a render process 1, shared by the
-#: render and its heartbeat (which borrows it between the render's writes;
-#: one extra while they meet); a worker's main process 1 (its sweeper thread,
+#: render and its heartbeats (a job's, a segment's), which wait for it while
+#: a write of the render's holds it (milliseconds: no overflow connection,
+#: whose opening and closing each time they meet made a farm of render
+#: hosts overshoot its budget); a worker's main process 1 (its sweeper thread,
 #: which also closes it after every sweep, and registry writes); anything
 #: else (the CLI, scripts, tests) 1, and more while its threads need them.
 ROLE_BUDGETS: dict[str, PoolBudget] = {
     "api": PoolBudget(size=2, max_overflow=8),
     "worker": PoolBudget(size=1, max_overflow=2),
-    "render": PoolBudget(size=1, max_overflow=1),
+    "render": PoolBudget(size=1, max_overflow=0),
     "other": PoolBudget(size=1, max_overflow=14),
 }
 

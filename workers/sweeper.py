@@ -86,11 +86,24 @@ class Sweeper:
 
     def _run(self) -> None:
         every = self.settings.sweep_every
+        # A worker that does not hold the lease touches the database (its
+        # registry row, a try for the lease) only this often: each touch is
+        # a connection opened and closed, and a farm of them adds up (the
+        # connection budget). Often enough to stay alive (three touches per
+        # SLIDEFARM_STALE_AFTER) and to take over a dead sweeper's lease
+        # within its expiry plus this.
+        quiet = max(every, self.settings.stale_after / 3)
+        last_touch = -quiet
+        sweeping = False
         while not self._stop.wait(every):
+            if not sweeping and time.monotonic() - last_touch < quiet:
+                continue
+            last_touch = time.monotonic()
             try:
                 self.registry.seen(self.name)
-                self.sweep_once()
+                sweeping = self.sweep_once()
             except StorageError as error:
+                sweeping = False
                 log.warning("sweeper: database unavailable (%s); trying again", error)
             except Exception:
                 log.exception("sweeper: sweep failed; trying again")

@@ -23,7 +23,7 @@ from storage.db import (
 
 
 def test_each_role_has_its_budget_and_settings_override_it(tmp_path: Path) -> None:
-    assert pool_budget(role="render") == PoolBudget(size=1, max_overflow=1)
+    assert pool_budget(role="render") == PoolBudget(size=1, max_overflow=0)
     assert pool_budget(role="worker").size == 1
     assert pool_budget(role="api") == PoolBudget(size=2, max_overflow=8)
     settings = Settings(SLIDEFARM_DB_POOL_SIZE="3", SLIDEFARM_DB_MAX_OVERFLOW="0")
