@@ -20,6 +20,7 @@ from pathlib import Path
 from bench import cases
 from bench.claim import claim
 from bench.harness import Environment, Result
+from bench.peering import peers
 from bench.scaling import scaling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +35,9 @@ ALL = [
     "seed_reads",
     "claim",
     "scaling",
+    "peers",
 ]
-SEPARATE = {"claim": claim, "scaling": scaling}
+SEPARATE = {"claim": claim, "scaling": scaling, "peers": peers}
 
 
 def main() -> int:
@@ -56,6 +58,12 @@ def main() -> int:
         type=int,
         default=1_000_000,
         help="jobs in the large table of the scale benchmark",
+    )
+    parser.add_argument(
+        "--e2e-jobs",
+        type=int,
+        default=300,
+        help="no-op jobs per end-to-end run of the peers benchmark (default 300)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
