@@ -102,6 +102,8 @@ def worker_argv(where: Where, processes: int) -> list[list[str]]:
             "procrastinate",
             "--app",
             "bench.peers.procrastinate_peer.app",
+            "--log-level",
+            "warning",
             "worker",
             "--queues",
             QUEUE,
