@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import cases
 from bench.claim import claim
 from bench.harness import Environment, Result
+from bench.peering import peers
 from bench.scaling import PGBOUNCER_POOL, scaling
 from bench.split import split_render
 
@@ -37,8 +38,9 @@ ALL = [
     "claim",
     "scaling",
     "split_render",
+    "peers",
 ]
-SEPARATE = {"claim": claim, "scaling": scaling, "split_render": split_render}
+SEPARATE = {"claim": claim, "scaling": scaling, "split_render": split_render, "peers": peers}
 
 
 def main() -> int:
@@ -75,6 +77,12 @@ def main() -> int:
         type=int,
         default=PGBOUNCER_POOL,
         help=f"scaling --pgbouncer: PgBouncer's default_pool_size (default {PGBOUNCER_POOL})",
+    )
+    parser.add_argument(
+        "--e2e-jobs",
+        type=int,
+        default=300,
+        help="no-op jobs per end-to-end run of the peers benchmark (default 300)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()

@@ -311,7 +311,8 @@ class Environment:
 
     # -- processes -----------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Run ``args`` in the checkout with its log in this run's folder."""
         log = open(self.folder / f"{name}.log", "ab")
         proc = subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -319,9 +320,13 @@ class Environment:
         self.procs.append(proc)
         return proc
 
-    def api(self, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    def api(
+        self, app: str = "api:create_app()", ready: str = "/readyz", **extra: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """gunicorn serving ``app`` with the benchmarks' settings (slidefarm's
+        API unless told; the peers get the same server), once ``ready`` answers."""
         port = free_port()
-        proc = self._spawn(
+        proc = self.spawn(
             f"api-{port}",
             [
                 sys.executable,
@@ -330,7 +335,7 @@ class Environment:
                 *GUNICORN,
                 "-b",
                 f"127.0.0.1:{port}",
-                "api:create_app()",
+                app,
             ],
             self.env(**extra),
         )
@@ -338,14 +343,14 @@ class Environment:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2):
+                with urllib.request.urlopen(base + ready, timeout=2):
                     return proc, base
             except OSError:
                 time.sleep(0.1)
-        raise SystemExit(f"the API did not start; see {self.folder}")
+        raise SystemExit(f"{app} did not start; see {self.folder}")
 
     def worker(self, name: str, concurrency: int = 2, **extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn(
+        return self.spawn(
             f"worker-{name}",
             [
                 sys.executable,

@@ -42,9 +42,16 @@ def wait_until(predicate: Any, timeout: float, message: str) -> None:
     raise AssertionError(message)
 
 
-def gunicorn_argv(bind: str, *options: str, workers: int = 2, threads: int = 8) -> list[str]:
-    """gunicorn serving the API on ``bind`` with gthread workers (``options``
-    before the app, e.g. ``--graceful-timeout 5`` or ``-c python:gunicornconf``)."""
+def gunicorn_argv(
+    bind: str,
+    *options: str,
+    workers: int = 2,
+    threads: int = 8,
+    app: str = "api:create_app()",
+) -> list[str]:
+    """gunicorn serving ``app`` (the API unless told) on ``bind`` with gthread
+    workers (``options`` before the app, e.g. ``--graceful-timeout 5`` or
+    ``-c python:gunicornconf``)."""
     return [
         sys.executable,
         "-m",
@@ -58,7 +65,7 @@ def gunicorn_argv(bind: str, *options: str, workers: int = 2, threads: int = 8) 
         "-b",
         bind,
         *options,
-        "api:create_app()",
+        app,
     ]
 
 
