@@ -68,7 +68,8 @@ def _use_real_assets(body: dict[str, Any]) -> None:
     source = body.get("source")
     if isinstance(source, dict) and isinstance(source.get("asset"), str):
         source["asset"] = FUZZ_ASSETS["document"]
-    for slide in body.get("slides") or []:
+    slides = body.get("slides")
+    for slide in slides if isinstance(slides, list) else []:
         image = slide.get("image") if isinstance(slide, dict) else None
         if isinstance(image, str) and is_asset_id(image):
             slide["image"] = FUZZ_ASSETS["image"]
