@@ -185,7 +185,10 @@ class Submissions(Queries):
                 if existing.request_hash != request_hash:
                     raise IdempotencyConflict() from error
                 return existing, False
-            self._changed(job_id)
+            # No invalidation: a new id was never cached (reads fill only
+            # what they found) and nothing listens to it yet (a stream of an
+            # unknown id is a 404), so it would cost a Redis round trip for
+            # nothing. Every later change of the job invalidates.
             return created, True
         # Each try met a job holding the key that was gone when looked up: a
         # client deleting and resubmitting in a loop. Bounded, and said so.
