@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -21,6 +22,9 @@ from storage import Job, Status
 log = logging.getLogger(__name__)
 
 
+#: Seconds before a wake-up template that could not be built is tried again.
+TEMPLATE_RETRY = 5.0
+
 #: Stand-ins for the ids of the wake-up that :class:`WakeTemplate` has
 #: Celery build once, replaced by fresh ones in every copy.
 _TASK_ID = "00000000-0000-4000-8000-00000000fa57"
@@ -34,7 +38,9 @@ class WakeTemplate:
     Redis) and a new client cost on every send. A wake-up names no job, so
     every copy is the same message but for its task id and delivery tag."""
 
-    def __init__(self, celery: Celery, client: redis.Redis) -> None:
+    def __init__(self, celery: Celery, client: redis.Redis, task: str = RENDER_TASK) -> None:
+        """A template of ``task`` (the render task's wake-up) on ``celery``'s
+        broker, sent through ``client``."""
         captured: list[tuple[str, Any]] = []
         with celery.connection_for_write() as conn:
             channel: Any = conn.default_channel
@@ -45,7 +51,7 @@ class WakeTemplate:
 
             channel._put = capture  # this channel only: it is closed below
             celery.send_task(
-                RENDER_TASK,
+                task,
                 headers=wake_headers(),
                 task_id=_TASK_ID,
                 producer=Producer(channel),  # type: ignore[no-untyped-call]
@@ -80,30 +86,38 @@ class Dispatcher:
         self.celery.conf.update(celeryconfig.from_settings(settings))
         broker = settings.celery_broker_url or ""
         self._broker_redis = broker if broker.startswith(("redis://", "rediss://")) else None
+        self._send_timeout = settings.broker_send_timeout
         self._template: WakeTemplate | None = None
         self._template_pid = 0
+        self._next_build = 0.0
         self._lock = threading.Lock()
 
     def _wake_template(self) -> WakeTemplate | None:
         """This process's :class:`WakeTemplate` on a Redis broker (built on
-        first use); ``None`` on another broker, or if it cannot be built
-        (then Celery sends every wake-up itself)."""
+        first use); ``None`` on another broker, or while it cannot be built
+        (then Celery sends wake-ups itself, and building is tried again
+        :data:`TEMPLATE_RETRY` seconds later)."""
         if self._broker_redis is None:
             return None
-        if self._template_pid == os.getpid():
+        pid = os.getpid()
+        if self._template_pid == pid:
             return self._template
+        if time.monotonic() < self._next_build:
+            return None
         with self._lock:
-            if self._template_pid != os.getpid():
+            if self._template_pid != pid and time.monotonic() >= self._next_build:
                 try:
                     client = redis.Redis.from_url(
-                        self._broker_redis, socket_timeout=2.0, socket_connect_timeout=2.0
+                        self._broker_redis,
+                        socket_timeout=self._send_timeout,
+                        socket_connect_timeout=self._send_timeout,
                     )
                     self._template = WakeTemplate(self.celery, client)
-                except Exception:
-                    log.warning("wake-ups go through Celery's send_task", exc_info=True)
-                    self._template = None
-                self._template_pid = os.getpid()
-        return self._template
+                    self._template_pid = pid
+                except Exception as error:
+                    log.warning("wake-ups go through Celery's send_task for now: %s", error)
+                    self._next_build = time.monotonic() + TEMPLATE_RETRY
+        return self._template if self._template_pid == pid else None
 
     def wake(self, count: int = 1) -> bool:
         """Send ``count`` wake-ups to the workers; ``False`` if the broker is down.
@@ -115,15 +129,20 @@ class Dispatcher:
         (:data:`celeryconfig.WAKE_VERSION`) in a header.
 
         On a Redis broker the message is a copy of one Celery built
-        (:class:`WakeTemplate`); if that send fails, Celery tries as usual.
+        (:class:`WakeTemplate`), sent within ``SLIDEFARM_BROKER_SEND_TIMEOUT``;
+        if Redis refuses it (but is there), Celery sends it as usual.
         """
         template = self._wake_template()
         if template is not None:
             try:
                 template.send(count)
                 return True
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Celery would wait for the same broker again: leave it to the sweeper.
+                log.warning("broker unavailable; queued jobs left to the sweeper", exc_info=True)
+                return False
             except redis.RedisError:
-                log.info("wake-up: direct send failed; Celery retries it", exc_info=True)
+                log.warning("wake-up: direct send refused; Celery sends it", exc_info=True)
         try:
             for _ in range(count):
                 self.celery.send_task(

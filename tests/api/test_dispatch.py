@@ -15,7 +15,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import celeryconfig
-from api.dispatch import Dispatcher
+from api.dispatch import Dispatcher, WakeTemplate
 from celeryconfig import QUEUE, RENDER_TASK, VERSION_HEADER, WAKE_VERSION
 from core.config import Settings
 
@@ -71,28 +71,44 @@ def test_a_real_worker_runs_the_copies(redis_url: str, broker: redis.Redis) -> N
     seen: list[tuple[str, Any]] = []
     all_done = threading.Event()
 
-    @app.task(name=RENDER_TASK, bind=True, ignore_result=True)
-    def render(self: Any) -> None:
+    # A task of its own name (the render task's belongs to the workers' app),
+    # routed like it, woken by copies exactly as the dispatcher makes them.
+    @app.task(name="slidefarm.test.wake", bind=True, ignore_result=True, shared=False)
+    def wake(self: Any) -> None:
         seen.append((self.request.id, (self.request.headers or {}).get(VERSION_HEADER)))
         if len(seen) == 3:
             all_done.set()
 
+    template = WakeTemplate(app, redis.Redis.from_url(redis_url), task="slidefarm.test.wake")
+    assert template.key == QUEUE
     with start_worker(
         app, pool="solo", perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
     ):
-        assert Dispatcher(settings).wake(3)
+        template.send(3)
         assert all_done.wait(20), seen
     assert len({task_id for task_id, _ in seen}) == 3
     assert {version for _, version in seen} == {WAKE_VERSION}
 
 
-def test_celery_sends_when_the_copy_cannot_be_sent(redis_url: str, broker: redis.Redis) -> None:
+def test_celery_sends_when_redis_refuses_the_copy(redis_url: str, broker: redis.Redis) -> None:
     dispatcher = Dispatcher(Settings(CELERY_BROKER_URL=redis_url))
     template = dispatcher._wake_template()
     assert template is not None
-    template.client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    assert dispatcher.wake()
+    broker.set("not-a-list", "x")
+    template.key = "not-a-list"  # LPUSH answers WRONGTYPE
+    try:
+        assert dispatcher.wake()
+    finally:
+        broker.delete("not-a-list")
     assert _taken(broker)["headers"][VERSION_HEADER] == WAKE_VERSION
+
+
+def test_a_broker_that_is_down_leaves_the_job_to_the_sweeper(redis_url: str) -> None:
+    dispatcher = Dispatcher(Settings(CELERY_BROKER_URL=redis_url))
+    template = dispatcher._wake_template()
+    assert template is not None
+    template.client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    assert dispatcher.wake() is False
 
 
 def test_another_broker_gets_celerys_send(tmp_path: Any) -> None:
