@@ -14,7 +14,6 @@ token alone (api/signing.py) and then speaks for the key that made the link.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -52,32 +51,61 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class KeyCache:
-    """Keys this process checked lately, trusted for ``ttl`` seconds, so a
-    status read does not pay a database round trip for its key each time.
-    A revoked key stops working everywhere within ``ttl``."""
+    """Keys this process checked lately, trusted for ``ttl`` seconds from
+    their last check, so a status read does not pay a database round trip
+    for its key each time. A revoked key stops working everywhere within
+    ``ttl``: every check after the revocation fails and drops the entry.
+
+    Entries are found by the exact credential the client sent, so a hit
+    costs one dict lookup: no SHA-256 of the secret (the check itself, on a
+    miss, hashes and compares in constant time). A credential that differs
+    in any character is another entry, checked afresh; the dict's string
+    hashes are keyed per process, so lookups leak nothing useful in time.
+    At most :data:`MAX_ENTRIES` (all dropped past it); a failed check is
+    never kept, so unknown credentials cannot fill it.
+
+    Past half its ``ttl``, an entry is checked again by the one request that
+    notices first, while the others go on trusting it until it expires: a
+    busy key is never checked by every thread at once."""
 
     MAX_ENTRIES = 4096
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[str, tuple[float, Principal]] = {}
+        # token -> (expires, refresh after, principal)
+        self._entries: dict[str, tuple[float, float, Principal]] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, token: str, load: Any) -> Principal | None:
         if self.ttl <= 0:
             principal: Principal | None = load(token)
             return principal
-        digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
-        hit = self._entries.get(digest)
+        hit = self._entries.get(token)
         if hit is not None and hit[0] > now:
-            return hit[1]
-        principal = load(token)
-        if principal is not None:
+            if hit[1] > now:
+                return hit[2]
             with self._lock:
-                if len(self._entries) >= self.MAX_ENTRIES:
-                    self._entries.clear()
-                self._entries[digest] = (now + self.ttl, principal)
+                if token in self._refreshing:
+                    return hit[2]  # another request is checking it again
+                self._refreshing.add(token)
+            try:
+                return self._load(token, load, now)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(token)
+        return self._load(token, load, now)
+
+    def _load(self, token: str, load: Any, now: float) -> Principal | None:
+        principal: Principal | None = load(token)
+        with self._lock:
+            if principal is None:
+                self._entries.pop(token, None)
+                return None
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[token] = (now + self.ttl, now + self.ttl / 2, principal)
         return principal
 
 
@@ -159,7 +187,8 @@ def _authenticate_link(token: str, relative: str) -> Response | None:
 
 def _authenticate() -> Response | None:
     settings = services().settings
-    token = request.args.get(TOKEN_PARAM)
+    # No query string (the usual request): no parsing of one.
+    token = request.args.get(TOKEN_PARAM) if request.query_string else None
     if token is not None:
         relative = signed_output(request.endpoint, request.view_args)
         if relative is not None:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from api.dispatch import Dispatcher
-from api.voices import voice_problem
+from api.voices import speaks, voice_problem
 from core.deck import MAX_SLIDES, Deck, is_asset_id
 from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS, IMAGE_KINDS
 from storage import Job, JobStore, StorageError
@@ -180,7 +180,10 @@ def check_deck_assets(
 def check_voice(store: JobStore, deck: Deck, stale_after: float) -> None:
     """:class:`DeckAssetsInvalid` (``options.voice``, ``voice_unavailable``)
     when no live worker offers the voice ``deck`` needs; accepted when the
-    registry cannot be read (its worker then fails the job if it must)."""
+    registry cannot be read (its worker then fails the job if it must). A
+    deck that says nothing aloud is not checked: no registry read."""
+    if not speaks(deck):
+        return
     try:
         workers = WorkerRegistry(store).list_workers()
     except StorageError:

@@ -51,6 +51,13 @@ def offered(workers: list[WorkerInfo], stale_after: float) -> list[Offered]:
     return sorted(found.values(), key=lambda o: o.id)
 
 
+def speaks(deck: Deck) -> bool:
+    """Whether ``deck`` says anything aloud (a narration, or notes with
+    ``options.narrate``): only then does its voice matter."""
+    narrate = deck.options.narrate
+    return any(s.spoken(narrate) for s in deck.slides)
+
+
 def voice_problem(deck: Deck, workers: list[WorkerInfo], stale_after: float) -> str | None:
     """Why no live worker could speak ``deck`` (None: one can, or it says
     nothing, or nobody can tell).
@@ -62,8 +69,7 @@ def voice_problem(deck: Deck, workers: list[WorkerInfo], stale_after: float) -> 
     (the embedded mode before its first worker, ``make demo``) or while a
     live worker reports no list (an older version: it may have the voice)."""
     voice = deck.options.voice
-    narrate = deck.options.narrate
-    if not any(s.spoken(narrate) for s in deck.slides):
+    if not speaks(deck):
         return None  # nothing is spoken: the voice is never used
     if not workers:
         return None

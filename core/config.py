@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     #: Lifetime of a status-cache entry: the staleness bound when a writer
     #: cannot reach Redis (otherwise every change invalidates at once).
     cache_ttl: float = Field(default=5.0, gt=0, validation_alias="SLIDEFARM_CACHE_TTL")
+    #: An API process keeps the statuses it read in memory, dropped when a
+    #: change's pub/sub notice reaches it; a read is at most this many
+    #: seconds staler than through Redis alone (0: no copy in memory).
+    local_cache_staleness: float = Field(
+        default=0.5, ge=0, validation_alias="SLIDEFARM_LOCAL_CACHE_STALENESS"
+    )
     #: Skip drawing and encoding (claim, heartbeats, progress and completion
     #: still happen): for measuring the pipeline's own overhead.
     noop_render: bool = Field(default=False, validation_alias="SLIDEFARM_NOOP_RENDER")

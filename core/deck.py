@@ -219,7 +219,9 @@ class Slide(_Strict):
 
     @model_validator(mode="after")
     def _image_fields_need_an_image(self) -> Slide:
-        if self.image is None:
+        # A field not in model_fields_set holds its default: only those set
+        # need the comparison (a stored deck sets them all).
+        if self.image is None and not self.model_fields_set.isdisjoint(IMAGE_FIELDS):
             given = sorted(self.customised(IMAGE_FIELDS))
             if given:
                 raise ValueError(f"{', '.join(given)} need an image")

@@ -365,8 +365,8 @@ class BatchStore:
             if isinstance(error, QuotaExceeded):
                 raise
             raise StorageError(f"could not record the batch: {error.orig}") from error
-        for job in jobs:
-            self.db.changed(job.id)
+        # No invalidation of the new jobs: new ids were never cached nor
+        # listened to (see JobStore.create).
         return self.get(batch_id), jobs, True
 
     def _insert_jobs(

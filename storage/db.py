@@ -251,8 +251,8 @@ def dispose_engines() -> None:
 
 
 @lru_cache(maxsize=8)
-def _feed(url: str, ttl: float) -> ChangeFeed:
-    return ChangeFeed(url, ttl)
+def _feed(url: str, ttl: float, local_staleness: float) -> ChangeFeed:
+    return ChangeFeed(url, ttl, local_staleness)
 
 
 def _unreachable(error: exc.DBAPIError) -> str:
@@ -284,17 +284,26 @@ class Database:
         redis_url: str | None = None,
         cache_ttl: float = 5.0,
         budget: PoolBudget | None = None,
+        local_staleness: float = 0.0,
     ) -> Database:
         """The process-wide engine for ``url``; with ``redis_url``, every
         change also invalidates the status cache and is announced on Redis
-        pub/sub."""
-        return cls(get_engine(url, budget), _feed(redis_url, cache_ttl) if redis_url else None)
+        pub/sub (and with ``local_staleness``, status reads keep what they
+        read in memory under that bound: storage/status_cache.py)."""
+        return cls(
+            get_engine(url, budget),
+            _feed(redis_url, cache_ttl, local_staleness) if redis_url else None,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """The database as ``settings`` describe it."""
         return cls.from_url(
-            settings.database_url, settings.redis_url, settings.cache_ttl, pool_budget(settings)
+            settings.database_url,
+            settings.redis_url,
+            settings.cache_ttl,
+            pool_budget(settings),
+            settings.local_cache_staleness,
         )
 
     @property

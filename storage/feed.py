@@ -18,6 +18,13 @@ Staleness bound: a read can return a status older than the last committed
 change only between that change's commit and its invalidation (the same
 code path, right after the commit), or, if Redis could not be reached by the
 writer at that moment, for at most ``SLIDEFARM_CACHE_TTL`` seconds.
+
+Each reading process also keeps the entries it read in memory
+(storage/status_cache.py), dropped when the change's publication reaches it,
+and served only while its subscription is proved live: that adds at most
+``SLIDEFARM_LOCAL_CACHE_STALENESS`` seconds to the bound above. A change
+made through this process's own feed drops its copy at once, before and
+after the invalidation, so a process reads its own writes.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+
+from storage.status_cache import LocalStatusCache, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,12 @@ redis.call('PUBLISH', ARGV[3], '1')
 return 1
 """
 
+# KEYS[1]: the entry. Its value and the milliseconds it has left, for a copy
+# in memory that must not outlive it.
+_LOOKUP = """
+return {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1])}
+"""
+
 # KEYS[1]: the entry; ARGV: expected value ("" = absent), new body, ttl (ms).
 _FILL = """
 local current = redis.call('GET', KEYS[1])
@@ -57,18 +72,37 @@ return 0
 """
 
 
+class Seen:
+    """What a status read's miss saw, for :meth:`ChangeFeed.fill`: the Redis
+    entry (``b""``: none) and the ticket to fill the copy in memory."""
+
+    __slots__ = ("ticket", "value")
+
+    def __init__(self, value: bytes, ticket: Ticket | None) -> None:
+        self.value = value
+        self.ticket = ticket
+
+
 class ChangeFeed:
     """Invalidate, publish, look up and fill; Redis failures never break a
     write or a read (the database answers instead)."""
 
-    def __init__(self, url: str, ttl: float = 5.0) -> None:
+    def __init__(self, url: str, ttl: float = 5.0, local_staleness: float = 0.0) -> None:
+        """On Redis at ``url``; entries live ``ttl`` seconds; with
+        ``local_staleness`` above 0, read entries are also kept in this
+        process's memory under that staleness bound."""
         self.url = url
+        self.ttl = ttl
         self.ttl_ms = max(int(ttl * 1000), 1)
         self._client: redis.Redis | None = None
         self._fill: Any = None
         self._changed: Any = None
+        self._lookup: Any = None
         self._lock = threading.Lock()
         self._down_until = 0.0
+        self.local = (
+            LocalStatusCache(url, CHANNEL_PREFIX, local_staleness) if local_staleness > 0 else None
+        )
 
     def _redis(self) -> redis.Redis:
         with self._lock:
@@ -81,6 +115,7 @@ class ChangeFeed:
                 )
                 self._fill = self._client.register_script(_FILL)
                 self._changed = self._client.register_script(_CHANGED)
+                self._lookup = self._client.register_script(_LOOKUP)
             return self._client
 
     def _available(self) -> bool:
@@ -96,53 +131,81 @@ class ChangeFeed:
         """``job_id`` changed (committed): invalidate its cached status and
         tell subscribers, in one round trip. While Redis is marked down this
         is skipped (writes must not wait on it); entries then expire within
-        the TTL, which is the declared staleness bound."""
-        if not self._available():
-            return
-        try:
-            self._redis()
-            self._changed(
-                keys=[CACHE_PREFIX + job_id],
-                args=[b"!" + uuid.uuid4().hex.encode(), self.ttl_ms, CHANNEL_PREFIX + job_id],
-            )
-        except redis.RedisError as error:
-            self._failed("an invalidation", error)
+        the TTL, which is the declared staleness bound.
+
+        This process's copy in memory is dropped before and after (a reader
+        here that took its ticket in between loses it), so a read made here
+        after this returns sees the change."""
+        local = self.local
+        if local is not None:
+            local.drop(job_id)
+        if self._available():
+            try:
+                self._redis()
+                self._changed(
+                    keys=[CACHE_PREFIX + job_id],
+                    args=[b"!" + uuid.uuid4().hex.encode(), self.ttl_ms, CHANNEL_PREFIX + job_id],
+                )
+            except redis.RedisError as error:
+                self._failed("an invalidation", error)
+        if local is not None:
+            local.drop(job_id)
 
     # -- the status cache ----------------------------------------------------
 
-    def lookup(self, job_id: str) -> tuple[tuple[str, bytes] | None, bytes | None]:
-        """``((owner, body), None)`` on a hit; ``(None, seen)`` on a miss, where
+    def lookup(self, job_id: str) -> tuple[tuple[str, bytes] | None, Seen | None]:
+        """``((owner, body), None)`` on a hit (from memory when this process
+        holds the job, else from Redis); ``(None, seen)`` on a miss, where
         ``seen`` is what to pass to :meth:`fill`; ``(None, None)`` if Redis is
         down (then do not fill)."""
+        local = self.local
+        ticket = None
+        if local is not None:
+            held = local.get(job_id)
+            if held is not None:
+                return held, None
+            ticket = local.begin(job_id)  # before the read: a change after it wins
         if not self._available():
             return None, None
         try:
-            value = self._redis().get(CACHE_PREFIX + job_id)
+            if ticket is None:
+                value = self._redis().get(CACHE_PREFIX + job_id)
+                left_ms = 0
+            else:
+                self._redis()
+                left_ms, value = self._lookup(keys=[CACHE_PREFIX + job_id])
         except redis.RedisError as error:
             self._failed("a status read", error)
             return None, None
         raw = value.encode() if isinstance(value, str) else value
         if raw is not None and raw[:1] == b"=":
-            owner, _, body = raw[1:].partition(b"\n")
-            return (owner.decode(), body), None
-        return None, raw if raw is not None else b""
+            owner_raw, _, body = raw[1:].partition(b"\n")
+            owner = owner_raw.decode()
+            if local is not None and left_ms > 0:
+                local.put(job_id, ticket, owner, body, left_ms / 1000)
+            return (owner, body), None
+        return None, Seen(raw if raw is not None else b"", ticket)
 
-    def fill(self, job_id: str, seen: bytes | None, body: bytes, owner: str) -> bool:
+    def fill(self, job_id: str, seen: Seen | None, body: bytes, owner: str) -> bool:
         """Cache ``owner``'s job ``body`` unless the entry changed since
-        :meth:`lookup` saw ``seen``."""
+        :meth:`lookup` saw ``seen`` (and then in this process's memory too,
+        unless the job changed meanwhile)."""
         if seen is None or not self._available():
             return False
         try:
             self._redis()
-            return bool(
+            filled = bool(
                 self._fill(
                     keys=[CACHE_PREFIX + job_id],
-                    args=[seen, b"=" + owner.encode() + b"\n" + body, self.ttl_ms],
+                    args=[seen.value, b"=" + owner.encode() + b"\n" + body, self.ttl_ms],
                 )
             )
         except redis.RedisError as error:
             self._failed("a cache fill", error)
             return False
+        if filled and self.local is not None:
+            self.local.put(job_id, seen.ticket, owner, body, self.ttl)
+        return filled
 
     # -- subscribers ---------------------------------------------------------
 

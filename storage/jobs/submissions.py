@@ -185,7 +185,10 @@ class Submissions(Queries):
                 if existing.request_hash != request_hash:
                     raise IdempotencyConflict() from error
                 return existing, False
-            self._changed(job_id)
+            # No invalidation: a new id was never cached (reads fill only
+            # what they found) and nothing listens to it yet (a stream of an
+            # unknown id is a 404), so it would cost a Redis round trip for
+            # nothing. Every later change of the job invalidates.
             return created, True
         # Each try met a job holding the key that was gone when looked up: a
         # client deleting and resubmitting in a loop. Bounded, and said so.
@@ -197,8 +200,13 @@ class Submissions(Queries):
     def _insert(
         self, values: dict[str, Any], max_active: int | None, asset_ids: Sequence[str] = ()
     ) -> Job:
-        """One try of :meth:`create`: the row and its history, in one transaction."""
-        with self.transaction() as conn:
+        """One try of :meth:`create`: the row and its history, in one transaction.
+
+        On PostgreSQL they are one statement: with no quota to count and no
+        asset to link, that statement runs alone, atomic and durable by
+        itself, without the round trips of ``BEGIN`` and ``COMMIT``."""
+        alone = max_active is None and not asset_ids and self.db.dialect == POSTGRESQL
+        with self.transaction(single=alone) as conn:
             if max_active is not None:
                 check_quota(conn, values["owner"], max_active)
             return insert_new_job(conn, values, asset_ids)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import uuid
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -24,11 +24,12 @@ def utcnow() -> datetime:
 def is_job_id(value: str) -> bool:
     """Job ids are UUIDs (lower case, hyphenated); anything else names no job,
     and is refused before it reaches SQL or a cache key."""
-    try:
-        # Exactly the form ids are stored in: any other spelling would miss.
-        return str(uuid.UUID(value)) == value
-    except (ValueError, AttributeError, TypeError):
-        return False
+    # Exactly the form ids are stored in (``str(uuid.UUID(value)) == value``,
+    # without building a UUID on every status read): any other spelling would miss.
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class LeaseState(enum.Enum):

@@ -7,15 +7,17 @@ always the 404 of a job that does not exist, and the job is left as it was.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from api import create_app
+from api.auth import KeyCache
 from core.config import Settings
 from storage import JobStore, Status
-from storage.access import AccessStore
+from storage.access import AccessStore, Principal
 from tests.support.clients import Tenant, assert_error, fetch, locked
 from tests.support.decks import small_deck
 from tests.support.jobs import finish_with_files
@@ -164,6 +166,67 @@ def test_a_revoked_key_is_refused(app: Any, alice: Tenant) -> None:
     assert alice.client.get("/v1/jobs").status_code == 200
     assert AccessStore(app.extensions["slidefarm"].store).revoke(alice.key_id)
     assert_401(alice.client.get("/v1/jobs"))
+
+
+def test_a_cached_key_is_trusted_only_for_its_bound_and_only_as_sent(settings: Settings) -> None:
+    ttl = 0.5
+    app = create_app({"TESTING": True, "SETTINGS": locked(settings, key_cache_ttl=ttl)})
+    alice, bob = Tenant(app, "alice"), Tenant(app, "bob")
+    checks: list[str] = []
+    real_verify = AccessStore.verify
+
+    def verify(self: AccessStore, token: str) -> Any:
+        checks.append(token)
+        return real_verify(self, token)
+
+    AccessStore.verify = verify  # type: ignore[method-assign]
+    try:
+        job = alice.submit()["job_id"]  # checked, then kept
+        assert alice.client.get(f"/v1/jobs/{job}").status_code == 200  # from the cache
+        assert alice.client.get(f"/v1/jobs/{job}").status_code == 200
+        assert set(checks) == {alice.token}
+        # Another secret for the same key id is another credential: checked, refused.
+        forged = alice.token[:-1] + ("A" if alice.token[-1] != "A" else "B")
+        assert_401(alice.client.get("/v1/jobs", headers={"Authorization": f"Bearer {forged}"}))
+        assert checks[-1] == forged
+        # A cached key still speaks for its own tenant only.
+        assert bob.client.get(f"/v1/jobs/{job}").status_code == 404
+        assert bob.client.get(f"/v1/jobs/{job}").status_code == 404
+    finally:
+        AccessStore.verify = real_verify  # type: ignore[method-assign]
+    revoked_at = time.monotonic()
+    assert AccessStore(app.extensions["slidefarm"].store).revoke(alice.key_id)
+    # Within the bound the process may still trust it; past it, never.
+    while time.monotonic() - revoked_at < ttl + 0.05:
+        time.sleep(0.05)
+    assert_401(alice.client.get(f"/v1/jobs/{job}"))
+    assert_401(alice.client.get("/v1/jobs"))
+
+
+def test_the_key_cache_checks_a_credential_once_per_half_bound() -> None:
+    ttl = 0.4
+    cache = KeyCache(ttl)
+    who = Principal("alice", admin=False, key_id="0123456789ab")
+    live = {"sf_0123456789ab_" + "A" * 40}
+    checks: list[str] = []
+
+    def load(token: str) -> Principal | None:
+        checks.append(token)
+        return who if token in live else None
+
+    token = next(iter(live))
+    assert cache.get(token, load) is who
+    assert cache.get(token, load) is who and cache.get(token, load) is who
+    assert checks == [token]  # hits: no check, no hash
+    assert cache.get(token[:-1] + "B", load) is None
+    assert checks == [token, token[:-1] + "B"]
+    time.sleep(ttl / 2 + 0.02)  # past half the bound: the next hit checks again
+    assert cache.get(token, load) is who
+    assert checks[-1] == token and len(checks) == 3
+    live.clear()  # revoked: the next check drops it
+    time.sleep(ttl / 2 + 0.02)
+    assert cache.get(token, load) is None
+    assert cache.get(token, load) is None
 
 
 def test_keys_are_stored_only_as_hashes(app: Any, alice: Tenant) -> None:

@@ -4,6 +4,7 @@ speed. Real Redis, real databases."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import event
 from api import create_app
 from core.config import Settings
 from storage import JobStore, Stage
-from storage.feed import CACHE_PREFIX
+from storage.feed import CACHE_PREFIX, ChangeFeed
 from tests.support.clients import admin_client
 from tests.support.decks import small_deck
 
@@ -200,3 +201,129 @@ def test_a_status_read_of_a_malformed_id_touches_neither_redis_nor_the_database(
         # (A path the router does not match is its generic 404.)
         assert answer.get_json()["error"]["code"] in ("job_not_found", "not_found"), bad
         assert counted.redis == [] and counted.sql == [], bad
+
+
+# -- the copy in each API process's memory ------------------------------------
+
+BOUND = 0.4  # SLIDEFARM_LOCAL_CACHE_STALENESS of the reading side below
+
+
+def _reader_feed(redis_url: str) -> ChangeFeed:
+    """A feed as another API process has it: its own connections, its own
+    copy in memory, its own subscription."""
+    feed = ChangeFeed(redis_url, ttl=30.0, local_staleness=BOUND)
+    local = feed.local
+    assert local is not None
+    local.serving()  # starts the listener
+    deadline = time.monotonic() + 10
+    while not local.serving():
+        assert time.monotonic() < deadline, "the status cache never subscribed"
+        time.sleep(0.01)
+    return feed
+
+
+def _held_in_memory(feed: ChangeFeed, job_id: str, redis_url: str) -> bool:
+    """Whether ``feed`` answers ``job_id`` with no entry left in Redis."""
+    redis.Redis.from_url(redis_url).delete(CACHE_PREFIX + job_id)
+    found, _ = feed.lookup(job_id)
+    return found is not None
+
+
+def _read_through(feed: ChangeFeed, store: JobStore, job_id: str) -> tuple[str, bytes]:
+    """A status read as the API makes it: the cache, else the database and a fill."""
+    found, seen = feed.lookup(job_id)
+    if found is not None:
+        return found
+    job = store.get(job_id)
+    body = json.dumps({"status": job.status.value}).encode()
+    feed.fill(job_id, seen, body, job.owner)
+    return job.owner, body
+
+
+def test_a_change_through_one_process_reaches_the_others_memory_within_the_bound(
+    store: JobStore, cached: Settings, redis_url: str
+) -> None:
+    writer = JobStore.from_settings(cached.model_copy(update={"local_cache_staleness": 0.0}))
+    reader = _reader_feed(redis_url)
+    try:
+        job, _ = store.create(small_deck(), title="t")
+        writer.claim(job.id, "w@host")
+        assert json.loads(_read_through(reader, store, job.id)[1])["status"] == "processing"
+        assert json.loads(_read_through(reader, store, job.id)[1])["status"] == "processing"
+        # The second read came from memory: with Redis's entry gone, still there.
+        assert _held_in_memory(reader, job.id, redis_url)
+
+        writer.complete(job.id, 1, video_url="/v", thumbnail_url="/t", slide_image_path="s")
+        changed_at = time.monotonic()
+        while True:
+            asked_at = time.monotonic()
+            status = json.loads(_read_through(reader, store, job.id)[1])["status"]
+            if status == "completed":
+                break
+            # A read that began more than the bound after the change is never stale.
+            assert asked_at - changed_at < BOUND, "stale past the bound"
+            time.sleep(0.002)
+    finally:
+        assert reader.local is not None
+        reader.local.stop()
+
+
+def test_a_lost_subscription_stops_serving_from_memory_until_it_is_back(
+    store: JobStore, redis_url: str
+) -> None:
+    reader = _reader_feed(redis_url)
+    local = reader.local
+    assert local is not None
+    try:
+        job, _ = store.create(small_deck(), title="t")
+        _read_through(reader, store, job.id)
+        assert _held_in_memory(reader, job.id, redis_url)
+        _read_through(reader, store, job.id)  # in Redis and in memory again
+        resets = local.resets
+        # The listener's connection is cut (as by a network fault or a Redis
+        # restart): whatever was published meanwhile may be lost, so nothing
+        # held before is served again, even though Redis still has the job.
+        admin = redis.Redis.from_url(redis_url)
+        killed = admin.client_kill_filter(  # type: ignore[no-untyped-call]
+            _id=next(c["id"] for c in admin.client_list() if c["name"] == local.client_name)
+        )
+        assert killed == 1
+        deadline = time.monotonic() + BOUND
+        while local.resets == resets:
+            assert time.monotonic() < deadline, "the cut was not noticed within the bound"
+            time.sleep(0.002)
+        assert _held_in_memory(reader, job.id, redis_url) is False
+        # Back: it serves from memory again once subscribed and proved live.
+        deadline = time.monotonic() + 10
+        while not local.serving():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _read_through(reader, store, job.id)
+        _read_through(reader, store, job.id)
+        assert _held_in_memory(reader, job.id, redis_url)
+        # Stopped (or silent past the bound): nothing from memory at all.
+        local.stop()
+        assert not local.serving()
+        assert _held_in_memory(reader, job.id, redis_url) is False
+    finally:
+        local.stop()
+
+
+def test_a_job_in_memory_is_still_only_its_tenants(cached: Settings) -> None:
+    from tests.support.clients import Tenant, locked
+
+    app = create_app({"TESTING": True, "SETTINGS": locked(cached, local_cache_staleness=BOUND)})
+    alice, bob = Tenant(app, "alice"), Tenant(app, "bob")
+    job = alice.submit()["job_id"]
+    feed = app.extensions["slidefarm"].store.feed
+    deadline = time.monotonic() + 10
+    while not feed.local.serving():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for _ in range(3):
+        assert alice.client.get(f"/v1/jobs/{job}").status_code == 200
+    assert feed.local.get(job) is not None  # held in memory now
+    for _ in range(3):
+        answer = bob.client.get(f"/v1/jobs/{job}")
+        assert answer.status_code == 404
+        assert answer.get_json()["error"]["code"] == "job_not_found"
