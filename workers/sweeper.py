@@ -12,6 +12,7 @@ The same thread keeps this worker's registry row current.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import threading
 import time
@@ -92,13 +93,16 @@ class Sweeper:
         # connection budget). Often enough to stay alive (three touches per
         # SLIDEFARM_STALE_AFTER) and to take over a dead sweeper's lease
         # within its expiry plus this.
+        # The touches are spread: the first at a random moment of that
+        # period, each next one 75-100% of it later, so that workers started
+        # together do not all open a connection in the same moment ever after.
         quiet = max(every, self.settings.stale_after / 3)
-        last_touch = -quiet
+        next_touch = time.monotonic() + random.uniform(0, quiet)
         sweeping = False
         while not self._stop.wait(every):
-            if not sweeping and time.monotonic() - last_touch < quiet:
+            if not sweeping and time.monotonic() < next_touch:
                 continue
-            last_touch = time.monotonic()
+            next_touch = time.monotonic() + quiet * random.uniform(0.75, 1.0)
             try:
                 self.registry.seen(self.name)
                 sweeping = self.sweep_once()
