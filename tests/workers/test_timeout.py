@@ -18,6 +18,7 @@ import pytest
 
 from core.config import Settings
 from storage import JobStore, Stage, Status
+from storage.segments import SegmentStore
 from tests.support.decks import small_deck
 from workers.pipeline import Outcome, run_attempt
 
@@ -70,13 +71,24 @@ def files_of(settings: Settings, job_id: str) -> list[Path]:
 
 
 def run_with_timeout(
-    store: JobStore, settings: Settings, deck: dict[str, Any], timeout: float
+    store: JobStore,
+    settings: Settings,
+    deck: dict[str, Any],
+    timeout: float,
+    *,
+    split_slides: int = 0,
 ) -> tuple[str, float]:
+    """One attempt of ``deck`` with ``timeout``; unsplit unless
+    ``split_slides`` says (a long deck then renders in segments)."""
     job, _ = store.create(deck, title=deck["title"])
     claimed = store.claim(job.id, "w@h")
     assert claimed is not None
     worker_settings = settings.model_copy(
-        update={"render_timeout": timeout, "heartbeat_interval": 0.1}
+        update={
+            "render_timeout": timeout,
+            "heartbeat_interval": 0.1,
+            "split_slides": split_slides,
+        }
     )
     started = time.monotonic()
     result = run_attempt(store, claimed, worker_settings)
@@ -93,7 +105,9 @@ def assert_timed_out(
     assert failed.error == f"render timed out after {timeout:.1f} s (SLIDEFARM_RENDER_TIMEOUT)"
     # Not retried: one attempt, and the failure is final (no requeue in its history).
     assert failed.attempts == 1 and failed.not_before is None
-    assert [e.to_status for e in store.history(job_id)] == [
+    # The job's own transitions (a split job's segment rows stay processing).
+    moves = [e for e in store.history(job_id) if e.from_status is not e.to_status]
+    assert [e.to_status for e in moves] == [
         Status.QUEUED,
         Status.PROCESSING,
         Status.FAILED,
@@ -149,3 +163,22 @@ def test_the_timeout_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert Settings().render_timeout == 2.5
     monkeypatch.delenv("SLIDEFARM_RENDER_TIMEOUT")
     assert Settings().render_timeout == 1800.0
+
+
+def test_a_split_render_past_the_timeout_fails_and_leaves_nothing(
+    store: JobStore, settings: Settings
+) -> None:
+    """The deadline is the job's: it strikes the segment this worker renders
+    (failed, so its job is), and every segment's row and folder go."""
+    timeout = 1.0
+    job_id, elapsed = run_with_timeout(
+        store, settings, many_slides_deck(), timeout, split_slides=40
+    )
+    reasons = [e.reason or "" for e in store.history(job_id)]
+    assert reasons[2].startswith("split: 200 slides in 25 segments"), reasons
+    assert any(
+        r.endswith("failed: render timed out after 1.0 s (SLIDEFARM_RENDER_TIMEOUT)")
+        for r in reasons
+    )
+    assert SegmentStore(store.db).of_job(job_id) == []
+    assert_timed_out(store, settings, job_id, timeout, elapsed)
