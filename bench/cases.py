@@ -17,7 +17,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 import celeryconfig
-from bench.harness import AUTH, Environment, Result, Series, post, rss_kib, wrk
+from bench.harness import AUTH, Environment, Result, Series, post, post_script, rss_kib, wrk
 from core.config import Settings
 from storage import JobStore, Stage, Status
 
@@ -103,12 +103,7 @@ def status_read_nocache(env: Environment, args: argparse.Namespace) -> Result:
 def submit(env: Environment, args: argparse.Namespace) -> Result:
     env.reset()
     body = json.dumps(deck(5))
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body)}\n"
-    )
+    script = post_script(body)
     proc, base = env.api(REDIS_URL=env.redis_url)
     try:
         b_rps, s_rps, _, s_p99 = _http_pair(env, args, base, "/v1/jobs", script)

@@ -145,6 +145,17 @@ class Result:
         }
 
 
+def post_script(body: str) -> Path:
+    """A wrk Lua script that POSTs ``body`` (JSON) on every request."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    return script
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

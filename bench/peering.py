@@ -17,7 +17,6 @@ import http.client
 import json
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from bench.cases import HELLO, _processing_job, deck
-from bench.harness import AUTH, Environment, Result, Series, wrk
+from bench.harness import AUTH, Environment, Result, Series, post_script, wrk
 from bench.peers import NAMES, peer
 from bench.peers.config import Where
 
@@ -226,12 +225,7 @@ def _table(table: dict[str, dict[str, Any]]) -> str:
 def peers(env: Environment, args: argparse.Namespace) -> Result:
     env.reset()
     body = json.dumps(deck(5))
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body)}\n"
-    )
+    script = post_script(body)
     count = args.e2e_jobs
     workers: list[subprocess.Popen[bytes]] = []
     try:

@@ -384,76 +384,46 @@ def _encode_run(
         if chapters_text is not None:
             chapters = scratch / "chapters.ffmetadata"
             chapters.write_text(chapters_text, encoding="utf-8")
-        _run_batches(
-            images,
-            frames,
-            flags,
-            faded,
-            fps,
-            output,
-            preset,
-            fade_color,
-            chapters,
-            report,
-            should_stop,
-            scratch,
-        )
+        total = sum(frames) / fps
+        batch_size = fade_batch(*_image_size(images[0])) if faded else FADE_BATCH
+        if not faded:
+            cmd = still_command(
+                images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
+            )
+            run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+        elif len(images) <= batch_size:
+            cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters, flags)
+            run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
+        else:
+            segments: list[Path] = []
+            done = 0.0
+            for start in range(0, len(images), batch_size):
+                batch = slice(start, start + batch_size)
+                segment = scratch / f"segment-{start:04d}.mp4"
+                cmd = fade_command(
+                    images[batch],
+                    frames[batch],
+                    fps,
+                    segment,
+                    preset,
+                    fade_color,
+                    flags=flags[batch],
+                )
+
+                def at(seconds: float, offset: float = done) -> None:
+                    report(min((offset + seconds) / total, 1.0))
+
+                run_ffmpeg(cmd, scratch, at, should_stop)
+                done += sum(frames[batch]) / fps
+                segments.append(segment)
+            run_ffmpeg(
+                join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
+                scratch,
+                lambda _t: None,
+                should_stop,
+            )
     if not output.exists() or output.stat().st_size == 0:
         raise EncodeError("ffmpeg produced no video")
-
-
-def _run_batches(
-    images: Sequence[Path],
-    frames: Sequence[int],
-    flags: Sequence[tuple[bool, bool]],
-    faded: bool,
-    fps: int,
-    output: Path,
-    preset: str,
-    fade_color: str,
-    chapters: Path | None,
-    report: Callable[[float], None],
-    should_stop: Callable[[], bool] | None,
-    scratch: Path,
-) -> None:
-    total = sum(frames) / fps
-    batch_size = fade_batch(*_image_size(images[0])) if faded else FADE_BATCH
-    if not faded:
-        cmd = still_command(
-            images, frames, fps, output, scratch / "slides.ffconcat", preset, chapters
-        )
-        run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
-    elif len(images) <= batch_size:
-        cmd = fade_command(images, frames, fps, output, preset, fade_color, chapters, flags)
-        run_ffmpeg(cmd, scratch, lambda t: report(min(t / total, 1.0)), should_stop)
-    else:
-        segments: list[Path] = []
-        done = 0.0
-        for start in range(0, len(images), batch_size):
-            batch = slice(start, start + batch_size)
-            segment = scratch / f"segment-{start:04d}.mp4"
-            cmd = fade_command(
-                images[batch],
-                frames[batch],
-                fps,
-                segment,
-                preset,
-                fade_color,
-                flags=flags[batch],
-            )
-
-            def at(seconds: float, offset: float = done) -> None:
-                report(min((offset + seconds) / total, 1.0))
-
-            run_ffmpeg(cmd, scratch, at, should_stop)
-            done += sum(frames[batch]) / fps
-            segments.append(segment)
-        run_ffmpeg(
-            join_command(segments, scratch / "segments.ffconcat", output, fps, chapters),
-            scratch,
-            lambda _t: None,
-            should_stop,
-        )
 
 
 def _transitions(transition: str | Sequence[str], count: int) -> list[str]:
