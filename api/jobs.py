@@ -240,18 +240,31 @@ def submit() -> Response:
 def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tuple[Job, bool]:
     svc = services()
     who = principal()
-    schedule = check_schedule(
-        submission.priority if "priority" in submission.model_fields_set else None,
-        submission.run_at,
-        ceiling=priority_ceiling(
-            svc.store, who.tenant, admin=who.admin, default=svc.settings.max_priority
-        ),
-        max_schedule_days=svc.settings.max_schedule_days,
-    )
+    asked = submission.priority if "priority" in submission.model_fields_set else None
+    # The ceiling is checked by the insert itself (no read of the tenant's
+    # limits first); a submission refused for its run_at reads it to say
+    # everything that is wrong at once.
+    try:
+        schedule = check_schedule(
+            asked,
+            submission.run_at,
+            ceiling=None,
+            max_schedule_days=svc.settings.max_schedule_days,
+        )
+    except SubmissionInvalid:
+        check_schedule(
+            asked,
+            submission.run_at,
+            ceiling=priority_ceiling(
+                svc.store, who.tenant, admin=who.admin, default=svc.settings.max_priority
+            ),
+            max_schedule_days=svc.settings.max_schedule_days,
+        )
+        raise
     return submit_deck(
         svc.store,
         svc.dispatcher,
-        submission.deck(),
+        submission,
         body,
         idempotency_key=key,
         max_attempts=svc.settings.max_attempts,
@@ -263,6 +276,7 @@ def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tu
         stale_after=svc.settings.stale_after,
         priority=schedule.priority,
         run_at=schedule.run_at,
+        priority_ceiling=None if who.admin else svc.settings.max_priority,
     )
 
 

@@ -11,12 +11,15 @@ from api.dispatch import Dispatcher
 from api.voices import speaks, voice_problem
 from core.deck import MAX_SLIDES, Deck, is_asset_id
 from core.sniff import AUDIO_KINDS, DOCUMENT_KINDS, IMAGE_KINDS
-from storage import Job, JobStore, StorageError
+from storage import Job, JobStore, PriorityNotAllowed, StorageError
 from storage.access import AccessStore
 from storage.assets import Asset, AssetNotFound, AssetStore
 from storage.jobs import utcnow
 from storage.models import DEFAULT_TENANT, MAX_PRIORITY
 from storage.registry import WorkerRegistry
+
+#: What a job stores of its deck: :class:`~core.deck.Deck`'s fields.
+DECK_FIELDS = set(Deck.model_fields)
 
 
 class SubmissionInvalid(ValueError):
@@ -42,38 +45,39 @@ def priority_ceiling(store: JobStore, tenant: str, *, admin: bool, default: int)
 
 
 class Schedule(NamedTuple):
-    """What a submission gets: its priority, and when it may run (``None``: now)."""
+    """What a submission gets: its priority (``None``: unset, decided where
+    the ceiling is checked), and when it may run (``None``: now)."""
 
-    priority: int
+    priority: int | None
     run_at: datetime | None
+
+
+def priority_problem(refused: PriorityNotAllowed) -> dict[str, str]:
+    """The detail of a 422 for a priority above the tenant's ceiling."""
+    return {"field": "priority", "message": str(refused), "type": "priority_not_allowed"}
 
 
 def check_schedule(
     priority: int | None,
     run_at: datetime | None,
     *,
-    ceiling: int,
+    ceiling: int | None,
     max_schedule_days: float,
     now: datetime | None = None,
 ) -> Schedule:
     """Check what a submission asks for and say what it gets: ``priority``
     (``None``: unset, so 0, or ``ceiling`` if lower) at most ``ceiling``
-    (:func:`priority_ceiling`), and ``run_at`` at most ``max_schedule_days``
-    ahead; a ``run_at`` already past becomes ``now`` (the job runs now, and no
-    time before it, however far back, is stored). :class:`SubmissionInvalid`
-    otherwise."""
+    (:func:`priority_ceiling`; ``None``: not checked here, and an unset
+    priority stays unset, for the insert to check and decide), and
+    ``run_at`` at most ``max_schedule_days`` ahead; a ``run_at`` already past
+    becomes ``now`` (the job runs now, and no time before it, however far
+    back, is stored). :class:`SubmissionInvalid` otherwise."""
     problems: list[dict[str, str]] = []
-    if priority is None:
-        priority = min(0, ceiling)
-    elif priority > ceiling:
-        problems.append(
-            {
-                "field": "priority",
-                "message": f"{priority} is above the highest priority this tenant may ask "
-                f"for ({ceiling})",
-                "type": "priority_not_allowed",
-            }
-        )
+    if ceiling is not None:
+        if priority is None:
+            priority = min(0, ceiling)
+        elif priority > ceiling:
+            problems.append(priority_problem(PriorityNotAllowed(priority, ceiling)))
     now = now or utcnow()
     if run_at is not None and run_at - now > timedelta(days=max_schedule_days):
         problems.append(
@@ -209,13 +213,19 @@ def submit_deck(
     assets: AssetStore | None = None,
     max_video_seconds: float | None = None,
     stale_after: float | None = None,
-    priority: int = 0,
+    priority: int | None = 0,
     run_at: datetime | None = None,
+    priority_ceiling: int | None = None,
 ) -> tuple[Job, bool]:
     """Commit ``owner``'s job, then send its task (never the other way round);
     return the job and whether it is new (``False``: an idempotent replay).
     ``priority`` and ``run_at`` are stored as given (:func:`check_schedule`
-    checks them first); a job whose ``run_at`` is ahead is ``scheduled`` and
+    checks them first), but for the ``priority`` ceiling when
+    ``priority_ceiling`` is given (the default ceiling of a tenant with no
+    ``max_priority`` of its own): the insert checks that, against the
+    tenant's limits as they are at that moment (:class:`SubmissionInvalid`
+    above it; ``priority`` ``None``, unset, becomes 0 or the ceiling if
+    lower). A job whose ``run_at`` is ahead is ``scheduled`` and
     no task is sent for it now (the sweeper queues it when it comes due).
     ``max_active``: refuse (:class:`~storage.QuotaExceeded`) past that many
     of ``owner``'s jobs queued or processing.
@@ -238,7 +248,9 @@ def submit_deck(
         check_deck_assets(assets, deck, owner, max_video_seconds=max_video_seconds or float("inf"))
     try:
         job, created = store.create(
-            deck.model_dump(mode="json"),
+            # A Deck's own fields only: ``deck`` may be a submission
+            # (api/schemas.py), validated once, whose other fields are not stored.
+            deck.model_dump(mode="json", include=DECK_FIELDS),
             title=deck.title,
             idempotency_key=idempotency_key,
             request_hash=request_hash(body) if idempotency_key else None,
@@ -249,7 +261,10 @@ def submit_deck(
             asset_ids=asset_ids,
             priority=priority,
             run_at=run_at,
+            priority_ceiling=priority_ceiling,
         )
+    except PriorityNotAllowed as refused:
+        raise SubmissionInvalid([priority_problem(refused)]) from refused
     except AssetNotFound as gone:
         raise DeckAssetsInvalid(
             [

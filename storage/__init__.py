@@ -10,6 +10,7 @@ from storage.errors import (
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
+    PriorityNotAllowed,
     QuotaExceeded,
     StorageError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "JobStore",
     "LeaseState",
     "Page",
+    "PriorityNotAllowed",
     "QuotaExceeded",
     "Recovery",
     "Stage",

@@ -94,7 +94,8 @@ class NewJob:
     title: str
     callback_url: str | None = None
     asset_ids: Sequence[str] = ()
-    priority: int = 0
+    #: ``None``: unset, so 0 (a batch's caller checks the ceiling first).
+    priority: int | None = 0
     run_at: datetime | None = None
 
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.util.queue import Empty
+from sqlalchemy.util.queue import Empty, Full
 
 from core.config import Settings, parse_database_url
 from core.redact import redact_secrets
@@ -50,14 +50,20 @@ _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
 
 
+#: Seconds an API process keeps a connection opened beyond its pool's size
+#: after its last use, for the next request to take instead of opening another.
+OVERFLOW_LINGER = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class PoolBudget:
     """How many PostgreSQL connections one process may hold: ``size`` kept
-    open while idle, ``max_overflow`` more while all are in use (each closed
-    as soon as it is given back)."""
+    open while idle, ``max_overflow`` more while all are in use, each closed
+    ``linger`` seconds after it was last given back (0: at once)."""
 
     size: int
     max_overflow: int
+    linger: float = 0.0
 
     @property
     def most(self) -> int:
@@ -67,7 +73,9 @@ class PoolBudget:
 
 #: What each kind of process holds (README, "Connection budget"). An API
 #: process keeps 2 and serves a burst with up to 10 (a request thread uses
-#: one at a time; gunicornconf runs 4); a render process 1, shared by the
+#: one at a time; gunicornconf runs 4), each kept :data:`OVERFLOW_LINGER`
+#: seconds after its last use, for the next request (opening one per
+#: request under load cost more than the requests); a render process 1, shared by the
 #: render and its heartbeats (a job's, a segment's), which wait for it while
 #: a write of the render's holds it (milliseconds: no overflow connection,
 #: whose opening and closing each time they meet made a farm of render
@@ -75,7 +83,7 @@ class PoolBudget:
 #: which also closes it after every sweep, and registry writes); anything
 #: else (the CLI, scripts, tests) 1, and more while its threads need them.
 ROLE_BUDGETS: dict[str, PoolBudget] = {
-    "api": PoolBudget(size=2, max_overflow=8),
+    "api": PoolBudget(size=2, max_overflow=8, linger=OVERFLOW_LINGER),
     "worker": PoolBudget(size=1, max_overflow=2),
     "render": PoolBudget(size=1, max_overflow=0),
     "other": PoolBudget(size=1, max_overflow=14),
@@ -114,6 +122,7 @@ def pool_budget(settings: Settings | None = None, role: str | None = None) -> Po
             if settings.db_max_overflow is not None
             else default.max_overflow
         ),
+        linger=default.linger,
     )
 
 
@@ -124,15 +133,104 @@ def application_name() -> str:
 
 
 class BudgetPool(QueuePool):
-    """SQLAlchemy's queue pool, which can also close the connections it
-    holds idle: a process that will not need the database for a while (a
-    worker's main process between sweeps, a render process waiting for a
-    wake-up) then holds none."""
+    """SQLAlchemy's queue pool, whose connections beyond its size may linger
+    ``linger`` seconds after their last use before they are closed (the
+    queue pool closes them as soon as they are given back), and
+    which can close the connections it holds idle: a process that will not
+    need the database for a while (a worker's main process between sweeps,
+    a render process waiting for a wake-up) then holds none.
+
+    Closing an overflow connection at once made an API process under load
+    open a new one for every few requests: a new server process each time,
+    which cost PostgreSQL more than the requests' own statements (measured:
+    one connection opened per 11 submissions halved their rate). The most
+    connections a process holds is unchanged; while idle it still holds the
+    pool's size, once the lingering ones are closed."""
+
+    def __init__(self, *args: Any, linger: float = 0.0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.linger = linger
+        # (when given back, entry) of the overflow connections kept open, oldest first
+        self._parked: list[tuple[float, Any]] = []
+        self._parked_lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
+
+    def _do_return_conn(self, record: Any) -> None:
+        if self.linger <= 0:
+            super()._do_return_conn(record)
+            return
+        try:
+            self._pool.put(record, False)
+            return
+        except Full:
+            pass
+        with self._parked_lock:
+            self._parked.append((time.monotonic(), record))
+            start = self._reaper is None
+            if start:
+                self._reaper = threading.Thread(
+                    target=self._reap, name="db-pool-linger", daemon=True
+                )
+        if start and self._reaper is not None:
+            self._reaper.start()
+
+    def _do_get(self) -> Any:
+        try:
+            return self._pool.get(False)
+        except Empty:
+            pass
+        with self._parked_lock:
+            if self._parked:
+                return self._parked.pop()[1]  # the one used last
+        return super()._do_get()
+
+    def _take_parked(self, older_than: float | None) -> list[Any]:
+        """Remove and return the parked connections given back before
+        ``older_than`` (monotonic; ``None``: all)."""
+        with self._parked_lock:
+            keep = [(t, r) for t, r in self._parked if older_than is not None and t >= older_than]
+            gone = [r for t, r in self._parked if older_than is None or t < older_than]
+            self._parked = keep
+        return gone
+
+    def _close_overflow(self, records: list[Any]) -> None:
+        for record in records:
+            try:
+                record.close()
+            finally:
+                self._dec_overflow()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(self.linger / 2)
+            self._close_overflow(self._take_parked(time.monotonic() - self.linger))
+            with self._parked_lock:
+                if not self._parked:
+                    self._reaper = None
+                    return
+
+    def dispose(self) -> None:
+        self._close_overflow(self._take_parked(None))
+        super().dispose()
+
+    def recreate(self) -> BudgetPool:
+        pool = super().recreate()
+        assert isinstance(pool, BudgetPool)
+        pool.linger = self.linger
+        return pool
+
+    def checkedin(self) -> int:
+        return super().checkedin() + len(self._parked)
+
+    def checkedout(self) -> int:
+        return super().checkedout() - len(self._parked)
 
     def close_idle(self) -> int:
-        """Close every connection now checked in; how many were closed. One
-        checked out is untouched and comes back as usual."""
-        closed = 0
+        """Close every connection now checked in, lingering ones too; how
+        many were closed. One checked out is untouched and comes back as usual."""
+        parked = self._take_parked(None)
+        self._close_overflow(parked)
+        closed = len(parked)
         while True:
             try:
                 record = self._pool.get(False)
@@ -194,6 +292,8 @@ def create_db_engine(url: str, budget: PoolBudget | None = None) -> Engine:
         pool_recycle=1800,
         connect_args=connect_args,
     )
+    assert isinstance(engine.pool, BudgetPool)
+    engine.pool.linger = budget.linger
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle)
     return engine

@@ -32,3 +32,14 @@ class InvalidTransition(StorageError):
 
 class QuotaExceeded(StorageError):
     """The tenant has too many jobs queued or processing."""
+
+
+class PriorityNotAllowed(StorageError):
+    """The priority asked for is above the tenant's ceiling (``ceiling``)."""
+
+    def __init__(self, priority: int, ceiling: int) -> None:
+        super().__init__(
+            f"{priority} is above the highest priority this tenant may ask for ({ceiling})"
+        )
+        self.priority = priority
+        self.ceiling = ceiling

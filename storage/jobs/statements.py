@@ -214,10 +214,44 @@ def load_job() -> Any:
 @cache
 def insert_job(dialect: str) -> Any:
     """A new job from the parameters named by :data:`CREATE_COLUMNS`,
-    RETURNING its row (with its history row on PostgreSQL)."""
+    RETURNING its row (with its history row on PostgreSQL).
+
+    The priority is checked in the same statement, against the tenant's
+    ceiling as it is at that moment (no read before it, and none that a
+    concurrent change of the tenant's limits could overtake): ``ceiling``
+    (a parameter) is the ceiling of a tenant with no ``max_priority`` of its
+    own (SLIDEFARM_MAX_PRIORITY), or NULL for none (an admin's submission,
+    or a batch checked before). ``priority`` NULL (unset) becomes 0, or the
+    ceiling if that is lower. A ``priority`` above the ceiling inserts
+    nothing and returns no row."""
+    ceiling_default = sa.cast(bindparam("ceiling", type_=Integer()), Integer())
+    own = (
+        select(tenants_table.c.max_priority)
+        .where(tenants_table.c.name == bindparam("owner", type_=String()))
+        .scalar_subquery()
+    )
+    limit = select(
+        case((ceiling_default.is_(None), None), else_=sa.func.coalesce(own, ceiling_default)).label(
+            "ceiling"
+        )
+    ).subquery("lim")
+    asked = sa.cast(bindparam("priority", type_=Integer()), Integer())
+    values = [
+        bindparam(name, type_=jobs_table.c[name].type)
+        for name in CREATE_COLUMNS
+        if name != "priority"
+    ]
+    priority = sa.func.coalesce(
+        asked, case((limit.c.ceiling < 0, limit.c.ceiling), else_=literal(0, Integer()))
+    )
     stmt = (
         insert(jobs_table)
-        .values({name: bindparam(name, type_=jobs_table.c[name].type) for name in CREATE_COLUMNS})
+        .from_select(
+            [name for name in CREATE_COLUMNS if name != "priority"] + ["priority"],
+            select(*values, priority)
+            .select_from(limit)
+            .where(or_(limit.c.ceiling.is_(None), asked.is_(None), asked <= limit.c.ceiling)),
+        )
         .returning(*jobs_table.c)
     )
     return with_history(stmt) if dialect == POSTGRESQL else stmt

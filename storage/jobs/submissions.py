@@ -10,13 +10,20 @@ from typing import Any
 from sqlalchemy import Connection, Table, exc, func, literal, select, update
 
 from storage.assets import link_assets
-from storage.errors import IdempotencyConflict, QuotaExceeded, StorageError
+from storage.errors import IdempotencyConflict, PriorityNotAllowed, QuotaExceeded, StorageError
 from storage.jobs.history import event_params, log_transition, record_event
 from storage.jobs.locks import take_write_lock
 from storage.jobs.queries import Queries
 from storage.jobs.statements import POSTGRESQL, insert_job
 from storage.jobs.values import DEFAULT_ATTEMPT_LIMIT, Job, utcnow
-from storage.models import ACTIVE_STATUSES, DEFAULT_TENANT, Stage, Status, jobs_table
+from storage.models import (
+    ACTIVE_STATUSES,
+    DEFAULT_TENANT,
+    Stage,
+    Status,
+    jobs_table,
+    tenants_table,
+)
 
 #: First key of the advisory lock that serializes one owner's submissions.
 ADVISORY_QUOTA = 0x5F1D
@@ -85,22 +92,26 @@ def check_quota(conn: Connection, owner: str, max_active: int, incoming: int = 1
 
 def insert_new_job(conn: Connection, values: dict[str, Any], asset_ids: Sequence[str] = ()) -> Job:
     """In ``conn``'s transaction: the job of ``values`` (the columns of
-    :data:`~storage.jobs.statements.CREATE_COLUMNS`), its history row, and
-    its links to ``asset_ids`` (:class:`~storage.assets.AssetNotFound` if one
-    is not its owner's). A submission and each job of a batch go through here."""
+    :data:`~storage.jobs.statements.CREATE_COLUMNS`, and ``ceiling``: see
+    :func:`~storage.jobs.statements.insert_job`; absent, no priority check),
+    its history row, and its links to ``asset_ids``
+    (:class:`~storage.assets.AssetNotFound` if one is not its owner's).
+    :class:`PriorityNotAllowed` if the priority is above the tenant's
+    ceiling. A submission and each job of a batch go through here."""
     job_id = values["id"]
     status = Status(values["status"])
+    params = {"ceiling": None, **values}
     if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
-        row = (
-            conn.execute(
-                insert_job(POSTGRESQL), {**values, **event_params(None, status, "submitted")}
-            )
-            .mappings()
-            .one()
-        )
+        params.update(event_params(None, status, "submitted"))
+    row = conn.execute(insert_job(conn.dialect.name), params).mappings().first()
+    if row is None:  # the one condition of the insert: the priority's ceiling
+        own = conn.execute(
+            select(tenants_table.c.max_priority).where(tenants_table.c.name == values["owner"])
+        ).scalar()
+        raise PriorityNotAllowed(values["priority"], params["ceiling"] if own is None else own)
+    if conn.dialect.name == POSTGRESQL:
         log_transition(job_id, None, status, 0, None, "submitted")
     else:
-        row = conn.execute(insert_job(conn.dialect.name), values).mappings().one()
         record_event(conn, job_id, None, status, 0, None, "submitted")
     if asset_ids:
         link_assets(conn, job_id, asset_ids)
@@ -122,8 +133,9 @@ class Submissions(Queries):
         callback_url: str | None = None,
         max_active: int | None = None,
         asset_ids: Sequence[str] = (),
-        priority: int = 0,
+        priority: int | None = 0,
         run_at: datetime | None = None,
+        priority_ceiling: int | None = None,
     ) -> tuple[Job, bool]:
         """Record a new queued job; return it and whether it is new.
 
@@ -141,10 +153,13 @@ class Submissions(Queries):
         insert's transaction (:class:`~storage.assets.AssetNotFound` if one
         is not there: then there is no job either).
 
-        ``priority``: higher runs first (the caller checks the tenant may ask
-        for it). ``run_at``: a later time makes the job ``scheduled`` until
-        then (the sweeper queues it when it comes due); a time already past
-        queues it now.
+        ``priority``: higher runs first; ``None``: unset (0, or the tenant's
+        ceiling if that is lower). ``priority_ceiling``: the ceiling of a
+        tenant with no ``max_priority`` of its own (SLIDEFARM_MAX_PRIORITY),
+        checked in the insert itself (:class:`PriorityNotAllowed` above it);
+        ``None``: no ceiling (an admin, or the caller checked). ``run_at``: a
+        later time makes the job ``scheduled`` until then (the sweeper queues
+        it when it comes due); a time already past queues it now.
         """
         job_id = str(uuid.uuid4())
         now = utcnow()
@@ -170,6 +185,7 @@ class Submissions(Queries):
             "priority": priority,
             "run_at": run_at,
             "batch_id": None,
+            "ceiling": priority_ceiling,
         }
         if idempotency_key is not None:
             self._expire_idempotency_key(owner, idempotency_key, now)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from storage import JobStore
+from storage import JobStore, PriorityNotAllowed
 from storage.access import AccessStore, InvalidLimit, TenantLimits, UnknownTenant
 
 
@@ -67,3 +67,43 @@ def test_an_unknown_tenants_limits_cannot_be_set(store: JobStore) -> None:
         AccessStore(store).set_limits("nobody", weight=2)
     with pytest.raises(UnknownTenant):
         AccessStore(store).set_limits("nobody")
+
+
+def test_the_insert_checks_the_priority_against_the_tenant_as_it_is_then(
+    store: JobStore,
+) -> None:
+    """A submission's ceiling is checked by its insert, with no read before it:
+    the tenant's own max_priority, else the ceiling passed (the setting)."""
+    access = AccessStore(store)
+    access.create_key("acme")
+    deck = {"title": "t", "slides": [{"title": "s"}]}
+
+    def submit(priority: int | None, ceiling: int | None = 10) -> int:
+        job, _ = store.create(
+            deck, title="t", owner="acme", priority=priority, priority_ceiling=ceiling
+        )
+        return job.priority
+
+    assert submit(10) == 10
+    assert submit(None) == 0  # unset: 0, the ceiling being above it
+    with pytest.raises(PriorityNotAllowed) as refused:
+        submit(11)
+    assert (refused.value.priority, refused.value.ceiling) == (11, 10)
+    assert "(10)" in str(refused.value)
+    # The tenant's own ceiling replaces the setting at once: no cache between.
+    access.set_limits("acme", max_priority=-5)
+    with pytest.raises(PriorityNotAllowed) as refused:
+        submit(0)
+    assert refused.value.ceiling == -5
+    assert submit(None) == -5  # unset: the ceiling, being below 0
+    assert submit(-20) == -20
+    access.set_limits("acme", max_priority=60)
+    assert submit(60) == 60
+    # No ceiling (an admin's submission): anything in range, unset is 0.
+    assert submit(100, ceiling=None) == 100
+    assert submit(None, ceiling=None) == 0
+    # A refused submission left nothing behind: no job, no history row.
+    page = store.list_jobs(owner="acme", limit=100)
+    assert sorted(j.priority for j in page.jobs) == [-20, -5, 0, 0, 10, 60, 100]
+    for job in page.jobs:
+        assert [e.reason for e in store.history(job.id)] == ["submitted"]
