@@ -1,7 +1,10 @@
-"""What runs next, at scale: the cost of one ``claim_next`` (and of a wake-up
-that finds nothing to run) on PostgreSQL with 1,000 jobs and with
-``--scale-rows`` jobs (mostly finished), the same queued jobs across the
-same tenants on both sides, measured in alternation in one run."""
+"""What runs next, at scale: the cost of one claim as a worker's loop makes it
+(``claim_work``: the next job, with whether a long deck's segment waits read
+in the same statement), and of a wake-up that finds nothing to run, on
+PostgreSQL with 1,000 jobs and with ``--scale-rows`` jobs (mostly finished),
+the same queued jobs across the same tenants on both sides, measured in
+alternation in one run. A note gives what a separate segment read costs
+(the loop made one before every claim until the check was folded in)."""
 
 from __future__ import annotations
 
@@ -75,8 +78,9 @@ def _fill(url: str, rows: int, queued: int) -> None:
 
 
 def _explain(url: str) -> dict[str, str]:
-    """EXPLAIN ANALYZE of the heads query with more queued jobs added."""
-    from storage.jobs.statements import _QUEUED_HEADS_PG
+    """EXPLAIN ANALYZE of the heads query (with its segment check) with more
+    queued jobs added."""
+    from storage.jobs.statements import queued_heads
 
     engine = _engine(url)
     with engine.begin() as conn:
@@ -97,10 +101,12 @@ def _explain(url: str) -> dict[str, str]:
         conn.execute(text("VACUUM (ANALYZE) jobs"))
         total = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
         queued = conn.execute(text("SELECT count(*) FROM jobs WHERE status='queued'")).scalar_one()
+        heads = queued_heads("postgresql").compile(dialect=conn.dialect)
         plan = [
             row[0]
-            for row in conn.execute(
-                text("EXPLAIN (ANALYZE, BUFFERS) " + _QUEUED_HEADS_PG), {"n_now": datetime.now(UTC)}
+            for row in conn.exec_driver_sql(
+                "EXPLAIN (ANALYZE, BUFFERS) " + str(heads),
+                heads.construct_params({"n_now": datetime.now(UTC)}),
             )
         ]
     engine.dispose()
@@ -114,13 +120,13 @@ def _explain(url: str) -> dict[str, str]:
 
 
 def _time_claims(url: str, count: int) -> float:
-    """ms per claim_next over ``count`` claims, then put them back."""
+    """ms per claim_work over ``count`` claims, then put them back."""
     from storage import JobStore
 
     store = JobStore.from_url(url)
     started = time.perf_counter()
     for _ in range(count):
-        if store.claim_next("bench@host", max_running=0) is None:
+        if store.claim_work("bench@host", max_running=0) is None:
             raise SystemExit("claim: the queue ran dry")
     elapsed = time.perf_counter() - started
     with store.engine.begin() as conn:
@@ -138,7 +144,7 @@ def _time_empty(url: str, count: int) -> float:
     try:
         started = time.perf_counter()
         for _ in range(count):
-            if store.claim_next("bench@host", max_running=0) is not None:
+            if store.claim_work("bench@host", max_running=0) is not None:
                 raise SystemExit("claim: an empty wake-up claimed a job")
         return (time.perf_counter() - started) * 1000 / count
     finally:
@@ -151,9 +157,23 @@ def _time_empty(url: str, count: int) -> float:
             )
 
 
+def _time_segment_read(url: str, count: int) -> float:
+    """ms per separate read for a waiting segment that finds none (what the
+    loop paid before every claim until the heads' read answered it)."""
+    from storage import JobStore
+    from storage.segments import SegmentStore
+
+    segments = SegmentStore(JobStore.from_url(url).db)
+    started = time.perf_counter()
+    for _ in range(count):
+        if segments.claim("bench@host") is not None:
+            raise SystemExit("claim: a segment was claimed")
+    return (time.perf_counter() - started) * 1000 / count
+
+
 def claim(env: Environment, args: argparse.Namespace) -> Result:
-    """ms per claim_next, 1,000 jobs vs ``--scale-rows`` jobs; the empty
-    wake-up's figures go in the notes."""
+    """ms per claim_work, 1,000 jobs vs ``--scale-rows`` jobs; the empty
+    wake-up's figures and a separate segment read's go in the notes."""
     env.reset()
     from storage.migrate import upgrade
 
@@ -170,17 +190,21 @@ def claim(env: Environment, args: argparse.Namespace) -> Result:
             )
         claims = {"small": Series(), "large": Series()}
         empty = {"small": Series(), "large": Series()}
+        segment_read = Series()
         for url, _ in sides.values():  # warm up both
             _time_claims(url, 10)
             _time_empty(url, 10)
+        _time_segment_read(env.db_url, 10)
         for _ in range(args.repeat):
             for label, (url, _) in sides.items():
                 claims[label].values.append(_time_claims(url, CLAIMS))
                 empty[label].values.append(_time_empty(url, EMPTY_WAKES))
+            segment_read.values.append(_time_segment_read(env.db_url, EMPTY_WAKES))
         empty_ratio = empty["large"].median / empty["small"].median
         notes["empty wake-up, small"] = empty["small"].text("ms")
         notes["empty wake-up, large"] = empty["large"].text("ms")
         notes["empty wake-up ratio"] = f"{empty_ratio:.3f}"
+        notes["a separate segment read, none waiting (large)"] = segment_read.text("ms")
         notes.update(_explain(env.db_url))
     return Result(
         "claim",

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from storage.jobs.base import StoreBase
 from storage.jobs.history import record_event
 from storage.jobs.locks import take_write_lock
+from storage.jobs.statements import segment_claimable
 from storage.jobs.values import LeaseState, utcnow
 from storage.models import (
     FINAL_STATUSES,
@@ -110,9 +111,6 @@ class SegmentRecovery:
 
 
 _COLUMNS = [c for c in S.c]
-#: Statuses of a job whose segments may still run (queued: its own attempt
-#: was recovered and the next one will join what the segments made).
-_LIVE_JOB = (Status.PROCESSING.value, Status.QUEUED.value)
 
 
 def _of_job(conn: Connection, job_id: str) -> list[Segment]:
@@ -236,7 +234,12 @@ class SegmentStore(StoreBase):
     # -- any worker --------------------------------------------------------
 
     def claim(
-        self, worker: str, *, job_id: str | None = None, now: datetime | None = None
+        self,
+        worker: str,
+        *,
+        job_id: str | None = None,
+        now: datetime | None = None,
+        known_waiting: bool = False,
     ) -> Segment | None:
         """Claim for ``worker`` the segment that runs next (of ``job_id``
         only, if given): a new attempt of it, or ``None``.
@@ -245,27 +248,26 @@ class SegmentStore(StoreBase):
         started longest ago (finish what was begun), then the segments in
         order. Only segments of a job that is not over and not asked to
         cancel, and whose retry is due.
+
+        With none waiting this costs one read (no transaction, no write
+        lock); ``known_waiting``: the caller has just read that one waits
+        (:meth:`storage.JobStore.claim_work`, whose heads' read says so), so
+        that read is skipped.
         """
         at = now or utcnow()
-        due = or_(S.c.not_before.is_(None), S.c.not_before <= at)
         pick = (
             select(S.c.job_id, S.c.idx)
             .join(J, J.c.id == S.c.job_id)
-            .where(
-                S.c.status == SegmentStatus.QUEUED.value,
-                due,
-                J.c.status.in_(_LIVE_JOB),
-                J.c.cancel_requested.is_(False),
-            )
+            .where(*segment_claimable(at))
             .order_by(J.c.priority.desc(), J.c.started_at, S.c.job_id, S.c.idx)
             .limit(1)
         )
         if job_id is not None:
             pick = pick.where(S.c.job_id == job_id)
-        with self.transaction(single=True) as conn:
-            # Nothing split waits (most wake-ups): one read, no transaction.
-            if conn.execute(pick).first() is None:
-                return None
+        if not known_waiting:
+            with self.transaction(single=True) as conn:
+                if conn.execute(pick).first() is None:
+                    return None
         with self.transaction() as conn:
             if self.db.dialect == "sqlite":
                 take_write_lock(conn)
@@ -469,12 +471,7 @@ class SegmentStore(StoreBase):
                 conn.execute(
                     select(func.count())
                     .select_from(S.join(J, J.c.id == S.c.job_id))
-                    .where(
-                        S.c.status == SegmentStatus.QUEUED.value,
-                        or_(S.c.not_before.is_(None), S.c.not_before <= at),
-                        J.c.status.in_(_LIVE_JOB),
-                        J.c.cancel_requested.is_(False),
-                    )
+                    .where(*segment_claimable(at))
                 ).scalar_one()
             )
 

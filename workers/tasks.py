@@ -1,11 +1,11 @@
 """Celery tasks and the worker's lifecycle hooks.
 
 The render task is a wake-up that names no job: the worker asks the job
-store for the job that runs next (:meth:`~storage.JobStore.claim_next`),
-renders it, and asks again until nothing may run. The webhook task carries
-a job id. The job store is the truth. The worker's main process registers
-itself in the ``workers`` table and runs the :class:`~workers.sweeper.Sweeper`
-thread.
+store for what runs next (:meth:`~storage.JobStore.claim_work`: a waiting
+segment of a long deck, else the next job), renders it, and asks again
+until nothing may run. The webhook task carries a job id. The job store is
+the truth. The worker's main process registers itself in the ``workers``
+table and runs the :class:`~workers.sweeper.Sweeper` thread.
 
 Asked to stop (SIGTERM: Celery's warm shutdown), a worker drains
 (:mod:`workers.drain`): it is marked ``draining``, claims nothing more,
@@ -47,7 +47,7 @@ from core.config import Settings, get_settings
 from storage import DatabaseUnavailable, Job, JobStore, StorageError, utcnow
 from storage.db import dispose_engines, set_process_role
 from storage.registry import WorkerRegistry
-from storage.segments import SegmentStore
+from storage.segments import Segment
 from workers.batches import settle_batch
 from workers.celery_app import app
 from workers.drain import DRAIN
@@ -245,29 +245,25 @@ def _claim_and_render(task: Task, store: JobStore) -> str:
             wake()
             return f"ran {ran}, then drained"
         try:
-            # A long deck's segments first: work begun finishes first, on
-            # every worker free for it (docs/design.md, "Long decks").
-            segment = SegmentStore(store.db).claim(worker)
-            job = (
-                None
-                if segment is not None
-                else store.claim_next(worker, max_running=settings.max_running)
-            )
+            # A long deck's segments before any new job: work begun finishes
+            # first, on every worker free for it (docs/design.md, "Long
+            # decks"). The heads' read says whether one waits: no extra
+            # round trip when none does.
+            claimed = store.claim_work(worker, max_running=settings.max_running)
         except DatabaseUnavailable as down:
             # The jobs are safe in the database; wake up again once it answers.
             delay = min(2 ** min(task.request.retries, 6), 60) * (0.5 + random.random())
             log.warning("wake-up: database unavailable at claim, retrying in %.1fs", delay)
             raise task.retry(exc=down, countdown=delay) from down
-        if segment is not None:
-            ran += 1
-            run_segment(
-                store, segment, settings, worker=worker, drain_overdue=lambda: DRAIN.overdue
-            )
-            continue
-        if job is None:
+        if claimed is None:
             break
         ran += 1
-        _render(store, job, worker, settings)
+        if isinstance(claimed, Segment):
+            run_segment(
+                store, claimed, settings, worker=worker, drain_overdue=lambda: DRAIN.overdue
+            )
+        else:
+            _render(store, claimed, worker, settings)
     else:
         wake()  # more may be waiting: a fresh task carries on
     if ran == 0:

@@ -11,10 +11,10 @@ fenced write as :meth:`~storage.jobs.transitions.Transitions.claim`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -32,6 +32,11 @@ from storage.jobs.statements import (
 from storage.jobs.transitions import Transitions
 from storage.jobs.values import Job, utcnow
 from storage.models import Status
+
+if TYPE_CHECKING:
+    from storage.segments import Segment
+
+T = TypeVar("T")
 
 #: How often one claim looks again when every head it saw was taken by other
 #: workers meanwhile, or was a job to cancel.
@@ -110,13 +115,46 @@ class Claims(Transitions):
         ``max_running``: the cap of a tenant that has none of its own (the
         worker passes ``SLIDEFARM_MAX_RUNNING``; 0: no cap). A queued job whose
         cancel was asked for is ended ``cancelled`` on the way, never run.
-        With nothing queued, this costs one query.
+        With nothing queued, this costs one query. Segments of split jobs are
+        not looked at (the worker's loop claims with :meth:`claim_work`).
         """
-        default_cap = max_running
+        return self._claim_next(worker, now, max_running, None)
+
+    def claim_work(
+        self, worker: str, *, now: datetime | None = None, max_running: int = 0
+    ) -> Job | Segment | None:
+        """What a worker's loop claims next: a waiting segment of a split job
+        (:meth:`storage.segments.SegmentStore.claim`'s order) before any new
+        job, else :meth:`claim_next`'s job, else ``None``.
+
+        Whether a segment waits comes back with the heads' read, in the same
+        statement: a loop with no split job running (nearly always) pays no
+        round trip for segments, and one with nothing to run at all still
+        costs one query. Work begun finishes first: while a segment waits,
+        no new job is claimed unless another worker took that segment first.
+        """
+        return self._claim_next(
+            worker, now, max_running, lambda at: self._claim_segment(worker, at)
+        )
+
+    def _claim_next(
+        self,
+        worker: str,
+        now: datetime | None,
+        default_cap: int,
+        segment: Callable[[datetime], T | None] | None,
+    ) -> Job | T | None:
+        """The claim; ``segment``: claims a waiting segment, called first
+        whenever the heads' read says one waits."""
         for _ in range(LOOKS):
             at = now or utcnow()
             with self.transaction(single=True) as conn:
-                heads = self._heads(conn, at, default_cap)
+                heads, segment_waits = self._heads(conn, at, default_cap)
+            if segment is not None and segment_waits:
+                first = segment(at)
+                if first is not None:
+                    return first
+                # Another worker took it meanwhile: the jobs these heads offer.
             flagged = [h for h in heads if h.cancel_requested]
             for head in flagged:
                 self._cancel_flagged(head.id)
@@ -134,9 +172,17 @@ class Claims(Transitions):
                 return self._claim_sqlite(worker, at, default_cap)
         return None
 
-    def _heads(self, conn: Connection, at: datetime, default_cap: int) -> list[Head]:
-        rows = conn.execute(queued_heads(self.db.dialect), {"n_now": at}).mappings()
-        return [Head.from_row(row, default_cap) for row in rows]
+    def _heads(self, conn: Connection, at: datetime, default_cap: int) -> tuple[list[Head], bool]:
+        """The heads that may run at ``at``, and whether a segment waits."""
+        rows = conn.execute(queued_heads(self.db.dialect), {"n_now": at}).mappings().all()
+        heads = [Head.from_row(row, default_cap) for row in rows if row["id"] is not None]
+        return heads, bool(rows and rows[0]["segment_waits"])
+
+    def _claim_segment(self, worker: str, at: datetime) -> Segment | None:
+        # storage.segments builds on this package: imported when first used.
+        from storage.segments import SegmentStore
+
+        return SegmentStore(self.db).claim(worker, now=at, known_waiting=True)
 
     def _claim_head_pg(self, head: Head, worker: str, at: datetime) -> Job | None:
         """PostgreSQL: claim ``head``'s tenant's first job not held by another
@@ -177,7 +223,7 @@ class Claims(Transitions):
         database's write lock (one writer: nothing changes in between)."""
         with self.transaction() as conn:
             take_write_lock(conn)
-            candidates = ranked(self._heads(conn, at, default_cap))
+            candidates = ranked(self._heads(conn, at, default_cap)[0])
             if not candidates:
                 return None
             job_id = candidates[0].id

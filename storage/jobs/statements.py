@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     insert,
     literal,
     or_,
@@ -37,6 +38,7 @@ from sqlalchemy import (
 )
 
 from storage.models import (
+    SegmentStatus,
     Stage,
     Status,
     UTCDateTime,
@@ -44,6 +46,7 @@ from storage.models import (
     events_table,
     files_table,
     jobs_table,
+    segments_table,
     tenants_table,
     workers_table,
 )
@@ -347,31 +350,33 @@ LEFT JOIN tenants AS t ON t.name = h.owner
 WHERE o.owner IS NOT NULL
 """
 
+#: The statuses of a job whose segments may still run (queued: its own
+#: attempt was recovered, and the next one joins what the segments made).
+SEGMENTS_LIVE_JOB = (Status.PROCESSING.value, Status.QUEUED.value)
 
-@cache
-def queued_heads(dialect: str) -> Any:
-    """Each tenant's head at ``n_now``: its first queued job in claim order
-    (priority DESC, queued_at, id) whose retry is due, with the tenant's
-    jobs processing (``running``), when it last started one
-    (``last_started``, over ``ix_jobs_owner_started_at``), its ``weight`` and ``max_running`` (both
-    NULL without a tenants row). A head may carry a cancel flag (the caller
-    ends it cancelled). Locks nothing."""
-    if dialect == POSTGRESQL:
-        return (
-            text(_QUEUED_HEADS_PG)
-            .bindparams(bindparam("n_now", type_=UTCDateTime()))
-            .columns(
-                id=String(),
-                owner=String(),
-                priority=Integer(),
-                queued_at=UTCDateTime(),
-                cancel_requested=Boolean(),
-                running=Integer(),
-                last_started=UTCDateTime(),
-                weight=Float(),
-                max_running=Integer(),
-            )
-        )
+
+def segment_due(now: Any) -> list[Any]:
+    """The WHERE terms, on ``segments`` alone, of a segment that waits at
+    ``now``: queued, its retry due."""
+    return [
+        segments_table.c.status == SegmentStatus.QUEUED.value,
+        or_(segments_table.c.not_before.is_(None), segments_table.c.not_before <= now),
+    ]
+
+
+def segment_claimable(now: Any) -> list[Any]:
+    """The WHERE terms of a segment a worker may claim at ``now`` (over
+    ``segments`` joined to its job): it waits (:func:`segment_due`), and its
+    job may still use it and was not asked to cancel."""
+    return [
+        *segment_due(now),
+        # Literals, not one expanding parameter: nothing to render per run.
+        jobs_table.c.status.in_([literal(v, String()) for v in SEGMENTS_LIVE_JOB]),
+        jobs_table.c.cancel_requested.is_(False),
+    ]
+
+
+def _heads_sqlite() -> Any:
     # SQLite (one writer, small queues): a window over the queued rows.
     now = bindparam("n_now", type_=UTCDateTime())
     queued = (
@@ -420,6 +425,49 @@ def queued_heads(dialect: str) -> Any:
         .select_from(queued.outerjoin(tenants_table, tenants_table.c.name == queued.c.owner))
         .where(queued.c.place == 1)
     )
+
+
+@cache
+def queued_heads(dialect: str) -> Any:
+    """Each tenant's head at ``n_now``: its first queued job in claim order
+    (priority DESC, queued_at, id) whose retry is due, with the tenant's
+    jobs processing (``running``), when it last started one
+    (``last_started``, over ``ix_jobs_owner_started_at``), its ``weight`` and ``max_running`` (both
+    NULL without a tenants row). A head may carry a cancel flag (the caller
+    ends it cancelled). Locks nothing.
+
+    Every row also says whether a segment of a split job waits
+    (``segment_waits``: one queued with its retry due, :func:`segment_due`,
+    one probe of ``ix_segments_status_last_heartbeat``), so that the
+    worker's loop learns it in the same round trip; with no head there is
+    still one row, its head columns NULL. Its job is not read here (joined
+    to it, the check cost each claim about three times as much): the
+    segment claim's locked pick checks it, so a segment of a job that ended
+    or is being cancelled, until the job's end drops it (its worker, else
+    the next sweep), costs a claim one empty segment transaction, never a
+    wrong claim."""
+    if dialect == POSTGRESQL:
+        heads = (
+            text(_QUEUED_HEADS_PG)
+            .bindparams(bindparam("n_now", type_=UTCDateTime()))
+            .columns(
+                id=String(),
+                owner=String(),
+                priority=Integer(),
+                queued_at=UTCDateTime(),
+                cancel_requested=Boolean(),
+                running=Integer(),
+                last_started=UTCDateTime(),
+                weight=Float(),
+                max_running=Integer(),
+            )
+            .subquery("heads")
+        )
+    else:
+        heads = _heads_sqlite().subquery("heads")
+    waits = exists().where(*segment_due(bindparam("n_now", type_=UTCDateTime())))
+    flag = select(waits.label("segment_waits")).subquery("w")
+    return select(*heads.c, flag.c.segment_waits).select_from(flag.outerjoin(heads, sa.true()))
 
 
 @cache

@@ -3,9 +3,14 @@ claimed, fenced, heartbeated, retried, recovered and dropped like jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
-from storage import JobStore, LeaseState, Status, utcnow
+from sqlalchemy import event
+
+from storage import Job, JobStore, LeaseState, Status, utcnow
 from storage.models import SegmentStatus
 from storage.segments import Part, Segment, SegmentStore
 from tests.support.decks import small_deck
@@ -162,3 +167,95 @@ def test_segments_wait_while_their_job_is_queued_again_only_if_not_cancelled(
     # The job's next attempt joins what they make: they go on meanwhile.
     assert segments.claim("w@h") is not None
     assert segments.runnable() == 2
+
+
+@contextmanager
+def _statements(store: JobStore) -> Iterator[list[str]]:
+    """The SQL statements ``store`` runs meanwhile."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+
+
+def _claimed(claimed: Job | Segment | None) -> tuple[str, str, int] | None:
+    if claimed is None:
+        return None
+    if isinstance(claimed, Segment):
+        return ("segment", claimed.job_id, claimed.idx)
+    return ("job", claimed.id, claimed.attempts)
+
+
+def test_the_loops_claim_takes_every_waiting_segment_before_a_new_job(store: JobStore) -> None:
+    split = _running(store)
+    _planned(store, split)
+    waiting, _ = store.create(small_deck(), title="next")
+    order = []
+    while (claimed := store.claim_work("w@h")) is not None:
+        order.append(_claimed(claimed))
+    assert order == [
+        ("segment", split, 0),
+        ("segment", split, 1),
+        ("segment", split, 2),
+        ("job", waiting.id, 1),
+    ]
+    history = [e.reason for e in store.history(split)]
+    assert "segment 3 (slides 5-5): claimed by w@h" in history
+
+
+def test_a_segment_requeued_by_the_sweeper_or_come_due_goes_before_a_new_job(
+    store: JobStore,
+) -> None:
+    segments = SegmentStore(store.db)
+    split = _running(store)
+    _planned(store, split, limit=3)
+    held = [segments.claim("dead@h", job_id=split) for _ in PARTS]
+    for segment in held[:2]:
+        assert segment is not None
+        assert segments.complete(segment, 1, frames=48, output="x", worker="dead@h")
+    first, _ = store.create(small_deck(), title="first")
+    second, _ = store.create(small_deck(), title="second")
+    # The worker of the last segment died: the sweeper queues it again.
+    later = utcnow() + timedelta(seconds=31)
+    assert [r.segment.idx for r in segments.recover_stale(30.0, now=later)] == [2]
+    assert _claimed(store.claim_work("alive@h", now=later)) == ("segment", split, 2)
+    # It fails and waits for its retry: the queue goes on meanwhile, and the
+    # segment comes first again once due.
+    redo = segments.of_job(split)[2]
+    assert segments.retry(redo, 2, "ffmpeg crashed", delay=60, worker="alive@h") is (
+        SegmentStatus.QUEUED
+    )
+    assert _claimed(store.claim_work("alive@h", now=later)) == ("job", first.id, 1)
+    due = utcnow() + timedelta(seconds=61)
+    assert _claimed(store.claim_work("alive@h", now=due)) == ("segment", split, 2)
+    assert _claimed(store.claim_work("alive@h", now=due)) == ("job", second.id, 1)
+    assert store.claim_work("alive@h", now=due) is None
+
+
+def test_the_loops_claim_reads_no_segment_when_none_waits_and_passes_those_of_a_cancel(
+    store: JobStore,
+) -> None:
+    assert store.claim_work("w@h") is None  # the engine's first connection
+    with _statements(store) as idle:
+        assert store.claim_work("w@h") is None
+    assert len(idle) == 1  # a wake-up with nothing to run: one query
+    plain, _ = store.create(small_deck(), title="plain")
+    with _statements(store) as busy:
+        assert _claimed(store.claim_work("w@h")) == ("job", plain.id, 1)
+    # The heads' read said whether a segment waits: no read of its own.
+    assert [sql for sql in busy if "segments" in sql and "heads" not in sql] == []
+    # Segments of a job whose cancel was asked for stay queued until it ends:
+    # never claimed, and they hold no job back.
+    split = _running(store)
+    _planned(store, split)
+    store.request_cancel(split)
+    after, _ = store.create(small_deck(), title="after")
+    assert _claimed(store.claim_work("w@h")) == ("job", after.id, 1)
+    assert store.claim_work("w@h") is None
+    assert [s.status for s in SegmentStore(store.db).of_job(split)] == [SegmentStatus.QUEUED] * 3
