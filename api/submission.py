@@ -249,8 +249,9 @@ def submit_deck(
     try:
         job, created = store.create(
             # A Deck's own fields only: ``deck`` may be a submission
-            # (api/schemas.py), validated once, whose other fields are not stored.
-            deck.model_dump(mode="json", include=DECK_FIELDS),
+            # (api/schemas.py), validated once, whose other fields are not
+            # stored. As JSON text, which pydantic writes faster than a dict.
+            deck.model_dump_json(include=DECK_FIELDS),
             title=deck.title,
             idempotency_key=idempotency_key,
             request_hash=request_hash(body) if idempotency_key else None,

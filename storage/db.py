@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
+from psycopg2.extensions import STATUS_READY
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
@@ -316,11 +317,18 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     if last is not None and time.monotonic() - last < PING_AFTER_IDLE:
         return
     try:
+        # In autocommit (psycopg2's switch, free outside a transaction): the
+        # ping leaves no transaction open behind it.
+        autocommit = getattr(dbapi_connection, "autocommit", None)
+        if autocommit is False:
+            dbapi_connection.autocommit = True
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("SELECT 1")
         finally:
             cursor.close()
+            if autocommit is False:
+                dbapi_connection.autocommit = False
     except Exception as error:
         # The pool drops this connection and checks out another (a fresh one
         # after a restart of the server).
@@ -424,7 +432,23 @@ class Database:
         try:
             if single:
                 with self.engine.connect() as conn:
-                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                    if self.engine.dialect.driver != "psycopg2":
+                        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return
+                    # psycopg2's own switch, not SQLAlchemy's isolation level:
+                    # putting that back when the connection returns to the
+                    # pool sends a SET, a round trip as dear as the statement.
+                    # Switched off again before SQLAlchemy ends its implicit
+                    # transaction, whose ROLLBACK then has nothing to end.
+                    raw: Any = conn.connection.dbapi_connection
+                    if raw.status != STATUS_READY:  # a transaction left open
+                        raw.rollback()
+                    raw.autocommit = True
+                    try:
+                        yield conn
+                    finally:
+                        if not raw.closed:
+                            raw.autocommit = False
                 return
             with self.engine.begin() as conn:
                 yield conn

@@ -36,6 +36,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from storage.models import (
     SegmentStatus,
@@ -216,8 +217,9 @@ def load_job() -> Any:
 
 @cache
 def insert_job(dialect: str) -> Any:
-    """A new job from the parameters named by :data:`CREATE_COLUMNS`,
-    RETURNING its row (with its history row on PostgreSQL).
+    """A new job from the parameters named by :data:`CREATE_COLUMNS`
+    (``deck``: its JSON text), RETURNING its row (with its history row on
+    PostgreSQL).
 
     The priority is checked in the same statement, against the tenant's
     ceiling as it is at that moment (no read before it, and none that a
@@ -240,7 +242,17 @@ def insert_job(dialect: str) -> Any:
     ).subquery("lim")
     asked = sa.cast(bindparam("priority", type_=Integer()), Integer())
     values = [
-        bindparam(name, type_=jobs_table.c[name].type)
+        # The deck comes as its JSON text, made once by whoever has it (the
+        # API: pydantic's serializer): no dict to walk and dump again here.
+        (
+            (
+                sa.cast(bindparam(name, type_=Text()), JSONB())
+                if dialect == POSTGRESQL
+                else bindparam(name, type_=Text())
+            )
+            if name == "deck"
+            else bindparam(name, type_=jobs_table.c[name].type)
+        )
         for name in CREATE_COLUMNS
         if name != "priority"
     ]

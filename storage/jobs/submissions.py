@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -92,7 +93,8 @@ def check_quota(conn: Connection, owner: str, max_active: int, incoming: int = 1
 
 def insert_new_job(conn: Connection, values: dict[str, Any], asset_ids: Sequence[str] = ()) -> Job:
     """In ``conn``'s transaction: the job of ``values`` (the columns of
-    :data:`~storage.jobs.statements.CREATE_COLUMNS`, and ``ceiling``: see
+    :data:`~storage.jobs.statements.CREATE_COLUMNS`, ``deck`` a dict or its
+    JSON text, and ``ceiling``: see
     :func:`~storage.jobs.statements.insert_job`; absent, no priority check),
     its history row, and its links to ``asset_ids``
     (:class:`~storage.assets.AssetNotFound` if one is not its owner's).
@@ -101,6 +103,8 @@ def insert_new_job(conn: Connection, values: dict[str, Any], asset_ids: Sequence
     job_id = values["id"]
     status = Status(values["status"])
     params = {"ceiling": None, **values}
+    if not isinstance(values["deck"], str):
+        params["deck"] = json.dumps(values["deck"])
     if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
         params.update(event_params(None, status, "submitted"))
     row = conn.execute(insert_job(conn.dialect.name), params).mappings().first()
@@ -123,7 +127,7 @@ class Submissions(Queries):
 
     def create(
         self,
-        deck: dict[str, Any],
+        deck: dict[str, Any] | str,
         *,
         title: str,
         idempotency_key: str | None = None,
@@ -137,7 +141,8 @@ class Submissions(Queries):
         run_at: datetime | None = None,
         priority_ceiling: int | None = None,
     ) -> tuple[Job, bool]:
-        """Record a new queued job; return it and whether it is new.
+        """Record a new queued job of ``deck`` (a dict, or its JSON text);
+        return it and whether it is new.
 
         With an ``idempotency_key`` used in the last 24 hours for the same
         ``request_hash`` the existing job comes back (``False``); with another

@@ -46,6 +46,9 @@ API_KEY = "sf_abc123_SECRETsecret"
         ("got Bearer xyz.abc-def from", "got Bearer *** from"),
         ("Authorization: Basic dXNlcjpwYXNz", "Authorization: ***"),
         ("host=db user=u password=hunter2 port=5432", "host=db user=u password=*** port=5432"),
+        # Case-insensitive patterns stay so in the one scan that finds them all.
+        ("AUTHORIZATION=abc", "AUTHORIZATION=***"),
+        ("PassWord = 'x y'", "PassWord = ***"),
         # Nothing secret: left as it is.
         ("http://api:8000/v1/jobs", "http://api:8000/v1/jobs"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
