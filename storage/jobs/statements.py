@@ -218,8 +218,8 @@ def load_job() -> Any:
 @cache
 def insert_job(dialect: str) -> Any:
     """A new job from the parameters named by :data:`CREATE_COLUMNS`
-    (``deck``: its JSON text), RETURNING its row (with its history row on
-    PostgreSQL).
+    (``deck``: its JSON text), RETURNING what the insert decides, its
+    ``priority`` (with its history row on PostgreSQL): no row read back.
 
     The priority is checked in the same statement, against the tenant's
     ceiling as it is at that moment (no read before it, and none that a
@@ -267,9 +267,22 @@ def insert_job(dialect: str) -> Any:
             .select_from(limit)
             .where(or_(limit.c.ceiling.is_(None), asked.is_(None), asked <= limit.c.ceiling)),
         )
-        .returning(*jobs_table.c)
+        # What the insert decides; the rest of the row is what was passed
+        # (:data:`NEW_ROW` for the columns a submission leaves unset).
+        .returning(
+            jobs_table.c.id, jobs_table.c.attempts, jobs_table.c.worker, jobs_table.c.priority
+        )
     )
     return with_history(stmt) if dialect == POSTGRESQL else stmt
+
+
+#: The columns of a new job that a submission does not set, as the insert
+#: leaves them (their defaults).
+NEW_ROW: dict[str, Any] = {
+    **{c.name: None for c in jobs_table.c if c.name not in CREATE_COLUMNS},
+    "cancel_requested": False,
+    "webhook_attempts": 0,
+}
 
 
 # -- a worker's transitions ------------------------------------------------------

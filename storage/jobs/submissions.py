@@ -15,7 +15,7 @@ from storage.errors import IdempotencyConflict, PriorityNotAllowed, QuotaExceede
 from storage.jobs.history import event_params, log_transition, record_event
 from storage.jobs.locks import take_write_lock
 from storage.jobs.queries import Queries
-from storage.jobs.statements import POSTGRESQL, insert_job
+from storage.jobs.statements import NEW_ROW, POSTGRESQL, insert_job
 from storage.jobs.values import DEFAULT_ATTEMPT_LIMIT, Job, utcnow
 from storage.models import (
     ACTIVE_STATUSES,
@@ -103,8 +103,11 @@ def insert_new_job(conn: Connection, values: dict[str, Any], asset_ids: Sequence
     job_id = values["id"]
     status = Status(values["status"])
     params = {"ceiling": None, **values}
-    if not isinstance(values["deck"], str):
-        params["deck"] = json.dumps(values["deck"])
+    if isinstance(values["deck"], str):
+        deck = json.loads(values["deck"])
+    else:
+        deck = values["deck"]
+        params["deck"] = json.dumps(deck)
     if conn.dialect.name == POSTGRESQL:  # the row and its history: one statement
         params.update(event_params(None, status, "submitted"))
     row = conn.execute(insert_job(conn.dialect.name), params).mappings().first()
@@ -119,7 +122,9 @@ def insert_new_job(conn: Connection, values: dict[str, Any], asset_ids: Sequence
         record_event(conn, job_id, None, status, 0, None, "submitted")
     if asset_ids:
         link_assets(conn, job_id, asset_ids)
-    return Job.from_row(row)
+    return Job.from_row(
+        {**NEW_ROW, **values, "deck": deck, "priority": row["priority"]},
+    )
 
 
 class Submissions(Queries):

@@ -3,8 +3,10 @@ conditional (a second claim loses, a stale attempt's write changes nothing)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -37,6 +39,27 @@ def test_create_records_a_queued_job(store: JobStore) -> None:
     again = store.get(job.id)
     assert again == job
     assert again.deck["slides"][0]["title"] == "Slide 1"
+
+
+def test_the_job_create_returns_is_the_job_stored(store: JobStore) -> None:
+    """The insert returns only what it decides (the priority); the rest of
+    the snapshot is what was passed and the columns' defaults, and must be
+    exactly what a read finds, whatever the submission sets."""
+    deck = small_deck()
+    variants: list[dict[str, Any]] = [
+        {},
+        {"callback_url": "https://example.com/hook", "priority": 7},
+        {"run_at": utcnow() + timedelta(hours=1)},  # scheduled
+        {"idempotency_key": "k-1", "request_hash": "h" * 64},
+        {"priority": None, "priority_ceiling": 10, "owner": "acme"},
+    ]
+    for extra in variants:
+        job, _ = store.create(deck, title="Quarterly", **extra)
+        assert store.get(job.id) == job, extra
+    # The deck given as its JSON text is stored and returned as the same deck.
+    job, _ = store.create(json.dumps(deck), title="Quarterly")
+    assert job.deck == deck
+    assert store.get(job.id) == job
 
 
 def test_get_unknown_job_raises(store: JobStore) -> None:
