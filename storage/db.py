@@ -76,8 +76,8 @@ class PoolBudget:
 #: process keeps 2 and serves a burst with up to 10 (a request thread uses
 #: one at a time; gunicornconf runs 4), each kept :data:`OVERFLOW_LINGER`
 #: seconds after its last use, for the next request (opening one per
-#: request under load cost more than the requests); a render process 1, shared by the
-#: render and its heartbeats (a job's, a segment's), which wait for it while
+#: request under load cost more than the requests); a render process 1,
+#: shared by the render and its heartbeats (a job's, a segment's), which wait for it while
 #: a write of the render's holds it (milliseconds: no overflow connection,
 #: whose opening and closing each time they meet made a farm of render
 #: hosts overshoot its budget); a worker's main process 1 (its sweeper thread,
@@ -165,15 +165,15 @@ class BudgetPool(QueuePool):
             return
         except Full:
             pass
+        reaper = None
         with self._parked_lock:
             self._parked.append((time.monotonic(), record))
-            start = self._reaper is None
-            if start:
-                self._reaper = threading.Thread(
+            if self._reaper is None:  # one reaper while any is parked
+                reaper = self._reaper = threading.Thread(
                     target=self._reap, name="db-pool-linger", daemon=True
                 )
-        if start and self._reaper is not None:
-            self._reaper.start()
+        if reaper is not None:
+            reaper.start()
 
     def _do_get(self) -> Any:
         try:
