@@ -98,8 +98,15 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
+# Two passes: the tests that can share the machine on 3 processes at once
+# (pytest-xdist: each has its own PostgreSQL database, Redis index, ports and
+# folders; most time is spent waiting on processes), then those marked serial
+# (a bound on wall time or on the machine's CPU) alone. Both passes run;
+# either failing fails.
 test: $(STAMP) fonts browser ffprobe libreoffice espeak haproxy pgbouncer
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3 --dist loadgroup -m "not serial"; parallel=$$?; \
+	  $(PY) -m pytest -m serial; serial=$$?; \
+	  [ $$parallel -eq 0 ] && [ $$serial -eq 0 ]
 
 # The quick loop: no processes, no browser, no chaos run.
 test-quick: $(STAMP) fonts

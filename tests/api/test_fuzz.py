@@ -306,6 +306,8 @@ def _failures(event: events.ScenarioFinished) -> list[str]:
     return found
 
 
+# Serial: minutes of CPU; beside the other tests it passed the 300 s timeout.
+@pytest.mark.serial
 def test_schemathesis_finds_nothing(fuzz_app: Any) -> None:
     with served(fuzz_app) as base:
         schema = schemathesis.openapi.from_url(f"{base}/openapi.json", config=fuzz_config())

@@ -19,7 +19,8 @@ from tests.support.farm import ApiInstance, scheduled_deck, stream_events
 from tests.support.services import flush_run_index
 from tests.support.stack import Stack, free_port, make_stack
 
-pytestmark = pytest.mark.e2e
+# Serial: the first 503 is bounded at half a second of wall time.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 DELAY = 2.0
 

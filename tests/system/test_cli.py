@@ -170,7 +170,12 @@ def test_assets_upload_list_and_delete(db_url: str, tmp_path: Path) -> None:
 def test_submit_pdf_uploads_the_document_and_submits_its_pages(db_url: str, tmp_path: Path) -> None:
     from tests.support.assets import image_bytes, pdf_bytes
 
-    env = stack_env(DATABASE_URL=db_url, SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"))
+    env = stack_env(
+        DATABASE_URL=db_url,
+        SLIDEFARM_OUTPUT_DIR=str(tmp_path / "out"),
+        # Its wake-up goes to this test's broker folder, not the checkout's.
+        SLIDEFARM_BROKER_DIR=str(tmp_path / "broker"),
+    )
     document = tmp_path / "Quarterly review.pdf"
     document.write_bytes(pdf_bytes(pages=3))
     job = run_json(

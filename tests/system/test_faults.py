@@ -287,6 +287,7 @@ def chaos_stack(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.mark.chaos
+@pytest.mark.serial  # its wall time is bounded (180 s)
 def test_chaos_kills_lose_and_duplicate_nothing(chaos_stack: Stack, pg_url: str) -> None:
     """200 jobs over 3 workers while one is SIGKILLed and restarted every few seconds."""
     stack = chaos_stack

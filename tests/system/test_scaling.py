@@ -26,7 +26,8 @@ from storage.access import AccessStore
 from tests.support.hosts import CONTROLLER, ConnectionSampler, Hosts, permitted
 from tests.support.services import missing
 
-pytestmark = pytest.mark.e2e
+# Serial: CPU shares and efficiency are measured against the whole machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 #: A larger slice than the benchmark's 0.05 core: the same work in a third
 #: of the wall time, and 4 hosts (0.4 core) still fit beside the rest of a

@@ -104,6 +104,7 @@ def _verify_with_tenant_secret(farm: Farm, got: Received) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.serial  # its latency is bounded in wall time
 def test_a_completed_job_posts_one_signed_copy_of_itself(farm: Farm) -> None:
     latencies = []
     for n in range(1, 6):
@@ -157,6 +158,7 @@ def test_a_receiver_failing_twice_gets_three_attempts(farm: Farm) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.serial  # its retry window is bounded in wall time
 def test_a_receiver_that_always_fails_ends_failed_after_the_window(farm: Farm) -> None:
     job_id = farm.submit("/fail-1")
     job = farm.wait_webhook(job_id, "failed", timeout=30)

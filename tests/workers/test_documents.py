@@ -373,6 +373,7 @@ def test_without_libreoffice_pptx_fails_at_once_and_pdf_still_renders(
     assert after.status is Status.COMPLETED, after.error
 
 
+@pytest.mark.serial  # it looks for leftover readers or LibreOffices machine-wide
 def test_a_conversion_over_its_time_limit_is_killed(
     store: JobStore, settings: Settings, soffice: str
 ) -> None:
@@ -433,6 +434,7 @@ def test_concurrent_conversions_each_have_their_own_profile(
         assert (folder / "profile" / "user").is_dir()  # its own, fresh
 
 
+@pytest.mark.serial  # it looks for leftover readers or LibreOffices machine-wide
 def test_a_cancel_mid_render_stops_the_reader(store: JobStore, settings: Settings) -> None:
     asset = upload(store, settings, pdf_of_pages(200))
     quick = settings.model_copy(update={"heartbeat_interval": 0.05})
@@ -466,6 +468,7 @@ def test_conversions_run_without_a_network_where_the_host_allows_it() -> None:
     assert interfaces == ["lo"]
 
 
+@pytest.mark.serial  # it looks for leftover readers or LibreOffices machine-wide
 def test_a_cancel_during_the_conversion_kills_libreoffice_within_a_heartbeat(
     store: JobStore, settings: Settings, soffice: str
 ) -> None:

@@ -22,6 +22,10 @@ from storage.segments import SegmentStore
 from tests.support.decks import small_deck
 from workers.pipeline import Outcome, run_attempt
 
+# Serial: where each deadline strikes (and how late the attempt ends) is a matter
+# of CPU speed against seconds of wall time.
+pytestmark = pytest.mark.serial
+
 
 def long_encode_deck() -> dict[str, Any]:
     """Six 1080p slides with fades lasting a minute each: under a second to draw,
