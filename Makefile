@@ -98,12 +98,16 @@ bench: $(STAMP)
 	  || true
 	$(PY) -m bench
 
-# Two passes: the tests that can share the machine on 3 processes at once
-# (pytest-xdist: each has its own PostgreSQL database, Redis index, ports and
-# folders; most time is spent waiting on processes), then those marked serial
-# (a bound on wall time or on the machine's CPU) alone. Both passes run;
-# either failing fails.
 test: $(STAMP) fonts browser ffprobe libreoffice espeak haproxy pgbouncer
+	$(PY) -m pytest
+
+# The same tests in two passes, faster (about 16 min instead of 27 here):
+# those that can share the machine on 3 processes at once (pytest-xdist:
+# each has its own PostgreSQL database, Redis index, ports and folders; most
+# time is spent waiting on processes), then those marked serial (a bound on
+# wall time or on the machine's CPU) alone. Not yet CI's: under the parallel
+# pass's load another wall-time bound is met now and then (see the README).
+test-parallel: $(STAMP) fonts browser ffprobe libreoffice espeak haproxy pgbouncer
 	$(PY) -m pytest -n 3 --dist loadgroup -m "not serial"; parallel=$$?; \
 	  $(PY) -m pytest -m serial; serial=$$?; \
 	  [ $$parallel -eq 0 ] && [ $$serial -eq 0 ]

@@ -154,6 +154,7 @@ def _versions_on_broker(url: str) -> list[int]:
     )
 
 
+@pytest.mark.serial  # the worker's exit within 30 s of SIGTERM: a wall-time bound
 def test_a_newer_wake_up_is_requeued_and_an_older_one_accepted(fault_stack: Stack) -> None:
     stack = fault_stack
     stack.env["SLIDEFARM_DISPATCH_TIMEOUT"] = "600"  # no wake-up but ours
