@@ -31,6 +31,7 @@ from api.services import services
 from api.signing import OPEN_KEY_ID, UrlSigner, signed_links
 from api.submission import (
     DeckAssetsInvalid,
+    Schedule,
     SubmissionInvalid,
     check_schedule,
     priority_ceiling,
@@ -241,24 +242,25 @@ def _submit(submission: Submission, body: dict[str, Any], key: str | None) -> tu
     svc = services()
     who = principal()
     asked = submission.priority if "priority" in submission.model_fields_set else None
+
+    def schedule_within(ceiling: int | None) -> Schedule:
+        return check_schedule(
+            asked,
+            submission.run_at,
+            ceiling=ceiling,
+            max_schedule_days=svc.settings.max_schedule_days,
+        )
+
     # The ceiling is checked by the insert itself (no read of the tenant's
     # limits first); a submission refused for its run_at reads it to say
     # everything that is wrong at once.
     try:
-        schedule = check_schedule(
-            asked,
-            submission.run_at,
-            ceiling=None,
-            max_schedule_days=svc.settings.max_schedule_days,
-        )
+        schedule = schedule_within(None)
     except SubmissionInvalid:
-        check_schedule(
-            asked,
-            submission.run_at,
-            ceiling=priority_ceiling(
+        schedule_within(
+            priority_ceiling(
                 svc.store, who.tenant, admin=who.admin, default=svc.settings.max_priority
-            ),
-            max_schedule_days=svc.settings.max_schedule_days,
+            )
         )
         raise
     return submit_deck(

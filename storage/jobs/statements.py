@@ -241,20 +241,15 @@ def insert_job(dialect: str) -> Any:
         )
     ).subquery("lim")
     asked = sa.cast(bindparam("priority", type_=Integer()), Integer())
+    columns = [name for name in CREATE_COLUMNS if name != "priority"]
+    # The deck comes as its JSON text, made once by whoever has it (the API:
+    # pydantic's serializer): no dict to walk and dump again here.
+    deck: Any = bindparam("deck", type_=Text())
+    if dialect == POSTGRESQL:
+        deck = sa.cast(deck, JSONB())
     values = [
-        # The deck comes as its JSON text, made once by whoever has it (the
-        # API: pydantic's serializer): no dict to walk and dump again here.
-        (
-            (
-                sa.cast(bindparam(name, type_=Text()), JSONB())
-                if dialect == POSTGRESQL
-                else bindparam(name, type_=Text())
-            )
-            if name == "deck"
-            else bindparam(name, type_=jobs_table.c[name].type)
-        )
-        for name in CREATE_COLUMNS
-        if name != "priority"
+        deck if name == "deck" else bindparam(name, type_=jobs_table.c[name].type)
+        for name in columns
     ]
     priority = sa.func.coalesce(
         asked, case((limit.c.ceiling < 0, limit.c.ceiling), else_=literal(0, Integer()))
@@ -262,7 +257,7 @@ def insert_job(dialect: str) -> Any:
     stmt = (
         insert(jobs_table)
         .from_select(
-            [name for name in CREATE_COLUMNS if name != "priority"] + ["priority"],
+            [*columns, "priority"],
             select(*values, priority)
             .select_from(limit)
             .where(or_(limit.c.ceiling.is_(None), asked.is_(None), asked <= limit.c.ceiling)),
